@@ -1,0 +1,36 @@
+"""Command line: ``python -m ablationlab <command> [--help]``.
+
+Each command lives in the module named after its stage; the module exposes
+``cli(argv) -> int`` with its own argparse parser.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "prepare": ("ablationlab.data", "download a dataset and write uint8 tensors + meta.json"),
+    "train": ("ablationlab.train", "train one experiment for one seed"),
+    "evaluate": ("ablationlab.evaluate", "evaluate a trained run on the test split"),
+    "summarize": ("ablationlab.summarize", "aggregate runs into runs.csv / experiments.csv"),
+    "figures": ("ablationlab.figures", "draw the report's figures"),
+    "report": ("ablationlab.report", "render reports/report.html and report.pdf"),
+    "track": ("ablationlab.tracking", "log runs and experiments to MLflow"),
+    "study": ("ablationlab.study", "validate a config and list its experiments"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: python -m ablationlab <command> [--help]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.cli(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
