@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -16,6 +17,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 @contextlib.contextmanager
@@ -30,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; shared clusters need the umask's mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -49,9 +60,17 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(fh)
 
 
-def save_torch(path: str | os.PathLike, obj: Any) -> None:
+def save_torch(path: str | os.PathLike, obj: Any) -> str:
+    """Save ``obj`` atomically; return the sha256 of the bytes written.
+
+    Serialised in memory first so the bytes depend only on ``obj``, not on the file name.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
