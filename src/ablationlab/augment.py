@@ -1,0 +1,368 @@
+"""Batched, per-image data augmentation on the training device.
+
+:func:`build` turns the recipe's ``augment`` list into an ``nn.Module`` that maps a
+float batch B×C×H×W in [0, 1] to an augmented batch of the same shape, dtype and
+device. Every image draws its own random parameters (a batched torchvision v2
+transform draws one set for the whole batch, which is a different experiment), all
+from torch's global RNG on the batch's device, so restoring the RNG state replays
+exactly the same augmentations. ``p`` is the probability, per image, that an
+augmentation applies; an image it does not apply to is returned unchanged (exactly).
+
+The ops are small tensor ops (flip via ``torch.where``, crop via one ``gather`` on
+the zero-padded batch, rotation via ``affine_grid``/``grid_sample``) plus kornia's
+functional filters for hue and blur: measured faster than the equivalent
+``kornia.augmentation`` modules (``benchmarks/augment_speed.py``). Deliberate
+differences from torchvision: color jitter applies brightness, contrast,
+saturation, hue in that fixed order; erasing clamps an oversized rectangle to the
+image instead of re-drawing up to 10 times. Saturation, hue and grayscale leave
+1-channel images unchanged (as torchvision does).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from numbers import Real
+from typing import Any, Sequence
+
+import kornia
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AUGMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hflip": {"p": 0.5},
+    "vflip": {"p": 0.5},
+    "crop": {"padding": 4, "p": 1.0},
+    "rotation": {"degrees": 15, "p": 1.0},
+    "color_jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.0, "p": 1.0},
+    "grayscale": {"p": 0.1},
+    "blur": {"kernel_size": 3, "sigma": [0.1, 2.0], "p": 0.5},
+    "erasing": {"scale": [0.02, 0.2], "ratio": [0.3, 3.3], "p": 0.5},
+}
+
+_GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(augment: Any) -> list[dict[str, Any]]:
+    """Check an ``augment`` list and return it with every item's defaults filled in.
+
+    Raises ``ValueError`` naming the offending item and key, e.g.
+    ``augment[2].name: unknown augmentation 'foo' (choose from ...)``.
+    """
+    if not isinstance(augment, (list, tuple)):
+        raise ValueError(f"augment: must be a list of augmentations, got {type(augment).__name__}")
+    out = []
+    for i, item in enumerate(augment):
+        where = f"augment[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: must be a mapping with a 'name', got {item!r}")
+        name = item.get("name")
+        if name not in AUGMENT_DEFAULTS:
+            raise ValueError(f"{where}.name: unknown augmentation {name!r} (choose from {', '.join(AUGMENT_DEFAULTS)})")
+        defaults = AUGMENT_DEFAULTS[name]
+        for key in item:
+            if key != "name" and key not in defaults:
+                raise ValueError(f"{where}.{key}: unknown key for {name} (choose from {', '.join(defaults)})")
+        spec = {"name": name, **copy.deepcopy(defaults), **{k: v for k, v in item.items() if k != "name"}}
+        _check_values(where, spec)
+        out.append(spec)
+    return out
+
+
+def _num(where: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not lo <= value <= hi:
+        raise ValueError(f"{where}: must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def _range(where: str, value: Any, lo: float, hi: float) -> tuple[float, float]:
+    """A number ``v`` (meaning [v, v]) or an increasing pair, both inside [lo, hi]."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"{where}: must be a number or a pair [min, max], got {value!r}")
+        a, b = (_num(where, v, lo, hi) for v in value)
+        if a > b:
+            raise ValueError(f"{where}: min > max in {value!r}")
+        return a, b
+    v = _num(where, value, lo, hi)
+    return v, v
+
+
+def _check_values(where: str, spec: dict[str, Any]) -> None:
+    name = spec["name"]
+    _num(f"{where}.p", spec["p"], 0.0, 1.0)
+    if name == "crop":
+        pad = spec["padding"]
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"{where}.padding: must be an integer >= 0, got {pad!r}")
+    elif name == "rotation":
+        if isinstance(spec["degrees"], (list, tuple)):
+            _range(f"{where}.degrees", spec["degrees"], -360.0, 360.0)
+        else:
+            _num(f"{where}.degrees", spec["degrees"], 0.0, 360.0)
+    elif name == "color_jitter":
+        for key in ("brightness", "contrast", "saturation"):
+            _num(f"{where}.{key}", spec[key], 0.0)
+        _num(f"{where}.hue", spec["hue"], 0.0, 0.5)
+    elif name == "blur":
+        k = spec["kernel_size"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise ValueError(f"{where}.kernel_size: must be a positive odd integer, got {k!r}")
+        lo, _ = _range(f"{where}.sigma", spec["sigma"], 0.0, math.inf)
+        if lo <= 0:
+            raise ValueError(f"{where}.sigma: must be > 0, got {spec['sigma']!r}")
+    elif name == "erasing":
+        lo, _ = _range(f"{where}.scale", spec["scale"], 0.0, 1.0)
+        if lo <= 0:
+            raise ValueError(f"{where}.scale: must be > 0, got {spec['scale']!r}")
+        lo, _ = _range(f"{where}.ratio", spec["ratio"], 0.0, math.inf)
+        if lo <= 0:
+            raise ValueError(f"{where}.ratio: must be > 0, got {spec['ratio']!r}")
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def _uniform(n: int, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
+    """``n`` draws from U(lo, hi) on ``like``'s device, in float32."""
+    return torch.rand(n, device=like.device) * (hi - lo) + lo
+
+
+def _bcast(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+class _Op(nn.Module):
+    """One augmentation: draw a per-image mask with probability ``p``, apply ``_apply``."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"augment: expected a batch B×C×H×W, got shape {tuple(x.shape)}")
+        if self.p == 0.0 or x.shape[0] == 0:
+            return x
+        mask = torch.rand(x.shape[0], device=x.device) < self.p
+        return self._apply(x, mask)
+
+    def _apply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_") and k != "training")
+
+
+class HFlip(_Op):
+    def _apply(self, x, mask):
+        return torch.where(_bcast(mask), x.flip(-1), x)
+
+
+class VFlip(_Op):
+    def _apply(self, x, mask):
+        return torch.where(_bcast(mask), x.flip(-2), x)
+
+
+class Crop(_Op):
+    """Random crop of the original size from the image zero-padded by ``padding``."""
+
+    def __init__(self, padding: int, p: float):
+        super().__init__(p)
+        self.padding = int(padding)
+
+    def _apply(self, x, mask):
+        pad = self.padding
+        if pad == 0:
+            return x
+        b, c, h, w = x.shape
+        wp = w + 2 * pad
+        dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+        dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+        dy = torch.where(mask, dy, pad)  # offset `pad` = the original image
+        dx = torch.where(mask, dx, pad)
+        rows = dy.view(b, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+        cols = dx.view(b, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+        index = (rows * wp + cols).view(b, 1, h * w).expand(b, c, h * w)
+        padded = F.pad(x, (pad, pad, pad, pad)).reshape(b, c, -1)
+        return padded.gather(2, index).view(b, c, h, w)
+
+
+class Rotation(_Op):
+    """Rotate by an angle drawn from [-degrees, degrees] (or [min, max]); counter-clockwise
+    for positive angles, bilinear, corners filled with 0 (as torchvision)."""
+
+    def __init__(self, degrees: float | Sequence[float], p: float):
+        super().__init__(p)
+        self.degrees = tuple(degrees) if isinstance(degrees, (list, tuple)) else (-degrees, degrees)
+
+    def _apply(self, x, mask):
+        b, _, h, w = x.shape
+        angle = torch.deg2rad(_uniform(b, *self.degrees, like=x))
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        zero = torch.zeros_like(cos)
+        # output -> input sampling grid in normalised coordinates (aspect-corrected)
+        theta = torch.stack(
+            [torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1
+        ).to(x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        rotated = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return torch.where(_bcast(mask), rotated, x)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel luminance B×1×H×W of an RGB batch."""
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (_bcast(factor) * x + (1 - _bcast(factor)) * other).clamp_(0, 1)
+
+
+class ColorJitter(_Op):
+    """Brightness, contrast, saturation factors from [max(0, 1-v), 1+v]; hue shift from
+    [-hue, hue] (fraction of the colour circle); applied in that order."""
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float):
+        super().__init__(p)
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def _factor(self, v: float, x: torch.Tensor) -> torch.Tensor:
+        return _uniform(x.shape[0], max(0.0, 1 - v), 1 + v, like=x).to(x.dtype)
+
+    def _apply(self, x, mask):
+        out, rgb = x, x.shape[1] == 3
+        if self.brightness:
+            out = (out * _bcast(self._factor(self.brightness, x))).clamp_(0, 1)
+        if self.contrast:
+            mean = (_gray(out) if rgb else out).mean(dim=(1, 2, 3), keepdim=True)
+            out = _blend(out, mean, self._factor(self.contrast, x))
+        if self.saturation and rgb:
+            out = _blend(out, _gray(out), self._factor(self.saturation, x))
+        if self.hue and rgb:
+            shift = _uniform(x.shape[0], -self.hue, self.hue, like=x) * (2 * math.pi)
+            out = kornia.enhance.adjust_hue(out, shift.to(x.dtype)).clamp_(0, 1)
+        return torch.where(_bcast(mask), out, x)
+
+
+class Grayscale(_Op):
+    def _apply(self, x, mask):
+        if x.shape[1] != 3:
+            return x
+        return torch.where(_bcast(mask), _gray(x).expand_as(x), x)
+
+
+class Blur(_Op):
+    """Gaussian blur, kernel ``kernel_size``, sigma drawn per image from ``sigma``, reflect border."""
+
+    def __init__(self, kernel_size: int, sigma: float | Sequence[float], p: float):
+        super().__init__(p)
+        self.kernel_size = int(kernel_size)
+        self.sigma = tuple(sigma) if isinstance(sigma, (list, tuple)) else (sigma, sigma)
+
+    def _apply(self, x, mask):
+        if self.kernel_size == 1:
+            return x
+        sigma = _uniform(x.shape[0], *self.sigma, like=x).unsqueeze(1).expand(-1, 2)
+        k = self.kernel_size
+        if min(x.shape[-2:]) <= k // 2:  # reflect padding needs pad < size
+            return x
+        blurred = kornia.filters.gaussian_blur2d(x, (k, k), sigma, border_type="reflect")
+        return torch.where(_bcast(mask), blurred.to(x.dtype), x)
+
+
+class Erasing(_Op):
+    """Cutout: one rectangle per image (area fraction from ``scale``, aspect ratio
+    log-uniform in ``ratio``, clamped to the image) set to 0."""
+
+    def __init__(self, scale: Sequence[float], ratio: Sequence[float], p: float):
+        super().__init__(p)
+        self.scale = tuple(scale) if isinstance(scale, (list, tuple)) else (scale, scale)
+        self.ratio = tuple(ratio) if isinstance(ratio, (list, tuple)) else (ratio, ratio)
+
+    def _apply(self, x, mask):
+        b, _, h, w = x.shape
+        area = _uniform(b, *self.scale, like=x) * (h * w)
+        ratio = torch.exp(_uniform(b, math.log(self.ratio[0]), math.log(self.ratio[1]), like=x))
+        eh = torch.sqrt(area * ratio).round().clamp(1, h)
+        ew = torch.sqrt(area / ratio).round().clamp(1, w)
+        y0 = (torch.rand(b, device=x.device) * (h - eh + 1)).floor()
+        x0 = (torch.rand(b, device=x.device) * (w - ew + 1)).floor()
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        box = (
+            (rows >= y0.view(b, 1, 1))
+            & (rows < (y0 + eh).view(b, 1, 1))
+            & (cols >= x0.view(b, 1, 1))
+            & (cols < (x0 + ew).view(b, 1, 1))
+        )
+        erase = (box & mask.view(b, 1, 1)).unsqueeze(1)
+        return x.masked_fill(erase, 0)
+
+
+_OPS: dict[str, type[_Op]] = {
+    "hflip": HFlip,
+    "vflip": VFlip,
+    "crop": Crop,
+    "rotation": Rotation,
+    "color_jitter": ColorJitter,
+    "grayscale": Grayscale,
+    "blur": Blur,
+    "erasing": Erasing,
+}
+assert _OPS.keys() == AUGMENT_DEFAULTS.keys()
+
+
+def build(augment: list[dict[str, Any]]) -> nn.Module:
+    """The recipe's ``augment`` list as one module (applied in order; ``[]`` = identity)."""
+    ops = []
+    for spec in validate(augment):
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        ops.append(_OPS[spec["name"]](**kwargs))
+    return nn.Sequential(*ops)
+
+
+# --------------------------------------------------------------------------- preview
+
+
+def preview(images: torch.Tensor, augment: list[dict[str, Any]], seed: int = 0):
+    """A grid of each augmentation applied alone to the same images.
+
+    ``images``: uint8 N×C×H×W. Row 0 shows the originals, then one row per
+    augmentation (forced to ``p=1`` so that its effect is visible). The global RNG
+    is left untouched. Returns a matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    specs = validate(augment)
+    if images.ndim != 4 or images.dtype != torch.uint8 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"preview: images must be uint8 N×C×H×W with 1 or 3 channels, got {images.dtype} {tuple(images.shape)}"
+        )
+    x = images.float().cpu() / 255
+    rows = [("original", x)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for spec in specs:
+            label = spec["name"] + "".join(f"\n{k}={v}" for k, v in spec.items() if k not in ("name", "p"))
+            rows.append((label, build([{**spec, "p": 1.0}])(x)))
+    n = x.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + 1.2, 1.2 * len(rows)), squeeze=False)
+    for r, (label, batch) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            img = batch[c].clamp(0, 1).permute(1, 2, 0).numpy()
+            if img.shape[2] == 1:
+                ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout()
+    return fig

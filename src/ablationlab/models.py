@@ -1,0 +1,344 @@
+"""Models named in a recipe, and the parameter table of the report.
+
+``build_model(recipe["model"], in_channels, image_size, num_classes)`` builds:
+
+- ``simple_cnn``: the seeds' baseline. Per block: ``convs_per_block`` × (conv k×k,
+  padding k//2 [, BatchNorm2d], activation), then 2×2 max-pool [, dropout]; then
+  flatten, ``hidden`` × (Linear [, BatchNorm1d], activation [, dropout]), Linear to
+  the classes. Defaults give 390,410 parameters on 3×32×32 / 10 classes.
+- ``vgg_style``: the same block builder with batch norm always on (the seeds' best
+  hand-made models); give it a VGG shape with e.g. ``widths: [64, 128, 256, 512]``,
+  ``kernel_size: 3``, ``convs_per_block: 2``, ``hidden: [512]``, ``dropout``.
+- ``resnet18``, ``vgg11_bn``: torchvision models with a new head (``fc`` /
+  ``classifier.6``) for ``num_classes``. ``weights``: ``none`` (from scratch),
+  ``imagenet`` (torchvision's weights API: downloaded, or read from
+  ``$TORCH_HOME/hub/checkpoints``), or a path to a state_dict file. The head is
+  always new: head keys in a weights file are ignored, every other key must match.
+  ``train: frozen`` leaves only the head trainable. 1-channel images are repeated
+  to 3 channels by a forward pre-hook, so state_dict keys stay torchvision's.
+  ``init`` applies to the new head only.
+
+Pooling: a block whose feature map is already 1×1 skips its max-pool, so deep
+configurations work on small images (e.g. 8×8 digits).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+import torchvision
+from torch import nn
+
+from ablationlab import io
+from ablationlab.recipe import DEFAULT_RECIPE
+
+MODEL_NAMES = ("simple_cnn", "vgg_style", "resnet18", "vgg11_bn")
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+INITS = ("default", "kaiming", "xavier")
+DROPOUT_WHERE = ("head", "conv", "both")
+TRAIN_MODES = ("finetune", "frozen")
+_TRANSFER = {
+    # name: (constructor, weights enum, head module path)
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "fc"),
+    "vgg11_bn": (torchvision.models.vgg11_bn, torchvision.models.VGG11_BN_Weights.IMAGENET1K_V1, "classifier.6"),
+}
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, not a plain state_dict, or does not fit the model."""
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _options(model: Mapping[str, Any]) -> dict[str, Any]:
+    """``model`` over the defaults, checked; errors name the key (``model.<key>``)."""
+    if not isinstance(model, Mapping):
+        raise ValueError(f"model: must be a mapping, got {type(model).__name__}")
+    defaults = DEFAULT_RECIPE["model"]
+    unknown = sorted(set(model) - set(defaults))
+    if unknown:
+        raise ValueError(f"model.{unknown[0]}: unknown key (choose from {', '.join(defaults)})")
+    opt = {**defaults, **model}
+
+    def choice(key, allowed):
+        if opt[key] not in allowed:
+            raise ValueError(f"model.{key}: unknown {key} {opt[key]!r} (choose from {', '.join(allowed)})")
+
+    def ints(key, value, minimum=1):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"model.{key}: must be an integer >= {minimum}, got {value!r}")
+
+    if opt["name"] not in MODEL_NAMES:
+        raise ValueError(f"model.name: unknown model {opt['name']!r} (choose from {', '.join(MODEL_NAMES)})")
+    if opt["activation"] not in ACTIVATIONS:
+        raise ValueError(
+            f"model.activation: unknown activation {opt['activation']!r} (choose from {', '.join(ACTIVATIONS)})"
+        )
+    choice("init", INITS)
+    choice("dropout_where", DROPOUT_WHERE)
+    choice("train", TRAIN_MODES)
+    for key in ("widths", "hidden"):
+        if not isinstance(opt[key], (list, tuple)):
+            raise ValueError(f"model.{key}: must be a list of integers, got {opt[key]!r}")
+        for v in opt[key]:
+            ints(key, v)
+    if not opt["widths"]:
+        raise ValueError("model.widths: needs at least one block")
+    ints("kernel_size", opt["kernel_size"])
+    ints("convs_per_block", opt["convs_per_block"])
+    p = opt["dropout"]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"model.dropout: must be a probability in [0, 1), got {p!r}")
+    if not isinstance(opt["batch_norm"], bool):
+        raise ValueError(f"model.batch_norm: must be true or false, got {opt['batch_norm']!r}")
+    if not isinstance(opt["weights"], str) or not opt["weights"]:
+        raise ValueError(f"model.weights: must be 'imagenet', 'none' or a file path, got {opt['weights']!r}")
+    if opt["name"] not in _TRANSFER:
+        if opt["weights"] != "none":
+            raise ValueError(f"model.weights: only {' and '.join(_TRANSFER)} take weights, not {opt['name']}")
+        if opt["train"] != "finetune":
+            raise ValueError(f"model.train: only {' and '.join(_TRANSFER)} can be frozen, not {opt['name']}")
+    return opt
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def build_model(model: Mapping[str, Any], in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """Build the recipe's model for ``in_channels``×``image_size``² inputs and ``num_classes``."""
+    opt = _options(model)
+    for key, value in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}: must be a positive integer, got {value!r}")
+    if opt["name"] in _TRANSFER:
+        return _transfer(opt, in_channels, image_size, num_classes)
+    net = _cnn(opt, in_channels, image_size, num_classes, batch_norm=opt["batch_norm"] or opt["name"] == "vgg_style")
+    _init(net, opt["init"], opt["activation"])
+    return net
+
+
+def _activation(name: str) -> nn.Module:
+    return ACTIVATIONS[name]()
+
+
+def _cnn(opt: dict, in_channels: int, image_size: int, num_classes: int, *, batch_norm: bool) -> nn.Sequential:
+    """Layers named ``conv1`` (``conv1_2`` with several convs per block), ``bn1``, ``act1``,
+    ``pool1``, ``drop1``, ..., ``flatten``, ``fc1``, ``bn_fc1``, ``act_fc1``, ``drop_fc1``, ...,
+    and the output layer ``fc<len(hidden)+1>`` (the baseline: ``fc1`` 2048→64, ``fc2`` 64→10)."""
+    k, act, p = opt["kernel_size"], opt["activation"], float(opt["dropout"])
+    conv_dropout = p > 0 and opt["dropout_where"] in ("conv", "both")
+    head_dropout = p > 0 and opt["dropout_where"] in ("head", "both")
+    layers: dict[str, nn.Module] = {}
+    channels, size = in_channels, image_size
+    for b, width in enumerate(opt["widths"], 1):
+        for c in range(1, opt["convs_per_block"] + 1):
+            tag = f"{b}" if opt["convs_per_block"] == 1 else f"{b}_{c}"
+            layers[f"conv{tag}"] = nn.Conv2d(channels, width, k, padding=k // 2)
+            size = size + 2 * (k // 2) - k + 1
+            if size < 1:
+                raise ValueError(f"model.kernel_size: {k} shrinks a {image_size}×{image_size} image to nothing")
+            if batch_norm:
+                layers[f"bn{tag}"] = nn.BatchNorm2d(width)
+            layers[f"act{tag}"] = _activation(act)
+            channels = width
+        if size >= 2:
+            layers[f"pool{b}"] = nn.MaxPool2d(2)
+            size //= 2
+        if conv_dropout:
+            layers[f"drop{b}"] = nn.Dropout(p)
+    layers["flatten"] = nn.Flatten()
+    features = channels * size * size
+    for i, hidden in enumerate(opt["hidden"], 1):
+        layers[f"fc{i}"] = nn.Linear(features, hidden)
+        if batch_norm:
+            layers[f"bn_fc{i}"] = nn.BatchNorm1d(hidden)
+        layers[f"act_fc{i}"] = _activation(act)
+        if head_dropout:
+            layers[f"drop_fc{i}"] = nn.Dropout(p)
+        features = hidden
+    layers[f"fc{len(opt['hidden']) + 1}"] = nn.Linear(features, num_classes)
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _gain_name(activation: str) -> str:
+    return activation if activation in ("relu", "leaky_relu", "selu", "tanh", "sigmoid") else "relu"
+
+
+def _init(module: nn.Module, init: str, activation: str) -> None:
+    """Re-initialise every Conv2d/Linear weight of ``module`` (biases to 0)."""
+    if init == "default":
+        return
+    gain_name = _gain_name(activation)
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if init == "kaiming":
+                nonlinearity = gain_name if gain_name in ("relu", "leaky_relu") else "relu"
+                nn.init.kaiming_normal_(m.weight, nonlinearity=nonlinearity)
+            else:
+                nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(gain_name))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _repeat_gray(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: a 1-channel batch becomes 3 identical channels."""
+    return (args[0].expand(-1, 3, -1, -1),) + tuple(args[1:])
+
+
+def _transfer(opt: dict, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    name = opt["name"]
+    constructor, imagenet, head_path = _TRANSFER[name]
+    if in_channels not in (1, 3):
+        raise ValueError(f"model.name: {name} takes 1- or 3-channel images, the data has {in_channels}")
+    if name == "vgg11_bn" and image_size < 32:
+        raise ValueError(
+            f"model.name: vgg11_bn needs images of at least 32×32, got {image_size}×{image_size} (set input.resize)"
+        )
+    net = constructor(weights=None)
+    parent_path, _, attr = head_path.rpartition(".")
+    parent = net.get_submodule(parent_path) if parent_path else net
+    old_head = getattr(parent, attr)
+    setattr(parent, attr, nn.Linear(old_head.in_features, num_classes))
+    head = getattr(parent, attr)
+    _init(head, opt["init"], "relu")
+
+    weights = opt["weights"]
+    if weights == "imagenet":
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet.url).name
+        try:
+            state = imagenet.get_state_dict(progress=False, check_hash=True, weights_only=True)
+        except Exception as exc:  # no network, a bad cached file, ...
+            raise WeightsError(
+                f"model.weights: could not load the ImageNet weights of {name} from {cached} "
+                f"or {imagenet.url} ({type(exc).__name__}: {exc})"
+            ) from exc
+        _load_backbone(net, state, head_path, str(cached))
+    elif weights != "none":
+        _load_backbone(net, _read_state_dict(weights), head_path, weights)
+
+    if opt["train"] == "frozen":
+        for param in net.parameters():
+            param.requires_grad_(False)
+        for param in head.parameters():
+            param.requires_grad_(True)
+    if in_channels == 1:
+        net.register_forward_pre_hook(_repeat_gray)
+    return net
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    file = Path(path)
+    if not file.is_file():
+        raise WeightsError(f"model.weights: file not found: {path}")
+    try:
+        state = io.load_torch(file)
+    except Exception as exc:
+        raise WeightsError(
+            f"model.weights: {path} is not a plain state_dict (refused by torch.load(weights_only=True): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise WeightsError(f"model.weights: {path} is not a state_dict (a mapping of parameter names to tensors)")
+    return dict(state)
+
+
+def _load_backbone(net: nn.Module, state: Mapping[str, torch.Tensor], head_path: str, source: str) -> None:
+    """Load every key of ``state`` except the head's; all other keys must match exactly."""
+    prefix = head_path + "."
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith(prefix)}
+    given = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    shapes = sorted(k for k in set(own) & set(given) if own[k].shape != given[k].shape)
+    problems = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
+        if keys:
+            shown = ", ".join(
+                f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}" if label == "shape mismatch" else k
+                for k in keys[:5]
+            )
+            problems.append(f"{label} ({len(keys)}): {shown}{', ...' if len(keys) > 5 else ''}")
+    if problems:
+        raise WeightsError(f"model.weights: {source} does not match the model: " + "; ".join(problems))
+    net.load_state_dict(given, strict=False)
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def first_conv(module: nn.Module) -> nn.Conv2d:
+    """The first ``nn.Conv2d`` of ``module`` (in definition order)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise ValueError(f"{type(module).__name__} has no Conv2d layer")
+
+
+def count_params(module: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts (shared parameters counted once)."""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def param_formula(module: nn.Module) -> str:
+    """How a layer's parameter count is computed, e.g. ``(5*5*3+1)*32`` for a conv."""
+    bias = getattr(module, "bias", None) is not None
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        n_in = f"{kh}*{kw}*{module.in_channels // module.groups}"
+    elif isinstance(module, nn.Linear):
+        n_in = str(module.in_features)
+    else:
+        n_in = None
+    if n_in is not None:
+        n_out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        return f"({n_in}+1)*{n_out}" if bias else f"{n_in}*{n_out}"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        tensors = len(list(module.parameters(recurse=False)))  # weight and bias when affine
+        return f"{tensors}*{module.num_features}" if tensors else ""
+    return ""
+
+
+def summary(module: nn.Module, in_channels: int, image_size: int) -> pd.DataFrame:
+    """One row per executed leaf layer: ``layer`` (dotted name), ``type``, ``output_shape``
+    (C×H×W or features, without the batch), ``params``, ``trainable``, ``param_formula``.
+
+    Runs one forward pass (torchinfo, eval mode, batch of 2 zeros on the module's device).
+    """
+    import torchinfo
+
+    names = {id(m): name for name, m in module.named_modules()}
+    device = next(module.parameters(), torch.empty(0)).device
+    x = torch.zeros(2, in_channels, image_size, image_size, device=device)
+    stats = torchinfo.summary(module, input_data=x, mode="eval", verbose=0, depth=100)
+    rows = []
+    for info in stats.summary_list:
+        if not info.is_leaf_layer:
+            continue
+        shape = info.output_size[1:] if isinstance(info.output_size, (list, tuple)) else []
+        rows.append(
+            {
+                "layer": names.get(info.layer_id, info.var_name),
+                "type": info.class_name,
+                "output_shape": "x".join(str(s) for s in shape),
+                "params": sum(p.numel() for p in info.module.parameters(recurse=False)),
+                "trainable": sum(p.numel() for p in info.module.parameters(recurse=False) if p.requires_grad),
+                "param_formula": param_formula(info.module),
+            }
+        )
+    return pd.DataFrame(rows, columns=["layer", "type", "output_shape", "params", "trainable", "param_formula"])

@@ -1,0 +1,358 @@
+"""ablationlab.models: the recipe's models, weights files, parameter table."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ablationlab import io
+from ablationlab.models import (
+    ACTIVATIONS,
+    MODEL_NAMES,
+    WeightsError,
+    build_model,
+    count_params,
+    first_conv,
+    param_formula,
+    summary,
+)
+
+torch.set_num_threads(1)
+
+
+def n_modules(net, kind):
+    return sum(isinstance(m, kind) for m in net.modules())
+
+
+# ------------------------------------------------------------------ simple_cnn / vgg_style
+
+
+def test_baseline_is_the_seeds_390410_parameter_cnn():
+    net = build_model({"name": "simple_cnn"}, 3, 32, 10)
+    assert count_params(net) == (390_410, 390_410)
+    assert [type(m).__name__ for m in net] == [
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in net if isinstance(c, nn.Conv2d)] == [
+        (3, 32, (5, 5), (2, 2)),
+        (32, 64, (5, 5), (2, 2)),
+        (64, 128, (5, 5), (2, 2)),
+    ]
+    assert (net.fc1.in_features, net.fc1.out_features, net.fc2.out_features) == (2048, 64, 10)
+    assert net(torch.rand(4, 3, 32, 32)).shape == (4, 10)
+
+
+def test_empty_model_section_means_the_defaults():
+    assert count_params(build_model({}, 3, 32, 10)) == (390_410, 390_410)
+
+
+def test_batch_norm_after_each_conv_and_in_the_head():
+    net = build_model({"batch_norm": True}, 3, 32, 10)
+    assert n_modules(net, nn.BatchNorm2d) == 3 and n_modules(net, nn.BatchNorm1d) == 1
+    assert count_params(net)[0] == 390_410 + 2 * (32 + 64 + 128) + 2 * 64
+    names = list(dict(net.named_children()))
+    assert names[:4] == ["conv1", "bn1", "act1", "pool1"]  # conv -> BN -> activation -> pool
+
+
+@pytest.mark.parametrize("where, conv, head", [("head", 0, 1), ("conv", 3, 0), ("both", 3, 1)])
+def test_dropout_placement(where, conv, head):
+    net = build_model({"dropout": 0.3, "dropout_where": where, "hidden": [64]}, 3, 32, 10)
+    drops = [name for name, m in net.named_children() if isinstance(m, nn.Dropout)]
+    assert sum(n.startswith("drop_fc") for n in drops) == head
+    assert sum(not n.startswith("drop_fc") for n in drops) == conv
+    assert all(m.p == 0.3 for m in net.modules() if isinstance(m, nn.Dropout))
+    assert n_modules(build_model({"dropout": 0.0, "dropout_where": "both"}, 3, 32, 10), nn.Dropout) == 0
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_activation(activation):
+    net = build_model({"activation": activation}, 3, 32, 10)
+    assert n_modules(net, ACTIVATIONS[activation]) == 4
+    assert n_modules(net, nn.ReLU) == (4 if activation == "relu" else 0)
+
+
+def test_widths_kernel_convs_per_block_and_hidden_shape_the_network():
+    net = build_model({"widths": [8, 16], "kernel_size": 3, "convs_per_block": 2, "hidden": [32, 16]}, 3, 16, 7)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (3, 8, (3, 3)),
+        (8, 8, (3, 3)),
+        (8, 16, (3, 3)),
+        (16, 16, (3, 3)),
+    ]
+    expected = (27 + 1) * 8 + (72 + 1) * 8 + (72 + 1) * 16 + (144 + 1) * 16 + (16 * 4 * 4 + 1) * 32 + 33 * 16 + 17 * 7
+    assert count_params(net) == (expected, expected)
+    assert net(torch.rand(2, 3, 16, 16)).shape == (2, 7)
+    no_hidden = build_model({"hidden": []}, 3, 32, 10)
+    assert [type(m).__name__ for m in no_hidden][-2:] == ["Flatten", "Linear"]
+
+
+def test_small_images_skip_pooling_once_the_map_is_1x1():
+    """8×8 digits through four blocks: 8 -> 4 -> 2 -> 1 -> (no pool) 1."""
+    net = build_model(
+        {"name": "vgg_style", "widths": [16, 32, 64, 128], "kernel_size": 3, "convs_per_block": 2}, 1, 8, 10
+    )
+    assert n_modules(net, nn.MaxPool2d) == 3
+    assert net.fc1.in_features == 128
+    assert net(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+    baseline = build_model({}, 1, 8, 10)
+    assert baseline.fc1.in_features == 128 and baseline(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_vgg_style_always_has_batch_norm():
+    net = build_model(
+        {
+            "name": "vgg_style",
+            "widths": [64, 128, 256, 512],
+            "kernel_size": 3,
+            "convs_per_block": 2,
+            "hidden": [512],
+            "dropout": 0.5,
+        },
+        3,
+        32,
+        10,
+    )
+    assert n_modules(net, nn.BatchNorm2d) == 8 and n_modules(net, nn.BatchNorm1d) == 1
+    assert n_modules(net, nn.MaxPool2d) == 4 and net.fc1.in_features == 512 * 2 * 2
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("init", ["kaiming", "xavier"])
+def test_init_reinitialises_weights_and_zeroes_biases(init):
+    torch.manual_seed(0)
+    default = build_model({}, 3, 32, 10)
+    torch.manual_seed(0)
+    net = build_model({"init": init}, 3, 32, 10)
+    torch.manual_seed(0)
+    again = build_model({"init": init}, 3, 32, 10)
+    assert not torch.equal(net.conv1.weight, default.conv1.weight)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert all(torch.count_nonzero(m.bias) == 0 for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    fan_in = 3 * 5 * 5
+    std = net.conv1.weight.std().item()
+    target = (2 / fan_in) ** 0.5 if init == "kaiming" else 2**0.5 * (2 / (fan_in + 32 * 25)) ** 0.5
+    assert 0.8 * target < std < 1.2 * target
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"name": "foo"}, "model.name: unknown model 'foo' (choose from simple_cnn, vgg_style, resnet18, vgg11_bn)"),
+        (
+            {"activation": "swish"},
+            "model.activation: unknown activation 'swish' (choose from relu, leaky_relu, elu, selu, gelu, tanh, sigmoid)",
+        ),
+        ({"init": "orthogonal"}, "model.init: unknown init 'orthogonal' (choose from default, kaiming, xavier)"),
+        (
+            {"dropout_where": "everywhere"},
+            "model.dropout_where: unknown dropout_where 'everywhere' (choose from head, conv, both)",
+        ),
+        ({"train": "partial"}, "model.train: unknown train 'partial' (choose from finetune, frozen)"),
+        ({"widht": [1]}, "model.widht: unknown key (choose from name, widths,"),
+        ({"dropout": 1.5}, "model.dropout: must be a probability in [0, 1), got 1.5"),
+        ({"widths": [32, 0]}, "model.widths: must be an integer >= 1, got 0"),
+        ({"widths": []}, "model.widths: needs at least one block"),
+        ({"hidden": 64}, "model.hidden: must be a list of integers, got 64"),
+        ({"kernel_size": 2.5}, "model.kernel_size: must be an integer >= 1, got 2.5"),
+        ({"batch_norm": "yes"}, "model.batch_norm: must be true or false, got 'yes'"),
+        ({"weights": "imagenet"}, "model.weights: only resnet18 and vgg11_bn take weights, not simple_cnn"),
+        ({"train": "frozen"}, "model.train: only resnet18 and vgg11_bn can be frozen, not simple_cnn"),
+        ({"name": "resnet18", "weights": ""}, "model.weights: must be 'imagenet', 'none' or a file path, got ''"),
+    ],
+)
+def test_bad_model_section_is_a_clear_error(model, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_model(model, 3, 32, 10)
+
+
+def test_bad_shapes_are_clear_errors():
+    with pytest.raises(ValueError, match="num_classes: must be a positive integer, got 0"):
+        build_model({}, 3, 32, 0)
+    with pytest.raises(ValueError, match=re.escape("model.name: vgg11_bn needs images of at least 32×32, got 8×8")):
+        build_model({"name": "vgg11_bn"}, 1, 8, 10)
+    with pytest.raises(ValueError, match="model.name: resnet18 takes 1- or 3-channel images, the data has 4"):
+        build_model({"name": "resnet18"}, 4, 32, 10)
+
+
+# ------------------------------------------------------------------ transfer models
+
+
+def test_resnet18_new_head_frozen_and_finetune():
+    fine = build_model({"name": "resnet18"}, 3, 32, 10)
+    assert isinstance(fine, torchvision.models.ResNet) and fine.fc.out_features == 10
+    assert count_params(fine) == (11_181_642, 11_181_642)
+    frozen = build_model({"name": "resnet18", "train": "frozen"}, 3, 32, 10)
+    assert count_params(frozen) == (512 * 10 + 10, 11_181_642)
+    assert [n for n, p in frozen.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    assert frozen(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    # keys are torchvision's own: files are interchangeable with torchvision models
+    assert fine.state_dict().keys() == torchvision.models.resnet18().state_dict().keys()
+
+
+def test_gray_images_are_repeated_to_three_channels():
+    net = build_model({"name": "resnet18"}, 1, 8, 10).eval()
+    gray = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(net(gray), net.__class__.forward(net, gray.expand(-1, 3, -1, -1)))
+    assert first_conv(net) is net.conv1 and net.conv1.in_channels == 3
+
+
+def test_vgg11_bn_frozen_only_the_new_classifier_layer_learns():
+    net = build_model({"name": "vgg11_bn", "train": "frozen"}, 3, 32, 5)
+    assert net.classifier[6].out_features == 5
+    assert [n for n, p in net.named_parameters() if p.requires_grad] == ["classifier.6.weight", "classifier.6.bias"]
+    assert count_params(net)[0] == 4096 * 5 + 5
+    assert net.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 5)
+
+
+@pytest.fixture(scope="module")
+def imagenet_shaped_resnet(tmp_path_factory):
+    """A state_dict file exactly as torchvision's resnet18 has it (1000-class head)."""
+    torch.manual_seed(42)
+    state = torchvision.models.resnet18().state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    io.save_torch(path, state)
+    return path, state
+
+
+def test_weights_file_loads_backbone_and_keeps_a_fresh_head(imagenet_shaped_resnet):
+    path, state = imagenet_shaped_resnet
+    net = build_model({"name": "resnet18", "weights": str(path), "train": "frozen"}, 3, 32, 10)
+    loaded = net.state_dict()
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert torch.equal(loaded[key], value), key
+    assert loaded["fc.weight"].shape == (10, 512)
+    assert count_params(net)[0] == 5130
+    # a file without head keys (a backbone) loads too
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    io.save_torch(path.with_name("backbone.pt"), backbone)
+    net2 = build_model({"name": "resnet18", "weights": str(path.with_name("backbone.pt"))}, 1, 32, 3)
+    assert torch.equal(net2.conv1.weight, state["conv1.weight"])
+
+
+def test_imagenet_weights_come_through_torchvision_cache(imagenet_shaped_resnet, tmp_path, monkeypatch):
+    path, state = imagenet_shaped_resnet
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not a torch file")
+    with pytest.raises(
+        WeightsError, match=re.escape(f"model.weights: could not load the ImageNet weights of resnet18 from {cached}")
+    ):
+        build_model({"name": "resnet18", "weights": "imagenet"}, 3, 32, 10)
+    cached.write_bytes(path.read_bytes())
+    net = build_model({"name": "resnet18", "weights": "imagenet"}, 3, 32, 10)
+    assert torch.equal(net.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+
+
+def test_missing_weights_file(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(WeightsError, match=re.escape(f"model.weights: file not found: {missing}")):
+        build_model({"name": "resnet18", "weights": str(missing)}, 3, 32, 10)
+
+
+class _Payload:
+    """Unpickling this creates a directory: code execution, if torch.load allowed it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_pickle_with_a_payload_is_refused_and_never_runs(tmp_path, imagenet_shaped_resnet):
+    _, state = imagenet_shaped_resnet
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({**state, "extra": _Payload(str(marker))}, evil)
+    with pytest.raises(
+        WeightsError,
+        match=re.escape(f"model.weights: {evil} is not a plain state_dict (refused by torch.load(weights_only=True)"),
+    ):
+        build_model({"name": "resnet18", "weights": str(evil)}, 3, 32, 10)
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is real: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_non_state_dict_objects_are_refused(tmp_path):
+    for obj in ([torch.zeros(3)], {"model": {"conv1.weight": torch.zeros(1)}, "epoch": 3}):
+        path = tmp_path / "odd.pt"
+        torch.save(obj, path)
+        with pytest.raises(WeightsError, match=re.escape(f"model.weights: {path} is not a state_dict")):
+            build_model({"name": "resnet18", "weights": str(path)}, 3, 32, 10)
+
+
+def test_mismatching_state_dict_names_the_keys(tmp_path, imagenet_shaped_resnet):
+    _, state = imagenet_shaped_resnet
+    wrong_shape = dict(state, **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
+    path = tmp_path / "shape.pt"
+    io.save_torch(path, wrong_shape)
+    with pytest.raises(
+        WeightsError,
+        match=re.escape(
+            f"model.weights: {path} does not match the model: shape mismatch (1): conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)"
+        ),
+    ):
+        build_model({"name": "resnet18", "weights": str(path)}, 3, 32, 10)
+    other = {k: v for k, v in state.items() if not k.startswith("layer4.")}
+    other["features.0.weight"] = torch.zeros(1)
+    io.save_torch(path, other)
+    with pytest.raises(
+        WeightsError, match=r"missing keys \(\d+\): layer4\.0\.bn1\.bias.*unexpected keys \(1\): features\.0\.weight"
+    ):
+        build_model({"name": "resnet18", "weights": str(path)}, 3, 32, 10)
+
+
+# ------------------------------------------------------------------ inspection
+
+
+def test_summary_is_the_seeds_parameter_table():
+    net = build_model({"batch_norm": True}, 3, 32, 10)
+    table = summary(net, 3, 32)
+    assert list(table.columns) == ["layer", "type", "output_shape", "params", "trainable", "param_formula"]
+    assert table["params"].sum() == count_params(net)[1]
+    rows = table.set_index("layer")
+    assert rows.loc["conv1"].tolist() == ["Conv2d", "32x32x32", 2432, 2432, "(5*5*3+1)*32"]
+    assert rows.loc["bn1"].tolist() == ["BatchNorm2d", "32x32x32", 64, 64, "2*32"]
+    assert rows.loc["pool3", "output_shape"] == "128x4x4"
+    assert rows.loc["fc1"].tolist() == ["Linear", "64", 131136, 131136, "(2048+1)*64"]
+    for formula, params in zip(table["param_formula"], table["params"]):
+        assert (eval(formula) if formula else 0) == params
+    assert net.training  # summary leaves the mode alone
+
+
+def test_summary_of_a_frozen_transfer_model_on_gray_input():
+    net = build_model({"name": "resnet18", "train": "frozen"}, 1, 16, 10)
+    table = summary(net, 1, 16)
+    assert table["trainable"].sum() == 5130
+    assert table.iloc[0].tolist() == ["conv1", "Conv2d", "64x8x8", 9408, 0, "7*7*3*64"]
+    assert table.iloc[-1]["layer"] == "fc"
+
+
+def test_first_conv_and_formula_helpers():
+    net = build_model({}, 3, 32, 10)
+    assert first_conv(net) is net.conv1
+    assert param_formula(nn.ReLU()) == ""
+    with pytest.raises(ValueError, match="Linear has no Conv2d layer"):
+        first_conv(nn.Linear(2, 2))
+    assert set(MODEL_NAMES) == {"simple_cnn", "vgg_style", "resnet18", "vgg11_bn"}
