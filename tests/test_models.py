@@ -356,3 +356,11 @@ def test_first_conv_and_formula_helpers():
     with pytest.raises(ValueError, match="Linear has no Conv2d layer"):
         first_conv(nn.Linear(2, 2))
     assert set(MODEL_NAMES) == {"simple_cnn", "vgg_style", "resnet18", "vgg11_bn"}
+
+
+def test_frozen_backbone_keeps_batch_norm_statistics():
+    net = build_model({"name": "resnet18", "weights": "none", "train": "frozen"}, 3, 32, 10)
+    before = net.bn1.running_mean.clone()
+    net.train()
+    net(torch.rand(4, 3, 32, 32))
+    assert torch.equal(net.bn1.running_mean, before)

@@ -137,7 +137,7 @@ def _bcast(v: torch.Tensor) -> torch.Tensor:
 
 
 class _Op(nn.Module):
-    """One augmentation: draw a per-image mask with probability ``p``, apply ``_apply``."""
+    """One augmentation: draw a per-image mask with probability ``p``, apply ``_transform``."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -149,9 +149,9 @@ class _Op(nn.Module):
         if self.p == 0.0 or x.shape[0] == 0:
             return x
         mask = torch.rand(x.shape[0], device=x.device) < self.p
-        return self._apply(x, mask)
+        return self._transform(x, mask)
 
-    def _apply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _transform(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -159,12 +159,12 @@ class _Op(nn.Module):
 
 
 class HFlip(_Op):
-    def _apply(self, x, mask):
+    def _transform(self, x, mask):
         return torch.where(_bcast(mask), x.flip(-1), x)
 
 
 class VFlip(_Op):
-    def _apply(self, x, mask):
+    def _transform(self, x, mask):
         return torch.where(_bcast(mask), x.flip(-2), x)
 
 
@@ -175,7 +175,7 @@ class Crop(_Op):
         super().__init__(p)
         self.padding = int(padding)
 
-    def _apply(self, x, mask):
+    def _transform(self, x, mask):
         pad = self.padding
         if pad == 0:
             return x
@@ -200,7 +200,7 @@ class Rotation(_Op):
         super().__init__(p)
         self.degrees = tuple(degrees) if isinstance(degrees, (list, tuple)) else (-degrees, degrees)
 
-    def _apply(self, x, mask):
+    def _transform(self, x, mask):
         b, _, h, w = x.shape
         angle = torch.deg2rad(_uniform(b, *self.degrees, like=x))
         cos, sin = torch.cos(angle), torch.sin(angle)
@@ -235,7 +235,7 @@ class ColorJitter(_Op):
     def _factor(self, v: float, x: torch.Tensor) -> torch.Tensor:
         return _uniform(x.shape[0], max(0.0, 1 - v), 1 + v, like=x).to(x.dtype)
 
-    def _apply(self, x, mask):
+    def _transform(self, x, mask):
         out, rgb = x, x.shape[1] == 3
         if self.brightness:
             out = (out * _bcast(self._factor(self.brightness, x))).clamp_(0, 1)
@@ -251,7 +251,7 @@ class ColorJitter(_Op):
 
 
 class Grayscale(_Op):
-    def _apply(self, x, mask):
+    def _transform(self, x, mask):
         if x.shape[1] != 3:
             return x
         return torch.where(_bcast(mask), _gray(x).expand_as(x), x)
@@ -265,7 +265,7 @@ class Blur(_Op):
         self.kernel_size = int(kernel_size)
         self.sigma = tuple(sigma) if isinstance(sigma, (list, tuple)) else (sigma, sigma)
 
-    def _apply(self, x, mask):
+    def _transform(self, x, mask):
         if self.kernel_size == 1:
             return x
         sigma = _uniform(x.shape[0], *self.sigma, like=x).unsqueeze(1).expand(-1, 2)
@@ -285,7 +285,7 @@ class Erasing(_Op):
         self.scale = tuple(scale) if isinstance(scale, (list, tuple)) else (scale, scale)
         self.ratio = tuple(ratio) if isinstance(ratio, (list, tuple)) else (ratio, ratio)
 
-    def _apply(self, x, mask):
+    def _transform(self, x, mask):
         b, _, h, w = x.shape
         area = _uniform(b, *self.scale, like=x) * (h * w)
         ratio = torch.exp(_uniform(b, math.log(self.ratio[0]), math.log(self.ratio[1]), like=x))

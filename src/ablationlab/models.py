@@ -234,9 +234,16 @@ def _transfer(opt: dict, in_channels: int, image_size: int, num_classes: int) ->
             param.requires_grad_(False)
         for param in head.parameters():
             param.requires_grad_(True)
+        for layer in net.modules():  # a frozen backbone keeps its batch-norm statistics too
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.register_forward_pre_hook(_stay_in_eval)
     if in_channels == 1:
         net.register_forward_pre_hook(_repeat_gray)
     return net
+
+
+def _stay_in_eval(layer: nn.Module, _inputs) -> None:
+    layer.eval()
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,140 @@
+"""Stage ``evaluate``: score a trained run on the test split.
+
+Loads ``recipe.json`` and ``weights.pt`` from the run directory (the final weights, or
+the best ones when early stopping restored them), runs the test split through the
+same preprocessing as validation (no augmentation) and writes, atomically
+(``docs/contracts.md``, section *Run*):
+
+- ``metrics.json``: ``test_loss`` (the recipe's loss), ``test_acc``, ``test_top5``
+  (null with ≤ 5 classes), ``per_class_acc`` ({class name: accuracy}), ``n_test``,
+  ``status`` (copied from ``train.json``);
+- ``confusion.csv``: first column ``true`` (class name), then one count column per
+  predicted class;
+- ``predictions.csv``: ``index``, ``label``, ``pred``, ``confidence`` (softmax
+  probability of ``pred``), ``correct`` — one row per test image;
+- ``misclassified.csv``: the first (lowest index) ≤ 16 wrong predictions, same columns
+  minus ``correct``;
+- ``activations.npz``: ``image`` (test image 0 after preprocessing, C×H×W float32) and
+  ``conv1`` (the first conv layer's output for it, K×H×W float32).
+
+A diverged run is evaluated too (its accuracy is that of the weights it kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data, device as devices, io, models
+from .recipe import complete
+from .train import Preprocess, build_network, configure_logging, make_loss, predict
+
+log = logging.getLogger("ablationlab.evaluate")
+
+MISCLASSIFIED_SAMPLE = 16
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    with io.atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def first_conv_activation(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """Output of ``models.first_conv(model)`` for one preprocessed image (1×C×H×W), as K×H×W float32 on the CPU."""
+    captured: list[torch.Tensor] = []
+    handle = models.first_conv(model).register_forward_hook(lambda _m, _in, out: captured.append(out.detach()))
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:
+        handle.remove()
+    return captured[0][0].float().cpu()
+
+
+def evaluate(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *, device: str = "auto") -> dict[str, Any]:
+    """Evaluate the run in ``run_dir`` on the test split of ``data_dir``; write the files; return metrics.json."""
+    run_dir = Path(run_dir)
+    for name in ("recipe.json", "train.json", "weights.pt"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} is missing: train this run first")
+    recipe = complete(io.read_json(run_dir / "recipe.json"))
+    status = io.read_json(run_dir / "train.json")["status"]
+    dev = devices.pick(device)
+    meta = data.load_meta(data_dir)
+    x, y = data.load_split(data_dir, "test")
+    classes = [str(c) for c in meta["classes"]]
+
+    model = build_network(recipe, meta, pretrained=False)
+    try:
+        model.load_state_dict(io.load_torch(run_dir / "weights.pt"))
+    except RuntimeError as exc:
+        raise ValueError(f"{run_dir / 'weights.pt'} does not match the model of {run_dir / 'recipe.json'}: {exc}") from exc
+    model.to(device=dev, memory_format=devices.memory_format(dev)).eval()
+    preprocess = Preprocess(meta, recipe, dev)
+
+    logits = predict(model, preprocess, x, dev).cpu()
+    loss = make_loss(recipe["loss"], meta["num_classes"])(logits, y).item()
+    probs = logits.softmax(dim=1)
+    confidence, pred = probs.max(dim=1)
+    correct = pred == y
+    k = meta["num_classes"]
+    top5 = None
+    if k > 5:
+        top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(dim=1).float().mean().item()
+    confusion = torch.bincount(y * k + pred, minlength=k * k).view(k, k)
+    per_class = {
+        name: (confusion[i, i].item() / confusion[i].sum().item()) if confusion[i].sum() > 0 else None
+        for i, name in enumerate(classes)
+    }
+
+    predictions = pd.DataFrame({"index": np.arange(len(y)), "label": y.numpy(), "pred": pred.numpy(),
+                                "confidence": confidence.numpy(), "correct": correct.numpy()})
+    io.write_csv(run_dir / "predictions.csv", predictions)
+    wrong = predictions.loc[~predictions["correct"], ["index", "label", "pred", "confidence"]]
+    io.write_csv(run_dir / "misclassified.csv", wrong.head(MISCLASSIFIED_SAMPLE))
+    frame = pd.DataFrame(confusion.numpy(), columns=classes)
+    frame.insert(0, "true", classes)
+    io.write_csv(run_dir / "confusion.csv", frame)
+
+    image = preprocess(x[:1].to(dev), train=False)
+    with devices.autocast(dev):
+        conv1 = first_conv_activation(model, image)
+    _write_npz(run_dir / "activations.npz", image=image[0].float().cpu().numpy(), conv1=conv1.numpy())
+
+    metrics = {"test_loss": loss, "test_acc": correct.float().mean().item(), "test_top5": top5,
+               "per_class_acc": per_class, "n_test": len(y), "status": status}
+    io.write_json(run_dir / "metrics.json", metrics)
+    log.info("test_acc %.4f test_loss %.4f on %d images (%s); wrote %s", metrics["test_acc"], loss, len(y),
+             status, run_dir)
+    return metrics
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ablationlab evaluate",
+        description="Evaluate a trained run (recipe.json + weights.pt in --run) on the test split of --data; "
+                    "writes metrics.json, confusion.csv, predictions.csv, misclassified.csv and "
+                    "activations.npz into the run directory.",
+    )
+    parser.add_argument("--data", required=True, help="prepared data directory (from `prepare`)")
+    parser.add_argument("--run", required=True, help="run directory written by `train`")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        metrics = evaluate(args.data, args.run, device=args.device)
+    except (ValueError, FileNotFoundError, data.DataError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(json.dumps({k: metrics[k] for k in ("test_acc", "test_loss", "status")}))
+    return 0
