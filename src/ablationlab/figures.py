@@ -1,0 +1,788 @@
+"""Stage ``figures``: every plot of the report, drawn from the run files (matplotlib, Agg).
+
+:func:`plan` lists the files a study gets, from ``experiments.json`` alone (so a
+workflow can declare them as outputs); :func:`figures` draws them into ``out_dir`` and
+writes ``figures.json``, the manifest the report reads::
+
+    {"best_experiment": id, "dataset": str, "classes": [...],
+     "figures": [{"file", "group", "kind", "caption", "experiments": [ids], "width_in"}]}
+
+Per group: ``curves`` (train/val loss and accuracy per epoch: mean over seeds, band =
+min–max over seeds), ``test_acc`` (mean test accuracy with 95 % t-interval, seeds as
+dots), ``sweep`` (test accuracy over the swept value; log x for learning rates and
+wide positive ranges), ``early_stopping`` (monitored curve, stop and best epoch of each
+seed over the full-length run), ``augment`` (each new augmentation on the same train
+images). For the baseline: ``curves``, ``params`` (a CSV table: per-layer parameters
+and formula), ``filters`` (first conv layer before/after training) and ``activations``
+(first conv layer's maps for test image 0). For the study: ``comparison`` (every
+experiment ranked), and for the best experiment ``filters``, ``confusion`` (summed over
+seeds, row-normalised colours) and ``misclassified`` (first seed's sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ablationlab import io
+
+# matplotlib, pandas and the model/augmentation/data modules are imported where they are
+# used: the workflow calls plan() while it parses, and that must stay fast.
+
+
+@functools.cache
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+DPI = 160
+WIDTH = 6.4  # inches: the A4 text width at 2 cm margins is 6.7 in
+STUDY_GROUP = "study"
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.05,
+    "image.interpolation": "nearest",
+}
+REFERENCE_COLOR = "0.25"
+DIVERGED_COLOR = "#c0392b"
+
+
+class FigureError(ValueError):
+    """Inputs of the figures stage are missing or inconsistent."""
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _get(recipe: dict[str, Any], key: str) -> Any:
+    """``recipe`` value at a dotted key (integers index lists); KeyError if absent."""
+    value: Any = recipe
+    for part in key.split("."):
+        if isinstance(value, list):
+            value = value[int(part)]
+        else:
+            value = value[part]
+    return value
+
+
+def groups(study: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Experiments by group, groups in order of first appearance (study order)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for exp in study["experiments"]:
+        out.setdefault(exp["group"], []).append(exp)
+    return out
+
+
+def _by_id(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {exp["id"]: exp for exp in study["experiments"]}
+
+
+def _new_augmentations(exps: list[dict[str, Any]], study: dict[str, Any]) -> list[dict[str, Any]]:
+    """Augmentations used in the group that its references do not use (unique up to ``p``, in order)."""
+    index = _by_id(study)
+
+    def key(item: dict[str, Any]) -> str:
+        return io.canonical_json({k: v for k, v in item.items() if k != "p"})
+
+    known = {key(a) for exp in exps if exp["reference"] in index
+             for a in index[exp["reference"]]["recipe"].get("augment", [])}
+    found: dict[str, dict[str, Any]] = {}
+    for exp in exps:
+        for item in exp["recipe"].get("augment", []):
+            if key(item) not in known:
+                found.setdefault(key(item), item)
+    return list(found.values())
+
+
+def plan(study: dict[str, Any]) -> list[dict[str, str]]:
+    """The figure files of ``study``: ``[{"file", "group", "kind"}]`` in report order."""
+    items: list[dict[str, str]] = []
+    for group, exps in groups(study).items():
+        kinds = ["curves"]
+        if group == "baseline":
+            kinds += ["params", "filters", "activations"]
+        else:
+            kinds.append("test_acc")
+            if any(exp.get("sweep") for exp in exps):
+                kinds.append("sweep")
+            if any(exp["recipe"].get("early_stopping", {}).get("enabled") for exp in exps):
+                kinds.append("early_stopping")
+            if _new_augmentations(exps, study):
+                kinds.append("augment")
+        for kind in kinds:
+            ext = "csv" if kind == "params" else "png"
+            items.append({"file": f"{_safe(group)}_{kind}.{ext}", "group": group, "kind": kind})
+    for kind in ("comparison", "best_filters", "confusion", "misclassified"):
+        items.append({"file": f"{kind}.png", "group": STUDY_GROUP, "kind": kind})
+    files = [item["file"] for item in items]
+    clash = sorted({f for f in files if files.count(f) > 1})
+    if clash:
+        raise FigureError(f"figure file names clash: {clash} (rename the group)")
+    return items
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+class _Runs:
+    """Lazy, cached access to the run files of a study."""
+
+    def __init__(self, study: dict[str, Any], runs_dir: Path):
+        self.study, self.runs_dir = study, Path(runs_dir)
+
+    def dir(self, exp_id: str, seed: int) -> Path:
+        from ablationlab.summarize import run_dir
+
+        return run_dir(self.runs_dir, exp_id, seed)
+
+    def histories(self, exp_id: str) -> list[pd.DataFrame]:
+        import pandas as pd
+
+        out = []
+        for seed in self.study["seeds"]:
+            path = self.dir(exp_id, seed) / "history.csv"
+            if path.exists():
+                frame = pd.read_csv(path).replace([np.inf, -np.inf], np.nan)
+                if len(frame):
+                    out.append(frame)
+        return out
+
+    def train_json(self, exp_id: str) -> list[dict[str, Any]]:
+        out = []
+        for seed in self.study["seeds"]:
+            path = self.dir(exp_id, seed) / "train.json"
+            if path.exists():
+                out.append({"seed": seed, **io.read_json(path)})
+        return out
+
+    def first_seed_with(self, exp_id: str, *names: str) -> tuple[int, Path] | None:
+        for seed in self.study["seeds"]:
+            d = self.dir(exp_id, seed)
+            if all((d / n).exists() for n in names):
+                return seed, d
+        return None
+
+
+def _label(text: Any) -> str:
+    """Text safe for matplotlib (no mathtext from user-chosen names)."""
+    return str(text).replace("$", r"\$")
+
+
+def _variant_label(exp: dict[str, Any]) -> str:
+    sweep = exp.get("sweep")
+    if sweep:
+        return f"{sweep['key'].split('.')[-1]}={_fmt_value(sweep['value'])}"
+    return exp["variant"]
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _save(fig, path: Path) -> None:
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    _plt().close(fig)
+
+
+def _colors(n: int) -> list:
+    cmap = _plt().get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _mean_band(frames: list[pd.DataFrame], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean, min and max of ``column`` over seeds (seeds that reached each epoch)."""
+    import pandas as pd
+
+    table = pd.concat([f.set_index("epoch")[column].rename(i) for i, f in enumerate(frames)], axis=1)
+    table = table.sort_index()
+    return (table.index.to_numpy(), table.mean(axis=1).to_numpy(), table.min(axis=1).to_numpy(),
+            table.max(axis=1).to_numpy())
+
+
+def draw_curves(series: list[dict[str, Any]]):
+    """Loss and accuracy per epoch. ``series``: dicts with ``label``, ``histories`` (one frame per seed),
+    ``reference`` and ``diverged`` (bool)."""
+    fig, axes = _plt().subplots(1, 2, figsize=(WIDTH, 2.7))
+    colors = _colors(len(series))
+    tops = {True: [], False: []}
+    for s, color in zip(series, colors):
+        frames = s["histories"]
+        if not frames:
+            continue
+        color = REFERENCE_COLOR if s["reference"] else color
+        for ax, metric, scale in ((axes[0], "loss", 1.0), (axes[1], "acc", 100.0)):
+            for split, style in (("train", "--"), ("val", "-")):
+                epochs, mean, low, high = _mean_band(frames, f"{split}_{metric}")
+                ax.plot(epochs, mean * scale, style, color=color, lw=1.2, marker="o" if len(epochs) <= 3 else None,
+                        ms=3, label=f"{_label(s['label'])} ({split})" if metric == "loss" else None)
+                if len(frames) > 1:
+                    ax.fill_between(epochs, low * scale, high * scale, color=color, alpha=0.15, lw=0)
+                if metric == "loss" and np.isfinite(high).any():
+                    tops[bool(s["diverged"])].append(float(np.nanmax(high)))
+    if tops[True] and tops[False] and max(tops[True]) > 1.2 * max(tops[False]):
+        axes[0].set_ylim(0, 1.2 * max(tops[False]))  # a diverging run must not flatten the others
+    axes[0].set(xlabel="epoch", ylabel="loss", title="Loss")
+    axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    ncol = 2 if len(labels) <= 4 else 4
+    rows = math.ceil(len(labels) / ncol)
+    fig.set_figheight(2.7 + 0.16 * rows)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
+    fig.tight_layout(rect=(0, (0.06 + 0.16 * rows) / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def _points(ax, rows: pd.DataFrame, per_seed: dict[str, list[float]], labels: dict[str, str],
+            reference: str | None, colors: dict[str, Any] | None = None) -> None:
+    """Horizontal point chart: mean ± 95 % CI per experiment, seeds as dots (top = first row)."""
+    n = len(rows)
+    for i, (_, row) in enumerate(rows.iterrows()):
+        y = n - 1 - i
+        diverged = str(row["status"]).startswith("diverged")
+        color = DIVERGED_COLOR if diverged else (colors or {}).get(row["experiment"], "C0")
+        if row["experiment"] == reference:
+            color = REFERENCE_COLOR
+        mean = row["test_acc_mean"] * 100
+        if not np.isnan(row["test_acc_ci_low"]):
+            ax.errorbar(mean, y, xerr=[[mean - row["test_acc_ci_low"] * 100], [row["test_acc_ci_high"] * 100 - mean]],
+                        fmt="o", color=color, ms=5, capsize=3, lw=1.2, zorder=3)
+        else:
+            ax.plot(mean, y, "o", color=color, ms=5, zorder=3)
+        seeds = per_seed.get(row["experiment"], [])
+        ax.plot(np.asarray(seeds) * 100, [y] * len(seeds), "o", mfc="none", mec=color, ms=3.5, alpha=0.8, zorder=2)
+        if diverged:
+            ax.annotate(_label(row["status"]), (mean, y), xytext=(6, 4), textcoords="offset points",
+                        color=DIVERGED_COLOR, fontsize=7)
+    if reference is not None and reference in set(rows["experiment"]):
+        ref = rows.loc[rows["experiment"] == reference, "test_acc_mean"].iloc[0] * 100
+        ax.axvline(ref, color=REFERENCE_COLOR, ls=":", lw=1)
+    values = [v for r in rows.itertuples() for v in (r.test_acc_mean, r.test_acc_ci_low, r.test_acc_ci_high)]
+    values += [v for e in rows["experiment"] for v in per_seed.get(e, [])]
+    ax.set_xlim(*_acc_limits(values))
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([_label(labels[e]) for e in rows["experiment"]][::-1])
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel("test accuracy (%)")
+    ax.grid(axis="y", visible=False)
+
+
+def _acc_limits(values: list[float]) -> tuple[float, float]:
+    """Axis limits (percent) around accuracies (fractions), never beyond 0–100 % (a wide t-interval of
+    two seeds may be; its bar is then cut at the edge)."""
+    finite = [v * 100 for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return 0.0, 100.0
+    lo, hi = max(min(finite), 0.0), min(max(finite), 100.0)
+    pad = max(1.0, 0.06 * (hi - lo))
+    return max(lo - pad, -1.0), min(hi + pad, 101.0)
+
+
+def draw_test_acc(rows: pd.DataFrame, per_seed: dict[str, list[float]], labels: dict[str, str],
+                  reference: str | None):
+    fig, ax = _plt().subplots(figsize=(WIDTH, 0.9 + 0.3 * len(rows)))
+    _points(ax, rows, per_seed, labels, reference)
+    fig.tight_layout()
+    return fig
+
+
+def _is_log(key: str, values: list[float]) -> bool:
+    positive = all(v > 0 for v in values)
+    leaf = key.split(".")[-1]
+    return positive and (leaf in ("lr", "weight_decay") or (len(values) > 1 and max(values) / min(values) >= 100))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def draw_sweep(key: str, points: list[tuple[Any, Any, list[float]]], reference: tuple[Any, Any, list[float]] | None):
+    """Test accuracy over a swept value. ``points`` and ``reference``: (value, experiments.csv row,
+    per-seed accuracies). A numeric reference is drawn at its own value (grey); any reference also
+    as a dotted horizontal line."""
+    fig, ax = _plt().subplots(figsize=(WIDTH * 0.7, 2.6))
+    values = [p[0] for p in points]
+    numeric = all(_is_number(v) for v in values)
+    xs = values if numeric else list(range(len(values)))
+    shown = []
+
+    def draw(xs, rows, seeds, color, fmt, label):
+        means = np.array([r["test_acc_mean"] for r in rows]) * 100
+        bounds = np.array([[r["test_acc_ci_low"], r["test_acc_ci_high"]] for r in rows], dtype=float) * 100
+        err = np.nan_to_num(np.abs(bounds.T - means), nan=0.0)
+        ax.errorbar(xs, means, yerr=err, fmt=fmt, color=color, capsize=3, lw=1.2, ms=5, label=label)
+        for x, row, acc in zip(xs, rows, seeds):
+            ax.plot([x] * len(acc), np.asarray(acc) * 100, "o", mfc="none", mec=color, ms=3.5, alpha=0.7)
+            if str(row["status"]).startswith("diverged"):
+                ax.annotate(_label(row["status"]), (x, row["test_acc_mean"] * 100), xytext=(4, -10),
+                            textcoords="offset points", color=DIVERGED_COLOR, fontsize=7)
+        shown.extend([*means / 100, *bounds.ravel() / 100, *(v for acc in seeds for v in acc)])
+
+    draw(xs, [p[1] for p in points], [p[2] for p in points], "C0", "o-", "mean ± 95% CI")
+    ticks = list(values)
+    if reference is not None:
+        ref_value, ref_row, ref_seeds = reference
+        label = f"reference ({_label(_fmt_value(ref_value))})"
+        ax.axhline(ref_row["test_acc_mean"] * 100, color=REFERENCE_COLOR, ls=":", lw=1)
+        if numeric and _is_number(ref_value):
+            draw([ref_value], [ref_row], [ref_seeds], REFERENCE_COLOR, "s", label)
+            ticks = sorted(set(ticks) | {ref_value})
+        else:
+            ax.plot([], [], ls=":", color=REFERENCE_COLOR, label=label)
+            shown.append(ref_row["test_acc_mean"])
+    ax.set_ylim(*_acc_limits(shown))
+    if numeric and _is_log(key, [float(v) for v in ticks]):
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([_label(_fmt_value(v)) for v in values])
+    elif len(ticks) <= 8:
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([_fmt_value(v) for v in ticks])
+        ax.minorticks_off()
+    ax.set(xlabel=_label(key), ylabel="test accuracy (%)")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def draw_early_stopping(panels: list[dict[str, Any]]):
+    """Per early-stopping experiment: its seeds' monitored curve, where each stopped and its best epoch,
+    over the full-length run (grey)."""
+    n = len(panels)
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = _plt().subplots(rows, cols, figsize=(WIDTH, 2.5 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        metric, scale = panel["monitor"], (100.0 if panel["monitor"].endswith("acc") else 1.0)
+        if panel["full"]:
+            epochs, mean, low, high = _mean_band(panel["full"], metric)
+            ax.plot(epochs, mean * scale, color="0.6", lw=1.2, label=f"{_label(panel['full_label'])} (mean)")
+            if len(panel["full"]) > 1:
+                ax.fill_between(epochs, low * scale, high * scale, color="0.6", alpha=0.2, lw=0)
+        for i, (frame, info) in enumerate(zip(panel["histories"], panel["train"])):
+            color = f"C{i % 10}"
+            ax.plot(frame["epoch"], frame[metric] * scale, color=color, lw=1.2, label=f"seed {info['seed']}")
+            stop, best = info.get("epochs_run"), info.get("best_epoch")
+            if stop:
+                ax.axvline(stop, color=color, ls="--", lw=1)
+            if best and best in set(frame["epoch"]):
+                ax.plot(best, frame.loc[frame["epoch"] == best, metric].iloc[0] * scale, "*", color=color, ms=8)
+        ax.set(title=_label(panel["title"]), xlabel="epoch",
+               ylabel=metric.replace("_", " ") + (" (%)" if scale == 100 else ""))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(frameon=False, fontsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def _mosaic(maps: np.ndarray, cols: int) -> np.ndarray:
+    """Tile K×H×W (or K×H×W×3) maps, each min–max normalised, into one image (NaN gaps)."""
+    k, h, w = maps.shape[:3]
+    rows = math.ceil(k / cols)
+    shape = (rows * (h + 1) - 1, cols * (w + 1) - 1) + maps.shape[3:]
+    out = np.full(shape, np.nan)
+    for i, m in enumerate(maps):
+        lo, hi = np.nanmin(m), np.nanmax(m)
+        m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+        r, c = divmod(i, cols)
+        out[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = m
+    return out
+
+
+def _filter_maps(weight: torch.Tensor) -> np.ndarray:
+    """K×C×kh×kw conv weights as K×kh×kw (gray) or K×kh×kw×3 (RGB) arrays."""
+    w = weight.detach().float().cpu().numpy()
+    if w.shape[1] == 3:
+        return w.transpose(0, 2, 3, 1)
+    return w.mean(axis=1)
+
+
+def _show(ax, image: np.ndarray, title: str) -> None:
+    if image.ndim == 3:
+        ax.imshow(np.nan_to_num(image, nan=1.0))
+    else:
+        cmap = _plt().get_cmap("gray").with_extremes(bad="white")
+        ax.imshow(np.ma.masked_invalid(image), cmap=cmap)
+    ax.set_title(_label(title))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+
+
+def draw_filters(before: torch.Tensor, after: torch.Tensor):
+    """First conv layer's filters before and after training, each normalised on its own."""
+    k = before.shape[0]
+    cols = 8 if k <= 64 else 16
+    shown = min(k, 128)
+    rows = math.ceil(shown / cols)
+    fig, axes = _plt().subplots(1, 2, figsize=(WIDTH, 0.5 + (WIDTH / 2) * rows / cols))
+    _show(axes[0], _mosaic(_filter_maps(before[:shown]), cols), "before training")
+    _show(axes[1], _mosaic(_filter_maps(after[:shown]), cols), "after training")
+    fig.tight_layout()
+    return fig
+
+
+def draw_activations(image: np.ndarray, maps: np.ndarray, max_maps: int = 32):
+    """Input image (after preprocessing) and the first conv layer's feature maps for it."""
+    maps = maps[:max_maps]
+    cols = 8
+    fig, axes = _plt().subplots(1, 2, figsize=(WIDTH, 2.8), gridspec_kw={"width_ratios": [1, 2.6]})
+    img = image.transpose(1, 2, 0) if image.shape[0] == 3 else image.mean(axis=0)
+    if img.ndim == 3:
+        lo, hi = img.min(), img.max()
+        img = (img - lo) / (hi - lo) if hi > lo else img * 0
+    _show(axes[0], img, "input (preprocessed)")
+    _show(axes[1], _mosaic(maps, cols), f"first conv layer: {len(maps)} feature maps")
+    fig.tight_layout()
+    return fig
+
+
+def draw_confusion(matrix: np.ndarray, classes: list[str], title: str):
+    """Confusion matrix (counts summed over seeds); colour = share of the true class."""
+    k = len(classes)
+    size = min(WIDTH - 1.0, 1.6 + 0.26 * k)
+    fig, ax = _plt().subplots(figsize=(size + 1.0, size))
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if matrix[i, j]:
+                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=6 if k > 10 else 7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.set_xticklabels([_label(c) for c in classes], rotation=45, ha="right")
+        ax.set_yticklabels([_label(c) for c in classes])
+    ax.set(xlabel="predicted class", ylabel="true class", title=_label(title))
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    fig.tight_layout()
+    return fig
+
+
+def draw_misclassified(images: torch.Tensor, rows: pd.DataFrame, classes: list[str]):
+    """Misclassified test images with true → predicted class and the model's confidence."""
+    n = len(rows)
+    cols = min(8, max(n, 1))
+    nrows = max(1, math.ceil(n / cols))
+    fig, axes = _plt().subplots(nrows, cols, figsize=(WIDTH, 1.05 * nrows + 0.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, row) in zip(axes.flat, rows.iterrows()):
+        img = images[int(row["index"])].float().numpy() / 255
+        if img.shape[0] == 3:
+            ax.imshow(img.transpose(1, 2, 0))
+        else:
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{_label(classes[int(row['label'])])} → {_label(classes[int(row['pred'])])}\n"
+                     f"({row['confidence'] * 100:.0f}%)", fontsize=6.5)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def _per_seed_acc(runs: pd.DataFrame) -> dict[str, list[float]]:
+    tested = runs[runs["test_acc"].notna()]
+    return {exp: list(frame["test_acc"]) for exp, frame in tested.groupby("experiment", sort=False)}
+
+
+def best_experiment(experiments: pd.DataFrame) -> str:
+    """Highest mean test accuracy among experiments not entirely diverged (first in study order on ties)."""
+    ok = experiments[(experiments["status"] != "diverged") & experiments["test_acc_mean"].notna()]
+    if ok.empty:
+        ok = experiments[experiments["test_acc_mean"].notna()]
+    if ok.empty:
+        raise FigureError("no experiment has a test result; evaluate the runs first")
+    return str(ok.loc[ok["test_acc_mean"].idxmax(), "experiment"])
+
+
+def params_table(recipe: dict[str, Any], meta: dict[str, Any]) -> pd.DataFrame:
+    """Per-layer parameters of ``recipe``'s model (``models.summary`` columns)."""
+    from ablationlab import models
+    from ablationlab.train import build_network, input_size
+
+    model = build_network(recipe, meta, pretrained=False)
+    return models.summary(model, meta["channels"], input_size(recipe, meta))
+
+
+class _Stage:
+    """What every figure of one :func:`figures` call reads: the study, its summary, data and runs."""
+
+    def __init__(self, study, runs_table, experiments, meta, data_dir, runs_dir):
+        self.study, self.meta, self.data_dir = study, meta, Path(data_dir)
+        self.classes = [str(c) for c in meta["classes"]]
+        self.runs = _Runs(study, Path(runs_dir))
+        self.index = _by_id(study)
+        self.groups = groups(study)
+        self.experiments = experiments
+        self.rows = experiments.set_index("experiment", drop=False)
+        self.per_seed = _per_seed_acc(runs_table)
+        self.labels = {e["id"]: _variant_label(e) for e in study["experiments"]}
+        self.best = best_experiment(experiments)
+
+    def members(self, group: str) -> tuple[str | None, list[str], list[str]]:
+        """(reference, the group's experiment ids, reference + ids as plotted)."""
+        ids = [e["id"] for e in self.groups.get(group, [])]
+        ref = next((self.index[i]["reference"] for i in ids if self.index[i]["reference"]), None)
+        return ref, ids, ([ref] if ref and ref not in ids else []) + ids
+
+    def label(self, exp_id: str, ids: list[str]) -> str:
+        return self.labels[exp_id] if exp_id in ids else f"{exp_id} (reference)"
+
+    def split(self, name: str):
+        from ablationlab import data
+
+        return data.load_split(self.data_dir, name)
+
+
+def _fig_curves(st: _Stage, group: str):
+    ref, ids, members = st.members(group)
+    series = [{"label": st.label(i, ids), "histories": st.runs.histories(i), "reference": i == ref,
+               "diverged": int(st.rows.loc[i, "n_diverged"] or 0) > 0} for i in members]
+    caption = (f"Training (dashed) and validation (solid) loss and accuracy per epoch: mean over "
+               f"{len(st.study['seeds'])} seeds, band = min–max over seeds.")
+    return draw_curves(series), caption, members
+
+
+def _fig_test_acc(st: _Stage, group: str):
+    ref, ids, members = st.members(group)
+    fig = draw_test_acc(st.rows.loc[members], st.per_seed, {i: st.label(i, ids) for i in members}, ref)
+    return fig, ("Test accuracy: mean (filled) with 95% t-interval over seeds, single seeds as open dots; "
+                 "dotted line: the reference."), members
+
+
+def _fig_sweep(st: _Stage, group: str):
+    ref, _, _ = st.members(group)
+    swept = [e for e in st.groups[group] if e.get("sweep")]
+    key = swept[0]["sweep"]["key"]
+    points = [(e["sweep"]["value"], st.rows.loc[e["id"]], st.per_seed.get(e["id"], [])) for e in swept]
+    reference = None
+    if ref and ref not in [e["id"] for e in swept]:
+        try:
+            ref_value = _get(st.index[ref]["recipe"], key)
+        except (KeyError, IndexError, ValueError, TypeError):
+            ref_value = ref
+        reference = (ref_value, st.rows.loc[ref], st.per_seed.get(ref, []))
+    return (draw_sweep(key, points, reference),
+            f"Test accuracy over {key} (mean ± 95% t-interval, seeds as open dots).", [e["id"] for e in swept])
+
+
+def _es(exp: dict[str, Any]) -> dict[str, Any]:
+    return exp["recipe"].get("early_stopping") or {}
+
+
+def _fig_early_stopping(st: _Stage, group: str):
+    _, _, members = st.members(group)
+    stopped = [e for e in st.groups[group] if _es(e).get("enabled")]
+    full = max((st.index[i] for i in members if not _es(st.index[i]).get("enabled")),
+               key=lambda e: e["recipe"].get("epochs", 0), default=None)
+    panels, stops = [], []
+    for e in stopped:
+        trained = st.runs.train_json(e["id"])
+        panels.append({
+            "title": f"{st.labels[e['id']]}: patience {_es(e).get('patience')}, max {e['recipe'].get('epochs')} epochs",
+            "monitor": _es(e).get("monitor", "val_loss"), "histories": st.runs.histories(e["id"]), "train": trained,
+            "full": st.runs.histories(full["id"]) if full else [], "full_label": full["id"] if full else "",
+        })
+        stops.append(f"{st.labels[e['id']]}: stopped at epoch " + ", ".join(str(t.get("epochs_run")) for t in trained)
+                     + " (best " + ", ".join(str(t.get("best_epoch")) for t in trained) + ")")
+    caption = ("Early stopping: the monitored validation curve of each seed, dashed line where it stopped, star at "
+               "its best epoch" + (f", over the full run {full['id']} (grey)" if full else "") + f". {'; '.join(stops)}.")
+    return draw_early_stopping(panels), caption, [e["id"] for e in stopped] + ([full["id"]] if full else [])
+
+
+def _fig_augment(st: _Stage, group: str):
+    from ablationlab import augment
+
+    x, y = st.split("train")
+    picks = [int(torch.nonzero(y == c)[0]) for c in range(st.meta["num_classes"]) if (y == c).any()][:6]
+    fig = augment.preview(x[picks], _new_augmentations(st.groups[group], st.study), seed=0)
+    return fig, ("Each augmentation alone (applied with p=1 for display) on the same training images; "
+                 "top row: the originals."), [e["id"] for e in st.groups[group]]
+
+
+def _first_conv_weights(st: _Stage, exp_id: str) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(seed, weights before, after training) of the first conv layer of the experiment's first seed."""
+    from ablationlab import models
+    from ablationlab.train import build_network
+
+    found = st.runs.first_seed_with(exp_id, "weights_init.pt", "weights.pt")
+    if found is None:
+        raise FigureError(f"{st.runs.runs_dir}: no run of {exp_id!r} has weights_init.pt and weights.pt")
+    seed, d = found
+    out = []
+    for name in ("weights_init.pt", "weights.pt"):
+        model = build_network(st.index[exp_id]["recipe"], st.meta, pretrained=False)
+        try:
+            model.load_state_dict(io.load_torch(d / name))
+        except RuntimeError as exc:
+            raise FigureError(f"{d / name} does not match the recipe of {exp_id!r}: {exc}") from exc
+        out.append(models.first_conv(model).weight.detach().clone())
+    return seed, out[0], out[1]
+
+
+def _filters(st: _Stage, exp_id: str):
+    seed, before, after = _first_conv_weights(st, exp_id)
+    return draw_filters(before, after), (
+        f"First convolutional layer of {exp_id} (seed {seed}): {before.shape[0]} filters of "
+        f"{before.shape[2]}×{before.shape[3]}, before and after training (each filter scaled to its own range)."), [exp_id]
+
+
+def _fig_filters(st: _Stage, group: str):
+    return _filters(st, st.groups[group][0]["id"])
+
+
+def _fig_best_filters(st: _Stage, group: str):
+    return _filters(st, st.best)
+
+
+def _fig_activations(st: _Stage, group: str):
+    exp_id = st.groups[group][0]["id"]
+    found = st.runs.first_seed_with(exp_id, "activations.npz")
+    if found is None:
+        raise FigureError(f"{st.runs.runs_dir}: no run of {exp_id!r} has activations.npz")
+    seed, d = found
+    with np.load(d / "activations.npz") as npz:
+        image, conv1 = npz["image"], npz["conv1"]
+    return draw_activations(image, conv1), (
+        f"Feature maps of the first convolutional layer of {exp_id} (seed {seed}) for test image 0 "
+        f"({min(len(conv1), 32)} of {len(conv1)} maps, each scaled to its own range)."), [exp_id]
+
+
+def _fig_comparison(st: _Stage, group: str):
+    exps = st.experiments
+    ranked = exps[exps["test_acc_mean"].notna()].sort_values("test_acc_mean", ascending=False, kind="stable")
+    names = list(dict.fromkeys(exps["group"]))
+    palette = dict(zip(names, _colors(len(names))))
+    fig, ax = _plt().subplots(figsize=(WIDTH, min(9.0, 0.9 + 0.24 * len(ranked))))
+    _points(ax, ranked, st.per_seed, {e: e for e in ranked["experiment"]},
+            "baseline" if "baseline" in st.index else None, {r.experiment: palette[r.group] for r in ranked.itertuples()})
+    fig.tight_layout()
+    return fig, ("All experiments ranked by mean test accuracy (95% t-interval, seeds as open dots, colour = group; "
+                 "dotted line: the baseline)."), list(ranked["experiment"])
+
+
+def _fig_confusion(st: _Stage, group: str):
+    import pandas as pd
+
+    total, used = None, []
+    for seed in st.study["seeds"]:
+        path = st.runs.dir(st.best, seed) / "confusion.csv"
+        if path.exists():
+            counts = pd.read_csv(path).set_index("true").to_numpy()
+            total = counts if total is None else total + counts
+            used.append(seed)
+    if total is None:
+        raise FigureError(f"{st.runs.runs_dir}: no run of {st.best!r} has confusion.csv")
+    return draw_confusion(total, st.classes, f"{st.best}: {len(used)} seed(s)"), (
+        f"Confusion matrix of the best experiment, {st.best}, summed over seeds {', '.join(map(str, used))} "
+        f"(counts; colour = share of the true class)."), [st.best]
+
+
+def _fig_misclassified(st: _Stage, group: str):
+    import pandas as pd
+
+    found = st.runs.first_seed_with(st.best, "misclassified.csv")
+    if found is None:
+        raise FigureError(f"{st.runs.runs_dir}: no run of {st.best!r} has misclassified.csv")
+    seed, d = found
+    wrong = pd.read_csv(d / "misclassified.csv")
+    x, _ = st.split("test")
+    return draw_misclassified(x, wrong, st.classes), (
+        f"Misclassified test images of {st.best} (seed {seed}; the {len(wrong)} lowest test indices): "
+        f"true → predicted class (confidence)."), [st.best]
+
+
+_DRAW = {"curves": _fig_curves, "test_acc": _fig_test_acc, "sweep": _fig_sweep, "early_stopping": _fig_early_stopping,
+         "augment": _fig_augment, "filters": _fig_filters, "activations": _fig_activations,
+         "comparison": _fig_comparison, "best_filters": _fig_best_filters, "confusion": _fig_confusion,
+         "misclassified": _fig_misclassified}
+
+
+def figures(study: str | Path | dict[str, Any], summary_dir: str | Path, data_dir: str | Path,
+            runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Draw every figure of :func:`plan` into ``out_dir``; write and return ``figures.json``."""
+    from ablationlab import data
+    from ablationlab.summarize import SummaryError, load_study, read_summary
+
+    if not isinstance(study, dict):
+        study = load_study(study)
+    out_dir = Path(out_dir)
+    runs_table, experiments = read_summary(summary_dir)
+    missing = [e["id"] for e in study["experiments"] if e["id"] not in set(experiments["experiment"])]
+    if missing:
+        raise SummaryError(f"{Path(summary_dir) / 'experiments.csv'} lacks experiments {missing}: re-run summarize")
+    st = _Stage(study, runs_table, experiments, data.load_meta(data_dir), data_dir, runs_dir)
+    manifest: list[dict[str, Any]] = []
+    with _plt().rc_context(STYLE):
+        for item in plan(study):
+            if item["kind"] == "params":
+                table = params_table(st.groups[item["group"]][0]["recipe"], st.meta)
+                with io.atomic_path(out_dir / item["file"]) as tmp:
+                    table.to_csv(tmp, index=False)
+                manifest.append({**item, "caption": "Parameters per layer of the baseline model.",
+                                 "experiments": [st.groups[item["group"]][0]["id"]], "width_in": WIDTH})
+                continue
+            fig, caption, exps = _DRAW[item["kind"]](st, item["group"])
+            width = round(min(WIDTH, fig.get_figwidth()), 2)
+            _save(fig, out_dir / item["file"])
+            manifest.append({**item, "caption": caption, "experiments": exps, "width_in": width})
+    result = {"best_experiment": st.best, "dataset": st.meta.get("dataset"), "classes": st.classes,
+              "figures": manifest}
+    io.write_json(out_dir / "figures.json", result)
+    return result
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ablationlab figures", description=__doc__.split("\n")[0])
+    parser.add_argument("--study", required=True, help="results/study/experiments.json")
+    parser.add_argument("--summary", required=True, help="folder with runs.csv and experiments.csv")
+    parser.add_argument("--data", required=True, help="prepared data folder (results/data/<dataset>)")
+    parser.add_argument("--runs", required=True, help="results/runs")
+    parser.add_argument("--out", required=True, help="output folder (results/figures)")
+    args = parser.parse_args(argv)
+    result = figures(args.study, args.summary, args.data, args.runs, args.out)
+    print(f"drew {len(result['figures'])} figures into {args.out}")
+    return 0

@@ -1,0 +1,555 @@
+"""Stage ``report``: the study as one self-contained HTML file and a PDF of it.
+
+Reads ``results/study/report.json`` (title, groups, notes, resolved config),
+``results/study/experiments.json`` (recipes, for what each variant changes), the
+summary CSVs, the figure manifest (``figures.json``) and, optionally, the prepared
+data's ``meta.json`` and Snakemake benchmark files. Renders the Jinja2 templates in
+``ablationlab/templates`` (autoescape on) into ``report.html`` — images embedded as
+``data:`` URIs, CSS inline, no external reference — and the same HTML through
+WeasyPrint into ``report.pdf`` (A4, page numbers, table of contents with pages).
+
+User text (titles, notes, experiment names) is escaped; notes are CommonMark rendered
+by markdown-it-py with raw HTML disabled (escaped), images disabled and unsafe link
+schemes (``javascript:``, ``vbscript:``, ``file:``, ``data:``) refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import subprocess
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+import jinja2
+import pandas as pd
+import yaml
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from ablationlab import io
+from ablationlab.summarize import SummaryError, load_study, read_summary
+
+PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scipy", "scikit-learn", "kornia", "torchinfo",
+            "matplotlib", "mlflow", "snakemake", "jinja2", "markdown-it-py", "weasyprint")
+ALPHA = 0.05
+MLFLOW_UI = "http://127.0.0.1:5000/"
+
+
+class ReportError(ValueError):
+    """An input of the report is missing or malformed."""
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA
+
+
+def pct(x: Any, digits: int = 1) -> str:
+    """A fraction as a percentage without the sign: 0.9731 → ``97.3``; missing → ``–``."""
+    return "–" if _missing(x) else f"{float(x) * 100:.{digits}f}"
+
+
+def pp(x: Any, digits: int = 1) -> str:
+    """A difference of fractions in percentage points, signed: 0.018 → ``+1.8``."""
+    if _missing(x):
+        return "–"
+    text = f"{float(x) * 100:+.{digits}f}"
+    return "±" + text[1:] if float(text) == 0 else text
+
+
+def pvalue(p: Any) -> str:
+    if _missing(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def integer(x: Any) -> str:
+    return "–" if _missing(x) else f"{int(x):,}"
+
+
+def number(x: Any, digits: int = 1) -> str:
+    return "–" if _missing(x) else f"{float(x):.{digits}f}"
+
+
+def number_text(x: Any) -> str:
+    """A count that may be a mean: ``14`` or ``14.5``."""
+    return "–" if _missing(x) else f"{float(x):g}" if float(x) == int(float(x)) else f"{float(x):.1f}"
+
+
+def seconds(x: Any) -> str:
+    if _missing(x):
+        return "–"
+    x = float(x)
+    return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min" if x < 7200 else f"{x / 3600:.1f} h"
+
+
+def formula(text: Any) -> str:
+    return "" if _missing(text) else str(text).replace("*", "×")
+
+
+def value_text(value: Any) -> str:
+    """A recipe value as short text (augmentation lists as ``hflip(p=0.5), crop(...)``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        return ", ".join(v["name"] + "(" + ", ".join(f"{k}={value_text(w)}" for k, w in v.items() if k != "name") + ")"
+                         for v in value)
+    if isinstance(value, list):
+        return "[" + ", ".join(value_text(v) for v in value) + "]" if value else "[]"
+    return str(value)
+
+
+# --------------------------------------------------------------------------- safe markdown
+
+
+def _markdown() -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False})
+    md.disable("image")  # an external image would make the report fetch from the network
+    return md
+
+
+_MD = _markdown()
+
+
+def markdown(text: str | None, shift: int = 3) -> Markup:
+    """Render user markdown safely: raw HTML escaped, no images, unsafe links refused,
+    headings shifted down by ``shift`` levels so notes never outrank the report's sections."""
+    if not text:
+        return Markup("")
+    tokens = _MD.parse(str(text))
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1]) + shift)}"
+    return Markup(_MD.renderer.render(tokens, _MD.options, {}))
+
+
+def redact_uri(uri: Any) -> str | None:
+    """A URI without its password (``user:***@host``)."""
+    if _missing(uri) or not uri:
+        return None
+    parts = urlsplit(str(uri))
+    if parts.password is None:
+        return str(uri)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _safe_link(url: Any) -> str | None:
+    """Only http(s) links leave the report."""
+    if _missing(url) or not url:
+        return None
+    url = str(url)
+    if url.startswith("#"):
+        return MLFLOW_UI + url
+    return url if urlsplit(url).scheme in ("http", "https") else None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _flatten(recipe: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(recipe, dict):
+        out: dict[str, Any] = {}
+        for key, value in recipe.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: recipe}
+
+
+_ABSENT = object()
+
+
+def changes(recipe: dict[str, Any], reference: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Recipe keys whose value differs from the reference: ``[{key, before, after}]``."""
+    if reference is None:
+        return []
+    new, old = _flatten(recipe), _flatten(reference)
+    return [{"key": k, "before": value_text(old[k]) if k in old else "—", "after": value_text(new[k]) if k in new else "—"}
+            for k in sorted(set(new) | set(old)) if new.get(k, _ABSENT) != old.get(k, _ABSENT)]
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> list[dict[str, str]]:
+    out = [{"name": "python", "version": platform.python_version()}]
+    for name in names:
+        try:
+            out.append({"name": name, "version": importlib.metadata.version(name)})
+        except importlib.metadata.PackageNotFoundError:
+            out.append({"name": name, "version": "not installed"})
+    return out
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """``HEAD``'s commit (with ``+dirty`` when tracked files differ), or None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def read_benchmarks(bench_dir: str | Path | None) -> list[dict[str, Any]]:
+    """Snakemake ``benchmark:`` TSV files under ``bench_dir``: job (relative path), seconds, max RSS (MB)."""
+    if bench_dir is None or not Path(bench_dir).is_dir():
+        return []
+    rows = []
+    for path in sorted(Path(bench_dir).rglob("*.tsv")):
+        try:
+            frame = pd.read_csv(path, sep="\t")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue
+        if "s" not in frame.columns or frame.empty:
+            continue
+        rows.append({"job": str(path.relative_to(bench_dir).with_suffix("")),
+                     "seconds": float(frame["s"].iloc[-1]),
+                     "max_rss": float(frame["max_rss"].iloc[-1]) if "max_rss" in frame else math.nan})
+    return rows
+
+
+def read_manifest(figures_dir: str | Path) -> dict[str, Any]:
+    """``figures.json`` of the figures stage."""
+    path = Path(figures_dir) / "figures.json"
+    if not path.exists():
+        raise ReportError(f"{path}: figure manifest not found (run `python -m ablationlab figures` first)")
+    return io.read_json(path)
+
+
+def _image_uri(path: Path) -> str:
+    mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower())
+    if mime is None:
+        raise ReportError(f"{path}: unsupported figure format {path.suffix!r}")
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def finding(row: dict[str, Any], reference: dict[str, Any] | None, label: str, ref_label: str) -> str:
+    """One sentence: the effect vs the reference and whether it is significant."""
+    n = row.get("n") or 0
+    if str(row.get("status", "")).startswith("diverged"):
+        return (f"{label}: diverged in {row.get('n_diverged')} of {row.get('n_seeds')} seeds; "
+                f"mean test accuracy {pct(row.get('test_acc_mean'))} %.")
+    if reference is None or _missing(row.get("delta_acc")):
+        return f"{label}: {pct(row.get('test_acc_mean'))} % test accuracy ({n} seed{'s' if n != 1 else ''})."
+    seeds = f"{n} seed{'s' if n != 1 else ''}" if n == reference.get("n") else f"{n} vs {reference.get('n')} seeds"
+    head = f"{label}: {pp(row['delta_acc'])} pp vs {ref_label}"
+    if _missing(row.get("p_value")):
+        return f"{head} ({seeds}; too few seeds or no spread for a test)."
+    sig = "significant" if row["p_value"] < ALPHA else "not significant"
+    return (f"{head} (95% CI {pp(row['delta_ci_low'])}…{pp(row['delta_ci_high'])}, p={pvalue(row['p_value'])}, "
+            f"{seeds}) — {sig} at the 5% level.")
+
+
+# --------------------------------------------------------------------------- context
+
+
+class _Numbering:
+    def __init__(self):
+        self.figure = 0
+        self.table = 0
+
+    def next_figure(self) -> int:
+        self.figure += 1
+        return self.figure
+
+    def next_table(self) -> int:
+        self.table += 1
+        return self.table
+
+
+def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.DataFrame,
+                  experiments: pd.DataFrame, manifest: dict[str, Any], figures_dir: str | Path, *,
+                  meta: dict[str, Any] | None = None, benchmarks: list[dict[str, Any]] | None = None,
+                  commit: str | None = None, date: str | None = None) -> dict[str, Any]:
+    """Everything the template shows, as plain data (numbers still raw; the template formats them)."""
+    figures_dir = Path(figures_dir)
+    recipes = {e["id"]: e for e in study["experiments"]}
+    rows = {r["experiment"]: r for r in _records(experiments)}
+    missing = [e for e in recipes if e not in rows]
+    if missing:
+        raise ReportError(f"experiments.csv lacks experiments {missing}: re-run summarize")
+    numbering = _Numbering()
+
+    figs_by_group: dict[str, list[dict[str, Any]]] = {}
+    params_table = None
+    for item in manifest.get("figures", []):
+        path = figures_dir / item["file"]
+        if not path.exists():
+            raise ReportError(f"{path}: listed in figures.json but missing (re-run figures)")
+        if item["kind"] == "params":
+            frame = pd.read_csv(path, keep_default_na=False)
+            params_table = {"rows": frame.to_dict("records"), "caption": item["caption"],
+                            "trainable": int(frame["trainable"].sum()), "total": int(frame["params"].sum())}
+            continue
+        figs_by_group.setdefault(item["group"], []).append({**item, "src": _image_uri(path)})
+
+    def figures_for(group: str, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        out = []
+        for fig in figs_by_group.get(group, []):
+            if kinds is None or fig["kind"] in kinds:
+                out.append({**fig, "number": numbering.next_figure()})
+        return out
+
+    def label(exp_id: str) -> str:
+        exp = recipes[exp_id]
+        if exp.get("sweep"):
+            return f"{exp['sweep']['key']} = {value_text(exp['sweep']['value'])}"
+        return exp["variant"] if exp["group"] != "baseline" else exp_id
+
+    def table_rows(ids: list[str], reference: str | None) -> list[dict[str, Any]]:
+        candidates = [i for i in ids if rows[i]["status"] != "diverged" and rows[i]["test_acc_mean"] is not None]
+        best = max(candidates, key=lambda i: rows[i]["test_acc_mean"], default=None)
+        return [{**rows[i], "label": label(i), "is_reference": i == reference, "is_best": i == best and len(ids) > 1,
+                 "diverged": str(rows[i]["status"]).startswith("diverged")} for i in ids]
+
+    baseline = recipes.get("baseline")
+    devices = sorted({str(d) for d in runs["device"].dropna()})
+    torch_versions = sorted({str(v) for v in runs["torch_version"].dropna()}) if "torch_version" in runs else []
+    config = study_report.get("config", {})
+    tracking = dict(study_report.get("tracking") or {})
+    for key in list(tracking):
+        if "uri" in key.lower() or "url" in key.lower():
+            tracking[key] = redact_uri(tracking[key])
+    splits = {k: (meta or {}).get("splits", {})[k] for k in ("train", "val", "test") if k in (meta or {}).get("splits", {})}
+    setup = {
+        "number": 1, "anchor": "sec-setup",
+        "dataset": study_report.get("dataset") or study.get("dataset"),
+        "meta": meta, "splits": splits,
+        "classes": (meta or {}).get("classes") or manifest.get("classes") or [],
+        "recipe": [{"key": k, "value": value_text(v)} for k, v in _flatten(baseline["recipe"]).items()] if baseline else [],
+        "data_table_number": numbering.next_table() if splits else None,
+        "recipe_table_number": numbering.next_table() if baseline else None,
+        "seeds": study_report.get("seeds") or study.get("seeds"),
+        "devices": devices, "torch_versions": torch_versions,
+        "n_experiments": len(recipes), "n_runs": len(runs),
+    }
+    groups = study_report.get("groups", [])
+    sections = []
+    number = 1  # 1 = setup
+    baseline_section = None
+    if baseline is not None:
+        number += 1
+        info = next((g for g in groups if g["id"] == "baseline"), {})
+        baseline_section = {
+            "number": number, "anchor": "sec-baseline", "title": info.get("title") or "Baseline",
+            "notes": markdown(info.get("notes")), "table_number": numbering.next_table(),
+            "rows": table_rows(["baseline"], None), "params": params_table,
+            "params_table_number": numbering.next_table() if params_table else None,
+            "figures": figures_for("baseline"), "finding": None,
+        }
+        row = rows["baseline"]
+        baseline_section["finding"] = (
+            f"Baseline: {pct(row['test_acc_mean'])} % ± {pct(row['test_acc_std'])} test accuracy "
+            f"(95% CI {pct(row['test_acc_ci_low'])}–{pct(row['test_acc_ci_high'])} %, {row['n']} seeds), "
+            f"{integer(row['params'])} trainable parameters.")
+    for g in groups:
+        if g["id"] == "baseline":
+            continue
+        unknown = [e for e in g.get("experiments", []) if e not in rows]
+        if unknown:
+            raise ReportError(f"report.json group {g['id']!r} lists unknown experiments {unknown}")
+        number += 1
+        ids = list(g.get("experiments", []))
+        ref = g.get("reference") or next((recipes[e]["reference"] for e in ids if recipes[e]["reference"]), None)
+        shown = ([ref] if ref and ref not in ids and ref in rows else []) + ids
+        findings = []
+        for e in ids:
+            if e == ref:
+                continue
+            exp_ref = recipes[e]["reference"]
+            text = finding(rows[e], rows.get(exp_ref) if exp_ref else None, label(e), exp_ref or "")
+            p_rows = [rows[e].get("params"), rows[exp_ref].get("params") if exp_ref else None]
+            if exp_ref and not any(_missing(p) for p in p_rows) and p_rows[0] != p_rows[1]:
+                text += f" Model size {integer(p_rows[1])} → {integer(p_rows[0])} parameters."
+            es = recipes[e]["recipe"].get("early_stopping") or {}
+            if es.get("enabled") and not _missing(rows[e].get("epochs_mean")):
+                text += (f" Training ran {number_text(rows[e]['epochs_mean'])} of {recipes[e]['recipe'].get('epochs')}"
+                         f" epochs on average (best epoch {number_text(rows[e].get('best_epoch_mean'))}).")
+            findings.append({"text": text, "significant": not _missing(rows[e].get("p_value"))
+                             and rows[e]["p_value"] < ALPHA})
+        trows = table_rows(shown, ref)
+        best = next((r for r in trows if r["is_best"]), None)
+        sections.append({
+            "number": number, "anchor": f"sec-{re.sub(r'[^A-Za-z0-9_-]+', '-', g['id'])}", "id": g["id"],
+            "title": g.get("title") or g["id"], "notes": markdown(g.get("notes")),
+            "reference": ref, "sweep_key": g.get("sweep_key"),
+            "changes": [{"label": label(e), "changes": changes(recipes[e]["recipe"],
+                                                               recipes[recipes[e]["reference"]]["recipe"]
+                                                               if recipes[e]["reference"] in recipes else None)}
+                        for e in ids if e != ref],
+            "table_number": numbering.next_table(), "rows": trows, "findings": findings,
+            "best": best, "figures": figures_for(g["id"]),
+        })
+    ranked = sorted([r for r in _records(experiments) if r["test_acc_mean"] is not None],
+                    key=lambda r: -r["test_acc_mean"])
+    base_mean = rows.get("baseline", {}).get("test_acc_mean")
+    for i, r in enumerate(ranked, 1):
+        r["rank"] = i
+        r["delta_baseline"] = None if base_mean is None or r["experiment"] == "baseline" else r["test_acc_mean"] - base_mean
+        r["diverged"] = str(r["status"]).startswith("diverged")
+    untested = [r for r in _records(experiments) if r["test_acc_mean"] is None]
+    number += 1
+    best_id = manifest.get("best_experiment")
+    comparison = {
+        "number": number, "anchor": "sec-comparison", "table_number": numbering.next_table(), "rows": ranked,
+        "untested": untested, "figures": figures_for("study", ["comparison"]),
+        "best": rows.get(best_id), "best_label": best_id,
+        "best_figures": figures_for("study", ["best_filters", "confusion", "misclassified"]),
+    }
+    diverged_runs = _records(runs[runs["status"] == "diverged"])
+
+    run_rows = _records(runs)
+    bench = benchmarks or []
+    for r in run_rows:
+        r["link"] = _safe_link(r.get("mlflow_url"))
+    toc = [{"anchor": setup["anchor"], "number": 1, "title": "Setup"}]
+    if baseline_section:
+        toc.append({"anchor": baseline_section["anchor"], "number": baseline_section["number"],
+                    "title": baseline_section["title"]})
+    toc += [{"anchor": s["anchor"], "number": s["number"], "title": s["title"]} for s in sections]
+    toc.append({"anchor": comparison["anchor"], "number": comparison["number"], "title": "Comparison of all experiments"})
+    toc.append({"anchor": "sec-appendix", "number": "A", "title": "Reproducibility"})
+    return {
+        "title": study_report.get("title") or study_report.get("name") or "Ablation study",
+        "name": study_report.get("name"),
+        "author": study_report.get("author"),
+        "date": date or _today(),
+        "commit": commit,
+        "setup": setup, "baseline": baseline_section, "sections": sections, "comparison": comparison,
+        "toc": toc, "diverged_runs": diverged_runs,
+        "appendix": {
+            "config_yaml": config_yaml(config),
+            "config_hash": study_report.get("config_hash"),
+            "packages": package_versions(),
+            "platform": platform.platform(),
+            "tracking": tracking, "runs": run_rows, "benchmarks": bench,
+            "has_mlflow": any(r.get("mlflow_run_id") for r in run_rows),
+            "local_ui": any((r.get("link") or "").startswith(MLFLOW_UI) for r in run_rows),
+        },
+        "alpha": ALPHA,
+    }
+
+
+CONFIG_ORDER = ("study", "data", "seeds", "device", "threads", "compile", "tracking", "report", "resources",
+                "baseline", "ablations")
+
+
+def config_yaml(config: dict[str, Any]) -> str:
+    """The resolved config as YAML, top-level keys in config.yaml's order (the rest after)."""
+    ordered = {k: config[k] for k in CONFIG_ORDER if k in config} | {k: v for k, v in config.items()}
+    return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+
+
+def _today() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch else dt.datetime.now(dt.timezone.utc)
+    return when.strftime("%Y-%m-%d")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def environment() -> jinja2.Environment:
+    """The report's Jinja2 environment: package templates, autoescape on, strict undefined."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("ablationlab", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pct=pct, pp=pp, pvalue=pvalue, integer=integer, number=number, seconds=seconds,
+                       formula=formula, value_text=value_text)
+    return env
+
+
+def render_html(context: dict[str, Any]) -> str:
+    css = resources.files("ablationlab").joinpath("templates/report.css").read_text(encoding="utf-8")
+    return environment().get_template("report.html.j2").render(**context, css=Markup(css))
+
+
+def write_pdf(html: str, path: str | Path) -> None:
+    """Render ``html`` with WeasyPrint into ``path`` (atomically). The HTML must be self-contained."""
+    import weasyprint
+
+    from weasyprint.urls import FatalURLFetchingError
+
+    # a self-contained report never fetches anything: only data: URIs, and a failure is an error
+    fetcher = weasyprint.URLFetcher(allowed_protocols=["data"], fail_on_errors=True)
+    try:
+        document = weasyprint.HTML(string=html, url_fetcher=fetcher).render()
+    except FatalURLFetchingError as exc:  # a BaseException: turn it into a clear error
+        raise ReportError(f"the report is not self-contained: {exc}") from None
+    with io.atomic_path(path) as tmp:
+        document.write_pdf(tmp)
+
+
+def report(study_report: str | Path, summary_dir: str | Path, figures_dir: str | Path, out_html: str | Path,
+           out_pdf: str | Path | None = None, *, study: str | Path | None = None, data_dir: str | Path | None = None,
+           benchmarks_dir: str | Path | None = None, commit: str | None = None) -> dict[str, Any]:
+    """Render ``out_html`` (and ``out_pdf``) from the study files; return the template context."""
+    study_report = Path(study_report)
+    if not study_report.exists():
+        raise ReportError(f"{study_report}: study report file not found")
+    info = io.read_json(study_report)
+    for key in ("groups",):
+        if key not in info:
+            raise ReportError(f"{study_report}: missing key {key!r}")
+    study_path = Path(study) if study else study_report.with_name("experiments.json")
+    study_table = load_study(study_path)
+    runs, experiments = read_summary(summary_dir)
+    manifest = read_manifest(figures_dir)
+    meta = None
+    if data_dir is not None:
+        meta_path = Path(data_dir) / "meta.json"
+        if not meta_path.exists():
+            raise ReportError(f"{meta_path}: not found (prepare the data first)")
+        meta = io.read_json(meta_path)
+    context = build_context(info, study_table, runs, experiments, manifest, figures_dir, meta=meta,
+                            benchmarks=read_benchmarks(benchmarks_dir),
+                            commit=commit if commit is not None else git_commit())
+    html = render_html(context)
+    io.write_text(out_html, html)
+    if out_pdf is not None:
+        write_pdf(html, out_pdf)
+    return context
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ablationlab report", description=__doc__.split("\n")[0])
+    parser.add_argument("--study-report", required=True, help="results/study/report.json")
+    parser.add_argument("--study", help="results/study/experiments.json (default: next to --study-report)")
+    parser.add_argument("--summary", required=True, help="folder with runs.csv and experiments.csv")
+    parser.add_argument("--figures", required=True, help="folder with figures.json and the figures")
+    parser.add_argument("--data", help="prepared data folder, for split sizes (optional)")
+    parser.add_argument("--benchmarks", help="folder of Snakemake benchmark TSVs, for wall time per job (optional)")
+    parser.add_argument("--commit", help="git commit to show (default: `git rev-parse HEAD`, if any)")
+    parser.add_argument("--out-html", required=True, help="reports/report.html")
+    parser.add_argument("--out-pdf", help="reports/report.pdf (omit to skip the PDF)")
+    args = parser.parse_args(argv)
+    try:
+        report(args.study_report, args.summary, args.figures, args.out_html, args.out_pdf, study=args.study,
+               data_dir=args.data, benchmarks_dir=args.benchmarks, commit=args.commit)
+    except (ReportError, SummaryError) as exc:
+        parser.exit(2, f"report: error: {exc}\n")
+    print(f"wrote {args.out_html}" + (f" and {args.out_pdf}" if args.out_pdf else ""))
+    return 0

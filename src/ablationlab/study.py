@@ -1,0 +1,454 @@
+"""Stage ``study``: validate a study configuration and resolve its experiments.
+
+A configuration (``config.yaml``, optionally overlaid with presets) is checked against
+``workflow/schemas/config.schema.yaml`` (the same file Snakemake's ``validate`` uses, with
+its defaults filled in), then resolved into the experiment table: the baseline (a full
+recipe) and, per ablation group in config order, one experiment per variant (a partial
+recipe deep-merged over the group's base) and per sweep value (the base's recipe with one
+key set). Anything wrong raises :class:`ConfigError` whose message starts with the key
+path (``ablations[dropout].sweep.key: ...``), before any job runs.
+
+Outputs (``docs/contracts.md``, section *Study*): ``experiments.json`` (:func:`resolve`)
+and ``report.json`` (:attr:`Study.report`). CLI: ``python -m ablationlab study``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import hashlib
+import math
+import sys
+import urllib.parse
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from ablationlab import io
+from ablationlab import recipe as recipes
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+# Group ids that would clash with the baseline's experiment id or a rule name.
+RESERVED_IDS = frozenset(
+    {"all", "baseline", "study", "data", "prepare_data", "train", "evaluate", "summarize", "track", "figures",
+     "report"}
+)
+
+# Images in the training pool (before the validation split) of the datasets whose size is
+# fixed, so that a batch larger than the train split is caught before any job runs.
+TRAIN_POOL = {
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "mnist": 60_000,
+    "fashion_mnist": 60_000,
+    "svhn": 73_257,
+    "digits": 1_437,  # 1797 images minus the fixed 20 % test split
+}
+
+NAMED_WEIGHTS = ("imagenet", "none")
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
+               type(None): "null"}
+
+
+class ConfigError(ValueError):
+    """An invalid study configuration; the message starts with the offending key path."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated, resolved study."""
+
+    config: dict  # the configuration with every default filled in
+    experiments: dict  # results/study/experiments.json
+    report: dict  # results/study/report.json
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@lru_cache(maxsize=4)
+def _schema(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def load_schema(path: str | Path | None = None) -> dict:
+    """The configuration schema (a fresh copy)."""
+    return copy.deepcopy(_schema(str(Path(path or SCHEMA_PATH).resolve())))
+
+
+def _filling_validator():
+    """Draft 2020-12 validator that fills in ``default`` values (copies) as it descends."""
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if validator.is_type(instance, "object"):
+            for key, sub in props.items():
+                if key not in instance and isinstance(sub, dict) and "default" in sub:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": properties})
+
+
+def keypath(parts, config: Any = None) -> str:
+    """``['ablations', 3, 'sweep', 'key']`` -> ``ablations[dropout].sweep.key`` (group ids for list items)."""
+    text, node = "", config
+    for part in parts:
+        if isinstance(part, int):
+            label = str(part)
+            if text == "ablations" and isinstance(node, list) and part < len(node):
+                gid = node[part].get("id") if isinstance(node[part], dict) else None
+                label = gid if isinstance(gid, str) and gid else label
+            text += f"[{label}]"
+        else:
+            text += f".{part}" if text else str(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return text or "(top level)"
+
+
+def _hint(word: Any, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _message(error: jsonschema.ValidationError, root: Any, prefix: list) -> str:
+    path = prefix + list(error.absolute_path)
+    kind, value, instance = error.validator, error.validator_value, error.instance
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = [k for k in instance if k not in allowed]
+        key = unknown[0] if unknown else "?"
+        return (f"{keypath(path + [key], root)}: unknown key {key!r}{_hint(key, allowed)}; "
+                f"allowed keys: {', '.join(allowed)}")
+    where = keypath(path, root)
+    if kind == "enum":
+        return f"{where}: unknown value {instance!r}{_hint(instance, value)}; choose one of: {', '.join(map(str, value))}"
+    if kind == "type":
+        wanted = " or ".join(value) if isinstance(value, list) else value
+        got = _JSON_TYPES.get(type(instance), type(instance).__name__)
+        return f"{where}: expected {wanted}, got {got} {instance!r}"
+    if kind == "required":
+        missing = [k for k in value if k not in instance]
+        return f"{where}: missing required key {missing[0]!r}"
+    if kind == "not" and value == {"multipleOf": 2}:
+        return f"{where}: must be odd, got {instance!r}"
+    if kind == "pattern":
+        return f"{where}: {instance!r} is not a valid name (must match {value})"
+    if kind == "propertyNames":
+        return f"{where}: invalid name: {error.message}"
+    return f"{where}: {error.message}"
+
+
+def _check(instance: Any, schema: dict, *, root: Any = None, prefix: list | None = None, fill: bool = True) -> None:
+    """Validate ``instance`` (filling defaults in place); ConfigError listing every problem."""
+    validator_cls = _filling_validator() if fill else jsonschema.Draft202012Validator
+    errors = list(validator_cls(schema).iter_errors(instance))
+    if errors:
+        messages = sorted({_message(e, instance if root is None else root, prefix or []) for e in errors})
+        raise ConfigError(messages[0] if len(messages) == 1 else "\n  ".join(["invalid configuration:", *messages]))
+
+
+def validate(config: Mapping[str, Any], schema_path: str | Path | None = None) -> dict:
+    """A copy of ``config`` checked against the schema, with every default filled in."""
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"(top level): the configuration must be a mapping, got {type(config).__name__}")
+    filled = copy.deepcopy(dict(config))
+    _check(filled, load_schema(schema_path))
+    return filled
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+@dataclass
+class _Experiment:
+    id: str
+    group: str
+    variant: str
+    reference: str | None
+    sweep: dict | None
+    recipe: dict
+    origin: str  # key path of what this experiment sets
+    overrides: dict  # the keys it sets (partial recipe)
+
+
+def _split_key(key: str) -> list:
+    return [int(p) if p.isdigit() else p for p in key.split(".")]
+
+
+def _lookup(tree: Any, parts: list) -> tuple[bool, Any]:
+    node = tree
+    for part in parts:
+        if isinstance(part, int) and isinstance(node, list) and part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+def _assign(tree: Any, parts: list, value: Any) -> None:
+    node = tree
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _nested(parts: list, value: Any) -> Any:
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def _value_name(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "none"}[value]
+    if isinstance(value, float):
+        return format(value, "g")
+    if isinstance(value, (int, str)):
+        return str(value)
+    return io.canonical_json(value)
+
+
+class _Resolver:
+    def __init__(self, config: dict, schema: dict):
+        self.config = config
+        self.recipe_schema = {"$defs": schema["$defs"], "$ref": "#/$defs/recipe"}
+        self.groups = {}
+        for index, group in enumerate(config["ablations"]):
+            gid = group["id"]
+            where = keypath(["ablations", index], config)
+            if gid in RESERVED_IDS:
+                raise ConfigError(f"{where}.id: {gid!r} is reserved (it names a rule or the baseline); "
+                                  f"reserved: {', '.join(sorted(RESERVED_IDS))}")
+            if gid in self.groups:
+                raise ConfigError(f"ablations[{index}].id: duplicate group id {gid!r} "
+                                  f"(also ablations[{self.groups[gid][0]}]); experiment ids must be unique")
+            if not group.get("variants") and "sweep" not in group:
+                raise ConfigError(f"{where}: group {gid!r} has no experiments; give it variants or a sweep")
+            self.groups[gid] = (index, group)
+        baseline = recipes.complete(config["baseline"])
+        self.experiments = {"baseline": _Experiment("baseline", "baseline", "baseline", None, None, baseline,
+                                                    "baseline", config["baseline"])}
+        self.by_group: dict[str, list[_Experiment]] = {}
+        for gid in self.groups:
+            self._group(gid, [])
+
+    def ordered(self) -> list[_Experiment]:
+        return [self.experiments["baseline"], *(e for gid in self.groups for e in self.by_group[gid])]
+
+    def _group(self, gid: str, stack: list[str]) -> None:
+        if gid in self.by_group:
+            return
+        index, group = self.groups[gid]
+        where = keypath(["ablations", index], self.config)
+        if gid in stack:
+            cycle = " -> ".join(stack[stack.index(gid):] + [gid])
+            raise ConfigError(f"{where}.base: {group['base']!r} makes a cycle of bases: {cycle}")
+        base = group["base"]
+        if base != "baseline":
+            base_group, sep, _ = base.partition("/")
+            if sep and base_group in self.groups:
+                self._group(base_group, stack + [gid])
+            if base not in self.experiments:
+                known = list(self.experiments)
+                raise ConfigError(f"{where}.base: unknown experiment {base!r}{_hint(base, known)}; "
+                                  f"known: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}")
+        parent = self.experiments[base]
+        made: list[_Experiment] = []
+        for name, partial in (group.get("variants") or {}).items():
+            made.append(_Experiment(f"{gid}/{name}", gid, name, base, None,
+                                    recipes.deep_merge(parent.recipe, partial), f"{where}.variants.{name}", partial))
+        if "sweep" in group:
+            made.extend(self._sweep(gid, where, group["sweep"], parent))
+        seen: dict[str, str] = {}
+        for exp in made:
+            if exp.id in seen:
+                raise ConfigError(f"{exp.origin}: duplicate experiment id {exp.id!r} (also {seen[exp.id]})")
+            seen[exp.id] = exp.origin
+        self.by_group[gid] = made
+        self.experiments.update((e.id, e) for e in made)
+
+    def _sweep(self, gid: str, where: str, sweep: dict, parent: _Experiment) -> list[_Experiment]:
+        key, parts = sweep["key"], _split_key(sweep["key"])
+        found, _ = _lookup(parent.recipe, parts)
+        if not found:
+            raise ConfigError(f"{where}.sweep.key: {key!r} does not exist in the recipe of base experiment "
+                              f"{parent.id!r}{self._key_hint(parent.recipe, parts)}")
+        label = sweep.get("label") or next(str(p) for p in reversed(parts) if isinstance(p, str))
+        made = []
+        for j, value in enumerate(sweep["values"]):
+            origin = f"{where}.sweep.values[{j}]"
+            rec = copy.deepcopy(parent.recipe)
+            _assign(rec, parts, value)
+            try:
+                _check(rec, self.recipe_schema, fill=False)
+            except ConfigError as exc:
+                raise ConfigError(f"{origin}: {value!r} is not a valid {key} ({exc})") from None
+            name = f"{label}={_value_name(value)}"
+            if not all(c.isalnum() or c in "_.=+-" for c in name):
+                raise ConfigError(f"{origin}: value {value!r} gives the experiment name {name!r}, which is not "
+                                  "usable in a file path; sweep over a scalar key instead")
+            made.append(_Experiment(f"{gid}/{name}", gid, name, parent.id, {"key": key, "value": value}, rec,
+                                    origin, _nested(parts, value)))
+        return made
+
+    @staticmethod
+    def _key_hint(tree: dict, parts: list) -> str:
+        node, done = tree, []
+        for part in parts:
+            if isinstance(node, dict) and part in node:
+                node, done = node[part], done + [part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node, done = node[part], done + [part]
+            else:
+                break
+        if isinstance(node, dict):
+            under = ".".join(map(str, done)) or "the recipe"
+            missing = parts[len(done)]
+            return f"{_hint(missing, node)}; keys under {under}: {', '.join(node)}"
+        if isinstance(node, list):
+            return f"; {'.'.join(map(str, done))} has {len(node)} item(s)"
+        return ""
+
+    def origin(self, exp: _Experiment, parts: list) -> str:
+        """Key path of the config entry that set ``parts`` in ``exp``'s recipe."""
+        while True:
+            found, _ = _lookup(exp.overrides, parts)
+            if found or exp.reference is None:
+                suffix = "." + ".".join(map(str, parts))
+                return exp.origin + ("" if exp.sweep and found else suffix)
+            exp = self.experiments[exp.reference]
+
+
+def _train_size(data: dict) -> int | None:
+    pool = TRAIN_POOL.get(data["dataset"])
+    if pool is None:
+        return None
+    val_size = data["val_size"]
+    n_val = math.ceil(val_size * pool) if val_size < 1 else int(val_size)
+    if n_val >= pool:
+        raise ConfigError(f"data.val_size: {val_size} leaves no training images ({data['dataset']} has {pool})")
+    return pool - n_val
+
+
+def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[_Experiment]) -> None:
+    data = config["data"]
+    if data["dataset"] == "imagefolder" and not Path(data["root"]).is_dir():
+        raise ConfigError(f"data.root: image folder {data['root']!r} does not exist (dataset imagefolder; "
+                          "expected root/train/<class>/* and root/test/<class>/*)")
+    n_train = _train_size(data)
+    for exp in experiments:
+        batch = exp.recipe["batch_size"]
+        if n_train is not None and batch > n_train:
+            raise ConfigError(f"{resolver.origin(exp, ['batch_size'])}: batch_size {batch} is larger than the "
+                              f"train split of {data['dataset']} ({n_train} images) in experiment {exp.id!r}")
+        weights = exp.recipe["model"]["weights"]
+        if weights not in NAMED_WEIGHTS and not Path(weights).is_file():
+            raise ConfigError(f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} does not "
+                              f"exist (experiment {exp.id!r}; use imagenet, none or the path of a state_dict file)")
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.password:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> Study:
+    """Validate ``config`` and resolve its experiments; ConfigError names the key path of any problem."""
+    full = validate(config, schema_path)
+    resolver = _Resolver(full, load_schema(schema_path))
+    experiments = resolver.ordered()
+    _check_files_and_sizes(full, resolver, experiments)
+    table = {
+        "dataset": full["data"]["dataset"],
+        "seeds": list(full["seeds"]),
+        "experiments": [
+            {"id": e.id, "group": e.group, "variant": e.variant, "reference": e.reference, "sweep": e.sweep,
+             "recipe": e.recipe}
+            for e in experiments
+        ],
+    }
+    shown = copy.deepcopy(full)
+    shown["tracking"]["uri"] = redact(shown["tracking"]["uri"])
+    report = {
+        "name": full["study"]["name"],
+        "title": full["report"]["title"] or full["study"]["title"],
+        "author": full["study"]["author"],
+        "dataset": table["dataset"],
+        "seeds": table["seeds"],
+        "groups": [
+            {"id": gid, "title": group["title"], "notes": group["notes"], "reference": group["base"],
+             "sweep_key": group["sweep"]["key"] if "sweep" in group else None,
+             "experiments": [e.id for e in resolver.by_group[gid]]}
+            for gid, (_, group) in resolver.groups.items()
+        ],
+        "config": shown,
+        "config_hash": hashlib.sha256(io.canonical_json(shown).encode()).hexdigest(),
+        "tracking": {**shown["tracking"], "experiment": full["tracking"]["experiment"] or full["study"]["name"]},
+    }
+    return Study(full, table, report)
+
+
+def resolve(config: Mapping[str, Any], schema_path: str | Path | None = None) -> dict:
+    """The experiment table (``experiments.json``) of a configuration; ConfigError if it is invalid."""
+    return load(config, schema_path).experiments
+
+
+def read_config(paths) -> dict:
+    """YAML files merged in order, as Snakemake merges ``--configfile`` overlays (mappings merge, the rest replaces)."""
+    merged: dict = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a configuration file must be a mapping at top level")
+        merged = recipes.deep_merge(merged, data)
+    return merged
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ablationlab study",
+        description="Validate a study configuration and list its experiments (what the pipeline would run).",
+        epilog="Example: python -m ablationlab study config.yaml presets/quick.yaml --out results/study",
+    )
+    parser.add_argument("configs", nargs="*", default=["config.yaml"], metavar="CONFIG",
+                        help="config.yaml, then overlays merged over it like --configfile (default: config.yaml)")
+    parser.add_argument("--schema", default=None, help=f"schema file (default: {SCHEMA_PATH})")
+    parser.add_argument("--out", default=None, help="write experiments.json and report.json into this directory")
+    args = parser.parse_args(argv)
+    try:
+        study = load(read_config(args.configs), args.schema)
+    except (ConfigError, OSError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.out:
+        io.write_json(Path(args.out) / "experiments.json", study.experiments)
+        io.write_json(Path(args.out) / "report.json", study.report)
+    experiments, seeds = study.experiments["experiments"], study.experiments["seeds"]
+    for exp in experiments:
+        print(f"{exp['id']:<40} reference={exp['reference'] or '-':<24} epochs={exp['recipe']['epochs']}")
+    print(f"{len(experiments)} experiments x {len(seeds)} seeds = {len(experiments) * len(seeds)} runs "
+          f"on {study.experiments['dataset']}")
+    return 0

@@ -1,0 +1,287 @@
+"""Aggregate the runs of a study into ``runs.csv`` and ``experiments.csv``.
+
+``runs.csv`` — one row per (experiment, seed), study order then seed order:
+
+=================  ==============================================================
+experiment         ``baseline`` or ``group/variant``
+group              the experiment's group (``baseline`` for the baseline)
+seed               the seed
+status             ``finished`` / ``early_stopped`` / ``diverged`` (from the run),
+                   ``missing`` when the run directory has no ``train.json``
+test_acc           test accuracy, fraction 0–1 (metrics.json)
+test_loss          test loss
+test_top5          top-5 accuracy (empty with ≤ 5 classes)
+epochs_run         epochs trained (train.json)
+best_epoch         epoch of the best validation score
+best_val_acc       best validation accuracy, fraction 0–1
+best_val_loss      best validation loss
+params             trainable parameters
+wall_seconds       training wall time in seconds
+device             device the run trained on
+mlflow_run_id      MLflow run id (mlflow.json; empty when not tracked)
+stop_reason        train.json ``stop_reason``
+params_total       all parameters, trainable or not
+torch_version      torch version of the training job
+mlflow_experiment_id  MLflow experiment id (empty when not tracked)
+mlflow_url         MLflow UI link: ``ui_url`` of mlflow.json, else its ``url`` fragment
+=================  ==============================================================
+
+``experiments.csv`` — one row per experiment, in study order; statistics are over
+the seeds that have a test result (``n``), diverged seeds included:
+
+=====================  ==========================================================
+experiment, group      as above
+variant                variant name (``baseline`` for the baseline)
+reference              the experiment Δ is measured against (the group's base)
+sweep_key, sweep_value the swept recipe key and this experiment's value, if any
+n                      seeds with a test result
+test_acc_mean/_std     mean and sample std (ddof=1) of test accuracy (0–1)
+test_acc_ci_low/_high  95 % t-interval of the mean test accuracy, cut to [0, 1]
+test_acc_min/_max      extremes over seeds
+test_loss_mean/_std/_min/_max   the same for test loss (empty if any loss is not finite)
+delta_acc              test_acc_mean − the reference's test_acc_mean
+delta_ci_low/_high     95 % Welch confidence interval of that difference, cut to [-1, 1]
+p_value                Welch t-test vs the reference's per-seed accuracies
+                       (both n ≥ 2 and non-zero spread; else empty)
+epochs_mean            mean epochs run
+best_epoch_mean        mean best epoch
+params                 trainable parameters
+train_seconds_mean     mean training wall time in seconds
+status                 ``finished``; ``early_stopped`` when every seed stopped early;
+                       ``diverged`` when every seed diverged; ``diverged (k/n)``,
+                       ``early_stopped (k/n)``, ``incomplete (k/n)`` for a mix
+n_diverged             seeds that diverged
+n_early_stopped        seeds that stopped early
+n_seeds                seeds the study asked for
+=====================  ==========================================================
+
+Undefined values (NaN) are written as empty cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ablationlab import io, stats
+
+RUN_COLUMNS = [
+    "experiment", "group", "seed", "status", "test_acc", "test_loss", "test_top5",
+    "epochs_run", "best_epoch", "best_val_acc", "best_val_loss", "params", "wall_seconds",
+    "device", "mlflow_run_id", "stop_reason", "params_total", "torch_version",
+    "mlflow_experiment_id", "mlflow_url",
+]
+EXPERIMENT_COLUMNS = [
+    "experiment", "group", "variant", "reference", "sweep_key", "sweep_value", "n",
+    "test_acc_mean", "test_acc_std", "test_acc_ci_low", "test_acc_ci_high",
+    "test_acc_min", "test_acc_max", "test_loss_mean", "test_loss_std", "test_loss_min",
+    "test_loss_max", "delta_acc", "delta_ci_low", "delta_ci_high", "p_value",
+    "epochs_mean", "best_epoch_mean", "params", "train_seconds_mean", "status",
+    "n_diverged", "n_early_stopped", "n_seeds",
+]
+_INT_RUN_COLUMNS = ["seed", "epochs_run", "best_epoch", "params", "params_total"]
+_INT_EXPERIMENT_COLUMNS = ["n", "params", "n_diverged", "n_early_stopped", "n_seeds"]
+_EXPERIMENT_KEYS = ("id", "group", "variant", "reference", "sweep", "recipe")
+
+
+class SummaryError(ValueError):
+    """A study or run file is missing keys or inconsistent."""
+
+
+def load_study(path: str | Path) -> dict[str, Any]:
+    """Read ``experiments.json`` and check the keys this stage relies on."""
+    path = Path(path)
+    try:
+        study = io.read_json(path)
+    except FileNotFoundError:
+        raise SummaryError(f"{path}: study file not found") from None
+    except json.JSONDecodeError as exc:
+        raise SummaryError(f"{path}: not valid JSON ({exc})") from None
+    for key in ("dataset", "seeds", "experiments"):
+        if key not in study:
+            raise SummaryError(f"{path}: missing key {key!r}")
+    ids = []
+    for i, exp in enumerate(study["experiments"]):
+        missing = [k for k in _EXPERIMENT_KEYS if k not in exp]
+        if missing:
+            raise SummaryError(f"{path}: experiments[{i}] lacks {', '.join(missing)}")
+        ids.append(exp["id"])
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise SummaryError(f"{path}: duplicate experiment ids {dupes}")
+    for exp in study["experiments"]:
+        if exp["reference"] is not None and exp["reference"] not in ids:
+            raise SummaryError(f"{path}: experiment {exp['id']!r} has unknown reference {exp['reference']!r}")
+    return study
+
+
+def run_dir(runs_dir: str | Path, experiment: str, seed: int) -> Path:
+    """``results/runs/{experiment}/seed{n}``."""
+    return Path(runs_dir) / experiment / f"seed{seed}"
+
+
+def _read_optional(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return io.read_json(path)
+    except json.JSONDecodeError as exc:
+        raise SummaryError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def read_run(runs_dir: str | Path, experiment: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One ``runs.csv`` row from a run directory (missing files give empty cells)."""
+    d = run_dir(runs_dir, experiment["id"], seed)
+    train = _read_optional(d / "train.json")
+    metrics = _read_optional(d / "metrics.json")
+    tracked = _read_optional(d / "mlflow.json")
+    status = metrics.get("status") or train.get("status") or "missing"
+    return {
+        "experiment": experiment["id"],
+        "group": experiment["group"],
+        "seed": int(seed),
+        "status": status,
+        "test_acc": _num(metrics.get("test_acc")),
+        "test_loss": _num(metrics.get("test_loss")),
+        "test_top5": _num(metrics.get("test_top5")),
+        "epochs_run": train.get("epochs_run"),
+        "best_epoch": train.get("best_epoch"),
+        "best_val_acc": _num(train.get("best_val_acc")),
+        "best_val_loss": _num(train.get("best_val_loss")),
+        "params": train.get("params"),
+        "wall_seconds": _num(train.get("wall_seconds")),
+        "device": train.get("device"),
+        "mlflow_run_id": tracked.get("run_id"),
+        "stop_reason": train.get("stop_reason"),
+        "params_total": train.get("params_total"),
+        "torch_version": train.get("torch_version"),
+        "mlflow_experiment_id": tracked.get("experiment_id"),
+        "mlflow_url": tracked.get("ui_url") or tracked.get("url"),
+    }
+
+
+def collect_runs(study: dict[str, Any], runs_dir: str | Path) -> pd.DataFrame:
+    """The ``runs.csv`` table: every experiment × seed of the study."""
+    rows = [read_run(runs_dir, exp, seed) for exp in study["experiments"] for seed in study["seeds"]]
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    for col in _INT_RUN_COLUMNS:
+        frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
+    return frame
+
+
+def _status(statuses: list[str]) -> str:
+    n = len(statuses)
+    count = {s: statuses.count(s) for s in set(statuses)}
+    diverged, early, missing = count.get("diverged", 0), count.get("early_stopped", 0), count.get("missing", 0)
+    if diverged:
+        return "diverged" if diverged == n else f"diverged ({diverged}/{n})"
+    if missing:
+        return f"incomplete ({n - missing}/{n})"
+    if early:
+        return "early_stopped" if early == n else f"early_stopped ({early}/{n})"
+    return "finished"
+
+
+def _sweep_value(value: Any) -> Any:
+    if value is None or isinstance(value, (int, float, str)):
+        return value
+    return io.canonical_json(value)
+
+
+def _clip(x: float, low: float, high: float) -> float:
+    """An interval bound cut to the possible range (a t-interval of few seeds can leave it); nan stays nan."""
+    return x if math.isnan(x) else min(max(x, low), high)
+
+
+def _first(series: pd.Series) -> Any:
+    values = series.dropna()
+    return values.iloc[0] if len(values) else None
+
+
+def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
+    """The ``experiments.csv`` table from the ``runs.csv`` table."""
+    rows, per_seed_acc = [], {}
+    for exp in study["experiments"]:
+        mine = runs[runs["experiment"] == exp["id"]]
+        tested = mine[mine["test_acc"].notna()]
+        acc, loss = stats.describe(tested["test_acc"]), stats.describe(tested["test_loss"])
+        per_seed_acc[exp["id"]] = tested["test_acc"].tolist()
+        sweep = exp.get("sweep") or {}
+        statuses = mine["status"].tolist()
+        rows.append({
+            "experiment": exp["id"],
+            "group": exp["group"],
+            "variant": exp["variant"],
+            "reference": exp["reference"],
+            "sweep_key": sweep.get("key"),
+            "sweep_value": _sweep_value(sweep.get("value")),
+            "n": acc["n"],
+            **{f"test_acc_{k}": acc[k] for k in ("mean", "std", "min", "max")},
+            "test_acc_ci_low": _clip(acc["ci_low"], 0.0, 1.0),
+            "test_acc_ci_high": _clip(acc["ci_high"], 0.0, 1.0),
+            **{f"test_loss_{k}": loss[k] for k in ("mean", "std", "min", "max")},
+            "epochs_mean": stats.mean(mine["epochs_run"].dropna()),
+            "best_epoch_mean": stats.mean(mine["best_epoch"].dropna()),
+            "params": _first(mine["params"]),
+            "train_seconds_mean": stats.mean(mine["wall_seconds"].dropna()),
+            "status": _status(statuses),
+            "n_diverged": statuses.count("diverged"),
+            "n_early_stopped": statuses.count("early_stopped"),
+            "n_seeds": len(statuses),
+        })
+    for row, exp in zip(rows, study["experiments"]):
+        ref = exp["reference"]
+        test = stats.welch(per_seed_acc[exp["id"]], per_seed_acc[ref]) if ref else {}
+        row.update(delta_acc=test.get("delta", math.nan), delta_ci_low=_clip(test.get("ci_low", math.nan), -1.0, 1.0),
+                   delta_ci_high=_clip(test.get("ci_high", math.nan), -1.0, 1.0), p_value=test.get("p_value", math.nan))
+    frame = pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)
+    for col in _INT_EXPERIMENT_COLUMNS:
+        frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
+    return frame
+
+
+def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``out_dir/runs.csv`` and ``out_dir/experiments.csv``; return both tables."""
+    if not isinstance(study, dict):
+        study = load_study(study)
+    runs = collect_runs(study, runs_dir)
+    experiments = aggregate(study, runs)
+    out_dir = Path(out_dir)
+    io.write_csv(out_dir / "runs.csv", runs)
+    io.write_csv(out_dir / "experiments.csv", experiments)
+    return runs, experiments
+
+
+def read_summary(summary_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read ``runs.csv`` and ``experiments.csv`` back (empty cells become NaN/None)."""
+    summary_dir = Path(summary_dir)
+    out = []
+    for name in ("runs.csv", "experiments.csv"):
+        path = summary_dir / name
+        if not path.exists():
+            raise SummaryError(f"{path}: summary file not found (run `python -m ablationlab summarize` first)")
+        out.append(pd.read_csv(path, dtype={"experiment": str, "group": str, "variant": str,
+                                            "reference": str, "sweep_value": str, "mlflow_run_id": str,
+                                            "mlflow_experiment_id": str}, keep_default_na=False,
+                               na_values=[""]))
+    return out[0], out[1]
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ablationlab summarize", description=__doc__.split("\n")[0])
+    parser.add_argument("--study", required=True, help="results/study/experiments.json")
+    parser.add_argument("--runs", required=True, help="results/runs")
+    parser.add_argument("--out", required=True, help="output folder (results/summary)")
+    args = parser.parse_args(argv)
+    _, experiments = summarize(args.study, args.runs, args.out)
+    print(f"summarized {len(experiments)} experiments into {args.out}")
+    return 0

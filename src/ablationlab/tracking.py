@@ -1,0 +1,652 @@
+"""MLflow tracking: one MLflow experiment per study, one parent run per experiment
+(seed-aggregated metrics) and one child run per seed (params, per-epoch metrics,
+test metrics, artifacts).
+
+Idempotent and parallel-safe: a run is found by its ``run_key`` tag (sha256 of the
+experiment id, dataset, resolved recipe and seed) and updated, never duplicated; a
+file lock serialises create-if-absent (and, for SQLite stores, every write, so that
+eight jobs on one ``mlflow.db`` never see "database is locked" nor a half-created
+schema). A run whose recipe changed gets a new run key, hence a new run; the old one
+is tagged ``superseded=true``, never deleted.
+
+Credentials never leave this module: a URI such as ``https://user:pass@host`` is
+split into MLflow's ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` environment variables
+and a clean URI, and every URI written or printed goes through :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from ablationlab import io
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///results/mlflow.db"
+EPOCH_METRICS = {  # history.csv column -> MLflow metric (step = epoch)
+    "train_loss": "train_loss",
+    "train_acc": "train_acc",
+    "val_loss": "val_loss",
+    "val_acc": "val_acc",
+    "lr": "lr",
+    "seconds": "epoch_seconds",
+    "images_per_s": "images_per_s",
+}
+EXPERIMENT_TAGS = {  # the UI opens a training experiment on its runs table, not on GenAI traces
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": "ablationlab study: one parent run per experiment (mean/std over seeds), "
+                           "one child run per seed nested under it. Current runs: `tags.superseded = 'false'`.",
+}
+UI_QUERY = "workflowType=machine_learning"  # MLflow 3's UI otherwise opens in its GenAI mode
+RUN_FILES = ("recipe.json", "train.json", "history.csv", "metrics.json", "confusion.csv", "weights.pt")
+ARTIFACTS = ("history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.json")
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&][^=&#\s]*(?:pass|secret|token|key|auth|credential)[^=&#\s]*=)[^&#\s]+",
+                           re.IGNORECASE)
+
+
+class TrackingError(ValueError):
+    """Bad tracking input (missing run file, inconsistent runs, unsupported URI)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def redact(text: str) -> str:
+    """``text`` (a URI, or a message containing URIs) with credentials replaced by ``***``:
+    ``https://user:pass@host`` -> ``https://***@host``; secret query values (``?token=...``)."""
+    text = _USERINFO.sub(r"\g<scheme>***@", str(text))
+    return _SECRET_QUERY.sub(r"\g<key>***", text)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without user:password@, user, password)``."""
+    parts = urlsplit(str(uri))
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user, _, password = userinfo.partition(":")
+        clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+        return clean, unquote(user) or None, unquote(password) or None
+    return str(uri), None, None
+
+
+def export_credentials(uri: str) -> str:
+    """Move ``user:password@`` of an http(s) ``uri`` into MLflow's ``MLFLOW_TRACKING_USERNAME``
+    and ``MLFLOW_TRACKING_PASSWORD`` environment variables; return the bare URI."""
+    clean, user, password = split_credentials(uri)
+    if user is not None:
+        os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password or "")
+    return clean
+
+
+def run_key(experiment: str, dataset: str, recipe: Mapping[str, Any], seed: int | None = None) -> str:
+    """sha256 of the canonical (experiment, dataset, recipe, seed); ``seed=None`` keys the parent."""
+    ident = {"experiment": experiment, "dataset": dataset, "recipe": recipe,
+             "seed": "parent" if seed is None else int(seed)}
+    return hashlib.sha256(io.canonical_json(ident).encode()).hexdigest()
+
+
+def flatten(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Recipe as MLflow params: dotted keys (``optimizer.lr``); non-strings as JSON."""
+    out: dict[str, str] = {}
+    for key, value in recipe.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return out
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def _quote(value: str) -> str:
+    value = str(value)
+    if "'" in value and '"' in value:
+        raise TrackingError(f"tag value {value!r} contains both quote characters")
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _locked_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _retry(fn: Callable, *args, attempts: int = 12, **kwargs):
+    """Call ``fn``; on SQLite "database is locked" retry with jittered exponential backoff."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MlflowException or sqlalchemy OperationalError
+            if not _locked_error(exc) or attempt == attempts - 1:
+                raise
+            delay = min(5.0, 0.05 * 2**attempt) * (0.5 + random.random())
+            log.warning("MLflow store locked, retrying in %.2f s", delay)
+            time.sleep(delay)
+
+
+# ----------------------------------------------------------------------------- store
+class Tracker:
+    """An MLflow store + experiment, with the lock that makes create-if-absent safe."""
+
+    def __init__(self, uri: str = DEFAULT_URI, name: str = "ablationlab", *,
+                 lock: str | os.PathLike | None = None):
+        from filelock import FileLock
+
+        if not name:
+            raise TrackingError("tracking: MLflow experiment name is empty")
+        # no usage telemetry from pipeline jobs (offline cluster nodes would wait on it); opt in
+        # with MLFLOW_DISABLE_TELEMETRY=false
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        clean = export_credentials(uri)
+        self.uri = clean
+        self.redacted = redact(uri)
+        self.name = name
+        self.sqlite_path = _sqlite_path(clean)
+        if lock is None:
+            lock = (f"{self.sqlite_path}.lock" if self.sqlite_path
+                    else Path("results") / f".mlflow-{hashlib.sha256(clean.encode()).hexdigest()[:12]}.lock")
+        Path(lock).parent.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(str(lock))
+        self._client = None
+        self._experiment_id: str | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            if self.sqlite_path:
+                Path(self.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(Exception):  # warm-up outside the lock: seconds of imports
+                    from mlflow.store.db.utils import _get_latest_schema_revision
+                    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: F401
+
+                    _get_latest_schema_revision()
+            with self.lock:  # the first use of a new SQLite store creates its schema
+                self._client = MlflowClient(tracking_uri=self.uri)
+                _retry(self._client.search_experiments, max_results=1)
+        return self._client
+
+    def call(self, method: str, *args, **kwargs):
+        """``client.<method>(...)``, retried on "database is locked"."""
+        return _retry(getattr(self.client, method), *args, **kwargs)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator["Tracker"]:
+        """Hold the lock for a SQLite store (one writer at a time); no-op for servers."""
+        self.client  # connect (seconds of imports) before taking the lock
+        with self.lock if self.sqlite_path else contextlib.nullcontext():
+            yield self
+
+    @property
+    def experiment_id(self) -> str:
+        """Id of the experiment ``name``, created (or restored) once under the lock."""
+        if self._experiment_id is None:
+            with self.lock:
+                exp = self.call("get_experiment_by_name", self.name)
+                if exp is None:
+                    location = None
+                    if self.sqlite_path:  # artifacts next to the database, not in ./mlruns
+                        location = (Path(self.sqlite_path).resolve().parent / "mlartifacts").as_uri()
+                    eid = self.call("create_experiment", self.name, artifact_location=location, tags=EXPERIMENT_TAGS)
+                else:
+                    eid = exp.experiment_id
+                    if exp.lifecycle_stage == "deleted":
+                        self.call("restore_experiment", eid)
+                    for key, value in EXPERIMENT_TAGS.items():
+                        if key not in exp.tags:
+                            self.call("set_experiment_tag", eid, key, value)
+                self._experiment_id = eid
+        return self._experiment_id
+
+    def find(self, filters: Mapping[str, Any]) -> list:
+        """Active runs of the experiment whose tags equal ``filters``, oldest first."""
+        query = " AND ".join(f"tags.{k} = {_quote(v)}" for k, v in filters.items())
+        return self.call("search_runs", [self.experiment_id], filter_string=query,
+                         max_results=1000, order_by=["attributes.start_time ASC"])
+
+    def ensure_run(self, key: str, *, name: str, tags: Mapping[str, str]):
+        """``(run, created)``: the run tagged ``run_key=key``, created if absent (under the lock)."""
+        with self.lock:
+            runs = self.find({"run_key": key})
+            if runs:
+                return runs[0], False
+            tags = {**tags, "run_key": key}
+            return self.call("create_run", self.experiment_id, tags=tags, run_name=name), True
+
+    def supersede(self, current, filters: Mapping[str, Any]) -> list[str]:
+        """Tag runs matching ``filters`` other than ``current`` superseded; return their ids."""
+        old = [r for r in self.find(filters) if r.info.run_id != current.info.run_id]
+        for run in old:
+            if run.data.tags.get("superseded") != "true":
+                self.call("set_tag", run.info.run_id, "superseded", "true")
+        if current.data.tags.get("superseded") != "false":
+            self.call("set_tag", current.info.run_id, "superseded", "false")
+        return [r.info.run_id for r in old]
+
+    def run_info(self, run, **extra) -> dict[str, Any]:
+        """The ``mlflow.json`` record of ``run`` (URIs redacted)."""
+        eid, rid = run.info.experiment_id, run.info.run_id
+        info = {"run_id": rid, "experiment_id": eid, "experiment_name": self.name,
+                "tracking_uri": self.redacted, "run_name": run.info.run_name,
+                "url": f"#/experiments/{eid}/runs/{rid}?{UI_QUERY}", "ui_url": None}
+        if self.uri.startswith(("http://", "https://")):
+            info["ui_url"] = f"{self.redacted.rstrip('/')}/{info['url']}"
+        return {**info, **extra}
+
+
+def _sqlite_path(uri: str) -> str | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///" or ":memory:" in uri:
+        raise TrackingError(f"tracking uri {uri!r}: an in-memory SQLite store is not shared "
+                            "between jobs; use sqlite:///path/to/mlflow.db")
+    return uri.removeprefix("sqlite:///").split("?", 1)[0]
+
+
+# ----------------------------------------------------------------------------- logging
+def _log(tracker: Tracker, run, *, params=None, tags=None, metrics=None, history=None) -> None:
+    """Log what ``run`` lacks: params/metrics/epoch rows already there are skipped."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    rid, now = run.info.run_id, _now_ms()
+    have_params = run.data.params
+    batch_params = [Param(k, v) for k, v in (params or {}).items() if k not in have_params]
+    batch_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()
+                  if v is not None and run.data.tags.get(k) != str(v)]
+    batch_metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+                     if v is not None and not (k in run.data.metrics and _same(run.data.metrics[k], float(v)))]
+    for key, steps in (history or {}).items():
+        logged = {}
+        if key in run.data.metrics:
+            logged = {m.step: m.value for m in tracker.call("get_metric_history", rid, key)}
+        batch_metrics += [Metric(key, float(v), now, int(step)) for step, v in steps.items()
+                          if not (step in logged and _same(logged[step], float(v)))]
+    if batch_params or batch_tags or batch_metrics:
+        tracker.call("log_batch", rid, metrics=batch_metrics, params=batch_params, tags=batch_tags)
+
+
+def _log_artifacts(tracker: Tracker, run, files: Mapping[str, Path]) -> None:
+    """Upload ``{artifact name: local file}`` unless an artifact of that name and size exists."""
+    have = {a.path: a.file_size for a in tracker.call("list_artifacts", run.info.run_id)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in files.items():
+            if have.get(name) == path.stat().st_size:
+                continue
+            if path.name != name:
+                target = Path(tmp) / name
+                target.write_bytes(path.read_bytes())
+                path = target
+            tracker.call("log_artifact", run.info.run_id, str(path))
+
+
+def _finish(tracker: Tracker, run) -> None:
+    if run.info.status != "FINISHED":
+        tracker.call("set_terminated", run.info.run_id, "FINISHED")
+
+
+def _history(path: Path) -> dict[str, dict[int, float]]:
+    """history.csv as ``{metric: {epoch: value}}``."""
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    missing = [c for c in ["epoch", *EPOCH_METRICS] if c not in frame.columns]
+    if missing:
+        raise TrackingError(f"{path}: missing column(s) {', '.join(missing)}")
+    return {metric: {int(e): float(v) for e, v in zip(frame["epoch"], frame[col]) if not pd.isna(e)}
+            for col, metric in EPOCH_METRICS.items()}
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise TrackingError(f"run {run_dir}: missing {', '.join(missing)}")
+    data = {name.removesuffix(".json"): io.read_json(run_dir / name)
+            for name in ("recipe.json", "train.json", "metrics.json")}
+    if "seed" not in data["train"]:
+        raise TrackingError(f"{run_dir / 'train.json'}: missing key 'seed'")
+    data["history"] = _history(run_dir / "history.csv")
+    return data
+
+
+# ----------------------------------------------------------------------------- runs
+def _base_tags(*, study: str, experiment: str, group: str, dataset: str, kind: str) -> dict[str, str]:
+    tags = {"study": study, "experiment": experiment, "group": group, "dataset": dataset, "kind": kind}
+    commit = git_commit()
+    if commit:
+        tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
+    return tags
+
+
+def open_runs(tracker: Tracker, *, recipe: Mapping[str, Any], seed: int, study: str,
+              experiment: str, group: str, dataset: str):
+    """``(parent, child, created)`` for one seed, both created if absent; params logged."""
+    tags = _base_tags(study=study, experiment=experiment, group=group, dataset=dataset, kind="parent")
+    params = flatten(recipe)
+    parent, created = tracker.ensure_run(run_key(experiment, dataset, recipe), name=experiment, tags=tags)
+    if created:
+        _log(tracker, parent, params=params)
+    child_tags = {**tags, "kind": "child", "seed": str(seed), "mlflow.parentRunId": parent.info.run_id}
+    child, created = tracker.ensure_run(run_key(experiment, dataset, recipe, seed),
+                                        name=f"{experiment}/seed{seed}", tags=child_tags)
+    if created:
+        _log(tracker, child, params=params)
+        child = tracker.call("get_run", child.info.run_id)
+    return parent, child, created
+
+
+def init(uri: str = DEFAULT_URI, name: str = "ablationlab", *, lock=None) -> dict[str, Any]:
+    """Create the store and the experiment ``name`` once (run before any parallel job)."""
+    tracker = Tracker(uri, name, lock=lock)
+    eid = tracker.experiment_id
+    return {"experiment_id": eid, "experiment_name": name, "tracking_uri": tracker.redacted,
+            "url": f"#/experiments/{eid}?{UI_QUERY}"}
+
+
+def track_run(run_dir: str | os.PathLike, *, experiment: str, group: str, dataset: str,
+              study: str, uri: str = DEFAULT_URI, name: str = "ablationlab",
+              log_file: str | os.PathLike | None = None, lock=None,
+              out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Log one trained + evaluated run directory as a child run; write ``mlflow.json``."""
+    run_dir = Path(run_dir)
+    data = _read_run(run_dir)
+    if log_file is not None and not Path(log_file).is_file():
+        raise TrackingError(f"train log {log_file} does not exist")
+    train, metrics, seed = data["train"], data["metrics"], int(data["train"]["seed"])
+    tracker = Tracker(uri, name, lock=lock)
+    with tracker.session():
+        parent, child, _ = open_runs(tracker, recipe=data["recipe"], seed=seed, study=study,
+                                     experiment=experiment, group=group, dataset=dataset)
+        final = {f"test_{k}": metrics.get(f"test_{k}") for k in ("loss", "acc", "top5")}
+        final.update({k: train.get(k) for k in ("best_val_loss", "best_val_acc", "best_epoch",
+                                                "epochs_run", "wall_seconds")})
+        final.update({"params_trainable": train.get("params"), "params_total": train.get("params_total"),
+                      "n_test": metrics.get("n_test")})
+        tags = {"status": metrics.get("status") or train.get("status"), "device": train.get("device"),
+                "torch_version": train.get("torch_version"), "stop_reason": train.get("stop_reason")}
+        _log(tracker, child, params=flatten(data["recipe"]), tags=tags, metrics=final,
+             history=data["history"])
+        files = {name: run_dir / name for name in ARTIFACTS}
+        if log_file is not None:
+            files["train.log"] = Path(log_file)
+        _log_artifacts(tracker, child, files)
+        _finish(tracker, child)
+        child = tracker.call("get_run", child.info.run_id)
+        superseded = tracker.supersede(child, {"kind": "child", "experiment": experiment, "seed": str(seed)})
+    info = tracker.run_info(child, kind="child", experiment=experiment, seed=seed,
+                            run_key=child.data.tags["run_key"], parent_run_id=parent.info.run_id,
+                            superseded=superseded)
+    io.write_json(out or run_dir / "mlflow.json", info)
+    log.info("tracked %s seed %d as run %s (%s)", experiment, seed, child.info.run_id, tracker.redacted)
+    return info
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    import statistics
+
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def track_experiment(run_dirs: Sequence[str | os.PathLike], *, experiment: str, group: str,
+                     dataset: str, study: str, out: str | os.PathLike, uri: str = DEFAULT_URI,
+                     name: str = "ablationlab", lock=None) -> dict[str, Any]:
+    """Log the seed-aggregated parent run of one experiment from its tracked run dirs."""
+    if not run_dirs:
+        raise TrackingError(f"experiment {experiment}: no run directories given")
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        data = _read_run(run_dir)
+        if not (run_dir / "mlflow.json").is_file():
+            raise TrackingError(f"run {run_dir}: missing mlflow.json (track the run first)")
+        data["mlflow"], data["dir"] = io.read_json(run_dir / "mlflow.json"), run_dir
+        runs.append(data)
+    recipe = runs[0]["recipe"]
+    for data in runs[1:]:
+        if data["recipe"] != recipe:
+            raise TrackingError(f"experiment {experiment}: {data['dir']}/recipe.json differs from "
+                                f"{runs[0]['dir']}/recipe.json")
+    runs.sort(key=lambda d: int(d["train"]["seed"]))
+    seeds = [int(d["train"]["seed"]) for d in runs]
+    if len(set(seeds)) != len(seeds):
+        raise TrackingError(f"experiment {experiment}: duplicate seeds {seeds}")
+
+    metrics: dict[str, float] = {"n_seeds": len(runs)}
+    columns = {"test_acc": "metrics", "test_loss": "metrics", "best_val_acc": "train",
+               "best_val_loss": "train", "epochs_run": "train"}
+    for key, source in columns.items():
+        values = [float(d[source][key]) for d in runs if d[source].get(key) is not None]
+        if values:
+            mean, std = _mean_std(values)
+            metrics[f"{key}_mean"] = mean
+            if std is not None:
+                metrics[f"{key}_std"] = std
+            if key == "test_acc":
+                metrics.update(test_acc_min=min(values), test_acc_max=max(values))
+    history = {}
+    for metric in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        epochs = sorted({e for d in runs for e in d["history"][metric]})
+        history[metric] = {e: _mean_std([d["history"][metric][e] for d in runs
+                                         if e in d["history"][metric]])[0] for e in epochs}
+    statuses = sorted({str(d["metrics"].get("status") or d["train"].get("status")) for d in runs})
+    seeds_rows = [{"seed": s, "run_id": d["mlflow"]["run_id"], "status": d["metrics"].get("status"),
+                   "test_acc": d["metrics"].get("test_acc"), "test_loss": d["metrics"].get("test_loss")}
+                  for s, d in zip(seeds, runs)]
+
+    tracker = Tracker(uri, name, lock=lock)
+    with tracker.session():
+        tags = _base_tags(study=study, experiment=experiment, group=group, dataset=dataset, kind="parent")
+        parent, created = tracker.ensure_run(run_key(experiment, dataset, recipe), name=experiment, tags=tags)
+        acc = metrics.get("test_acc_mean")
+        note = (f"**{experiment}**: test accuracy {acc:.4f} ± {metrics.get('test_acc_std', 0.0):.4f} "
+                f"over {len(seeds)} seed(s) {seeds}" if acc is not None else f"**{experiment}**")
+        _log(tracker, parent, params=flatten(recipe), metrics=metrics, history=history,
+             tags={**tags, "seeds": json.dumps(seeds), "n_seeds": len(seeds), "status": ",".join(statuses),
+                   "mlflow.note.content": note})
+        with tempfile.TemporaryDirectory() as tmp:
+            table = Path(tmp) / "seeds.json"
+            table.write_text(json.dumps(seeds_rows, indent=2))
+            _log_artifacts(tracker, parent, {"seeds.json": table})
+        _finish(tracker, parent)
+        parent = tracker.call("get_run", parent.info.run_id)
+        superseded = tracker.supersede(parent, {"kind": "parent", "experiment": experiment})
+    info = tracker.run_info(parent, kind="parent", experiment=experiment, run_key=parent.data.tags["run_key"],
+                            children={str(r["seed"]): r["run_id"] for r in seeds_rows},
+                            metrics=metrics, superseded=superseded)
+    io.write_json(out, info)
+    log.info("tracked experiment %s as parent run %s", experiment, parent.info.run_id)
+    return info
+
+
+# ----------------------------------------------------------------------------- live logging
+class LiveRun:
+    """Hook for ``train.train(on_epoch=...)``: logs each epoch to the run's child run as it
+    finishes (and, optionally, system metrics), so a long run can be watched in the UI.
+
+    ``spec``: ``{"uri", "mlflow_experiment", "study", "experiment", "group", "dataset",
+    "live": bool, "system_metrics": bool}`` (what :func:`live_spec` builds). The ``track``
+    job later completes the same run (same ``run_key``). Logging failures never stop
+    training: they are logged as warnings and the ``track`` job catches up.
+    """
+
+    def __init__(self, spec: Mapping[str, Any], *, recipe: Mapping[str, Any], seed: int):
+        self.spec, self.recipe, self.seed = dict(spec), recipe, int(seed)
+        self.tracker: Tracker | None = None
+        self.run = None
+        self.monitor = None
+        self.logged: set[int] = set()
+
+    def __enter__(self) -> "LiveRun":
+        try:
+            spec = self.spec
+            self.tracker = Tracker(spec.get("uri") or DEFAULT_URI, spec["mlflow_experiment"], lock=spec.get("lock"))
+            with self.tracker.session():
+                _, self.run, _ = open_runs(self.tracker, recipe=self.recipe, seed=self.seed,
+                                           study=spec["study"], experiment=spec["experiment"],
+                                           group=spec["group"], dataset=spec["dataset"])
+                if self.run.info.status != "RUNNING":
+                    self.tracker.call("update_run", self.run.info.run_id, status="RUNNING")
+                if "val_loss" in self.run.data.metrics:
+                    self.logged = {m.step for m in self.tracker.call(
+                        "get_metric_history", self.run.info.run_id, "val_loss")}
+            if spec.get("system_metrics"):
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self.monitor = SystemMetricsMonitor(
+                    self.run.info.run_id, sampling_interval=float(spec.get("system_metrics_interval", 10)),
+                    resume_logging=True, tracking_uri=self.tracker.uri)
+                self.monitor.start()
+        except Exception as exc:
+            log.warning("live MLflow logging disabled: %s", redact(str(exc)))
+            self.run = None
+        return self
+
+    def on_epoch(self, row: Mapping[str, Any]) -> None:
+        """Log one history.csv row (``epoch`` = step) unless that epoch is already logged."""
+        if self.run is None or not self.spec.get("live", True):
+            return
+        from mlflow.entities import Metric
+
+        epoch = int(row["epoch"])
+        if epoch in self.logged:
+            return
+        now = _now_ms()
+        batch = [Metric(name, float(row[col]), now, epoch) for col, name in EPOCH_METRICS.items() if col in row]
+        try:
+            with self.tracker.session():
+                self.tracker.call("log_batch", self.run.info.run_id, metrics=batch)
+            self.logged.add(epoch)
+        except Exception as exc:
+            log.warning("live MLflow logging of epoch %d failed: %s", epoch, redact(str(exc)))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+        if self.run is not None and exc_type is not None:
+            with contextlib.suppress(Exception), self.tracker.session():
+                self.tracker.call("set_terminated", self.run.info.run_id, "FAILED")
+
+
+@contextlib.contextmanager
+def live_run(spec: str | Mapping[str, Any] | None, *, recipe: Mapping[str, Any],
+             seed: int) -> Iterator[Callable[[Mapping[str, Any]], None] | None]:
+    """Yield an ``on_epoch`` callback for ``train.train`` (None when ``spec`` is empty/off).
+
+    ``spec`` is a dict or its JSON text (the train CLI's ``--track`` option)."""
+    if isinstance(spec, str):
+        spec = json.loads(spec) if spec.strip() else None
+    if not spec or not (spec.get("live") or spec.get("system_metrics")):
+        yield None
+        return
+    with LiveRun(spec, recipe=recipe, seed=seed) as hook:
+        yield hook.on_epoch
+
+
+def live_spec(*, uri: str, mlflow_experiment: str, study: str, experiment: str, group: str,
+              dataset: str, live: bool, system_metrics: bool = False) -> str:
+    """The JSON text the pipeline passes to ``train --track`` ("" when live logging is off)."""
+    if not (live or system_metrics):
+        return ""
+    return json.dumps({"uri": uri, "mlflow_experiment": mlflow_experiment, "study": study,
+                       "experiment": experiment, "group": group, "dataset": dataset,
+                       "live": bool(live), "system_metrics": bool(system_metrics)}, sort_keys=True)
+
+
+class LiveSpec:
+    """:func:`live_spec` as a Snakemake params value of ``train --track``. Not a ``str`` on
+    purpose: Snakemake does not compare such params between runs, so switching live logging
+    or the tracking server re-trains nothing."""
+
+    def __init__(self, **kwargs):
+        self.text = live_spec(**kwargs)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __format__(self, spec: str) -> str:
+        return format(self.text, spec)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ablationlab track", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--uri", default=DEFAULT_URI, help=f"tracking URI (default {DEFAULT_URI})")
+        p.add_argument("--mlflow-experiment", required=True, help="MLflow experiment name (one per study)")
+        p.add_argument("--lock", default=None, help="lock file (default: <db>.lock, or results/.mlflow-*.lock)")
+
+    def ident(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--experiment", required=True, help="experiment id, e.g. dropout/p=0.3")
+        p.add_argument("--group", required=True)
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--study", required=True, help="study name (tag)")
+
+    p = sub.add_parser("init", help="create the store and the experiment (once, before parallel jobs)")
+    common(p)
+    p.add_argument("--out", required=True, help="JSON file recording the experiment id")
+    p = sub.add_parser("run", help="log one run directory (one seed) as a child run")
+    common(p)
+    ident(p)
+    p.add_argument("--run", required=True, help="run directory results/runs/{experiment}/seed{n}")
+    p.add_argument("--log", default=None, help="train log file to attach as train.log")
+    p.add_argument("--out", default=None, help="output JSON (default RUN/mlflow.json)")
+    p = sub.add_parser("experiment", help="log the seed-aggregated parent run of one experiment")
+    common(p)
+    ident(p)
+    p.add_argument("--run", required=True, nargs="+", action="extend", metavar="DIR",
+                   help="tracked run directories, one per seed")
+    p.add_argument("--out", required=True, help="output JSON, e.g. results/runs/{experiment}/mlflow.json")
+    return parser
+
+
+def cli(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    where = {"uri": args.uri, "name": args.mlflow_experiment, "lock": args.lock}
+    try:
+        if args.command == "init":
+            info = init(**where)
+            io.write_json(args.out, info)
+        else:
+            ident = {k: getattr(args, k) for k in ("experiment", "group", "dataset", "study")}
+            if args.command == "run":
+                info = track_run(args.run, log_file=args.log, out=args.out, **ident, **where)
+            else:
+                info = track_experiment(args.run, out=args.out, **ident, **where)
+    except TrackingError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: info[k] for k in ("experiment_id", "tracking_uri") if k in info}
+                     | {k: info[k] for k in ("run_id", "url") if k in info}))
+    return 0

@@ -1,0 +1,389 @@
+"""Fault drills: the real Snakemake workflow (smoke preset) through faults, in temporary copies of the repo.
+
+One complete run of the smoke study plus a diverging experiment is shared (module fixture,
+never modified); each drill works on its own copy of it:
+
+1. a diverging recipe: ``diverged`` in train.json/metrics.json, the summary, MLflow and the
+   report, and the rest of the study completes;
+2. a failing job (weights file of garbage bytes) under ``--keep-going``: the rest is produced,
+   nothing finished is lost or re-run, the error names the file and the experiment;
+3. a corrupted prepared-data cache: detected (message naming the file), rebuilt, never used;
+4. a full disk (``RLIMIT_FSIZE``: writes past N bytes fail with EFBIG): a clear error naming
+   the file, no partial output at a declared path, no truncated checkpoint, and the next
+   run completes;
+5. SIGKILL of the whole Snakemake process tree mid-training: the re-run resumes from the
+   checkpoint and ends bit-identical to an uninterrupted run.
+
+Killed-subprocess resume (test_train), SLURM (test_slurm), bad configs (test_study,
+test_pipeline) and tracking concurrency (test_tracking*) are tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import torch
+import yaml
+
+from test_pipeline import BIN, COPIED, REPO, _env, plan, snakemake
+
+pytestmark = pytest.mark.slow
+
+OVERLAY = "faults.yaml"  # presets/smoke.yaml + the diverging group: the study of every drill
+DIVERGED = "diverge/unstable"
+BN = "batch_norm/bn"
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return dst
+
+
+def _study_overlay(work: Path, name: str, change) -> str:
+    """A --configfile overlay: the drills' study (faults.yaml) changed by ``change``, written to ``name``."""
+    cfg = yaml.safe_load((work / OVERLAY).read_text())
+    change(cfg)
+    (work / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return name
+
+
+def _config(overlay: str) -> list[str]:
+    return ["--configfile", "presets/smoke.yaml", overlay]
+
+
+def _smk(work: Path, overlay: str, *args: str, targets=()) -> subprocess.CompletedProcess:
+    """test_pipeline.snakemake with the overlay after presets/smoke.yaml; ``--`` ends --configfile's list."""
+    return snakemake(work, overlay, *args, *(["--", *targets] if targets else []))
+
+
+def _group(cfg: dict, gid: str) -> dict:
+    return next(g for g in cfg["ablations"] if g["id"] == gid)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """{relative path: (mtime_ns, sha256)} of every file under ``root``."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _run_files(work: Path, exp: str) -> Path:
+    return work / "results" / "runs" / exp / "seed0"
+
+
+def _limit_file_size(limit: int):
+    """preexec_fn: every write past ``limit`` bytes fails with EFBIG (Python ignores SIGXFSZ)."""
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def _snakemake_limited(work: Path, limit: int, overlay: str, *args: str, targets=()) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "snakemake"), "--cores", "2", *_config(overlay), *args, "--", *targets]
+    return subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True, timeout=900,
+                          preexec_fn=_limit_file_size(limit))
+
+
+def _names_file(log: str, name: str) -> bool:
+    """Whether an error line of ``log`` says EFBIG ("File too large") and names the file ``name``."""
+    return any("File too large" in line and name in line for line in log.splitlines())
+
+
+def _history(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path).drop(columns=["seconds", "images_per_s"])  # timings vary between runs
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """A complete smoke run with a diverging experiment (read-only: drills work on copies)."""
+    work = tmp_path_factory.mktemp("faults") / "study"
+    work.mkdir()
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            _copy_tree(src, work / name)
+        else:
+            shutil.copy2(src, work / name)
+    cfg = yaml.safe_load((work / "presets" / "smoke.yaml").read_text())
+    cfg["ablations"].append({"id": "diverge", "title": "Far too high a learning rate",
+                             "variants": {"unstable": {"optimizer": {"lr": 1.0e4}}}})
+    (work / OVERLAY).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = _smk(work, OVERLAY)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]  # the diverging run does not stop the study
+    return work
+
+
+@pytest.fixture
+def work(study, tmp_path) -> Path:
+    """A private copy of the completed study (mtimes kept, so Snakemake sees it complete)."""
+    return _copy_tree(study, tmp_path / "study")
+
+
+# --------------------------------------------------------------------------- 1. diverging recipe
+
+
+def test_diverging_recipe_is_marked_everywhere_and_the_study_completes(study):
+    import mlflow
+
+    table = json.loads((study / "results/study/experiments.json").read_text())
+    ids = [e["id"] for e in table["experiments"]]
+    assert DIVERGED in ids and len(ids) == 4
+    for exp in ids:
+        run = _run_files(study, exp)
+        train, metrics = (json.loads((run / f).read_text()) for f in ("train.json", "metrics.json"))
+        expected = "diverged" if exp == DIVERGED else "finished"
+        assert train["status"] == metrics["status"] == expected, exp
+    train = json.loads((_run_files(study, DIVERGED) / "train.json").read_text())
+    assert train["stop_reason"] == "non_finite_loss" and "non-finite" in train["message"]
+
+    runs = pd.read_csv(study / "results/summary/runs.csv").set_index("experiment")
+    experiments = pd.read_csv(study / "results/summary/experiments.csv").set_index("experiment")
+    assert list(experiments.index) == ids
+    assert runs.loc[DIVERGED, "status"] == experiments.loc[DIVERGED, "status"] == "diverged"
+    assert experiments.loc[DIVERGED, "n_diverged"] == 1
+    assert set(experiments.drop(index=DIVERGED)["status"]) == {"finished"}
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study / 'results/mlflow.db'}")
+    for exp in ids:
+        child = client.get_run(json.loads((_run_files(study, exp) / "mlflow.json").read_text())["run_id"])
+        parent = client.get_run(json.loads((study / "results/runs" / exp / "mlflow.json").read_text())["run_id"])
+        expected = "diverged" if exp == DIVERGED else "finished"
+        assert child.data.tags["status"] == parent.data.tags["status"] == expected, exp
+        assert child.data.tags["experiment"] == exp
+
+    html = (study / "reports/report.html").read_text()
+    rows = [r for r in re.findall(r"<tr\b[^>]*>.*?</tr>", html, flags=re.S) if f">{DIVERGED}<" in r]
+    assert rows, f"{DIVERGED} is missing from the report's tables"
+    for row in rows:  # every table flags the row and shows the status
+        assert re.match(r'<tr class="[^"]*\bdiverged\b', row) and re.search(r">\s*diverged\s*<", row), row
+    assert any('<span class="status bad">diverged</span>' in row for row in rows)
+    assert re.search(rf"Diverged runs.*?{re.escape(DIVERGED)} seed 0", html, flags=re.S)
+    for exp in set(ids) - {DIVERGED}:  # the finished ones are not flagged (ranking table: rank, experiment, ...)
+        ranked = re.findall(rf"<tr\b[^>]*>\s*<td>\d+</td><td class=\"text\">{re.escape(exp)}</td>.*?</tr>", html,
+                            flags=re.S)
+        assert len(ranked) == 1 and "diverged" not in ranked[0], ranked
+        assert '<span class="status ok">finished</span>' in ranked[0]
+
+
+# --------------------------------------------------------------------------- 2. failing job
+
+
+def test_failing_job_keeps_going_and_loses_nothing(work):
+    (work / "garbage.pt").write_bytes(os.urandom(4096))  # exists (passes the config check), not a state_dict
+
+    def change(cfg):
+        cfg["ablations"].append({"id": "transfer", "title": "Transfer",
+                                 "variants": {"bad": {"model": {"name": "resnet18", "weights": "garbage.pt"}}}})
+        _group(cfg, "dropout")["sweep"]["values"] = [0.5, 0.25]  # a new experiment that must still be produced
+
+    overlay = _study_overlay(work, "failing.yaml", change)
+    before = _snapshot(work / "results/runs")
+    proc = _smk(work, overlay, "--keep-going")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-4000:]
+
+    # the error names the experiment and the file, in Snakemake's report and in the job's log
+    assert "Error in rule train_transfer" in out and "experiment=transfer/bad" in out, out[-4000:]
+    log = (work / "results/logs/train/transfer/bad/seed0.log").read_text()
+    assert "model.weights: garbage.pt is not a plain state_dict" in log, log
+    assert "model.weights: garbage.pt is not a plain state_dict" in out
+    assert not (_run_files(work, "transfer/bad")).exists() or not any(_run_files(work, "transfer/bad").iterdir())
+
+    # --keep-going finished the rest: the new experiment is complete and tracked
+    new = _run_files(work, "dropout/p=0.25")
+    assert json.loads((new / "train.json").read_text())["status"] == "finished"
+    assert json.loads((new / "recipe.json").read_text())["model"]["dropout"] == 0.25
+    assert 0 <= json.loads((new / "metrics.json").read_text())["test_acc"] <= 1
+    assert json.loads((new / "mlflow.json").read_text())["experiment"] == "dropout/p=0.25"
+    assert (work / "results/runs/dropout/p=0.25/mlflow.json").is_file()
+
+    # already finished results: untouched (content and mtime)
+    after = _snapshot(work / "results/runs")
+    assert {k: v for k, v in after.items() if k in before} == before
+
+    # re-running retries only the failed job; nothing finished is re-run or lost
+    produced = _snapshot(work / "results/runs")
+    proc = _smk(work, overlay, "--keep-going")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "experiment=transfer/bad" in out
+    started = re.findall(r"^(?:local)?rule (\w+):$", out, flags=re.M)
+    assert started == ["train_transfer"], out[-4000:]
+    assert _snapshot(work / "results/runs") == produced
+
+
+# --------------------------------------------------------------------------- 3. corrupted data cache
+
+
+def test_corrupted_data_cache_is_detected_and_rebuilt(work):
+    data_dir = work / "results/data/digits"
+    original = (data_dir / "train_x.pt").read_bytes()
+    corrupt = bytearray(original)
+    middle = len(corrupt) // 2
+    corrupt[middle:middle + 16] = bytes(b ^ 0xFF for b in corrupt[middle:middle + 16])  # same size, other pixels
+    (data_dir / "train_x.pt").write_bytes(bytes(corrupt))
+    baseline_before = _snapshot(_run_files(work, "baseline"))
+
+    overlay = _study_overlay(work, "lr.yaml", lambda c: _group(c, "batch_norm")["variants"]["bn"].update(
+        optimizer={"lr": 0.02}))  # forces the batch_norm/bn train job
+    target = f"results/runs/{BN}/seed0/metrics.json"
+    train_log = work / "results/logs/train" / BN / "seed0.log"
+    messages = ""
+    for _attempt in range(2):  # detected and rebuilt in one run, or detected by the job and rebuilt by the next
+        proc = _smk(work, overlay, targets=[target])
+        messages += proc.stdout + proc.stderr + (train_log.read_text() if train_log.exists() else "")
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert re.search(r"results/data/digits/train_x\.pt is corrupted \(sha256 mismatch\)", messages), messages[-5000:]
+
+    # rebuilt: the same bytes as before the corruption, matching meta.json; training used verified data
+    assert (data_dir / "train_x.pt").read_bytes() == original
+    meta = json.loads((data_dir / "meta.json").read_text())
+    assert meta["sha256"]["train_x.pt"] == hashlib.sha256(original).hexdigest()
+    assert "corrupted" not in train_log.read_text()
+    run = _run_files(work, BN)
+    assert json.loads((run / "recipe.json").read_text())["optimizer"]["lr"] == 0.02
+    assert json.loads((run / "train.json").read_text())["status"] == "finished"
+    assert _snapshot(_run_files(work, "baseline")) == baseline_before  # not a target: untouched
+
+
+# --------------------------------------------------------------------------- 4. disk full
+
+
+def test_disk_full_while_writing_the_report_leaves_no_partial_output(work):
+    size = (work / "reports/report.html").stat().st_size
+    runs_before = _snapshot(work / "results/runs")
+    proc = _snakemake_limited(work, size // 2, OVERLAY, "--forcerun", "report")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-4000:]
+    log = (work / "results/logs/report/report.log").read_text()
+    assert _names_file(log, "report.html"), log  # a clear error that names the file
+
+    # nothing at the declared paths, no temporary left behind; Snakemake plans the report again
+    leftovers = sorted(p.name for p in (work / "reports").iterdir()) if (work / "reports").exists() else []
+    assert leftovers == [], leftovers
+    jobs = plan(work, *_config(OVERLAY))
+    assert ("report", None, None) in jobs and not any(r.startswith("train_") for r, _, _ in jobs)
+    assert _snapshot(work / "results/runs") == runs_before
+
+    proc = _smk(work, OVERLAY)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (work / "reports/report.html").read_text().rstrip().endswith("</html>")
+    assert (work / "reports/report.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_disk_full_while_checkpointing_keeps_the_old_checkpoint_intact(work):
+    ckpt = work / "results/checkpoints" / BN / "seed0" / "last.pt"
+    old = ckpt.read_bytes()
+    # 22k parameters: weights_init.pt (~90 kB) fits under the limit, a checkpoint (weights + momentum
+    # buffers, ~200 kB) does not; Snakemake's own files (its copy of the 21 kB config schema, logs) fit
+    limit = 140_000
+    overlay = _study_overlay(work, "wide.yaml", lambda c: _group(c, "batch_norm")["variants"]["bn"].update(
+        model={"batch_norm": True, "widths": [128]}, optimizer={"name": "momentum", "lr": 0.03}))
+    target = f"results/runs/{BN}/seed0/train.json"
+    proc = _snakemake_limited(work, limit, overlay, targets=[target])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-4000:]
+    log = (work / "results/logs/train" / BN / "seed0.log").read_text()
+    assert _names_file(log, "last.pt"), log
+
+    assert ckpt.read_bytes() == old  # the previous checkpoint is intact, not truncated
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.pt", "weights_init.pt"]  # no temporary
+    torch.load(ckpt, weights_only=True)
+    run = _run_files(work, BN)
+    assert not any((run / name).exists() for name in ("train.json", "weights.pt", "history.csv"))
+
+    proc = _smk(work, overlay, targets=[target])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert json.loads((run / "train.json").read_text())["status"] == "finished"
+    assert json.loads((run / "recipe.json").read_text())["optimizer"]["lr"] == 0.03
+    assert len(torch.load(ckpt, weights_only=True)["model"]["conv1.weight"]) == 128
+
+
+# --------------------------------------------------------------------------- 5. killed pipeline
+
+
+def _kill_tree(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL Snakemake and every process it started (the whole tree, as a crash or an OOM kill would)."""
+    parent = psutil.Process(proc.pid)
+    tree = [parent] + parent.children(recursive=True)
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+    return [p.pid for p in tree]
+
+
+def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_run(work, tmp_path):
+    exp, epochs = "batch_norm/long", 40
+    overlay = _study_overlay(work, "long.yaml", lambda c: _group(c, "batch_norm")["variants"].update(
+        long={"model": {"batch_norm": True, "widths": [16, 32]}, "batch_size": 16, "epochs": epochs}))
+    target = f"results/runs/{exp}/seed0/metrics.json"
+    ckpt = work / "results/checkpoints" / exp / "seed0" / "last.pt"
+    cmd = [str(BIN / "snakemake"), "--cores", "2", *_config(overlay)]
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([*cmd, "--", target], cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while not ckpt.exists():  # the first epoch's checkpoint
+                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
+                assert time.monotonic() < deadline, "no checkpoint within 600 s"
+                time.sleep(0.05)
+            killed = _kill_tree(proc)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert len(killed) >= 2  # snakemake and at least the training job
+    epoch = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= epoch < epochs, f"checkpoint at epoch {epoch}: the kill came too late to test resuming"
+    run = _run_files(work, exp)
+    assert not (run / "train.json").exists()  # no output that looks complete
+
+    unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+    assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+    proc = _smk(work, overlay, "--rerun-incomplete", targets=[target])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    log = (work / "results/logs/train" / exp / "seed0.log").read_text()
+    resumed = re.search(r"resuming from epoch (\d+)", log)
+    assert resumed and int(resumed[1]) >= epoch, log[-3000:]
+
+    # an uninterrupted run of the same recipe and seed, straight through the CLI
+    clean = tmp_path / "clean"
+    lib = {"PYTHONPATH": str(work / "src")}
+    train = subprocess.run(
+        [sys.executable, "-m", "ablationlab", "train", "--data", "results/data/digits", "--recipe",
+         str(run / "recipe.json"), "--seed", "0", "--out", str(clean), "--checkpoint-dir", str(tmp_path / "ck"),
+         "--device", "cpu", "--threads", "1"], cwd=work, env=_env() | lib, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    evaluate = subprocess.run(
+        [sys.executable, "-m", "ablationlab", "evaluate", "--data", "results/data/digits", "--run", str(clean),
+         "--device", "cpu"], cwd=work, env=_env() | lib, capture_output=True, text=True, timeout=600)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+
+    assert len(pd.read_csv(run / "history.csv")) == epochs
+    pd.testing.assert_frame_equal(_history(run / "history.csv"), _history(clean / "history.csv"))
+    resumed_weights, clean_weights = (torch.load(d / "weights.pt", weights_only=True) for d in (run, clean))
+    assert resumed_weights.keys() == clean_weights.keys()
+    assert all(torch.equal(resumed_weights[k], clean_weights[k]) for k in clean_weights)
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (run, clean))
+    assert {k: got[k] for k in ("test_acc", "test_loss", "per_class_acc", "status")} == \
+        {k: want[k] for k in ("test_acc", "test_loss", "per_class_acc", "status")}
+    got, want = (json.loads((d / "train.json").read_text()) for d in (run, clean))
+    assert {k: got[k] for k in ("status", "epochs_run", "best_epoch", "best_val_loss", "best_val_acc")} == \
+        {k: want[k] for k in ("status", "epochs_run", "best_epoch", "best_val_loss", "best_val_acc")}

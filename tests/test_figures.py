@@ -1,0 +1,107 @@
+"""figures: the plan from the study table alone; every planned figure drawn from real digits runs."""
+
+from __future__ import annotations
+
+import struct
+
+import pandas as pd
+import pytest
+
+from ablationlab import figures, io, models
+from ablationlab.train import build_network
+
+from test_summarize import study_runs  # noqa: F401  (session fixture: a small real study)
+
+
+def _png_size(path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def drawn(study_runs, tmp_path_factory):  # noqa: F811
+    root, data_dir = study_runs
+    out = tmp_path_factory.mktemp("figures")
+    manifest = figures.figures(root / "study" / "experiments.json", root / "summary", data_dir, root / "runs", out)
+    return root, data_dir, out, manifest
+
+
+def test_plan_follows_the_study(study_runs):  # noqa: F811
+    root, _ = study_runs
+    study = io.read_json(root / "study" / "experiments.json")
+    plan = figures.plan(study)
+    kinds = {(item["group"], item["kind"]) for item in plan}
+    assert {("baseline", k) for k in ("curves", "params", "filters", "activations")} <= kinds
+    assert ("dropout", "sweep") in kinds and ("batch_norm", "sweep") not in kinds
+    assert ("early_stopping", "early_stopping") in kinds and ("dropout", "early_stopping") not in kinds
+    assert ("augmentation", "augment") in kinds and ("batch_norm", "augment") not in kinds
+    for group in ("batch_norm", "dropout", "early_stopping", "augmentation", "optimizer"):
+        assert {(group, "curves"), (group, "test_acc")} <= kinds
+    assert {k for g, k in kinds if g == figures.STUDY_GROUP} == {"comparison", "best_filters", "confusion",
+                                                                  "misclassified"}
+    assert [i["group"] for i in plan][0] == "baseline"  # report order
+    assert len({i["file"] for i in plan}) == len(plan)
+
+
+def test_every_planned_figure_is_drawn(drawn):
+    root, _, out, manifest = drawn
+    study = io.read_json(root / "study" / "experiments.json")
+    plan = figures.plan(study)
+    assert [m["file"] for m in manifest["figures"]] == [p["file"] for p in plan]
+    assert io.read_json(out / "figures.json") == manifest
+    for item in manifest["figures"]:
+        assert item["caption"] and item["experiments"] and 0 < item["width_in"] <= figures.WIDTH
+        path = out / item["file"]
+        if item["kind"] == "params":
+            continue
+        width, height = _png_size(path)
+        assert width >= 600 and height >= 60, (item["file"], width, height)  # print resolution (160 dpi)
+    assert manifest["classes"] == [str(i) for i in range(10)]
+
+
+def test_best_experiment_and_params_table(drawn):
+    root, data_dir, out, manifest = drawn
+    exps = pd.read_csv(root / "summary" / "experiments.csv")
+    ok = exps[exps["status"] != "diverged"]
+    assert manifest["best_experiment"] == ok.loc[ok["test_acc_mean"].idxmax(), "experiment"]
+    assert "optimizer/lr=1000" not in manifest["best_experiment"]
+    captions = {m["kind"]: m["caption"] for m in manifest["figures"]}
+    assert manifest["best_experiment"] in captions["confusion"] and "seeds 0, 1" in captions["confusion"]
+
+    table = pd.read_csv(out / "baseline_params.csv")
+    assert list(table.columns) == ["layer", "type", "output_shape", "params", "trainable", "param_formula"]
+    recipe = io.read_json(root / "study" / "experiments.json")["experiments"][0]["recipe"]
+    model = build_network(recipe, io.read_json(data_dir / "meta.json"), pretrained=False)
+    assert table["params"].sum() == models.count_params(model)[1]
+    runs = pd.read_csv(root / "summary" / "runs.csv")
+    assert table["trainable"].sum() == runs.loc[runs["experiment"] == "baseline", "params"].iloc[0]
+    conv = table[table["type"] == "Conv2d"].iloc[0]
+    assert conv["param_formula"] == "(3*3*1+1)*8" and conv["params"] == 80
+
+
+def test_early_stopping_caption_reports_the_stop_epochs(drawn):
+    root, _, _, manifest = drawn
+    caption = next(m["caption"] for m in manifest["figures"] if m["kind"] == "early_stopping")
+    stops = [io.read_json(root / "runs" / "early_stopping/patience=1" / f"seed{s}" / "train.json")["epochs_run"]
+             for s in (0, 1)]
+    assert f"stopped at epoch {stops[0]}, {stops[1]}" in caption
+
+
+def test_log_axis_for_learning_rates():
+    assert figures._is_log("optimizer.lr", [0.1, 0.01, 0.0001])
+    assert not figures._is_log("model.dropout", [0.1, 0.3, 0.5])
+    assert figures._is_log("batch_size", [16, 2048]) and not figures._is_log("batch_size", [16, 256])
+    assert figures._label("cost $5 and $x$") == r"cost \$5 and \$x\$"
+
+
+def test_missing_inputs_give_clear_errors(study_runs, tmp_path):  # noqa: F811
+    from ablationlab.summarize import SummaryError
+
+    root, data_dir = study_runs
+    with pytest.raises(SummaryError, match="runs.csv: summary file not found"):
+        figures.figures(root / "study" / "experiments.json", tmp_path, data_dir, root / "runs", tmp_path / "out")
+    study = io.read_json(root / "study" / "experiments.json")
+    study["experiments"].append({**study["experiments"][1], "id": "batch_norm/extra"})
+    with pytest.raises(SummaryError, match=r"lacks experiments \['batch_norm/extra'\]"):
+        figures.figures(study, root / "summary", data_dir, root / "runs", tmp_path / "out")

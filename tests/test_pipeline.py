@@ -1,0 +1,240 @@
+"""The Snakemake workflow, run for real (CLI) on the smoke preset in a temporary copy of the repo.
+
+One complete run is shared by the dry-run tests (module fixture); each dry run parses the
+jobs Snakemake plans (rule + experiment + seed wildcards). Also: lint, snakefmt, the
+readable config errors, and the per-job GPU pool of workflow/scripts/gpu_slot.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COPIED = ["Snakefile", "config.yaml", "workflow", "profiles", "presets", "src"]
+STAGES = ("prepare_data", "evaluate")  # with train_<group>: the jobs that must not re-run needlessly
+
+
+def _env() -> dict:
+    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "presets/smoke.yaml", *args]
+    return subprocess.run(cmd, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def plan(workdir: Path, *args: str) -> list[tuple[str, str | None, str | None]]:
+    """Jobs of a dry run: sorted (rule, experiment, seed)."""
+    proc = snakemake(workdir, "-n", *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    jobs: list[list] = []
+    for line in out.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            jobs.append([match[1], None, None])
+        elif jobs and line.strip().startswith("wildcards:"):
+            wildcards = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+            jobs[-1][1:] = [wildcards.get("experiment"), wildcards.get("seed")]
+    return sorted(tuple(j) for j in jobs)
+
+
+def stage_jobs(jobs) -> set:
+    """The training-side jobs of a plan (train_<group>, evaluate, prepare_data)."""
+    return {j for j in jobs if j[0].startswith("train_") or j[0] in STAGES}
+
+
+def overlay(workdir: Path, name: str, change) -> str:
+    """A --configfile overlay: presets/smoke.yaml changed by ``change`` (lists replace, so it is complete)."""
+    cfg = yaml.safe_load((workdir / "presets" / "smoke.yaml").read_text())
+    change(cfg)
+    (workdir / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return name
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> Path:
+    """A copy of the workflow after a complete smoke run."""
+    work = tmp_path_factory.mktemp("workflow")
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, work / name)
+    start = time.monotonic()
+    proc = snakemake(work)
+    print(f"\nsmoke run: {time.monotonic() - start:.0f} s", file=sys.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return work
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_smoke_run_outputs_exist_and_parse(done):
+    table = json.loads((done / "results/study/experiments.json").read_text())
+    ids = [e["id"] for e in table["experiments"]]
+    assert ids == ["baseline", "batch_norm/bn", "dropout/p=0.5"] and table["seeds"] == [0]
+    report = json.loads((done / "results/study/report.json").read_text())
+    assert [g["id"] for g in report["groups"]] == ["batch_norm", "dropout"]
+    assert json.loads((done / "results/data/digits/meta.json").read_text())["splits"]["train"] == 1293
+    for exp in ids:
+        run = done / "results/runs" / exp / "seed0"
+        assert json.loads((run / "recipe.json").read_text()) == next(
+            e["recipe"] for e in table["experiments"] if e["id"] == exp)
+        assert json.loads((run / "train.json").read_text())["status"] in ("finished", "early_stopped")
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["n_test"] == 360
+        assert len(pd.read_csv(run / "history.csv")) == 1
+        assert (done / "results/logs/train" / exp / "seed0.log").stat().st_size > 0
+        bench = pd.read_csv(done / "results/benchmarks/train" / exp / "seed0.tsv", sep="\t")
+        assert bench["s"].iloc[0] > 0
+        assert (done / "results/checkpoints" / exp / "seed0").is_dir()  # outside the declared outputs
+    summary = pd.read_csv(done / "results/summary/experiments.csv")
+    assert list(summary["experiment"]) == ids and (summary["n"] == 1).all()
+    assert summary["test_acc_mean"].between(0, 1).all()
+    assert (done / "reports/report.html").stat().st_size > 0
+    assert (done / "reports/report.pdf").read_bytes().startswith(b"%PDF")
+
+
+@pytest.mark.slow
+def test_complete_run_plans_nothing(done):
+    proc = snakemake(done, "-n")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_changed_learning_rate_reruns_exactly_that_experiment(done):
+    changed = overlay(done, "lr.yaml", lambda c: c["ablations"][0]["variants"]["bn"].update(optimizer={"lr": 0.02}))
+    jobs = plan(done, "--configfile", "presets/smoke.yaml", changed)
+    assert stage_jobs(jobs) == {("train_batch_norm", "batch_norm/bn", "0"), ("evaluate", "batch_norm/bn", "0")}
+    assert all(exp in (None, "batch_norm/bn") for _, exp, _ in jobs)  # downstream: aggregation only
+    assert ("summarize", None, None) in jobs
+
+
+@pytest.mark.slow
+def test_added_seed_runs_only_the_new_seed(done):
+    jobs = plan(done, "--configfile", "presets/smoke.yaml", overlay(done, "seeds.yaml", lambda c: c.update(seeds=[0, 1])))
+    expected = {(rule, exp, "1") for rule, exp in [("train_baseline", "baseline"), ("train_batch_norm", "batch_norm/bn"),
+                                                   ("train_dropout", "dropout/p=0.5")]}
+    expected |= {("evaluate", exp, "1") for _, exp, _ in expected}
+    assert stage_jobs(jobs) == expected
+    assert all(seed in (None, "1") for _, _, seed in jobs)
+
+
+@pytest.mark.slow
+def test_edited_notes_train_nothing(done):
+    changed = overlay(done, "notes.yaml", lambda c: c["ablations"][0].update(notes="Other *notes*."))
+    jobs = plan(done, "--configfile", "presets/smoke.yaml", changed)
+    assert stage_jobs(jobs) == set() and all(exp is None for _, exp, _ in jobs)
+    assert ("study", None, None) in jobs and ("summarize", None, None) not in jobs
+
+
+@pytest.mark.slow
+def test_edited_library_module_reruns_the_stages_importing_it(done):
+    models = done / "src" / "ablationlab" / "models.py"
+    original = models.read_bytes()
+    models.write_bytes(original + b"\n# edited\n")
+    try:
+        jobs = plan(done)
+    finally:
+        models.write_bytes(original)  # same content again: Snakemake's input checksums say unchanged
+    runs = {("baseline", "0"), ("batch_norm/bn", "0"), ("dropout/p=0.5", "0")}
+    assert {(exp, seed) for rule, exp, seed in jobs if rule.startswith("train_")} == runs
+    assert {(exp, seed) for rule, exp, seed in jobs if rule == "evaluate"} == runs
+    assert ("prepare_data", None, None) not in jobs and ("study", None, None) not in jobs
+    again = snakemake(done, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr  # touched, not changed: nothing
+
+
+@pytest.mark.slow
+def test_group_target_plans_only_that_group(done):
+    jobs = plan(done, "dropout", "--forcerun", "train_dropout")
+    assert jobs == [("dropout", None, None), ("evaluate", "dropout/p=0.5", "0"), ("train_dropout", "dropout/p=0.5", "0")]
+
+
+# --------------------------------------------------------------------------- bad config
+
+
+BAD = {
+    "unknown key": ("sedds: [1]\n", "invalid configuration: sedds: unknown key 'sedds' (did you mean 'seeds'?)"),
+    "sweep over a missing key": (
+        "ablations:\n  - {id: dropout, title: D, sweep: {key: model.dropuot, values: [0.5]}}\n",
+        "invalid configuration: ablations[dropout].sweep.key: 'model.dropuot' does not exist in the recipe of base "
+        "experiment 'baseline'"),
+    "batch larger than the train split": (
+        "baseline: {batch_size: 5000}\n",
+        "invalid configuration: baseline.batch_size: batch_size 5000 is larger than the train split of digits "
+        "(1293 images)"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_invalid_config_stops_before_any_job(done, case):
+    text, message = BAD[case]
+    (done / "bad.yaml").write_text(text)
+    before = sorted(p for p in (done / "results").rglob("*"))
+    proc = snakemake(done, "--configfile", "presets/smoke.yaml", "bad.yaml", "--forceall")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in out
+    assert "Traceback" not in out and len(out.splitlines()) <= 6, out
+    assert sorted(p for p in (done / "results").rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- code quality
+
+
+def test_snakemake_lint_is_clean():
+    proc = subprocess.run([str(BIN / "snakemake"), "--lint", "--configfile", "presets/smoke.yaml"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+
+
+def test_snakefmt_is_clean():
+    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "."], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- GPU pool
+
+
+def _slot(count: int, tmp_path: Path, seconds: float, **env) -> subprocess.Popen:
+    script = "import os, time; print(os.environ.get('CUDA_VISIBLE_DEVICES', '-'), flush=True); " \
+             f"time.sleep({seconds})"
+    full = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    full |= {"ABLATIONLAB_GPUS": "0,1,2", "ABLATIONLAB_GPU_LOCKS": str(tmp_path / "locks")} | env
+    return subprocess.Popen([sys.executable, str(REPO / "workflow/scripts/gpu_slot.py"), str(count), "--",
+                             sys.executable, "-c", script], env=full, stdout=subprocess.PIPE, text=True)
+
+
+def test_concurrent_jobs_get_their_own_gpus(tmp_path):
+    first, second = _slot(1, tmp_path, 3), _slot(2, tmp_path, 3)
+    got = [first.stdout.readline().strip(), second.stdout.readline().strip()]
+    assert sorted(",".join(got).split(",")) == ["0", "1", "2"]  # disjoint, every GPU in use
+    start = time.monotonic()
+    third = _slot(1, tmp_path, 0)  # waits until a GPU is released
+    assert third.stdout.readline().strip() in got[0].split(",") + got[1].split(",")
+    assert time.monotonic() - start > 1.0
+    for proc in (first, second, third):
+        assert proc.wait(timeout=30) == 0
+
+
+def test_gpu_slot_leaves_cpu_jobs_and_scheduler_allocations_alone(tmp_path):
+    assert _slot(0, tmp_path, 0).communicate(timeout=30)[0].strip() == "-"
+    assert _slot(1, tmp_path, 0, CUDA_VISIBLE_DEVICES="7").communicate(timeout=30)[0].strip() == "7"
+    assert _slot(1, tmp_path, 0, ABLATIONLAB_GPUS="").communicate(timeout=30)[0].strip() == "-"

@@ -1,0 +1,223 @@
+"""summarize + stats: statistics against scipy and known numbers; real digits runs → runs.csv / experiments.csv.
+
+``make_study`` (also used by test_figures.py and test_report.py) writes a contract-conformant
+``experiments.json`` + ``report.json`` and trains/evaluates every run with the real stages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from ablationlab import evaluate, io, stats, summarize, train
+from ablationlab.recipe import complete, deep_merge
+
+XSS_NOTES = ("Does BN help? <script>alert(1)</script>\n\n<img src=x onerror=alert(1)>\n\n"
+             "[click](javascript:alert(1)) and **bold**")
+
+BASE = {"model": {"widths": [8, 16], "hidden": [32], "kernel_size": 3}, "optimizer": {"name": "momentum", "lr": 0.05},
+        "batch_size": 64, "epochs": 2}
+
+# group id -> (title, notes, [(variant, partial recipe, sweep or None)], sweep_key)
+GROUPS = {
+    "batch_norm": ("Batch normalisation", XSS_NOTES, [("bn", {"model": {"batch_norm": True}}, None)], None),
+    "dropout": ("Dropout sweep", "Dropout in the head, **p** swept.",
+                [(f"p={p}", {"model": {"dropout": p}}, {"key": "model.dropout", "value": p}) for p in (0.2, 0.5)],
+                "model.dropout"),
+    "early_stopping": ("Early stopping", None,
+                       [("patience=1", {"epochs": 4, "early_stopping": {"enabled": True, "patience": 1,
+                                                                         "monitor": "val_acc"}}, None)], None),
+    "augmentation": ("Augmentation", "", [("hflip", {"augment": [{"name": "hflip", "p": 0.5}]}, None)], None),
+    "optimizer": ("Learning rate too high", "lr 1000 must diverge.",
+                  [("lr=1000", {"optimizer": {"name": "sgd", "lr": 1000.0}}, None)], None),
+}
+
+
+def make_study(root: Path, data_dir: Path, *, groups=GROUPS, seeds=(0, 1), base=BASE, train_runs=True) -> dict:
+    """Write root/study/{experiments,report}.json and train + evaluate every run into root/runs."""
+    root = Path(root)
+    baseline = complete(base)
+    experiments = [{"id": "baseline", "group": "baseline", "variant": "baseline", "reference": None,
+                    "sweep": None, "recipe": baseline}]
+    report_groups = []
+    for gid, (title, notes, variants, sweep_key) in groups.items():
+        ids = []
+        for variant, partial, sweep in variants:
+            exp_id = f"{gid}/{variant}"
+            ids.append(exp_id)
+            experiments.append({"id": exp_id, "group": gid, "variant": variant, "reference": "baseline",
+                                "sweep": sweep, "recipe": deep_merge(baseline, partial)})
+        report_groups.append({"id": gid, "title": title, "notes": notes, "reference": "baseline",
+                              "sweep_key": sweep_key, "experiments": ids})
+    study = {"dataset": "digits", "seeds": list(seeds), "experiments": experiments}
+    config = {"data": {"dataset": "digits"}, "seeds": list(seeds), "baseline": base,
+              "ablations": {g: {"title": t} for g, (t, *_rest) in groups.items()}}
+    report = {"name": "test-study", "title": "Digits <ablation> study", "dataset": "digits", "seeds": list(seeds),
+              "groups": report_groups, "config": config, "config_hash": "0" * 64,
+              "tracking": {"tracking_uri": "http://alice:s3cret@127.0.0.1:5000"}}
+    io.write_json(root / "study" / "experiments.json", study)
+    io.write_json(root / "study" / "report.json", report)
+    if train_runs:
+        for exp in experiments:
+            for seed in seeds:
+                out = root / "runs" / exp["id"] / f"seed{seed}"
+                train.train(data_dir, exp["recipe"], seed, out, checkpoint_dir=root / "checkpoints" / exp["id"] / f"seed{seed}",
+                            device="cpu", threads=1)
+                evaluate.evaluate(data_dir, out, device="cpu")
+    return study
+
+
+@pytest.fixture(scope="session")
+def study_runs(tmp_path_factory, digits_dir):
+    """A small real study (7 experiments × 2 seeds on digits) with its summary: (root, data_dir)."""
+    root = tmp_path_factory.mktemp("study")
+    make_study(root, digits_dir)
+    io.write_json(root / "runs" / "baseline" / "seed0" / "mlflow.json",
+                  {"run_id": "abc123", "experiment_id": "1", "tracking_uri": "sqlite:///results/mlflow.db",
+                   "url": "#/experiments/1/runs/abc123"})
+    summarize.summarize(root / "study" / "experiments.json", root / "runs", root / "summary")
+    return root, digits_dir
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_stats_match_scipy_on_known_numbers():
+    a, b = [0.90, 0.92, 0.91], [0.88, 0.87, 0.89]
+    d = stats.describe(a)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.91) and d["std"] == pytest.approx(0.01)
+    assert (d["min"], d["max"]) == (0.90, 0.92)
+    # t(0.975, 2) = 4.302653; half width = 4.302653 * 0.01 / sqrt(3)
+    assert d["ci_low"] == pytest.approx(0.91 - 4.302653 * 0.01 / math.sqrt(3), abs=1e-6)
+    assert d["ci_high"] == pytest.approx(0.91 + 4.302653 * 0.01 / math.sqrt(3), abs=1e-6)
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx(st.t.interval(0.95, 2, loc=np.mean(a), scale=st.sem(a)))
+    assert d["std"] == pytest.approx(np.std(a, ddof=1))
+
+    w = stats.welch(a, b)
+    ref = st.ttest_ind(a, b, equal_var=False)
+    assert w["delta"] == pytest.approx(0.03)
+    assert w["p_value"] == pytest.approx(ref.pvalue) and w["p_value"] == pytest.approx(0.0213116, abs=1e-6)
+    assert w["df"] == pytest.approx(4.0)
+    half = 2.776445 * math.sqrt(0.01**2 / 3 + 0.01**2 / 3)  # t(0.975, 4)
+    assert (w["ci_low"], w["ci_high"]) == pytest.approx((0.03 - half, 0.03 + half), abs=1e-6)
+
+
+def test_welch_with_unequal_sizes_and_variances():
+    a, b = [0.71, 0.74, 0.69, 0.75], [0.70, 0.66]
+    w, ref = stats.welch(a, b), st.ttest_ind(a, b, equal_var=False)
+    assert w["p_value"] == pytest.approx(ref.pvalue) and w["df"] == pytest.approx(ref.df)
+    ci = ref.confidence_interval(0.95)
+    assert (w["ci_low"], w["ci_high"]) == pytest.approx((ci.low, ci.high))
+
+
+def test_undefined_statistics_are_nan():
+    one = stats.describe([0.5])
+    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["std"]) and math.isnan(one["ci_low"])
+    assert math.isnan(stats.describe([])["mean"])
+    assert math.isnan(stats.welch([0.5], [0.4, 0.6])["p_value"])
+    assert stats.welch([0.5], [0.4, 0.6])["delta"] == pytest.approx(0.0)
+    same = stats.welch([0.9, 0.9], [0.8, 0.8])  # no spread: no test, but a difference
+    assert same["delta"] == pytest.approx(0.1) and math.isnan(same["p_value"])
+    assert stats.t_interval([0.7, 0.7]) == (0.7, 0.7)
+    assert math.isnan(stats.describe([1.0, float("nan")])["mean"])
+
+
+def test_status_aggregation():
+    assert summarize._status(["finished"] * 3) == "finished"
+    assert summarize._status(["diverged", "finished", "finished"]) == "diverged (1/3)"
+    assert summarize._status(["diverged"] * 2) == "diverged"
+    assert summarize._status(["early_stopped"] * 2) == "early_stopped"
+    assert summarize._status(["early_stopped", "finished"]) == "early_stopped (1/2)"
+    assert summarize._status(["missing", "finished"]) == "incomplete (1/2)"
+
+
+# ----------------------------------------------------------------------------- real runs
+
+
+def test_summary_files_from_real_runs(study_runs):
+    root, _ = study_runs
+    study = io.read_json(root / "study" / "experiments.json")
+    runs = pd.read_csv(root / "summary" / "runs.csv")
+    exps = pd.read_csv(root / "summary" / "experiments.csv", keep_default_na=False, na_values=[""])
+    assert list(runs.columns[:15]) == ["experiment", "group", "seed", "status", "test_acc", "test_loss", "test_top5",
+                                       "epochs_run", "best_epoch", "best_val_acc", "best_val_loss", "params",
+                                       "wall_seconds", "device", "mlflow_run_id"]
+    assert list(exps.columns) == summarize.EXPERIMENT_COLUMNS
+    assert len(runs) == len(study["experiments"]) * 2 and len(exps) == len(study["experiments"])
+    assert list(exps["experiment"]) == [e["id"] for e in study["experiments"]]  # study order
+
+    # every number is recomputed from the run files
+    for exp in study["experiments"]:
+        accs = [io.read_json(root / "runs" / exp["id"] / f"seed{s}" / "metrics.json")["test_acc"] for s in (0, 1)]
+        row = exps.set_index("experiment").loc[exp["id"]]
+        assert row["n"] == 2 and row["n_seeds"] == 2
+        assert row["test_acc_mean"] == pytest.approx(np.mean(accs))
+        assert row["test_acc_min"] == pytest.approx(min(accs)) and row["test_acc_max"] == pytest.approx(max(accs))
+        assert 0 <= row["test_acc_mean"] <= 1
+        if np.std(accs) > 0:  # 95% t-interval, cut to [0, 1]
+            low, high = st.t.interval(0.95, 1, loc=np.mean(accs), scale=st.sem(accs))
+            assert (row["test_acc_ci_low"], row["test_acc_ci_high"]) == pytest.approx((max(low, 0), min(high, 1)))
+    base = exps.set_index("experiment").loc["baseline"]
+    assert math.isnan(base["delta_acc"]) and math.isnan(base["p_value"]) and math.isnan(base["reference"])
+    bn = exps.set_index("experiment").loc["batch_norm/bn"]
+    assert bn["delta_acc"] == pytest.approx(bn["test_acc_mean"] - base["test_acc_mean"])
+    acc = runs.set_index(["experiment", "seed"])["test_acc"]
+    ref = st.ttest_ind([acc["batch_norm/bn", s] for s in (0, 1)], [acc["baseline", s] for s in (0, 1)],
+                       equal_var=False)
+    if np.isfinite(ref.pvalue):
+        assert bn["p_value"] == pytest.approx(ref.pvalue)
+    assert bn["params"] > base["params"]  # BN adds scale and shift parameters
+
+    sweep = exps.set_index("experiment").loc["dropout/p=0.2"]
+    assert sweep["sweep_key"] == "model.dropout" and float(sweep["sweep_value"]) == 0.2
+    es = exps.set_index("experiment").loc["early_stopping/patience=1"]
+    assert es["status"] in ("finished", "early_stopped", "early_stopped (1/2)")
+    diverged = exps.set_index("experiment").loc["optimizer/lr=1000"]
+    assert diverged["status"].startswith("diverged") and diverged["n_diverged"] >= 1
+
+    tracked = runs.set_index(["experiment", "seed"]).loc[("baseline", 0)]
+    assert tracked["mlflow_run_id"] == "abc123" and tracked["mlflow_url"] == "#/experiments/1/runs/abc123"
+    assert runs.set_index(["experiment", "seed"]).loc[("baseline", 1), "mlflow_run_id"] != "abc123"
+
+
+def test_empty_cells_not_nan_text(study_runs):
+    root, _ = study_runs
+    text = (root / "summary" / "experiments.csv").read_text()
+    assert "nan" not in text.lower().replace("early", "") and "baseline,baseline,baseline,," in text
+
+
+def test_missing_runs_and_bad_study(tmp_path, study_runs):
+    root, _ = study_runs
+    study = io.read_json(root / "study" / "experiments.json")
+    study["seeds"] = [0, 1, 7]  # seed 7 never ran
+    runs, exps = summarize.summarize(study, root / "runs", tmp_path / "summary")
+    assert (runs["status"] == "missing").sum() == len(study["experiments"])
+    base = exps.set_index("experiment").loc["baseline"]
+    assert base["n"] == 2 and base["status"] == "incomplete (2/3)"
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dataset": "digits", "seeds": [0], "experiments": [{"id": "x"}]}))
+    with pytest.raises(summarize.SummaryError, match=r"bad.json: experiments\[0\] lacks group"):
+        summarize.load_study(bad)
+    with pytest.raises(summarize.SummaryError, match="not found"):
+        summarize.load_study(tmp_path / "nope.json")
+    study["experiments"][1]["reference"] = "ghost"
+    io.write_json(bad, study)
+    with pytest.raises(summarize.SummaryError, match="unknown reference 'ghost'"):
+        summarize.load_study(bad)
+
+
+def test_cli(study_runs, tmp_path):
+    from ablationlab.__main__ import main
+
+    root, _ = study_runs
+    assert main(["summarize", "--study", str(root / "study" / "experiments.json"), "--runs", str(root / "runs"),
+                 "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "runs.csv").read_text() == (root / "summary" / "runs.csv").read_text()
+    assert (tmp_path / "experiments.csv").read_text() == (root / "summary" / "experiments.csv").read_text()

@@ -1,0 +1,217 @@
+"""Shared helpers: the validated study, paths, per-group resources, library inputs.
+
+Included first by the Snakefile. The configuration is validated and resolved here by
+ablationlab.study (schema workflow/schemas/config.schema.yaml, defaults filled in, plus the
+semantic checks); an invalid configuration stops Snakemake with one readable message
+naming the key path, before any job is planned.
+"""
+
+import ast
+import functools
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+SRC = Path(workflow.basedir) / "src"
+if (SRC / "ablationlab").is_dir():
+    # this file and every job (conda envs included) import the repository's library
+    sys.path.insert(0, str(SRC))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p
+    )
+
+
+envvars:
+    "PYTHONPATH",
+
+
+import ablationlab
+from ablationlab import io as abl_io
+from ablationlab import study as abl_study
+
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+ENV = "../envs/ablationlab.yaml"
+
+try:
+    STUDY = abl_study.load(config, SCHEMA)
+except abl_study.ConfigError as err:
+    raise WorkflowError(f"invalid configuration: {err}") from None
+# the same schema through Snakemake (fills the same defaults into `config`; cannot fail now)
+validate(config, SCHEMA)
+
+CONFIG = STUDY.config
+DATASET = CONFIG["data"]["dataset"]
+SEEDS = CONFIG["seeds"]
+EXPERIMENTS = {e["id"]: e for e in STUDY.experiments["experiments"]}
+GROUPS = ["baseline"] + [g["id"] for g in STUDY.report["groups"]]
+GROUP_EXPERIMENTS = {
+    gid: [e for e in EXPERIMENTS if EXPERIMENTS[e]["group"] == gid] for gid in GROUPS
+}
+
+# Targets of `rule all`; every included .smk file adds its final outputs.
+FINAL_TARGETS = []
+
+DATA_DIR = f"results/data/{DATASET}"
+RUN_DIR = "results/runs/{experiment}/seed{seed}"
+TRAIN_FILES = [
+    "recipe.json",
+    "history.csv",
+    "train.json",
+    "weights_init.pt",
+    "weights.pt",
+]
+EVALUATE_FILES = [
+    "metrics.json",
+    "confusion.csv",
+    "predictions.csv",
+    "misclassified.csv",
+    "activations.npz",
+]
+
+
+DATA_FILES = [
+    f"{split}_{kind}.pt" for split in ("train", "val", "test") for kind in "xy"
+]
+# the script that gives each job its own GPU(s) (see its docstring)
+GPU_SLOT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "gpu_slot.py"))
+
+
+def data_files(names):
+    """Prepared data files; ancient(): re-preparing identical data re-runs nothing downstream
+    (the options that change its content are params of every job that reads it)."""
+    return ancient(expand(f"{DATA_DIR}/{{name}}", name=names))
+
+
+def data_options():
+    """Options of `prepare` that change the prepared tensors (params of prepare, train, evaluate)."""
+    data = CONFIG["data"]
+    options = [
+        "--val-size",
+        str(data["val_size"]),
+        "--split-seed",
+        str(data["split_seed"]),
+    ]
+    if data["image_size"] is not None:
+        options += ["--image-size", str(data["image_size"])]
+    if data["dataset"] == "imagefolder":
+        options += ["--root", data["root"]]
+    return options
+
+
+def data_source():
+    """Where raw files come from (checksum-verified, so they do not change the data)."""
+    data = CONFIG["data"]
+    options = ["--root", data["root"]] if data["dataset"] != "imagefolder" else []
+    if data["mirror"]:
+        options += ["--mirror", data["mirror"]]
+    return options
+
+
+def weights_file(wildcards):
+    """A weights file named in the recipe is an input (replacing it re-trains)."""
+    weights = EXPERIMENTS[wildcards.experiment]["recipe"]["model"]["weights"]
+    return [] if weights in abl_study.NAMED_WEIGHTS else [weights]
+
+
+def run_files(experiments, names, seeds=None):
+    """results/runs/<experiment>/seed<n>/<name> for every experiment, seed and name."""
+    return [
+        f"results/runs/{exp}/seed{seed}/{name}"
+        for exp in experiments
+        for seed in (SEEDS if seeds is None else seeds)
+        for name in names
+    ]
+
+
+def experiment_regex(experiments):
+    """A wildcard constraint matching exactly these experiment ids."""
+    return "|".join(re.escape(e) for e in experiments)
+
+
+def recipe_json(wildcards):
+    """The experiment's fully resolved recipe, canonical JSON (params: a change re-runs it)."""
+    return abl_io.canonical_json(EXPERIMENTS[wildcards.experiment]["recipe"])
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def _group_resources(group):
+    merged = dict(CONFIG["resources"].get("default") or {})
+    overrides = CONFIG["resources"].get(group) or {}
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return merged
+
+
+def group_resource(group, key, fallback):
+    """resources.<group>.<key>, else resources.default.<key>, else fallback."""
+    value = _group_resources(group).get(key)
+    return fallback if value is None else value
+
+
+def gpus(group):
+    """GPUs per job of a group: its setting, else 1 on CUDA, else 0."""
+    return group_resource(group, "gpu", 1 if CONFIG["device"] == "cuda" else 0)
+
+
+def gpu_model(group):
+    return group_resource(group, "gpu_model", "")
+
+
+def experiment_group(wildcards):
+    return EXPERIMENTS[wildcards.experiment]["group"]
+
+
+# --------------------------------------------------------------------------- library inputs
+
+LIB = Path(ablationlab.__file__).resolve().parent
+try:
+    LIB = LIB.relative_to(Path.cwd().resolve())
+except ValueError:
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(name):
+    """ablationlab modules that ablationlab.<name> imports (directly)."""
+    path = LIB / f"{name}.py"
+    if not path.exists():
+        return frozenset()
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(
+                a.name.split(".")[1]
+                for a in node.names
+                if a.name.startswith("ablationlab.")
+            )
+        elif isinstance(node, ast.ImportFrom):
+            source = node.module or ""
+            if node.level == 0 and source.split(".")[0] == "ablationlab":
+                source = source.removeprefix("ablationlab").lstrip(".")
+            elif node.level != 1:
+                source = None  # not the library
+            if source:  # from .io import x / from ablationlab.io import x
+                found.add(source.split(".")[0])
+            elif source == "":  # from . import io / from ablationlab import io
+                found.update(a.name for a in node.names)
+    return frozenset(m for m in found if (LIB / f"{m}.py").exists())
+
+
+def library(stage):
+    """Source files of ablationlab.<stage> and every ablationlab module it imports, transitively.
+
+    Declared as inputs (Snakemake does not track imported code): editing a module re-runs
+    exactly the stages that import it.
+    """
+    seen, todo = set(), [stage]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_imports(name) - seen)
+    return sorted(str(LIB / f"{m}.py") for m in seen)

@@ -1,0 +1,23 @@
+"""prepare_data: fetch the dataset once and write uint8 tensors + meta.json."""
+
+
+rule prepare_data:
+    input:
+        code=library("data"),
+    output:
+        expand("results/data/{{dataset}}/{name}", name=DATA_FILES + ["meta.json"]),
+    log:
+        "results/logs/prepare_data/{dataset}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        options=data_options(),
+        source=data_source(),
+    shell:
+        "python -m ablationlab prepare --dataset {wildcards.dataset:q}"
+        " --out results/data/{wildcards.dataset:q} {params.options:q} {params.source:q}"
+        " > {log:q} 2>&1"

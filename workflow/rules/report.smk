@@ -1,0 +1,119 @@
+"""figures and report: every plot of the report, then reports/report.html (one
+self-contained file) and reports/report.pdf (WeasyPrint, from the same HTML).
+
+The figure files are known from the study table alone (ablationlab.figures.plan), so each
+is a declared output with a report() flag: `snakemake --report report.zip` shows them too.
+figures reads the study table (ancient + content digest, as summarize), the summary, the
+prepared data and the run files; report also reads report.json, so editing a group's notes
+or the report title re-renders the report and nothing else.
+"""
+
+from ablationlab import figures as abl_figures
+
+
+report: "../report/workflow.rst"
+
+
+# Snakemake's report() flag (a line may not start with the word `report` outside the directive)
+REPORT_FLAG = report
+GROUP_TITLES = {"baseline": "Baseline", abl_figures.STUDY_GROUP: "All experiments"} | {
+    g["id"]: g["title"] for g in STUDY.report["groups"]
+}
+# every planned figure, flagged for `snakemake --report`: caption per kind, category per group
+FIGURES = [
+    REPORT_FLAG(
+        f"results/figures/{item['file']}",
+        caption=f"../report/{item['kind']}.rst",
+        category=GROUP_TITLES.get(item["group"], item["group"]),
+        labels={"group": item["group"], "figure": item["kind"]},
+    )
+    for item in abl_figures.plan(STUDY.experiments)
+]
+TEMPLATES = sorted(str(p) for p in (LIB / "templates").glob("*") if p.is_file())
+FIGURE_RUN_FILES = [
+    "history.csv",
+    "train.json",
+    "weights_init.pt",
+    "weights.pt",
+    "confusion.csv",
+    "misclassified.csv",
+    "activations.npz",
+]
+
+
+rule figures:
+    input:
+        study=ancient(rules.study.output.experiments),
+        summary=rules.summarize.output,
+        data=data_files(["meta.json", "train_x.pt", "train_y.pt", "test_x.pt"]),
+        # the baseline's files come first: params.runs_dir is derived from them
+        runs=run_files(EXPERIMENTS, FIGURE_RUN_FILES),
+        code=library("figures"),
+    output:
+        figures=FIGURES,
+        manifest="results/figures/figures.json",
+    log:
+        "results/logs/figures/figures.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        study=STUDY_DIGEST,
+        summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
+        data_dir=lambda wildcards, input: Path(input.data[0]).parent,
+        runs_dir=lambda wildcards, input: Path(input.runs[0]).parents[2],
+        out_dir=lambda wildcards, output: Path(output.manifest).parent,
+    shell:
+        "python -m ablationlab figures --study {input.study:q} --summary {params.summary_dir:q}"
+        " --data {params.data_dir:q} --runs {params.runs_dir:q} --out {params.out_dir:q}"
+        " > {log:q} 2>&1"
+
+
+rule report:
+    input:
+        study_report=rules.study.output.report,
+        study=rules.study.output.experiments,
+        summary=rules.summarize.output,
+        figures=rules.figures.output.figures,
+        manifest=rules.figures.output.manifest,
+        meta=data_files(["meta.json"]),
+        # wall time per job: results/benchmarks/train/<experiment>/seed<n>.tsv
+        benchmarks=[
+            f"results/benchmarks/train/{exp}/seed{seed}.tsv"
+            for exp in EXPERIMENTS
+            for seed in SEEDS
+        ],
+        code=library("report"),
+        templates=TEMPLATES,
+    output:
+        html=report(
+            "reports/report.html",
+            caption="../report/report.rst",
+            category="Report",
+            labels={"group": "report", "figure": "HTML report"},
+        ),
+        pdf="reports/report.pdf",
+    log:
+        "results/logs/report/report.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    params:
+        summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
+        figures_dir=lambda wildcards, input: Path(input.manifest).parent,
+        data_dir=lambda wildcards, input: Path(input.meta[0]).parent,
+        benchmarks_dir=lambda wildcards, input: Path(input.benchmarks[0]).parents[2],
+    shell:
+        "python -m ablationlab report --study-report {input.study_report:q} --study {input.study:q}"
+        " --summary {params.summary_dir:q} --figures {params.figures_dir:q} --data {params.data_dir:q}"
+        " --benchmarks {params.benchmarks_dir:q}"
+        " --out-html {output.html:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
+
+
+FINAL_TARGETS += [rules.report.output.html, rules.report.output.pdf]

@@ -1,0 +1,26 @@
+"""study: the resolved experiment table and the report's study description."""
+
+
+rule study:
+    input:
+        library("study"),
+    output:
+        experiments="results/study/experiments.json",
+        report="results/study/report.json",
+    log:
+        "results/logs/study/study.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        # canonical JSON: the files are rewritten only when their content changes
+        experiments=abl_io.canonical_json(STUDY.experiments),
+        report=abl_io.canonical_json(STUDY.report),
+    script:
+        "../scripts/write_study.py"
+
+
+FINAL_TARGETS += rules.study.output

@@ -1,0 +1,48 @@
+"""summarize: runs.csv (one row per run) and experiments.csv (per experiment: mean, std,
+95 % t-interval, min/max, Δ vs the reference with a Welch p-value, epochs, parameters, status).
+
+Reads only the study table and each run's train.json / metrics.json (and mlflow.json when
+the tracking stage is part of the workflow). The study table is `ancient` and its content
+digest is a param: editing a group's notes or the report title rewrites experiments.json
+(same content, new mtime) without re-running this rule.
+"""
+
+import hashlib
+
+# sha256 of the canonical study table: a params value that changes only with its content
+STUDY_DIGEST = hashlib.sha256(
+    abl_io.canonical_json(STUDY.experiments).encode()
+).hexdigest()
+
+
+rule summarize:
+    input:
+        study=ancient(rules.study.output.experiments),
+        # the baseline's files come first: params.runs_dir is derived from them
+        runs=run_files(EXPERIMENTS, ["train.json", "metrics.json"]),
+        # mlflow.json of every run when the track rule exists (its run ids go into runs.csv)
+        tracked=lambda wildcards: (
+            run_files(EXPERIMENTS, ["mlflow.json"]) if hasattr(rules, "track") else []
+        ),
+        code=library("summarize"),
+    output:
+        runs="results/summary/runs.csv",
+        experiments="results/summary/experiments.csv",
+    log:
+        "results/logs/summarize/summarize.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        study=STUDY_DIGEST,
+        runs_dir=lambda wildcards, input: Path(input.runs[0]).parents[2],
+        out_dir=lambda wildcards, output: Path(output.runs).parent,
+    shell:
+        "python -m ablationlab summarize --study {input.study:q} --runs {params.runs_dir:q}"
+        " --out {params.out_dir:q} > {log:q} 2>&1"
+
+
+FINAL_TARGETS += [rules.summarize.output.runs, rules.summarize.output.experiments]

@@ -1,0 +1,57 @@
+"""One train rule per group (train_baseline, train_<group>, ...) and a target rule per group.
+
+Each group gets its own resources (resources.<group> in the config), logs and benchmarks;
+`snakemake <group>` trains and evaluates just that group. Every job receives its
+experiment's resolved recipe as params (canonical JSON), so changing a recipe re-runs
+exactly that experiment's jobs. Checkpoints (results/checkpoints/...) are not declared
+outputs: an interrupted job resumes from them (--rerun-incomplete).
+"""
+
+for group in GROUPS:
+
+    rule:
+        name:
+            f"train_{group}"
+        input:
+            data=data_files(
+                ["meta.json", "train_x.pt", "train_y.pt", "val_x.pt", "val_y.pt"]
+            ),
+            code=library("train"),
+            weights=weights_file,
+            gpu_slot=ancient(GPU_SLOT),
+        output:
+            expand(f"{RUN_DIR}/{{name}}", name=TRAIN_FILES, allow_missing=True),
+        log:
+            "results/logs/train/{experiment}/seed{seed}.log",
+        benchmark:
+            "results/benchmarks/train/{experiment}/seed{seed}.tsv"
+        wildcard_constraints:
+            experiment=experiment_regex(GROUP_EXPERIMENTS[group]),
+        conda:
+            ENV
+        threads: group_resource(group, "threads", CONFIG["threads"])
+        resources:
+            gpu=gpus(group),
+            gpu_model=gpu_model(group),
+            mem_mb=group_resource(group, "mem_mb", 4000),
+            runtime=group_resource(group, "runtime", 120),
+        params:
+            recipe=recipe_json,
+            data=data_options(),
+            data_dir=lambda wildcards, input: Path(input.data[0]).parent,
+            checkpoints="results/checkpoints/{experiment}/seed{seed}",
+            device=CONFIG["device"],
+            compile=["--compile"] if CONFIG["compile"] else [],
+        shell:
+            "python {input.gpu_slot:q} {resources.gpu} --"
+            " python -m ablationlab train --data {params.data_dir:q} --recipe {params.recipe:q}"
+            " --seed {wildcards.seed} --out results/runs/{wildcards.experiment:q}/seed{wildcards.seed}"
+            " --checkpoint-dir {params.checkpoints:q} --device {params.device:q} --threads {threads} {params.compile}"
+            " > {log:q} 2>&1"
+
+    rule:
+        name:
+            group
+        default_target: False
+        input:
+            run_files(GROUP_EXPERIMENTS[group], EVALUATE_FILES[:1]),
