@@ -220,3 +220,29 @@ def test_tracking_server_gets_the_study_without_retraining(workdir, study, mlflo
     for path in [*workdir.joinpath("results").rglob("*"), *workdir.joinpath(".snakemake").rglob("*")]:
         if path.is_file() and path.suffix not in (".pt", ".npz", ".db", ".png"):
             assert secret not in path.read_text(errors="ignore"), path
+
+
+def test_live_logging_retrains_nothing_and_logs_each_epoch_during_training(workdir, study):
+    weights = mtimes(workdir)
+    live = {"tracking": {"uri": tracking.DEFAULT_URI, "live": True}}
+    snakemake(workdir, overlay=live)  # back on the SQLite store, live logging on
+    assert mtimes(workdir) == weights  # switching live logging on re-trains nothing
+
+    smoke = yaml.safe_load((REPO / "presets/smoke.yaml").read_text())
+    group = next(g for g in smoke["ablations"] if g.get("sweep"))
+    group["sweep"]["values"] = [0.25]  # a new experiment: its train job logs to MLflow itself
+    snakemake(workdir, overlay={"ablations": smoke["ablations"]})
+    exp = f"{group['id']}/{group['sweep']['label']}=0.25"
+    kids = [r for r in runs(uri(workdir)) if r.data.tags.get("experiment") == exp and r.data.tags["kind"] == "child"]
+    assert len(kids) == len(study["seeds"]) and all(r.info.status == "FINISHED" for r in kids)
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri(workdir))
+    for kid in kids:
+        run_dir = workdir / "results/runs" / exp / f"seed{kid.data.tags['seed']}"
+        history = c.get_metric_history(kid.info.run_id, "val_loss")
+        epochs = io.read_json(run_dir / "train.json")["epochs_run"]
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # logged once, completed by track
+        # logged while training: before the train job wrote its train.json
+        assert max(m.timestamp for m in history) <= (run_dir / "train.json").stat().st_mtime * 1000
+        assert io.read_json(run_dir / "mlflow.json")["run_id"] == kid.info.run_id

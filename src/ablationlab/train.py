@@ -29,7 +29,9 @@ A partial batch at the end of an epoch is trained on, except a single left-over 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -405,12 +407,15 @@ def _progress(epoch: int, epochs: int, total: int):
 
 def train(data_dir: str | os.PathLike, recipe: Mapping[str, Any], seed: int, out_dir: str | os.PathLike, *,
           checkpoint_dir: str | os.PathLike, device: str = "auto", threads: int | None = None,
-          stop_after: int | None = None, compile: bool = False) -> dict[str, Any]:
+          stop_after: int | None = None, compile: bool = False,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train ``recipe`` on the prepared data in ``data_dir`` with ``seed``; write the run files to ``out_dir``.
 
     Resumes from ``{checkpoint_dir}/last.pt`` when it belongs to the same recipe, seed and
     data. ``stop_after=k`` stops once k epochs are done (checkpoint left, no outputs
     written; returns ``{"status": "stopped", "epochs_run": k}``) — used to test resuming.
+    ``on_epoch(row)`` is called with each epoch's history row once it is checkpointed
+    (live MLflow logging: :func:`ablationlab.tracking.live_run`).
     Returns the content of ``train.json``.
     """
     started = time.perf_counter()
@@ -517,6 +522,8 @@ def train(data_dir: str | os.PathLike, recipe: Mapping[str, Any], seed: int, out
             "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None,
             "scaler": engine.scaler.state_dict(), "rng": rng_state(),
         })
+        if on_epoch is not None:
+            on_epoch(row)
 
     if state["status"] is None:
         state.update(status="finished", stop_reason="epochs", message=f"completed {epochs} epochs")
@@ -565,6 +572,18 @@ def configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _live_tracking(spec: str, recipe: Mapping[str, Any], seed: int):
+    """``tracking.live_run`` for ``--track SPEC``; a null context without it.
+
+    Imported by name, not by an import statement: the pipeline declares the modules that
+    ``train`` imports as its code inputs, and a change to the MLflow code must not re-train.
+    """
+    if not spec.strip():
+        return contextlib.nullcontext()
+    tracking = importlib.import_module("ablationlab.tracking")
+    return tracking.live_run(spec, recipe=complete(recipe), seed=seed)
+
+
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ablationlab train",
@@ -587,13 +606,20 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=int, default=None, metavar="K",
                         help="stop once K epochs are done, leaving the checkpoint (for testing resume)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    parser.add_argument("--track", default="", metavar="SPEC",
+                        help="live MLflow logging of every epoch: the JSON of ablationlab.tracking.live_spec "
+                             "(the pipeline passes it when tracking.live or tracking.system_metrics is on)")
     args = parser.parse_args(argv)
     configure_logging()
     try:
         recipe = load_recipe(args.recipe)
-        result = train(args.data, recipe, args.seed, args.out, checkpoint_dir=args.checkpoint_dir,
-                       device=args.device, threads=args.threads, stop_after=args.stop_after, compile=args.compile)
+        with _live_tracking(args.track, recipe, args.seed) as on_epoch:
+            result = train(args.data, recipe, args.seed, args.out, checkpoint_dir=args.checkpoint_dir,
+                           device=args.device, threads=args.threads, stop_after=args.stop_after,
+                           compile=args.compile, on_epoch=on_epoch)
     except (ValueError, data.DataError) as exc:
+        if isinstance(exc, data.DataError):
+            data.invalidate_if_corrupt(args.data)  # a corrupted cache is rebuilt by the next run
         log.error("%s", exc)
         return 2
     print(json.dumps({"status": result["status"], "epochs_run": result["epochs_run"]}))

@@ -30,6 +30,7 @@ envvars:
 
 
 import ablationlab
+from ablationlab import data as abl_data
 from ablationlab import io as abl_io
 from ablationlab import study as abl_study
 
@@ -56,6 +57,10 @@ GROUP_EXPERIMENTS = {
 FINAL_TARGETS = []
 
 DATA_DIR = f"results/data/{DATASET}"
+if workflow.is_main_process:
+    # a prepared cache whose tensors no longer match their sha256 loses its meta.json here
+    # (with a warning naming the file), so that prepare_data rebuilds it in this very run
+    abl_data.invalidate_if_corrupt(DATA_DIR)
 RUN_DIR = "results/runs/{experiment}/seed{seed}"
 TRAIN_FILES = [
     "recipe.json",

@@ -42,11 +42,15 @@ for group in GROUPS:
             checkpoints="results/checkpoints/{experiment}/seed{seed}",
             device=CONFIG["device"],
             compile=["--compile"] if CONFIG["compile"] else [],
+            # live MLflow logging (tracking.live / system_metrics): not compared between
+            # runs, so switching it on or off re-trains nothing (track.smk)
+            track=lambda wildcards: TRACK_LIVE[wildcards.experiment],
         shell:
             "python {input.gpu_slot:q} {resources.gpu} --"
             " python -m ablationlab train --data {params.data_dir:q} --recipe {params.recipe:q}"
             " --seed {wildcards.seed} --out results/runs/{wildcards.experiment:q}/seed{wildcards.seed}"
             " --checkpoint-dir {params.checkpoints:q} --device {params.device:q} --threads {threads} {params.compile}"
+            " --track={params.track:q}"
             " > {log:q} 2>&1"
 
     rule:
