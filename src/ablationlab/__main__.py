@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m ablationlab <command> [--help]\n\ncommands:\n" + "\n".join(lines))
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.cli(argv[1:]) or 0
+    try:
+        return module.cli(argv[1:]) or 0
+    except OSError as exc:  # disk full, unwritable directory: one line naming the file, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
