@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
 
 import pytest
 
@@ -10,22 +12,26 @@ from ablationlab import io
 from ablationlab.__main__ import main
 
 
-@pytest.fixture()
-def file_size_limit():
-    """Writes past 1000 bytes fail with EFBIG (Python ignores SIGXFSZ) while the test runs."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+def _write_under_file_size_limit(target, size: int, limit: int = 1000) -> str:
+    """Write ``size`` bytes to ``target`` with ``io.write_text`` in a child process whose writes
+    past ``limit`` bytes fail with EFBIG (Python ignores SIGXFSZ); return what it printed."""
+    code = ("import sys; from ablationlab import io\n"
+            "try:\n    io.write_text(sys.argv[1], 'x' * int(sys.argv[2]))\n"
+            "except OSError as exc:\n    print(type(exc).__name__, exc)")
+    limit_writes = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # noqa: E731
+    proc = subprocess.run([sys.executable, "-c", code, str(target), str(size)], capture_output=True, text=True,
+                          preexec_fn=limit_writes, timeout=120, check=True)
+    return proc.stdout.strip()
 
 
-def test_failed_write_names_the_target_and_keeps_the_old_file(tmp_path, file_size_limit):
+def test_failed_write_names_the_target_and_keeps_the_old_file(tmp_path):
     target = tmp_path / "report.html"
     target.write_text("old")
-    with pytest.raises(OSError, match=r"^\[Errno 27\] File too large: '.*/report\.html'$"):
-        io.write_text(target, "x" * 5000)
+    assert _write_under_file_size_limit(target, 5000) == f"OSError [Errno 27] File too large: '{target}'"
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary left behind
+    assert _write_under_file_size_limit(target, 500) == ""  # under the limit: written
+    assert target.read_text() == "x" * 500
 
 
 def test_unwritable_directory_names_the_target(tmp_path):
