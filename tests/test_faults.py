@@ -38,7 +38,7 @@ import pytest
 import torch
 import yaml
 
-from test_pipeline import BIN, COPIED, REPO, _env, plan, snakemake
+from test_pipeline import BIN, _env, copy_workflow, plan, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -108,14 +108,7 @@ def _history(path: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     """A complete smoke run with a diverging experiment (read-only: drills work on copies)."""
-    work = tmp_path_factory.mktemp("faults") / "study"
-    work.mkdir()
-    for name in COPIED:
-        src = REPO / name
-        if src.is_dir():
-            _copy_tree(src, work / name)
-        else:
-            shutil.copy2(src, work / name)
+    work = copy_workflow(tmp_path_factory.mktemp("faults") / "study")
     cfg = yaml.safe_load((work / "presets" / "smoke.yaml").read_text())
     cfg["ablations"].append({"id": "diverge", "title": "Far too high a learning rate",
                              "variants": {"unstable": {"optimizer": {"lr": 1.0e4}}}})

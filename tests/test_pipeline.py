@@ -23,7 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPIED = ["Snakefile", "config.yaml", "workflow", "profiles", "presets", "src"]
-STAGES = ("prepare_data", "evaluate")  # with train_<group>: the jobs that must not re-run needlessly
+STAGES = ("prepare_data",)  # with train_<group>, evaluate_<group>: the jobs that must not re-run needlessly
 
 
 def _env() -> dict:
@@ -51,8 +51,20 @@ def plan(workdir: Path, *args: str) -> list[tuple[str, str | None, str | None]]:
 
 
 def stage_jobs(jobs) -> set:
-    """The training-side jobs of a plan (train_<group>, evaluate, prepare_data)."""
-    return {j for j in jobs if j[0].startswith("train_") or j[0] in STAGES}
+    """The training-side jobs of a plan (train_<group>, evaluate_<group>, prepare_data)."""
+    return {j for j in jobs if j[0].startswith(("train_", "evaluate_")) or j[0] in STAGES}
+
+
+def copy_workflow(dest: Path) -> Path:
+    """The workflow (COPIED) copied into ``dest``: a working directory of its own."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
 
 
 def overlay(workdir: Path, name: str, change) -> str:
@@ -66,13 +78,7 @@ def overlay(workdir: Path, name: str, change) -> str:
 @pytest.fixture(scope="module")
 def done(tmp_path_factory) -> Path:
     """A copy of the workflow after a complete smoke run."""
-    work = tmp_path_factory.mktemp("workflow")
-    for name in COPIED:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, work / name)
+    work = copy_workflow(tmp_path_factory.mktemp("workflow"))
     start = time.monotonic()
     proc = snakemake(work)
     print(f"\nsmoke run: {time.monotonic() - start:.0f} s", file=sys.stderr)
@@ -120,7 +126,7 @@ def test_complete_run_plans_nothing(done):
 def test_changed_learning_rate_reruns_exactly_that_experiment(done):
     changed = overlay(done, "lr.yaml", lambda c: c["ablations"][0]["variants"]["bn"].update(optimizer={"lr": 0.02}))
     jobs = plan(done, "--configfile", "presets/smoke.yaml", changed)
-    assert stage_jobs(jobs) == {("train_batch_norm", "batch_norm/bn", "0"), ("evaluate", "batch_norm/bn", "0")}
+    assert stage_jobs(jobs) == {("train_batch_norm", "batch_norm/bn", "0"), ("evaluate_batch_norm", "batch_norm/bn", "0")}
     assert all(exp in (None, "batch_norm/bn") for _, exp, _ in jobs)  # downstream: aggregation only
     assert ("summarize", None, None) in jobs
 
@@ -130,7 +136,7 @@ def test_added_seed_runs_only_the_new_seed(done):
     jobs = plan(done, "--configfile", "presets/smoke.yaml", overlay(done, "seeds.yaml", lambda c: c.update(seeds=[0, 1])))
     expected = {(rule, exp, "1") for rule, exp in [("train_baseline", "baseline"), ("train_batch_norm", "batch_norm/bn"),
                                                    ("train_dropout", "dropout/p=0.5")]}
-    expected |= {("evaluate", exp, "1") for _, exp, _ in expected}
+    expected |= {(rule.replace("train_", "evaluate_"), exp, "1") for rule, exp, _ in expected}
     assert stage_jobs(jobs) == expected
     assert all(seed in (None, "1") for _, _, seed in jobs)
 
@@ -154,7 +160,7 @@ def test_edited_library_module_reruns_the_stages_importing_it(done):
         models.write_bytes(original)  # same content again: Snakemake's input checksums say unchanged
     runs = {("baseline", "0"), ("batch_norm/bn", "0"), ("dropout/p=0.5", "0")}
     assert {(exp, seed) for rule, exp, seed in jobs if rule.startswith("train_")} == runs
-    assert {(exp, seed) for rule, exp, seed in jobs if rule == "evaluate"} == runs
+    assert {(exp, seed) for rule, exp, seed in jobs if rule.startswith("evaluate_")} == runs
     assert ("prepare_data", None, None) not in jobs and ("study", None, None) not in jobs
     again = snakemake(done, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr  # touched, not changed: nothing
@@ -163,7 +169,7 @@ def test_edited_library_module_reruns_the_stages_importing_it(done):
 @pytest.mark.slow
 def test_group_target_plans_only_that_group(done):
     jobs = plan(done, "dropout", "--forcerun", "train_dropout")
-    assert jobs == [("dropout", None, None), ("evaluate", "dropout/p=0.5", "0"), ("train_dropout", "dropout/p=0.5", "0")]
+    assert jobs == [("dropout", None, None), ("evaluate_dropout", "dropout/p=0.5", "0"), ("train_dropout", "dropout/p=0.5", "0")]
 
 
 # --------------------------------------------------------------------------- bad config

@@ -1,4 +1,12 @@
-"""study: the resolved experiment table and the report's study description."""
+"""study: the resolved experiment table and the report's study description.
+
+Two small JSON files from params: written where Snakemake runs (localrules), never queued
+on a cluster.
+"""
+
+
+localrules:
+    study,
 
 
 rule study:
