@@ -16,8 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -81,6 +79,8 @@ def save_torch(path: str | os.PathLike, obj: Any) -> str:
 
     Serialised in memory first so the bytes depend only on ``obj``, not on the file name.
     """
+    import torch  # here, not at the top: the MLflow jobs use this module without torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getvalue()
@@ -89,8 +89,10 @@ def save_torch(path: str | os.PathLike, obj: Any) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def load_torch(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load tensors / state_dicts safely (never unpickles arbitrary objects)."""
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

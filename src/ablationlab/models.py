@@ -30,7 +30,6 @@ from typing import Any, Mapping
 
 import pandas as pd
 import torch
-import torchvision
 from torch import nn
 
 from ablationlab import io
@@ -50,10 +49,20 @@ INITS = ("default", "kaiming", "xavier")
 DROPOUT_WHERE = ("head", "conv", "both")
 TRAIN_MODES = ("finetune", "frozen")
 _TRANSFER = {
-    # name: (constructor, weights enum, head module path)
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, "fc"),
-    "vgg11_bn": (torchvision.models.vgg11_bn, torchvision.models.VGG11_BN_Weights.IMAGENET1K_V1, "classifier.6"),
+    # name: (torchvision.models constructor, its ImageNet weights enum member, head module path)
+    "resnet18": ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "fc"),
+    "vgg11_bn": ("vgg11_bn", "VGG11_BN_Weights.IMAGENET1K_V1", "classifier.6"),
 }
+
+
+def _torchvision(name: str) -> tuple[Any, Any, str]:
+    """(constructor, ImageNet weights, head path) of a transfer model. torchvision is imported
+    here, not with this module: it costs seconds per job, and most jobs train no such model."""
+    import torchvision
+
+    constructor, weights, head_path = _TRANSFER[name]
+    enum, member = weights.split(".")
+    return getattr(torchvision.models, constructor), getattr(getattr(torchvision.models, enum), member), head_path
 
 
 class WeightsError(ValueError):
@@ -200,7 +209,7 @@ def _repeat_gray(module: nn.Module, args: tuple) -> tuple:
 
 def _transfer(opt: dict, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
     name = opt["name"]
-    constructor, imagenet, head_path = _TRANSFER[name]
+    constructor, imagenet, head_path = _torchvision(name)
     if in_channels not in (1, 3):
         raise ValueError(f"model.name: {name} takes 1- or 3-channel images, the data has {in_channels}")
     if name == "vgg11_bn" and image_size < 32:
