@@ -85,7 +85,7 @@ def plan_once(work: Path) -> tuple[float, int, int]:
 
 def profile_once(work: Path, top: int = 40) -> None:
     """cProfile of one planning run (``python -m cProfile -m snakemake -n ...``)."""
-    stats = work / "plan.prof"
+    stats = Path(os.environ.get("PLAN_PROF", work / "plan.prof"))
     subprocess.run([sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "snakemake", *command()[1:]],
                    cwd=work, env=env(), capture_output=True, text=True)
     import pstats

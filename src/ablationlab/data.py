@@ -38,9 +38,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import torch
 
 from ablationlab import io
+
+# torch is imported where tensors are made or read: the workflow verifies a prepared
+# directory (verify, invalidate_if_corrupt) while it parses, and that must stay fast.
 
 SPLITS = ("train", "val", "test")
 DIGITS_TEST_SIZE = 0.2
@@ -420,6 +422,8 @@ def split_train_val(y: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarr
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     """Exact per-channel mean and (population) std of uint8 images N×C×H×W, in [0, 1] units."""
+    import torch
+
     mean, std = [], []
     values = torch.arange(256, dtype=torch.float64) / 255.0
     for c in range(x.shape[1]):
@@ -433,6 +437,7 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def _resize(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    import torch
     from torchvision.transforms.v2 import functional as TF
 
     if x.shape[-2:] == (size, size):
@@ -452,6 +457,8 @@ def prepare(dataset: str, out_dir: str | os.PathLike, *, root: str | os.PathLike
     sha256} overriding the official digests (for a mirror holding other bytes).
     Returns the meta dict.
     """
+    import torch
+
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
@@ -579,6 +586,8 @@ def invalidate_if_corrupt(data_dir: str | os.PathLike) -> str | None:
 
 def load_split(data_dir: str | os.PathLike, split: str, *, verify: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(x uint8 N×C×H×W, y int64 N) CPU tensors of ``split``; sha256-checked unless ``verify=False``."""
+    import torch
+
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     data_dir = Path(data_dir)

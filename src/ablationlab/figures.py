@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ablationlab import io
 
-# matplotlib, pandas and the model/augmentation/data modules are imported where they are
+# matplotlib, pandas, torch and the model/augmentation/data modules are imported where they are
 # used: the workflow calls plan() while it parses, and that must stay fast.
 
 
@@ -634,6 +633,8 @@ def _fig_early_stopping(st: _Stage, group: str):
 
 
 def _fig_augment(st: _Stage, group: str):
+    import torch
+
     from ablationlab import augment
 
     x, y = st.split("train")

@@ -56,6 +56,14 @@ GROUP_EXPERIMENTS = {
 # Targets of `rule all`; every included .smk file adds its final outputs.
 FINAL_TARGETS = []
 
+# Files between the aggregating stages, named here and not as rules.<rule>.output: Snakemake
+# hashes a list input whole for every file of it when a rule references another rule's
+# output, seconds of planning for a large study (benchmarks/plan_study.py).
+STUDY_TABLE = "results/study/experiments.json"
+STUDY_REPORT = "results/study/report.json"
+SUMMARY = ["results/summary/runs.csv", "results/summary/experiments.csv"]
+FIGURE_MANIFEST = "results/figures/figures.json"
+
 DATA_DIR = f"results/data/{DATASET}"
 if workflow.is_main_process:
     # a prepared cache whose tensors no longer match their sha256 loses its meta.json here

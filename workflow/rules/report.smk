@@ -19,15 +19,17 @@ REPORT_FLAG = report
 GROUP_TITLES = {"baseline": "Baseline", abl_figures.STUDY_GROUP: "All experiments"} | {
     g["id"]: g["title"] for g in STUDY.report["groups"]
 }
+FIGURE_PLAN = abl_figures.plan(STUDY.experiments)
+FIGURE_FILES = [f"results/figures/{item['file']}" for item in FIGURE_PLAN]
 # every planned figure, flagged for `snakemake --report`: caption per kind, category per group
 FIGURES = [
     REPORT_FLAG(
-        f"results/figures/{item['file']}",
+        path,
         caption=f"../report/{item['kind']}.rst",
         category=GROUP_TITLES.get(item["group"], item["group"]),
         labels={"group": item["group"], "figure": item["kind"]},
     )
-    for item in abl_figures.plan(STUDY.experiments)
+    for path, item in zip(FIGURE_FILES, FIGURE_PLAN)
 ]
 TEMPLATES = sorted(str(p) for p in (LIB / "templates").glob("*") if p.is_file())
 FIGURE_RUN_FILES = [
@@ -43,15 +45,15 @@ FIGURE_RUN_FILES = [
 
 rule figures:
     input:
-        study=ancient(rules.study.output.experiments),
-        summary=rules.summarize.output,
+        study=ancient(STUDY_TABLE),
+        summary=SUMMARY,
         data=data_files(["meta.json", "train_x.pt", "train_y.pt", "test_x.pt"]),
         # the baseline's files come first: params.runs_dir is derived from them
         runs=run_files(EXPERIMENTS, FIGURE_RUN_FILES),
         code=library("figures"),
     output:
         figures=FIGURES,
-        manifest="results/figures/figures.json",
+        manifest=FIGURE_MANIFEST,
     log:
         "results/logs/figures/figures.log",
     conda:
@@ -74,11 +76,11 @@ rule figures:
 
 rule report:
     input:
-        study_report=rules.study.output.report,
-        study=rules.study.output.experiments,
-        summary=rules.summarize.output,
-        figures=rules.figures.output.figures,
-        manifest=rules.figures.output.manifest,
+        study_report=STUDY_REPORT,
+        study=STUDY_TABLE,
+        summary=SUMMARY,
+        figures=FIGURE_FILES,
+        manifest=FIGURE_MANIFEST,
         meta=data_files(["meta.json"]),
         # wall time per job: results/benchmarks/train/<experiment>/seed<n>.tsv
         benchmarks=[
@@ -116,4 +118,4 @@ rule report:
         " --out-html {output.html:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
 
 
-FINAL_TARGETS += [rules.report.output.html, rules.report.output.pdf]
+FINAL_TARGETS += ["reports/report.html", "reports/report.pdf"]

@@ -13,8 +13,8 @@ rule study:
     input:
         library("study"),
     output:
-        experiments="results/study/experiments.json",
-        report="results/study/report.json",
+        experiments=STUDY_TABLE,
+        report=STUDY_REPORT,
     log:
         "results/logs/study/study.log",
     conda:
@@ -31,4 +31,4 @@ rule study:
         "../scripts/write_study.py"
 
 
-FINAL_TARGETS += rules.study.output
+FINAL_TARGETS += [STUDY_TABLE, STUDY_REPORT]

@@ -17,7 +17,7 @@ STUDY_DIGEST = hashlib.sha256(
 
 rule summarize:
     input:
-        study=ancient(rules.study.output.experiments),
+        study=ancient(STUDY_TABLE),
         # the baseline's files come first: params.runs_dir is derived from them
         runs=run_files(EXPERIMENTS, ["train.json", "metrics.json"]),
         # mlflow.json of every run when the track rule exists (its run ids go into runs.csv)
@@ -26,8 +26,8 @@ rule summarize:
         ),
         code=library("summarize"),
     output:
-        runs="results/summary/runs.csv",
-        experiments="results/summary/experiments.csv",
+        runs=SUMMARY[0],
+        experiments=SUMMARY[1],
     log:
         "results/logs/summarize/summarize.log",
     conda:
@@ -45,4 +45,4 @@ rule summarize:
         " --out {params.out_dir:q} > {log:q} 2>&1"
 
 
-FINAL_TARGETS += [rules.summarize.output.runs, rules.summarize.output.experiments]
+FINAL_TARGETS += SUMMARY
