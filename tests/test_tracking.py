@@ -154,6 +154,10 @@ def test_track_runs_parents_children_params_metrics_artifacts(tmp_path, store):
         parent = by_id[tags["mlflow.parentRunId"]]
         assert parent.data.tags["experiment"] == tags["experiment"]
         assert kid.info.run_name == f"{tags['experiment']}/seed{tags['seed']}" and kid.info.status == "FINISHED"
+        # the run spans the training (wall_seconds 1.5, ending when train.json was written), not the track job
+        train_json = tmp_path / "runs" / tags["experiment"] / f"seed{tags['seed']}" / "train.json"
+        assert kid.info.end_time == int(train_json.stat().st_mtime * 1000)
+        assert kid.info.end_time - kid.info.start_time == 1500
         assert kid.data.params["optimizer.lr"] == "0.05" and kid.data.params["augment"] == "[]"
         hist = c.get_metric_history(kid.info.run_id, "val_acc")
         assert sorted(m.step for m in hist) == [1, 2, 3]

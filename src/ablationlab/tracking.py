@@ -234,14 +234,15 @@ class Tracker:
         return self.call("search_runs", [self.experiment_id], filter_string=query,
                          max_results=1000, order_by=["attributes.start_time ASC"])
 
-    def ensure_run(self, key: str, *, name: str, tags: Mapping[str, str]):
+    def ensure_run(self, key: str, *, name: str, tags: Mapping[str, str], start_time: int | None = None):
         """``(run, created)``: the run tagged ``run_key=key``, created if absent (under the lock)."""
         with self.lock:
             runs = self.find({"run_key": key})
             if runs:
                 return runs[0], False
             tags = {**tags, "run_key": key}
-            return self.call("create_run", self.experiment_id, tags=tags, run_name=name), True
+            return self.call("create_run", self.experiment_id, tags=tags, run_name=name,
+                             start_time=start_time), True
 
     def supersede(self, current, filters: Mapping[str, Any]) -> list[str]:
         """Tag runs matching ``filters`` other than ``current`` superseded; return their ids."""
@@ -309,9 +310,9 @@ def _log_artifacts(tracker: Tracker, run, files: Mapping[str, Path]) -> None:
             tracker.call("log_artifact", run.info.run_id, str(path))
 
 
-def _finish(tracker: Tracker, run) -> None:
+def _finish(tracker: Tracker, run, end_time: int | None = None) -> None:
     if run.info.status != "FINISHED":
-        tracker.call("set_terminated", run.info.run_id, "FINISHED")
+        tracker.call("set_terminated", run.info.run_id, "FINISHED", end_time=end_time)
 
 
 def _history(path: Path) -> dict[str, dict[int, float]]:
@@ -348,16 +349,18 @@ def _base_tags(*, study: str, experiment: str, group: str, dataset: str, kind: s
 
 
 def open_runs(tracker: Tracker, *, recipe: Mapping[str, Any], seed: int, study: str,
-              experiment: str, group: str, dataset: str):
-    """``(parent, child, created)`` for one seed, both created if absent; params logged."""
+              experiment: str, group: str, dataset: str, start_time: int | None = None):
+    """``(parent, child, created)`` for one seed, both created if absent (a new child starting
+    at ``start_time``, ms since the epoch, default now); params logged."""
     tags = _base_tags(study=study, experiment=experiment, group=group, dataset=dataset, kind="parent")
     params = flatten(recipe)
-    parent, created = tracker.ensure_run(run_key(experiment, dataset, recipe), name=experiment, tags=tags)
+    parent, created = tracker.ensure_run(run_key(experiment, dataset, recipe), name=experiment, tags=tags,
+                                         start_time=start_time)
     if created:
         _log(tracker, parent, params=params)
     child_tags = {**tags, "kind": "child", "seed": str(seed), "mlflow.parentRunId": parent.info.run_id}
     child, created = tracker.ensure_run(run_key(experiment, dataset, recipe, seed),
-                                        name=f"{experiment}/seed{seed}", tags=child_tags)
+                                        name=f"{experiment}/seed{seed}", tags=child_tags, start_time=start_time)
     if created:
         _log(tracker, child, params=params)
         child = tracker.call("get_run", child.info.run_id)
@@ -382,10 +385,13 @@ def track_run(run_dir: str | os.PathLike, *, experiment: str, group: str, datase
     if log_file is not None and not Path(log_file).is_file():
         raise TrackingError(f"train log {log_file} does not exist")
     train, metrics, seed = data["train"], data["metrics"], int(data["train"]["seed"])
+    # the run spans the training (train.json is written last), not this job: the UI's duration
+    end_ms = int((run_dir / "train.json").stat().st_mtime * 1000)
+    start_ms = end_ms - int(1000 * float(train.get("wall_seconds") or 0))
     tracker = Tracker(uri, name, lock=lock)
     with tracker.session():
         parent, child, _ = open_runs(tracker, recipe=data["recipe"], seed=seed, study=study,
-                                     experiment=experiment, group=group, dataset=dataset)
+                                     experiment=experiment, group=group, dataset=dataset, start_time=start_ms)
         final = {f"test_{k}": metrics.get(f"test_{k}") for k in ("loss", "acc", "top5")}
         final.update({k: train.get(k) for k in ("best_val_loss", "best_val_acc", "best_epoch",
                                                 "epochs_run", "wall_seconds")})
@@ -399,7 +405,7 @@ def track_run(run_dir: str | os.PathLike, *, experiment: str, group: str, datase
         if log_file is not None:
             files["train.log"] = Path(log_file)
         _log_artifacts(tracker, child, files)
-        _finish(tracker, child)
+        _finish(tracker, child, end_time=end_ms)
         child = tracker.call("get_run", child.info.run_id)
         superseded = tracker.supersede(child, {"kind": "child", "experiment": experiment, "seed": str(seed)})
     info = tracker.run_info(child, kind="child", experiment=experiment, seed=seed,
