@@ -147,14 +147,15 @@ def test_verify_detects_a_corrupted_tensor(tmp_path, digits_dir):
         data.load_split(d, "val")
 
 
-def test_invalidate_if_corrupt_forces_a_rebuild(tmp_path, digits_dir):
+def test_corruption_names_the_file_and_changes_nothing(tmp_path, digits_dir):
     d = tmp_path / "digits"
     shutil.copytree(digits_dir, d)
-    assert data.invalidate_if_corrupt(d) is None and (d / "meta.json").exists()
+    assert data.corruption(d) is None
     corrupt(d / "test_y.pt")
-    assert "test_y.pt is corrupted" in data.invalidate_if_corrupt(d)
-    assert not (d / "meta.json").exists()
-    assert data.invalidate_if_corrupt(d) is None  # incomplete: nothing more to do
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir())
+    assert "test_y.pt is corrupted" in data.corruption(d)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir()) == before
+    assert data.corruption(tmp_path / "never-prepared") is None
     data.prepare("digits", d, root=tmp_path)
     assert data.verify(d)["sha256"] == data.load_meta(digits_dir)["sha256"]
 

@@ -188,6 +188,8 @@ BAD = {
     "duplicate sweep value": (lambda c: c["ablations"][1]["sweep"].update(values=[0.5, 0.5]),
                               "ablations[dropout].sweep.values[1]: duplicate experiment id 'dropout/p=0.5'"),
     "reserved group id": (lambda c: c["ablations"][0].update(id="evaluate"), "ablations[evaluate].id: 'evaluate' is reserved"),
+    "group id of a rule's name": (lambda c: c["ablations"][0].update(id="train_x"),
+                                  "ablations[train_x].id: 'train_x' is reserved"),
     "group without experiments": (lambda c: c["ablations"][0].pop("variants"),
                                   "ablations[batch_norm]: group 'batch_norm' has no experiments; give it variants or a sweep"),
     "missing title": (lambda c: c["ablations"][0].pop("title"), "ablations[batch_norm]: missing required key 'title'"),

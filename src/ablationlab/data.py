@@ -565,22 +565,18 @@ def verify(data_dir: str | os.PathLike) -> dict:
     return meta
 
 
-def invalidate_if_corrupt(data_dir: str | os.PathLike) -> str | None:
-    """If ``data_dir`` is prepared but fails :func:`verify`, delete its ``meta.json``.
-
-    Without its completeness marker the directory is rebuilt by the next ``prepare`` (a
-    Snakemake rule whose output includes ``meta.json`` re-runs). Returns the problem found,
-    or None when the directory is intact or was never (completely) prepared.
-    """
+def corruption(data_dir: str | os.PathLike) -> str | None:
+    """What is wrong with a prepared ``data_dir`` (:func:`verify` fails, or a file cannot be
+    read), or None when it is intact or was never (completely) prepared. Changes nothing."""
     data_dir = Path(data_dir)
     if not (data_dir / "meta.json").is_file():
         return None
     try:
         verify(data_dir)
     except DataError as exc:
-        (data_dir / "meta.json").unlink(missing_ok=True)
-        print(f"warning: {exc}; removed {data_dir / 'meta.json'} so that prepare rebuilds it", file=sys.stderr)
         return str(exc)
+    except OSError as exc:
+        return f"{data_dir} cannot be read ({exc}); re-run prepare to rebuild it"
     return None
 
 

@@ -133,8 +133,6 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         metrics = evaluate(args.data, args.run, device=args.device)
     except (ValueError, FileNotFoundError, data.DataError) as exc:
-        if isinstance(exc, data.DataError):
-            data.invalidate_if_corrupt(args.data)  # a corrupted cache is rebuilt by the next run
         log.error("%s", exc)
         return 2
     print(json.dumps({k: metrics[k] for k in ("test_acc", "test_loss", "status")}))

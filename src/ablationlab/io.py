@@ -8,6 +8,7 @@ complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -48,15 +49,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; shared clusters need the umask's mode
         os.replace(tmp, path)
     except OSError as exc:
+        if exc.filename not in (None, str(tmp)) or exc.errno not in _WRITE_ERRORS:
+            raise  # not a failure to write this file (e.g. a download error inside the block)
         raise _naming(exc, path) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
 
+# errors of writing a file: disk full, file too large, quota, read-only, permission, I/O
+_WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def _naming(exc: OSError, path: Path) -> OSError:
     """``exc`` as an OSError of the same kind whose file name is ``path`` (the target, not a temporary)."""
-    if exc.errno is None:
-        return OSError(f"cannot write {path}: {exc}")
     return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
 
 

@@ -37,8 +37,9 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 # Group ids that would clash with the baseline's experiment id or a rule name.
 RESERVED_IDS = frozenset(
     {"all", "baseline", "study", "data", "prepare_data", "train", "evaluate", "summarize", "track", "figures",
-     "report"}
+     "report", "mlflow_init", "track_experiment"}
 )
+RESERVED_PREFIXES = ("train_", "evaluate_")  # the per-group rules train_<id>, evaluate_<id>
 
 # Images in the training pool (before the validation split) of the datasets whose size is
 # fixed, so that a batch larger than the train split is caught before any job runs.
@@ -231,9 +232,10 @@ class _Resolver:
         for index, group in enumerate(config["ablations"]):
             gid = group["id"]
             where = keypath(["ablations", index], config)
-            if gid in RESERVED_IDS:
+            if gid in RESERVED_IDS or gid.startswith(RESERVED_PREFIXES):
                 raise ConfigError(f"{where}.id: {gid!r} is reserved (it names a rule or the baseline); "
-                                  f"reserved: {', '.join(sorted(RESERVED_IDS))}")
+                                  f"reserved: {', '.join(sorted(RESERVED_IDS))} and ids starting with "
+                                  f"{' or '.join(RESERVED_PREFIXES)}")
             if gid in self.groups:
                 raise ConfigError(f"ablations[{index}].id: duplicate group id {gid!r} "
                                   f"(also ablations[{self.groups[gid][0]}]); experiment ids must be unique")

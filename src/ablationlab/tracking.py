@@ -350,8 +350,9 @@ def _base_tags(*, study: str, experiment: str, group: str, dataset: str, kind: s
 
 def open_runs(tracker: Tracker, *, recipe: Mapping[str, Any], seed: int, study: str,
               experiment: str, group: str, dataset: str, start_time: int | None = None):
-    """``(parent, child, created)`` for one seed, both created if absent (a new child starting
-    at ``start_time``, ms since the epoch, default now); params logged."""
+    """``(parent, child, created)`` for one seed, both created if absent (new runs start at
+    ``start_time``, ms since the epoch, default now: the parent when its first seed started
+    training, roughly); params logged."""
     tags = _base_tags(study=study, experiment=experiment, group=group, dataset=dataset, kind="parent")
     params = flatten(recipe)
     parent, created = tracker.ensure_run(run_key(experiment, dataset, recipe), name=experiment, tags=tags,
@@ -385,7 +386,8 @@ def track_run(run_dir: str | os.PathLike, *, experiment: str, group: str, datase
     if log_file is not None and not Path(log_file).is_file():
         raise TrackingError(f"train log {log_file} does not exist")
     train, metrics, seed = data["train"], data["metrics"], int(data["train"]["seed"])
-    # the run spans the training (train.json is written last), not this job: the UI's duration
+    # the run spans the training (train.json is written last; wall_seconds: the training time,
+    # resumes included), not this job: the UI's duration
     end_ms = int((run_dir / "train.json").stat().st_mtime * 1000)
     start_ms = end_ms - int(1000 * float(train.get("wall_seconds") or 0))
     tracker = Tracker(uri, name, lock=lock)
@@ -512,6 +514,12 @@ class LiveRun:
         self.logged: set[int] = set()
 
     def __enter__(self) -> "LiveRun":
+        uri = self.spec.get("uri") or DEFAULT_URI
+        if os.environ.get("SLURM_JOB_ID") and uri.startswith("sqlite:"):
+            # a SQLite file written from compute nodes over a shared file system corrupts
+            log.warning("live MLflow logging disabled in a SLURM job: %s is a SQLite store; use a "
+                        "tracking server (tracking.uri: http://...) to watch cluster runs live", redact(uri))
+            return self
         try:
             spec = self.spec
             self.tracker = Tracker(spec.get("uri") or DEFAULT_URI, spec["mlflow_experiment"], lock=spec.get("lock"))

@@ -618,8 +618,6 @@ def cli(argv: list[str] | None = None) -> int:
                            device=args.device, threads=args.threads, stop_after=args.stop_after,
                            compile=args.compile, on_epoch=on_epoch)
     except (ValueError, data.DataError) as exc:
-        if isinstance(exc, data.DataError):
-            data.invalidate_if_corrupt(args.data)  # a corrupted cache is rebuilt by the next run
         log.error("%s", exc)
         return 2
     print(json.dumps({"status": result["status"], "epochs_run": result["epochs_run"]}))

@@ -65,10 +65,15 @@ SUMMARY = ["results/summary/runs.csv", "results/summary/experiments.csv"]
 FIGURE_MANIFEST = "results/figures/figures.json"
 
 DATA_DIR = f"results/data/{DATASET}"
-if workflow.is_main_process:
-    # a prepared cache whose tensors no longer match their sha256 loses its meta.json here
-    # (with a warning naming the file), so that prepare_data rebuilds it in this very run
-    abl_data.invalidate_if_corrupt(DATA_DIR)
+DATA_VERIFIED = f"{DATA_DIR}/verified"  # prepare_data's marker (data.smk)
+DATA_PROBLEM = abl_data.corruption(DATA_DIR) if workflow.is_main_process else None
+if DATA_PROBLEM and workflow.output_settings.dryrun:
+    print(f"warning: {DATA_PROBLEM}: a run (not -n) rebuilds it", file=sys.stderr)
+elif DATA_PROBLEM:
+    # a prepared cache whose tensors no longer match their sha256 is rebuilt in this very
+    # run; its files stay ancient() inputs, so identical rebuilt data re-runs nothing else
+    print(f"warning: {DATA_PROBLEM}: prepare_data will rebuild it", file=sys.stderr)
+    Path(DATA_VERIFIED).unlink(missing_ok=True)
 RUN_DIR = "results/runs/{experiment}/seed{seed}"
 TRAIN_FILES = [
     "recipe.json",

@@ -1,4 +1,9 @@
-"""prepare_data: fetch the dataset once and write uint8 tensors + meta.json."""
+"""prepare_data: fetch the dataset once and write uint8 tensors + meta.json.
+
+`verified` (touched when prepare succeeds) is what rule all and the group targets ask for:
+the workflow removes it when it finds the cache corrupted, and prepare_data runs again.
+Nothing downstream reads it, so identical rebuilt data re-runs nothing else.
+"""
 
 
 rule prepare_data:
@@ -6,6 +11,7 @@ rule prepare_data:
         code=library("data"),
     output:
         expand("results/data/{{dataset}}/{name}", name=DATA_FILES + ["meta.json"]),
+        verified=touch("results/data/{dataset}/verified"),
     log:
         "results/logs/prepare_data/{dataset}.log",
     conda:
@@ -21,3 +27,6 @@ rule prepare_data:
         "python -m ablationlab prepare --dataset {wildcards.dataset:q}"
         " --out results/data/{wildcards.dataset:q} {params.options:q} {params.source:q}"
         " > {log:q} 2>&1"
+
+
+FINAL_TARGETS.append(DATA_VERIFIED)

@@ -4,7 +4,8 @@
 Idempotent (runs are found by their run_key tag) and parallel-safe (a file lock next to the
 SQLite store). These jobs are light and talk to the tracking store, so they run where
 Snakemake runs (localrules): on a cluster that is the node that can reach the tracking
-server, and a SQLite store is only ever written from one machine.
+server, and a SQLite store is only ever written from one machine (live logging from train
+jobs, tracking.live, is off inside a SLURM job unless the URI is a tracking server).
 
 Credentials in tracking.uri (https://user:pass@host) never reach a shell command or a log:
 they are moved into MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD environment variables

@@ -59,3 +59,4 @@ for group in GROUPS:
         default_target: False
         input:
             run_files(GROUP_EXPERIMENTS[group], EVALUATE_FILES[:1]),
+            DATA_VERIFIED,
