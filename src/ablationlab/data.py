@@ -42,7 +42,7 @@ import numpy as np
 from ablationlab import io
 
 # torch is imported where tensors are made or read: the workflow verifies a prepared
-# directory (verify, invalidate_if_corrupt) while it parses, and that must stay fast.
+# directory (verify, corruption) while it parses, and that must stay fast.
 
 SPLITS = ("train", "val", "test")
 DIGITS_TEST_SIZE = 0.2
