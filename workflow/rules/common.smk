@@ -61,7 +61,11 @@ FINAL_TARGETS = []
 # output, seconds of planning for a large study (benchmarks/plan_study.py).
 STUDY_TABLE = "results/study/experiments.json"
 STUDY_REPORT = "results/study/report.json"
-SUMMARY = ["results/summary/runs.csv", "results/summary/experiments.csv"]
+SUMMARY = [
+    "results/summary/runs.csv",
+    "results/summary/experiments.csv",
+    "results/summary/diagnostics.csv",
+]
 FIGURE_MANIFEST = "results/figures/figures.json"
 
 DATA_DIR = f"results/data/{DATASET}"
