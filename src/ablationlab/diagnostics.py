@@ -13,8 +13,9 @@ raise, and one or two plain sentences that say what they mean for the verdict.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
