@@ -70,8 +70,11 @@ def test_divergence_uses_the_finite_epochs():
     diverged.loc[len(diverged)] = [7, math.inf, 0.1, math.nan, 0.1, 0.1, 1.0, 100.0]
     n = dg.run_numbers(diverged)
     assert n["last_epoch"] == 6 and math.isfinite(n["overfit_gap"])
-    row = dg.experiment_row("x", [diverged, HEALTHY], ["diverged", "finished"])
-    assert row["flags"] == "diverged" and "Diverged in 1 of 2 seeds" in row["reading"]
+    row = dg.experiment_row("x", [diverged, OVERFIT], ["diverged", "finished"])
+    assert row["flags"] == "overfitting;diverged" and row["last_epoch"] == 8  # numbers of the healthy seed
+    assert row["reading"].startswith("Diverged in 1 of 2 seeds") and "those of the other seeds" in row["reading"]
+    row = dg.experiment_row("x", [diverged, OVERFIT], ["diverged", "diverged"])
+    assert row["flags"] == "diverged" and row["reading"].endswith("Δ measures the failure, not the change.")
     empty = dg.experiment_row("x", [], ["missing"])
     assert empty["flags"] == "" and math.isnan(empty["last_epoch"]) and "No finite training curve" in empty["reading"]
 

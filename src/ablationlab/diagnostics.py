@@ -102,9 +102,14 @@ def _epoch(x: float) -> str:
 
 def reading(numbers: dict[str, float], found: Sequence[str], n_diverged: int = 0, n_seeds: int = 0) -> str:
     """Plain sentences with the numbers behind each flag and what it means for the verdict."""
+    parts = []
+    if "diverged" in found:
+        parts.append(f"Diverged in {n_diverged} of {n_seeds} seeds (non-finite loss): their test accuracy is that of "
+                     f"the last finite weights, so " + ("Δ measures the failure, not the change." if n_diverged == n_seeds
+                     else "Δ mixes failed and working runs; the numbers here are those of the other seeds."))
     if math.isnan(numbers["last_epoch"]):
-        return "No finite training curve to diagnose."
-    end, parts = _epoch(numbers["last_epoch"]), []
+        return " ".join(parts) or "No finite training curve to diagnose."
+    end = _epoch(numbers["last_epoch"])
     if "overfitting" in found:
         parts.append(f"Overfitting: the validation loss reaches its minimum around epoch "
                      f"{_epoch(numbers['val_loss_min_epoch'])} of {end} and then rises by {numbers['overfit_gap']:.3g}"
@@ -114,15 +119,13 @@ def reading(numbers: dict[str, float], found: Sequence[str], n_diverged: int = 0
         parts.append(f"Unstable: validation accuracy swings back and forth by {_pp(numbers['val_acc_swing'])} per "
                      f"epoch on average and ends {_pp(numbers['last_vs_best_acc'])} below its best; last-epoch accuracy is a "
                      f"noisy estimate here: compare best-epoch accuracy or use early stopping.")
-    if "underfitting" in found:
-        low = numbers["train_acc_last"] < UNDERFIT_TRAIN_ACC
-        parts.append("Under-fitting: " + (f"training accuracy ends at only {numbers['train_acc_last'] * 100:.1f} %"
-                     if low else f"the validation loss still fell by {numbers['val_loss_last_drop'] * 100:.0f} % in the "
-                     f"last epoch (training accuracy {numbers['train_acc_last'] * 100:.1f} %)")
-                     + "; more epochs or capacity could change the verdict.")
-    if "diverged" in found:
-        parts.append(f"Diverged in {n_diverged} of {n_seeds} seeds (non-finite loss): their test accuracy is that of "
-                     f"the last finite weights, so Δ mixes failed and working runs.")
+    if "underfitting" in found and numbers["train_acc_last"] < UNDERFIT_TRAIN_ACC:
+        parts.append(f"Under-fitting: training accuracy ends at only {numbers['train_acc_last'] * 100:.1f} %; more "
+                     f"epochs or capacity could change the verdict.")
+    elif "underfitting" in found:
+        parts.append(f"Still improving at the end: the validation loss fell by {numbers['val_loss_last_drop'] * 100:.0f}"
+                     f" % in the last epoch (training accuracy {numbers['train_acc_last'] * 100:.1f} %); the verdict "
+                     f"holds for this training budget, more epochs could change it.")
     if not parts:
         parts.append(f"Curves look healthy: validation loss lowest at epoch {_epoch(numbers['val_loss_min_epoch'])} of "
                      f"{end}, validation accuracy swings back and forth by {_pp(numbers['val_acc_swing'])} per epoch; the "
@@ -130,12 +133,17 @@ def reading(numbers: dict[str, float], found: Sequence[str], n_diverged: int = 0
     return " ".join(parts)
 
 
-def experiment_row(experiment: str, histories: Sequence[pd.DataFrame], statuses: Sequence[str]) -> dict[str, Any]:
-    """One ``diagnostics.csv`` row: seed means of :func:`run_numbers`, flags and reading."""
-    per_seed = [run_numbers(h) for h in histories]
+def experiment_row(experiment: str, histories: Sequence[pd.DataFrame | None],
+                   statuses: Sequence[str]) -> dict[str, Any]:
+    """One ``diagnostics.csv`` row: seed means of :func:`run_numbers` (over the seeds that did not diverge, when
+    there are any), flags and reading. ``histories`` (None: the run has none) and ``statuses`` are per seed, in
+    the same order."""
+    usable = [(h, s) for h, s in zip(histories, statuses) if h is not None]
+    healthy = [h for h, s in usable if str(s) != "diverged"]
+    per_seed = [run_numbers(h) for h in (healthy or [h for h, _ in usable])]
     numbers = {k: _mean(n[k] for n in per_seed) for k in NUMBERS}
     n_diverged = sum(str(s) == "diverged" for s in statuses)
-    found = flags(numbers, n_diverged)
+    found = flags(numbers, n_diverged) if healthy or not n_diverged else ["diverged"]  # no healthy curve to read
     return {"experiment": experiment, **{k: numbers[k] for k in COLUMNS[1:7]}, "flags": ";".join(found),
             "reading": reading(numbers, found, n_diverged, len(statuses))}
 
@@ -145,11 +153,8 @@ def diagnose(runs: pd.DataFrame, runs_dir: str | Path) -> pd.DataFrame:
     ``{runs_dir}/{experiment}/seed{n}/history.csv`` (a run without one is left out of the means)."""
     rows = []
     for experiment, mine in runs.groupby("experiment", sort=False):
-        histories = []
-        for seed in mine["seed"]:
-            path = Path(runs_dir) / str(experiment) / f"seed{seed}" / "history.csv"
-            if path.exists():
-                histories.append(pd.read_csv(path))
+        paths = [Path(runs_dir) / str(experiment) / f"seed{seed}" / "history.csv" for seed in mine["seed"]]
+        histories = [pd.read_csv(p) if p.exists() else None for p in paths]
         rows.append(experiment_row(str(experiment), histories, list(mine["status"])))
     return pd.DataFrame(rows, columns=COLUMNS)
 
