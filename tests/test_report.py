@@ -113,7 +113,8 @@ VERDICTS = {
     "batch_norm/bn": dict(delta_acc=0.018, delta_ci_low=0.011, delta_ci_high=0.025, test="paired_t", n_pairs=2,
                           p_value=0.004, p_value_holm=0.004, holm_family=1, q_value=0.012, effect_size=3.2,
                           effect_size_kind="d_z", prob_improvement=1.0, prob_improvement_ci_low=1.0,
-                          prob_improvement_ci_high=1.0, mde_acc=0.012, seeds_needed=2, verdict="significant"),
+                          prob_improvement_ci_high=1.0, mde_acc=0.012, seeds_needed=2, verdict="significant",
+                          p_value_wilcoxon=0.031),
     "dropout/p=0.2": dict(delta_acc=0.002, delta_ci_low=-0.004, delta_ci_high=0.008, test="paired_t", n_pairs=2,
                           p_value=0.35, p_value_holm=0.7, holm_family=2, q_value=0.42, effect_size=0.3,
                           effect_size_kind="d_z", prob_improvement=0.5, prob_improvement_ci_low=0.0,
@@ -178,7 +179,7 @@ def test_verdict_table_per_group(verdicts):
     bn = _section(html, "sec-batch_norm")
     assert "Verdicts" in bn and 'class="results verdicts"' in bn and '<span class="verdict significant">significant' in bn
     cells = re.sub(r"<[^>]+>", " ", bn[bn.index('class="results verdicts"'):])
-    for text in ("+1.8", "+1.1…+2.5", "paired t", "0.004", "(1)", "3.20", "1.00", "1.2", "2 seeds"):
+    for text in ("+1.8", "+1.1…+2.5", "paired t", "Wilcoxon p 0.031", "0.004", "(1)", "3.20", "1.00", "1.2", "2 seeds"):
         assert text in cells, text
     dropout = _section(html, "sec-dropout")
     assert '<span class="verdict no-effect">no effect' in dropout and "~11 seeds to tell" in dropout

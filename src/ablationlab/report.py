@@ -275,6 +275,11 @@ def _plural(n: Any, word: str) -> str:
     return f"{integer(n)} {word}{'' if n == 1 else 's'}"
 
 
+def _p_equals(p: float) -> str:
+    """``= 0.012`` or ``< 0.001``."""
+    return "< 0.001" if p < 0.001 else f"= {pvalue(p)}"
+
+
 def seeds_text(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
     """How many seeds a comparison used: ``3 seeds`` (paired, or equal n) or ``4 vs 3 seeds``."""
     if row.get("test") == "paired_t" and not _missing(row.get("n_pairs")):
@@ -315,7 +320,7 @@ def finding(row: dict[str, Any], reference: dict[str, Any] | None, label: str, r
         return f"{head} ({seeds}; too few seeds or no spread for a test)."
     level = f", level {settings['per_look']:.3g} per look" if settings["looks"] > 1 else ""
     return (f"{head} ({settings['ci']} % CI {pp(row['delta_ci_low'])}…{pp(row['delta_ci_high'])}, "
-            f"{TEST_NAMES.get(row.get('test'), row.get('test'))} over {seeds}, Holm p = {pvalue(row['p_value_holm'])}"
+            f"{TEST_NAMES.get(row.get('test'), row.get('test'))} over {seeds}, Holm p {_p_equals(row['p_value_holm'])}"
             f" of {_plural(row.get('holm_family'), 'comparison')}{level}) — {verdict_text(row, settings)}.")
 
 
