@@ -168,8 +168,8 @@ def test_summary_files_from_real_runs(study_runs):
     bn = exps.set_index("experiment").loc["batch_norm/bn"]
     assert bn["delta_acc"] == pytest.approx(bn["test_acc_mean"] - base["test_acc_mean"])
     acc = runs.set_index(["experiment", "seed"])["test_acc"]
-    ref = st.ttest_ind([acc["batch_norm/bn", s] for s in (0, 1)], [acc["baseline", s] for s in (0, 1)],
-                       equal_var=False)
+    ref = st.ttest_rel([acc["batch_norm/bn", s] for s in (0, 1)], [acc["baseline", s] for s in (0, 1)])
+    assert bn["test"] == "paired_t" and bn["n_pairs"] == 2  # both sides trained on seeds 0 and 1
     if np.isfinite(ref.pvalue):
         assert bn["p_value"] == pytest.approx(ref.pvalue)
     assert bn["params"] > base["params"]  # BN adds scale and shift parameters
