@@ -27,7 +27,8 @@ mlflow_url         MLflow UI link: ``ui_url`` of mlflow.json, else its ``url`` f
 =================  ==============================================================
 
 ``experiments.csv`` — one row per experiment, in study order; statistics are over
-the seeds that have a test result (``n``), diverged seeds included:
+the seeds that have a test result (``n``), diverged seeds included; the comparison
+settings (alpha, power, min_effect, looks) come from the study table's ``statistics``:
 
 =====================  ==========================================================
 experiment, group      as above
@@ -39,10 +40,22 @@ test_acc_mean/_std     mean and sample std (ddof=1) of test accuracy (0–1)
 test_acc_ci_low/_high  95 % t-interval of the mean test accuracy, cut to [0, 1]
 test_acc_min/_max      extremes over seeds
 test_loss_mean/_std/_min/_max   the same for test loss (empty if any loss is not finite)
-delta_acc              test_acc_mean − the reference's test_acc_mean
-delta_ci_low/_high     95 % Welch confidence interval of that difference, cut to [-1, 1]
-p_value                Welch t-test vs the reference's per-seed accuracies
-                       (both n ≥ 2 and non-zero spread; else empty)
+delta_acc              Δ test accuracy vs the reference, from ``test`` (paired: mean of the
+                       per-seed differences over the shared seeds)
+delta_ci_low/_high     its confidence interval at 1 − alpha/looks (95 %), cut to [-1, 1]
+p_value                raw two-sided p-value of ``test`` (n ≥ 2 a side, non-zero spread)
+test                   ``paired_t`` (≥ 2 shared seeds) or ``welch``; empty without a reference
+n_pairs                seeds both sides have a test result for
+p_value_wilcoxon       Wilcoxon signed-rank p-value of the pairs (n_pairs ≥ 6)
+p_value_holm           Holm-adjusted p_value within the group's family
+holm_family            size of that family (the group's comparisons with a p_value)
+q_value                Benjamini–Hochberg q-value over all p_values of the study
+effect_size(_kind)     ``d_z`` (paired) or ``hedges_g`` (Welch)
+prob_improvement(...)  P(variant > reference) over seed pairs, with ``_ci_low``/``_ci_high``
+                       (BCa bootstrap, seeded)
+mde_acc                minimum detectable |Δ| at level alpha/looks and the set power
+seeds_needed           seeds per side at which the observed Δ reaches that power
+verdict                ``significant`` / ``no_effect`` / ``undecided`` (stats.verdict)
 epochs_mean            mean epochs run
 best_epoch_mean        mean best epoch
 params                 trainable parameters
