@@ -35,12 +35,11 @@ import yaml
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from ablationlab import io
+from ablationlab import io, stats
 from ablationlab.summarize import SummaryError, load_study, read_summary
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scipy", "scikit-learn", "kornia", "torchinfo",
             "matplotlib", "mlflow", "snakemake", "jinja2", "markdown-it-py", "weasyprint")
-ALPHA = 0.05
 MLFLOW_UI = "http://127.0.0.1:5000/"
 
 
@@ -259,13 +258,12 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 TEST_NAMES = {"paired_t": "paired t", "welch": "Welch t"}
 EFFECT_KINDS = {"d_z": "d_z", "hedges_g": "Hedges' g"}
 VERDICT_NAMES = {"significant": "significant", "no_effect": "no effect", "undecided": "undecided"}
-DEFAULT_STATISTICS = {"alpha": ALPHA, "power": 0.8, "min_effect": 0.01, "looks": 1}
 
 
 def statistics_settings(study: dict[str, Any]) -> dict[str, Any]:
     """The study's ``statistics`` block (defaults filled in) with ``per_look`` = alpha / looks and ``ci``,
     the confidence level (%) of the Δ intervals."""
-    out = DEFAULT_STATISTICS | {k: v for k, v in (study.get("statistics") or {}).items() if v is not None}
+    out = stats.DEFAULT_SETTINGS | {k: v for k, v in (study.get("statistics") or {}).items() if v is not None}
     out["per_look"] = out["alpha"] / out["looks"]
     out["ci"] = f"{(1 - out['per_look']) * 100:g}"
     return out
@@ -317,7 +315,8 @@ def finding(row: dict[str, Any], reference: dict[str, Any] | None, label: str, r
     seeds = seeds_text(row, reference)
     head = f"{label}: {pp(row['delta_acc'])} pp vs {ref_label}"
     if _missing(row.get("p_value")) or _missing(row.get("p_value_holm")):
-        return f"{head} ({seeds}; too few seeds or no spread for a test)."
+        return f"{head} ({seeds}; too few seeds or no spread for a test)" + (
+            " — undecided." if row.get("verdict") == "undecided" else ".")
     level = f", level {settings['per_look']:.3g} per look" if settings["looks"] > 1 else ""
     return (f"{head} ({settings['ci']} % CI {pp(row['delta_ci_low'])}…{pp(row['delta_ci_high'])}, "
             f"{TEST_NAMES.get(row.get('test'), row.get('test'))} over {seeds}, Holm p {_p_equals(row['p_value_holm'])}"
