@@ -344,8 +344,7 @@ def group_findings(ids: list[str], ref: str | None, rows: dict[str, dict[str, An
     return findings
 
 
-def verdict_rows(ids: list[str], ref: str | None, rows: dict[str, dict[str, Any]], label: Any,
-                 settings: dict[str, Any]) -> list[dict[str, Any]]:
+def verdict_rows(ids: list[str], ref: str | None, rows: dict[str, dict[str, Any]], label: Any) -> list[dict[str, Any]]:
     """The group's verdict table: one row per compared experiment (every value present, None if undefined)."""
     out = []
     for e in ids:
@@ -520,7 +519,7 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
                                                                if recipes[e]["reference"] in recipes else None)}
                         for e in ids if e != ref],
             "table_number": numbering.next_table(), "rows": trows, "findings": findings,
-            "verdict_table_number": numbering.next_table(), "verdicts": verdict_rows(ids, ref, rows, label, settings),
+            "verdict_table_number": numbering.next_table(), "verdicts": verdict_rows(ids, ref, rows, label),
             "forest": figures_for(g["id"], ["forest"]), "diagnostics": diagnostic_notes(ids, diag, label),
             "best": best, "figures": figures_for(g["id"]),
         })
