@@ -90,7 +90,7 @@ def test_early_stopping_caption_reports_the_stop_epochs(drawn):
 
 
 def test_forest_plot_is_drawn_per_group(drawn):
-    root, _, out, manifest = drawn
+    _, _, out, manifest = drawn
     forests = [m for m in manifest["figures"] if m["kind"] == "forest"]
     assert [m["group"] for m in forests] == ["batch_norm", "dropout", "early_stopping", "augmentation", "optimizer"]
     for m in forests:

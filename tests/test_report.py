@@ -215,7 +215,7 @@ def test_significance_overview_lists_every_comparison_by_q(rendered, verdicts):
 
 
 def test_setup_explains_the_statistics_and_looks(rendered):
-    root, out, context = rendered
+    root, _, context = rendered
     html = report.render_html(context)
     setup = _section(html, "sec-setup")
     for ref in ("Colas et al. 2018", "Bouthillier et al. 2021", "Agarwal et al. 2021", "rliable", "paired t-test",
