@@ -298,3 +298,19 @@ def test_cli_and_errors(rendered, tmp_path):
     assert exc.value.code == 2 and not (tmp_path / "r2.html").exists()
     with pytest.raises(report.ReportError, match="figures.json: figure manifest not found"):
         report.read_manifest(tmp_path)
+
+
+def test_untestable_rows_say_why():
+    row = {"n": 3, "delta_acc": 0.0, "test": "paired_t", "n_pairs": 3, "verdict": "undecided", "status": "finished"}
+    assert report.finding(row, {"n": 3}, "p=0.1", "baseline") == (
+        "p=0.1: ±0.0 pp vs baseline (3 seeds; no spread between seeds for a test) — undecided.")
+    row = {"n": 1, "delta_acc": 0.01, "test": "welch", "n_pairs": 1, "verdict": "undecided", "status": "finished"}
+    assert report.finding(row, {"n": 1}, "p=0.1", "baseline") == (
+        "p=0.1: +1.0 pp vs baseline (1 seed; too few seeds for a test) — undecided.")
+    looked = report.statistics_settings({"statistics": {"alpha": 0.05, "looks": 2}})
+    row = {"n": 4, "delta_acc": 0.02, "delta_ci_low": 0.001, "delta_ci_high": 0.039, "test": "paired_t", "n_pairs": 4,
+           "p_value": 0.02, "p_value_holm": 0.02, "holm_family": 1, "mde_acc": 0.03, "seeds_needed": 9,
+           "verdict": "undecided", "status": "finished"}
+    assert report.finding(row, {"n": 4}, "bn", "baseline", looked) == (
+        "bn: +2.0 pp vs baseline (97.5 % CI +0.1…+3.9, paired t over 4 seeds, Holm p = 0.020 of 1 comparison, "
+        "level 0.025 per look) — undecided: too few seeds, 9 would be needed to tell.")

@@ -315,7 +315,9 @@ def finding(row: dict[str, Any], reference: dict[str, Any] | None, label: str, r
     seeds = seeds_text(row, reference)
     head = f"{label}: {pp(row['delta_acc'])} pp vs {ref_label}"
     if _missing(row.get("p_value")) or _missing(row.get("p_value_holm")):
-        return f"{head} ({seeds}; too few seeds or no spread for a test)" + (
+        few = min(n, reference.get("n") or 0) < 2 and (_missing(row.get("n_pairs")) or row["n_pairs"] < 2)
+        reason = "too few seeds for a test" if few else "no spread between seeds for a test"
+        return f"{head} ({seeds}; {reason})" + (
             " — undecided." if row.get("verdict") == "undecided" else ".")
     level = f", level {settings['per_look']:.3g} per look" if settings["looks"] > 1 else ""
     return (f"{head} ({settings['ci']} % CI {pp(row['delta_ci_low'])}…{pp(row['delta_ci_high'])}, "
