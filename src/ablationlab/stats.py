@@ -109,15 +109,16 @@ def _finite(values: Mapping[int, float]) -> dict[int, float]:
     return out
 
 
-def _paired_t(diff: np.ndarray, confidence: float) -> dict[str, float]:
-    """Paired t-test of the mean difference (scipy ttest_rel on the pairs) and d_z."""
+def _paired_t(x: np.ndarray, y: np.ndarray, confidence: float) -> dict[str, float]:
+    """Paired t-test of mean(x - y) (scipy ttest_rel) with its confidence interval, and d_z."""
     out = {"ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "effect_size": math.nan}
+    diff = x - y
     sd = float(diff.std(ddof=1))
     if sd / math.sqrt(diff.size) < _TINY:
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = _st.ttest_rel(diff, np.zeros_like(diff))
+        res = _st.ttest_rel(x, y)
         ci = res.confidence_interval(confidence)
     out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(res.pvalue),
                effect_size=float(diff.mean()) / sd)
@@ -265,7 +266,7 @@ def compare(variant: Mapping[int, float], reference: Mapping[int, float], *, alp
     if len(shared) >= 2:
         x, y = _array([v[s] for s in shared]), _array([r[s] for s in shared])
         diff = x - y
-        out.update(test="paired_t", delta=float(diff.mean()), effect_size_kind="d_z", **_paired_t(diff, confidence))
+        out.update(test="paired_t", delta=float(diff.mean()), effect_size_kind="d_z", **_paired_t(x, y, confidence))
         out["p_value_wilcoxon"] = _wilcoxon(diff)
         sd, n_ref = std(diff), None
     else:
