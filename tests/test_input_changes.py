@@ -68,7 +68,7 @@ def _run(work: Path, config: str) -> set[str]:
     proc = snakemake(work, config, "--", *TARGETS)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", out, re.M)) - set(TARGETS)
+    return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", out, re.MULTILINE)) - set(TARGETS)
 
 
 def test_changed_image_folder_or_weights_rerun_exactly_what_reads_them(tmp_path):
@@ -103,4 +103,5 @@ def test_changed_image_folder_or_weights_rerun_exactly_what_reads_them(tmp_path)
     _weights(tmp_path / "other.pt", seed=1)
     os.utime(tmp_path / "other.pt", (1e9, 1e9))
     shutil.copy2(tmp_path / "other.pt", work / "weights.pt")
-    assert _plan(work, config) == {("train_transfer", "transfer/file", "0"), ("evaluate_transfer", "transfer/file", "0")}
+    assert _plan(work, config) == {("train_transfer", "transfer/file", "0"),
+                                   ("evaluate_transfer", "transfer/file", "0")}
