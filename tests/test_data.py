@@ -497,3 +497,4 @@ def test_data_digest_sees_only_what_a_reader_reads(tmp_path):
     assert data.data_digest(changed, ("train", "val")) == data.data_digest(meta, ("train", "val"))
     assert data.data_digest(changed, ("test",)) != data.data_digest(meta, ("test",))
     assert data.data_digest(changed) != data.data_digest(meta)
+    assert data.data_digest(dict(meta, source="mirror")) == data.data_digest(meta)  # content only

@@ -642,9 +642,11 @@ def folder_manifest(root: str | os.PathLike) -> str:
 
 def data_digest(meta: dict, splits=SPLITS) -> str:
     """sha256 of a prepared directory's content as seen by a reader of ``splits``: its
-    ``meta.json`` without the other splits' tensor digests and sizes."""
+    ``meta.json`` without ``source`` (where the files came from) and without the other
+    splits' tensor digests and sizes."""
     names = {f"{s}_{k}.pt" for s in splits for k in "xy"}
-    seen = dict(meta, sha256={n: d for n, d in meta.get("sha256", {}).items() if n in names},
+    seen = {k: v for k, v in meta.items() if k != "source"}
+    seen.update(sha256={n: d for n, d in meta.get("sha256", {}).items() if n in names},
                 splits={s: n for s, n in meta.get("splits", {}).items() if s in splits})
     return hashlib.sha256(io.canonical_json(seen).encode()).hexdigest()
 
