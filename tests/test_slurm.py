@@ -139,7 +139,7 @@ SMOKE = "presets/smoke.yaml"
 # test-only: poll squeue every 2 s (not 40 s) and keep the sbatch logs of successful jobs as evidence
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
              "--slurm-keep-successful-logs"]
-JOB_BLOCK = re.compile(r"^(local)?rule (\S+):\n((?:    .*\n)+)", re.M)
+JOB_BLOCK = re.compile(r"^(local)?(?:rule|checkpoint) (\S+):\n((?:    .*\n)+)", re.M)
 SUBMITTED = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", re.M)
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # not the timing columns
 
