@@ -189,9 +189,9 @@ def gpu_slots_per_gpu():
 
 
 def gpu_resource(group):
-    """The `gpu` resource of a group's jobs. On a cluster (the sbatch call and the job it runs) whole
-    GPUs: SLURM allocates those. Locally GPU slots, so that shared GPUs need no fractions: a job holds
-    gpus × gpu_slots_per_gpu() / jobs_per_gpu of them (a whole-GPU job all slots of its GPUs)."""
+    """The `gpu` resource of a group's jobs: on a cluster (sbatch and the job it runs) whole GPUs,
+    which SLURM allocates; locally GPU slots, so that shared GPUs need no fractions: a job holds
+    gpus * gpu_slots_per_gpu() / jobs_per_gpu (a whole-GPU job: all its GPUs' slots)."""
     if workflow.non_local_exec or workflow.remote_exec:
         return gpus(group)
     return gpus(group) * gpu_slots_per_gpu() // jobs_per_gpu(group)
