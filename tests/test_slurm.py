@@ -402,6 +402,23 @@ def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
     assert len(tracked) == len(_runs(workdir))
 
 
+def test_evaluation_change_resubmits_each_evaluate_rule_as_one_array(slurm, smoke_on_slurm):
+    """Edited evaluation code re-evaluates every run, and nothing else: all evaluations are ready at once,
+    so each evaluate_<group> rule goes to SLURM as one array (GPU group: in its partition, with a GPU)."""
+    workdir = smoke_on_slurm["slurm"]
+    metrics = {d: (d / "metrics.json").read_text() for d in _runs(workdir)}
+    with open(workdir / "src/ablationlab/evaluate.py", "a") as code:
+        code.write("\n# edited\n")
+    groups = sorted({d.relative_to(workdir / "results/runs").parts[0] for d in metrics})
+    run = Snakemake(workdir, [*PROFILE, *CONFIGS, "--", *groups], smoke_on_slurm["env"], "evaluate")
+    remote = _check_submitted(slurm, _jobs(run.wait()))
+    assert sorted(j["rule"] for j in remote) == sorted(f"evaluate_{g}" for g in groups for _ in range(2))
+    calls = run.submissions()
+    assert sorted((c["rule"], c["array"]) for c in calls) == [(f"evaluate_{g}", "1-2") for g in groups]
+    assert [(c["gpus"], c["partition"]) for c in calls if c["rule"] == f"evaluate_{GPU_GROUP}"] == [("1", GPU_PARTITION)]
+    assert {d: (d / "metrics.json").read_text() for d in _runs(workdir)} == metrics  # same results again
+
+
 def test_scancel_mid_training_resumes_from_checkpoint(slurm, smoke_on_slurm):
     """Both seeds of the baseline train as one array; the task of seed 0, killed by scancel after its
     first checkpoint, resumes there on the re-run (not epoch 0) and ends with the history and weights of
