@@ -362,9 +362,9 @@ def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
         on_gpu = job["rule"] in gpu_rules
         assert (f"Partition={GPU_PARTITION}" in shown, "TresPerJob=gres:gpu:1" in shown) == (on_gpu, on_gpu), shown
     for stage in ("train", "evaluate"):
-        logs = {p.relative_to(workdir / "results/logs" / stage).parts[0]: p.read_text()
-                for p in (workdir / "results/logs" / stage).glob("**/seed*.log")}
-        assert len(logs) == 6 and set(logs) == {"baseline", "batch_norm", GPU_GROUP}
+        logs = list((workdir / "results/logs" / stage).glob("**/seed*.log"))
+        groups = {p.relative_to(workdir / "results/logs" / stage).parts[0] for p in logs}
+        assert len(logs) == 6 and groups == {"baseline", "batch_norm", GPU_GROUP}
     for path in (workdir / "results/logs").glob("*/**/seed*.log"):
         log = path.read_text()
         if path.relative_to(workdir / "results/logs").parts[1] == GPU_GROUP:
