@@ -361,16 +361,15 @@ def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
         shown = slurm.run("scontrol", "show", "job", job["slurm"]).stdout
         on_gpu = job["rule"] in gpu_rules
         assert (f"Partition={GPU_PARTITION}" in shown, "TresPerJob=gres:gpu:1" in shown) == (on_gpu, on_gpu), shown
-    for stage in ("train", "evaluate"):
-        logs = list((workdir / "results/logs" / stage).glob("**/seed*.log"))
-        groups = {p.relative_to(workdir / "results/logs" / stage).parts[0] for p in logs}
-        assert len(logs) == 6 and groups == {"baseline", "batch_norm", GPU_GROUP}
-    for path in (workdir / "results/logs").glob("*/**/seed*.log"):
-        log = path.read_text()
-        if path.relative_to(workdir / "results/logs").parts[1] == GPU_GROUP:
-            assert re.search(r"^gpu_slot: CUDA_VISIBLE_DEVICES=[01] \(set by the scheduler\)$", log, re.M), path
-        else:
-            assert "CUDA_VISIBLE_DEVICES" not in log, path
+    for stage in ("train", "evaluate"):  # the jobs' own logs
+        logs = {p.relative_to(workdir / "results/logs" / stage): p.read_text()
+                for p in (workdir / "results/logs" / stage).glob("**/seed*.log")}
+        assert len(logs) == 6 and {p.parts[0] for p in logs} == {"baseline", "batch_norm", GPU_GROUP}
+        for path, log in logs.items():
+            if path.parts[0] == GPU_GROUP:
+                assert re.search(r"^gpu_slot: CUDA_VISIBLE_DEVICES=[01] \(set by the scheduler\)$", log, re.M), log
+            else:
+                assert "CUDA_VISIBLE_DEVICES" not in log, log
 
 
 def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
