@@ -42,7 +42,7 @@ def plan(workdir: Path, *args: str) -> list[tuple[str, str | None, str | None]]:
     assert proc.returncode == 0, out
     jobs: list[list] = []
     for line in out.splitlines():
-        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+        if match := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
             jobs.append([match[1], None, None])
         elif jobs and line.strip().startswith("wildcards:"):
             wildcards = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
