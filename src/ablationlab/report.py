@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
-import importlib.metadata
 import math
 import os
 import platform
 import re
-import subprocess
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import jinja2
 import pandas as pd
@@ -36,10 +34,11 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from ablationlab import io, stats
+from ablationlab.credentials import redact
+from ablationlab.keypath import flatten
+from ablationlab.provenance import git_commit, package_versions
 from ablationlab.summarize import SummaryError, load_study, read_summary
 
-PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scipy", "scikit-learn", "kornia", "torchinfo",
-            "matplotlib", "mlflow", "snakemake", "jinja2", "markdown-it-py", "weasyprint")
 MLFLOW_UI = "http://127.0.0.1:5000/"
 
 
@@ -137,19 +136,6 @@ def markdown(text: str | None, shift: int = 3) -> Markup:
     return Markup(_MD.renderer.render(tokens, _MD.options, {}))
 
 
-def redact_uri(uri: Any) -> str | None:
-    """A URI without its password (``user:***@host``)."""
-    if _missing(uri) or not uri:
-        return None
-    parts = urlsplit(str(uri))
-    if parts.password is None:
-        return str(uri)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
 def _safe_link(url: Any) -> str | None:
     """Only http(s) links leave the report."""
     if _missing(url) or not url:
@@ -163,15 +149,6 @@ def _safe_link(url: Any) -> str | None:
 # --------------------------------------------------------------------------- inputs
 
 
-def flatten(recipe: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(recipe, dict):
-        out: dict[str, Any] = {}
-        for key, value in recipe.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: recipe}
-
-
 _ABSENT = object()
 
 
@@ -182,28 +159,6 @@ def changes(recipe: dict[str, Any], reference: dict[str, Any] | None) -> list[di
     new, old = flatten(recipe), flatten(reference)
     return [{"key": k, "before": value_text(old[k]) if k in old else "—", "after": value_text(new[k]) if k in new else "—"}
             for k in sorted(set(new) | set(old)) if new.get(k, _ABSENT) != old.get(k, _ABSENT)]
-
-
-def package_versions(names: Iterable[str] = PACKAGES) -> list[dict[str, str]]:
-    out = [{"name": "python", "version": platform.python_version()}]
-    for name in names:
-        try:
-            out.append({"name": name, "version": importlib.metadata.version(name)})
-        except importlib.metadata.PackageNotFoundError:
-            out.append({"name": name, "version": "not installed"})
-    return out
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """``HEAD``'s commit (with ``+dirty`` when tracked files differ), or None outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True, timeout=10)
-        return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def read_benchmarks(bench_dir: str | Path | None) -> list[dict[str, Any]]:
@@ -550,7 +505,7 @@ def _appendix(study_report: dict[str, Any], runs: pd.DataFrame,
     tracking = dict(study_report.get("tracking") or {})
     for key in list(tracking):
         if "uri" in key.lower() or "url" in key.lower():
-            tracking[key] = redact_uri(tracking[key])
+            tracking[key] = None if _missing(tracking[key]) or not tracking[key] else redact(tracking[key])
     run_rows = _records(runs)
     for r in run_rows:
         r["link"] = _safe_link(r.get("mlflow_url"))
