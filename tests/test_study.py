@@ -14,7 +14,7 @@ from snakemake.utils import validate as snakemake_validate
 from ablationlab import augment, data, models, recipe, stats, study, train
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = study.SCHEMA_PATH
 
 
 def _yaml(name: str) -> dict:

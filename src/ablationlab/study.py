@@ -1,7 +1,7 @@
 """Stage ``study``: validate a study configuration and resolve its experiments.
 
 A configuration (``config.yaml``, optionally overlaid with presets) is checked against
-``workflow/schemas/config.schema.yaml`` (the same file Snakemake's ``validate`` uses, with
+``schemas/config.schema.yaml`` (package data; the same file Snakemake's ``validate`` uses, with
 its defaults filled in), then resolved into the experiment table: the baseline (a full
 recipe) and, per ablation group in config order, one experiment per variant (a partial
 recipe deep-merged over the group's base) and per sweep value (the base's recipe with one
@@ -32,7 +32,8 @@ import yaml
 from ablationlab import io
 from ablationlab import recipe as recipes
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Shipped inside the package (package data), so an installed wheel validates without the repository.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # Group ids that would clash with the baseline's experiment id or a rule name.
 RESERVED_IDS = frozenset(
