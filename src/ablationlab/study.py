@@ -146,6 +146,8 @@ def _message(error: jsonschema.ValidationError, root: Any, prefix: list) -> str:
         return f"{where}: missing required key {missing[0]!r}"
     if kind == "not" and value == {"multipleOf": 2}:
         return f"{where}: must be odd, got {instance!r}"
+    if kind == "const":
+        return f"{where}: {error.schema.get('description') or f'must be {value!r}'}, got {instance!r}"
     if kind == "pattern":
         return f"{where}: {instance!r} is not a valid name (must match {value})"
     if kind == "propertyNames":
@@ -229,6 +231,7 @@ class _Resolver:
     def __init__(self, config: dict, schema: dict):
         self.config = config
         self.recipe_schema = {"$defs": schema["$defs"], "$ref": "#/$defs/recipe"}
+        self.recipe_validator = jsonschema.Draft202012Validator(self.recipe_schema)
         self.groups = {}
         for index, group in enumerate(config["ablations"]):
             gid = group["id"]
@@ -355,6 +358,10 @@ def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[
                           "expected root/train/<class>/* and root/test/<class>/*)")
     n_train = _train_size(data)
     for exp in experiments:
+        errors = sorted(resolver.recipe_validator.iter_errors(exp.recipe), key=lambda e: list(e.absolute_path))
+        if errors:  # a rule across keys that a variant's merge broke (e.g. weights over a transfer base)
+            detail = _message(errors[0], exp.recipe, []).partition(": ")[2]
+            raise ConfigError(f"{resolver.origin(exp, list(errors[0].absolute_path))}: {detail} in experiment {exp.id!r}")
         batch = exp.recipe["batch_size"]
         if n_train is not None and batch > n_train:
             raise ConfigError(f"{resolver.origin(exp, ['batch_size'])}: batch_size {batch} is larger than the "
