@@ -27,9 +27,10 @@ def _build_wheel(tmp_path: Path) -> Path:
             shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, project / name)
-    cmd = [sys.executable, "-m", "pip", "wheel", str(project), "--no-deps", "--no-build-isolation", "-q",
-           "-w", str(tmp_path / "dist")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    proc = subprocess.run(
+        [*pip, str(project), "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = (tmp_path / "dist").glob("ablationlab-*.whl")
     return wheel
@@ -50,8 +51,7 @@ def test_wheel_validates_a_study_outside_the_repository(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True,
-                              timeout=120)
+        return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
 
     where = run("-c", "import ablationlab.study as s; print(s.__file__); print(s.SCHEMA_PATH)")
     assert where.returncode == 0, where.stderr
