@@ -351,6 +351,16 @@ def _train_size(data: dict) -> int | None:
     return pool - n_val
 
 
+def _check_variant(resolver: _Resolver, exp: _Experiment) -> None:
+    """The recipe schema on a variant's merged recipe: a rule across keys (weights only for transfer
+    models) that the merge over its base broke, although the partial variant alone was valid."""
+    errors = sorted(resolver.recipe_validator.iter_errors(exp.recipe), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        detail = _message(errors[0], exp.recipe, []).partition(": ")[2]
+        where = resolver.origin(exp, list(errors[0].absolute_path))
+        raise ConfigError(f"{where}: {detail} in experiment {exp.id!r}")
+
+
 def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[_Experiment]) -> None:
     data = config["data"]
     if data["dataset"] == "imagefolder" and not Path(data["root"]).is_dir():
@@ -358,10 +368,8 @@ def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[
                           "expected root/train/<class>/* and root/test/<class>/*)")
     n_train = _train_size(data)
     for exp in experiments:
-        errors = sorted(resolver.recipe_validator.iter_errors(exp.recipe), key=lambda e: list(e.absolute_path))
-        if errors:  # a rule across keys that a variant's merge broke (e.g. weights over a transfer base)
-            detail = _message(errors[0], exp.recipe, []).partition(": ")[2]
-            raise ConfigError(f"{resolver.origin(exp, list(errors[0].absolute_path))}: {detail} in experiment {exp.id!r}")
+        if exp.reference is not None and exp.sweep is None:  # a variant (sweep values are checked as they are made)
+            _check_variant(resolver, exp)
         batch = exp.recipe["batch_size"]
         if n_train is not None and batch > n_train:
             raise ConfigError(f"{resolver.origin(exp, ['batch_size'])}: batch_size {batch} is larger than the "
