@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -17,8 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ["pyproject.toml", "README.md", "src"]
 
 
+def _offline_build() -> bool:
+    """Whether this environment's setuptools builds wheels itself (>= 70.1): then no index is needed."""
+    return importlib.util.find_spec("setuptools.command.bdist_wheel") is not None
+
+
 def _build_wheel(tmp_path: Path) -> Path:
-    """A wheel built by pip from a copy of the project (the venv's setuptools: no network)."""
+    """A wheel built by pip from a copy of the project (with this environment's setuptools when it can)."""
     project = tmp_path / "project"
     project.mkdir()
     for name in BUILD_INPUTS:
@@ -27,7 +33,8 @@ def _build_wheel(tmp_path: Path) -> Path:
             shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, project / name)
-    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    isolation = ["--no-build-isolation"] if _offline_build() else []  # else pip fetches setuptools from the index
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", *isolation]
     proc = subprocess.run(
         [*pip, str(project), "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300
     )
