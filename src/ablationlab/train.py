@@ -101,9 +101,9 @@ def validate(recipe: Mapping[str, Any], n_train: int | None = None) -> None:
         _positive_int(sched["step_size"], "scheduler.step_size")
     if sched["name"] in ("step", "plateau"):
         _number(sched["gamma"], "scheduler.gamma", low_open=True)
-    if sched["name"] == "plateau":
-        if isinstance(sched["patience"], bool) or not isinstance(sched["patience"], int) or sched["patience"] < 0:
-            raise ValueError(f"scheduler.patience: expected an integer >= 0, got {sched['patience']!r}")
+    patience = sched["patience"]
+    if sched["name"] == "plateau" and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
+        raise ValueError(f"scheduler.patience: expected an integer >= 0, got {patience!r}")
     _number(loss["label_smoothing"], "loss.label_smoothing", high=1.0)
     batch_size = _positive_int(recipe["batch_size"], "batch_size")
     if n_train is not None and batch_size > n_train:
