@@ -337,6 +337,8 @@ def test_schema_names_equal_the_library_names():
     assert model["scheduler"]["properties"]["name"]["enum"] == list(train.SCHEDULERS)
     assert model["loss"]["properties"]["name"]["enum"] == list(train.LOSSES)
     assert model["early_stopping"]["properties"]["monitor"]["enum"] == list(train.MONITORS)
+    augmentation = study.load_schema()["$defs"]["augmentation"]  # their keys: test_schema_defaults_equal_...
+    assert augmentation["properties"]["name"]["enum"] == list(augment.AUGMENT_DEFAULTS)
     assert set(study.load_schema()["properties"]["data"]["properties"]["dataset"]["enum"]) == set(data.DATASETS)
     assert set(study.TRAIN_POOL) <= set(data.DATASETS)
 
