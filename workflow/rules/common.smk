@@ -1,7 +1,7 @@
 """Shared helpers: the validated study, paths, per-group resources, library inputs.
 
 Included first by the Snakefile. The configuration is validated and resolved here by
-ablationlab.study (schema workflow/schemas/config.schema.yaml, defaults filled in, plus the
+ablationlab.study (schema src/ablationlab/schemas/config.schema.yaml, defaults filled in, plus the
 semantic checks); an invalid configuration stops Snakemake with one readable message
 naming the key path, before any job is planned.
 """
@@ -35,7 +35,8 @@ from ablationlab import data as abl_data
 from ablationlab import io as abl_io
 from ablationlab import study as abl_study
 
-SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# the library's packaged schema: one file for both checks
+SCHEMA = abl_study.SCHEMA_PATH
 ENV = "../envs/ablationlab.yaml"
 
 try:
