@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
-_SECRET_QUERY = re.compile(r"(?P<key>[?&][^=&#\s]*(?:pass|secret|token|key|auth|credential)[^=&#\s]*=)[^&#\s]+",
-                           re.IGNORECASE)
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&][^=&#\s]*(?:pass|secret|token|key|auth|credential)[^=&#\s]*=)[^&#\s]+", re.IGNORECASE
+)
 
 
 def redact(text: str) -> str:

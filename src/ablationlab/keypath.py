@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def split_key(key: str) -> list[str | int]:
@@ -15,12 +16,11 @@ def lookup(tree: Any, key: str | list[str | int]) -> tuple[bool, Any]:
     """``(True, value)`` at ``key`` (dotted, or split) in ``tree``; ``(False, None)`` if there is none."""
     node = tree
     for part in split_key(key) if isinstance(key, str) else key:
-        if isinstance(part, int) and isinstance(node, list) and part < len(node):
-            node = node[part]
-        elif isinstance(part, str) and isinstance(node, Mapping) and part in node:
-            node = node[part]
-        else:
+        in_list = isinstance(part, int) and isinstance(node, list) and part < len(node)
+        in_mapping = isinstance(part, str) and isinstance(node, Mapping) and part in node
+        if not (in_list or in_mapping):
             return False, None
+        node = node[part]
     return True, node
 
 

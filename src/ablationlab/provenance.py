@@ -6,10 +6,24 @@ import importlib.metadata
 import os
 import platform
 import subprocess
-from typing import Iterable
+from collections.abc import Iterable
 
-PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scipy", "scikit-learn", "kornia", "torchinfo",
-            "matplotlib", "mlflow", "snakemake", "jinja2", "markdown-it-py", "weasyprint")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "kornia",
+    "torchinfo",
+    "matplotlib",
+    "mlflow",
+    "snakemake",
+    "jinja2",
+    "markdown-it-py",
+    "weasyprint",
+)
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:

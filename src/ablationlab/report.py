@@ -413,7 +413,8 @@ class _Sections:
             "recipe_table_number": self.next_table() if baseline else None,
             "seeds": study_report.get("seeds") or self.study.get("seeds"),
             "devices": sorted({str(d) for d in runs["device"].dropna()}),
-            "torch_versions": sorted({str(v) for v in runs["torch_version"].dropna()}) if "torch_version" in runs else [],
+            "torch_versions": (sorted({str(v) for v in runs["torch_version"].dropna()})
+                               if "torch_version" in runs else []),
             "n_experiments": len(self.recipes), "n_runs": len(runs),
         }
 
@@ -456,7 +457,8 @@ class _Sections:
             "table_number": self.next_table(), "rows": trows,
             "findings": group_findings(ids, ref, rows, recipes, self.label, self.settings),
             "verdict_table_number": self.next_table(), "verdicts": verdict_rows(ids, ref, rows, self.label),
-            "forest": self.figures_for(g["id"], ["forest"]), "diagnostics": diagnostic_notes(ids, self.diag, self.label),
+            "forest": self.figures_for(g["id"], ["forest"]),
+            "diagnostics": diagnostic_notes(ids, self.diag, self.label),
             "best": next((r for r in trows if r["is_best"]), None), "figures": self.figures_for(g["id"]),
         }
 

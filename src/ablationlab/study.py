@@ -29,9 +29,9 @@ import jsonschema
 import yaml
 
 from ablationlab import io
+from ablationlab import recipe as recipes
 from ablationlab.credentials import redact
 from ablationlab.keypath import lookup, split_key
-from ablationlab import recipe as recipes
 
 # Shipped inside the package (package data), so an installed wheel validates without the repository.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
