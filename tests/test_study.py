@@ -72,7 +72,7 @@ def test_default_study_resolves(default_config):
 
 def test_presets_have_the_study_shape(default_config):
     quick = study.load(study.read_config([REPO / "config.yaml", REPO / "presets" / "quick.yaml"]))
-    assert quick.experiments["dataset"] == "digits" and len(quick.experiments["seeds"]) == 2
+    assert quick.experiments["dataset"] == "digits" and len(quick.experiments["seeds"]) >= 3
     assert [g["id"] for g in quick.report["groups"]] == [g["id"] for g in default_config["ablations"]]
     assert all(e["recipe"]["model"]["weights"] == "none" for e in quick.experiments["experiments"])
     smoke = study.load(study.read_config([REPO / "config.yaml", REPO / "presets" / "smoke.yaml"]))
@@ -425,3 +425,28 @@ def test_cli_reports_a_bad_config(tmp_path, capsys):
     bad.write_text("seeds: []\n")
     assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
     assert capsys.readouterr().err.strip() == "error: seeds: [] should be non-empty"
+
+
+def test_python_m_ablationlab_ends_fast_with_its_output_and_exit_code(tmp_path):
+    """`python -m ablationlab` skips the interpreter's teardown (__main__.exit_without_teardown):
+    piped output must still arrive whole, atexit handlers still run, and the exit code is the command's."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout: block-buffered
+    env["PYTHONPATH"] = str(REPO / "src")
+    smoke = [str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml")]
+    ok = subprocess.run([sys.executable, "-m", "ablationlab", "study", *smoke, "--out", str(tmp_path)],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.rstrip().endswith("3 experiments x 1 seeds = 3 runs on digits")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: []\n")
+    failed = subprocess.run([sys.executable, "-m", "ablationlab", "study", smoke[0], str(bad)],
+                            capture_output=True, text=True, env=env)
+    assert failed.returncode == 1 and failed.stderr.strip() == "error: seeds: [] should be non-empty"
+    hook = ("import atexit, runpy, sys; atexit.register(lambda: print('atexit ran', file=sys.stderr)); "
+            "sys.argv = ['ablationlab', 'nonsense']; runpy.run_module('ablationlab', run_name='__main__')")
+    unknown = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "usage: python -m ablationlab" in unknown.stdout
+    assert "atexit ran" in unknown.stderr
