@@ -211,6 +211,21 @@ BAD = {
     "unknown resource": (lambda c: c["resources"].update(transfer={"gpus": 1}),
                          "resources.transfer.gpus: unknown key 'gpus' (did you mean 'gpu'?)"),
     "unknown device": (lambda c: c.update(device="tpu"), "device: unknown value 'tpu'"),
+    # non-finite numbers (YAML .nan / .inf) anywhere: a recipe, a sweep, the data block
+    "NaN learning rate": (_variant({"optimizer": {"lr": float("nan")}}),
+                          "ablations[batch_norm].variants.x.optimizer.lr: nan is not a finite number"),
+    "infinite baseline key": (lambda c: c["baseline"].update(optimizer={"weight_decay": float("inf")}),
+                              "baseline.optimizer.weight_decay: inf is not a finite number"),
+    "infinite sweep value": (lambda c: c["ablations"][1]["sweep"].update(values=[0.5, float("-inf")]),
+                             "ablations[dropout].sweep.values[1]: -inf is not a finite number"),
+    "NaN augmentation probability": (_variant({"augment": [{"name": "hflip", "p": float("nan")}]}),
+                                     "ablations[batch_norm].variants.x.augment[0].p: nan is not a finite number"),
+    "NaN val_size": (lambda c: c["data"].update(val_size=float("nan")), "data.val_size: nan is not a finite number"),
+    "fractional val_size above 1": (lambda c: c["data"].update(val_size=1.5),
+                                    "data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
+    "fractional val_size of an image folder": (
+        lambda c: c["data"].update(dataset="imagefolder", root=str(REPO / "src"), val_size=2.5),
+        "data.val_size: 2.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
 }
 
 
@@ -223,6 +238,13 @@ def test_invalid_config_names_the_key(smoke_config, case):
         study.load(cfg)
     assert expected in str(err.value)
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+@pytest.mark.parametrize("val_size", [0.5, 1, 100, 100.0])
+def test_val_size_fraction_or_whole_count_passes(smoke_config, val_size):
+    cfg = copy.deepcopy(smoke_config)
+    cfg["data"]["val_size"] = val_size
+    study.load(cfg)
 
 
 def test_several_schema_errors_are_listed_together(smoke_config):
@@ -367,3 +389,13 @@ def test_cli_reports_a_bad_config(tmp_path, capsys):
     bad.write_text("seeds: []\n")
     assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
     assert capsys.readouterr().err.strip() == "error: seeds: [] should be non-empty"
+
+
+def test_cli_rejects_yaml_nan_and_inf(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("baseline:\n  optimizer: {lr: .nan}\n")
+    assert study.cli([str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml"), str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == "error: baseline.optimizer.lr: nan is not a finite number"
+    bad.write_text("resources: {default: {mem_mb: -.inf}}\n")
+    assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == "error: resources.default.mem_mb: -inf is not a finite number"

@@ -98,6 +98,12 @@ DATA_FILES = [
 GPU_SLOT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "gpu_slot.py"))
 
 
+def verbatim(value):
+    """A params value passed on as is: Snakemake formats plain string params as wildcard
+    patterns, so config text ({word}, LaTeX braces) must reach params through a function."""
+    return lambda wildcards: value
+
+
 def data_files(names):
     """Prepared data files; ancient(): re-preparing identical data re-runs nothing downstream
     (the options that change its content are params of every job that reads it)."""

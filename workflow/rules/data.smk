@@ -21,8 +21,8 @@ rule prepare_data:
         mem_mb=8000,
         runtime=60,
     params:
-        options=data_options(),
-        source=data_source(),
+        options=verbatim(data_options()),
+        source=verbatim(data_source()),
     shell:
         "python -m ablationlab prepare --dataset {wildcards.dataset:q}"
         " --out results/data/{wildcards.dataset:q} {params.options:q} {params.source:q}"

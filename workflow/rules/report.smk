@@ -26,7 +26,7 @@ FIGURES = [
     REPORT_FLAG(
         path,
         caption=f"../report/{item['kind']}.rst",
-        category=GROUP_TITLES.get(item["group"], item["group"]),
+        category=verbatim(GROUP_TITLES.get(item["group"], item["group"])),
         labels={"group": item["group"], "figure": item["kind"]},
     )
     for path, item in zip(FIGURE_FILES, FIGURE_PLAN)

@@ -64,8 +64,8 @@ rule mlflow_init:
         mem_mb=1000,
         runtime=10,
     params:
-        uri=MLFLOW_URI,
-        experiment=MLFLOW_EXPERIMENT,
+        uri=verbatim(MLFLOW_URI),
+        experiment=verbatim(MLFLOW_EXPERIMENT),
     shell:
         "python -m ablationlab track init --uri {params.uri:q}"
         " --mlflow-experiment {params.experiment:q} --out {output:q} > {log:q} 2>&1"
@@ -90,8 +90,8 @@ rule track:
         mem_mb=1000,
         runtime=10,
     params:
-        uri=MLFLOW_URI,
-        experiment=MLFLOW_EXPERIMENT,
+        uri=verbatim(MLFLOW_URI),
+        experiment=verbatim(MLFLOW_EXPERIMENT),
         study=CONFIG["study"]["name"],
         group=experiment_group,
         dataset=DATASET,
@@ -121,8 +121,8 @@ rule track_experiment:
         mem_mb=1000,
         runtime=10,
     params:
-        uri=MLFLOW_URI,
-        experiment=MLFLOW_EXPERIMENT,
+        uri=verbatim(MLFLOW_URI),
+        experiment=verbatim(MLFLOW_EXPERIMENT),
         study=CONFIG["study"]["name"],
         group=experiment_group,
         dataset=DATASET,
