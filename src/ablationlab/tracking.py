@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -55,6 +57,11 @@ EXPERIMENT_TAGS = {  # the UI opens a training experiment on its runs table, not
 UI_QUERY = "workflowType=machine_learning"  # MLflow 3's UI otherwise opens in its GenAI mode
 RUN_FILES = ("recipe.json", "train.json", "history.csv", "metrics.json", "confusion.csv", "weights.pt")
 ARTIFACTS = ("history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.json")
+# MLflow's HTTP client retries a refused connection 7 times with exponential backoff (about
+# 4 minutes) and waits up to 120 s per request; jobs give up within seconds instead (a setting
+# already in the environment wins)
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
 _SECRET_QUERY = re.compile(r"(?P<key>[?&][^=&#\s]*(?:pass|secret|token|key|auth|credential)[^=&#\s]*=)[^&#\s]+",
                            re.IGNORECASE)
@@ -90,6 +97,29 @@ def export_credentials(uri: str) -> str:
     if user is not None:
         os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password or "")
     return clean
+
+
+def bound_http_retries() -> None:
+    """Apply :data:`HTTP_LIMITS` (unless set) before the first MLflow request of this process."""
+    for key, value in HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """TrackingError (one line naming the URI and what to do) unless the http(s) tracking server
+    ``uri`` answers; other URIs (SQLite, a directory) are local and always pass."""
+    if not str(uri).startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (401 without credentials, 404 behind a proxy): reachable
+    except (OSError, ValueError) as exc:  # refused, unknown host, timed out, malformed
+        reason = getattr(exc, "reason", None) or exc
+        raise TrackingError(
+            f"tracking.uri: MLflow server {redact(uri)} is not reachable ({reason}); start it, or fix "
+            "tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same command again"
+        ) from None
 
 
 def run_key(experiment: str, dataset: str, recipe: Mapping[str, Any], seed: int | None = None) -> str:
@@ -166,6 +196,7 @@ class Tracker:
         # no usage telemetry from pipeline jobs (offline cluster nodes would wait on it); opt in
         # with MLFLOW_DISABLE_TELEMETRY=false
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        bound_http_retries()
         clean = export_credentials(uri)
         self.uri = clean
         self.redacted = redact(uri)
@@ -649,6 +680,7 @@ def cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     where = {"uri": args.uri, "name": args.mlflow_experiment, "lock": args.lock}
     try:
+        check_server(export_credentials(args.uri))  # one clear line, not minutes of retries
         if args.command == "init":
             info = init(**where)
             io.write_json(args.out, info)

@@ -19,6 +19,17 @@ MLFLOW_URI = abl_tracking.export_credentials(CONFIG["tracking"]["uri"])
 if MLFLOW_URI != CONFIG["tracking"]["uri"]:
     workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or CONFIG["study"]["name"]
+TRACK_RULES = {"mlflow_init", "track", "track_experiment"}
+
+
+onstart:
+    # before the first job (not on -n, nor when nothing is to be done): an unreachable
+    # tracking server stops the run with one line instead of minutes of retries per job
+    if any(job.rule.name in TRACK_RULES for job in workflow.dag.needrun_jobs()):
+        try:
+            abl_tracking.check_server(MLFLOW_URI)
+        except abl_tracking.TrackingError as err:
+            raise WorkflowError(str(err)) from None
 MLFLOW_INIT = "results/mlflow.json"
 TRACKED_FILES = [
     "recipe.json",
