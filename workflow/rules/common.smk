@@ -100,8 +100,32 @@ GPU_SLOT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "gpu_sl
 
 def verbatim(value):
     """A params value passed on as is: Snakemake formats plain string params as wildcard
-    patterns, so config text ({word}, LaTeX braces) must reach params through a function."""
+    patterns, so config text ({word}, LaTeX braces) must reach params through a function.
+    """
     return lambda wildcards: value
+
+
+def check_outputs_writable(jobs):
+    """Stop before the first job if a folder the run writes into is read-only or immutable:
+    Snakemake would fail removing its old outputs with a traceback (Snakemake itself names
+    write-protected files).
+    """
+    problem = abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log])
+    if problem:
+        raise WorkflowError(
+            f"{problem}: make it writable, then run the same command again"
+        )
+
+
+# checks before the first job (not on -n, nor when nothing is to be done): each gets the jobs
+# to run and raises WorkflowError with one line (track.smk adds the tracking server's)
+PREFLIGHT = [check_outputs_writable]
+
+
+onstart:
+    jobs = list(workflow.dag.needrun_jobs())
+    for check in PREFLIGHT:
+        check(jobs)
 
 
 def data_files(names):

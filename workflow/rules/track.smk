@@ -22,14 +22,16 @@ MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or CONFIG["study"]["name"]
 TRACK_RULES = {"mlflow_init", "track", "track_experiment"}
 
 
-onstart:
-    # before the first job (not on -n, nor when nothing is to be done): an unreachable
-    # tracking server stops the run with one line instead of minutes of retries per job
-    if any(job.rule.name in TRACK_RULES for job in workflow.dag.needrun_jobs()):
+def check_tracking_server(jobs):
+    """An unreachable tracking server: one line before the first job, not minutes of retries."""
+    if any(job.rule.name in TRACK_RULES for job in jobs):
         try:
             abl_tracking.check_server(MLFLOW_URI)
         except abl_tracking.TrackingError as err:
             raise WorkflowError(str(err)) from None
+
+
+PREFLIGHT.append(check_tracking_server)
 MLFLOW_INIT = "results/mlflow.json"
 TRACKED_FILES = [
     "recipe.json",
