@@ -77,7 +77,8 @@ def unwritable(paths: Iterable[str | os.PathLike]) -> str | None:
         if folder not in folders:
             folders.add(folder)
             if not os.access(folder, os.W_OK | os.X_OK):
-                return str(OSError(errno.EACCES, "Folder not writable", str(folder)))
+                return (f"{OSError(errno.EACCES, 'Folder not writable', str(folder))}: make it writable, "
+                        "then run the same command again")
     return None
 
 

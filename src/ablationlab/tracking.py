@@ -105,21 +105,20 @@ def bound_http_retries() -> None:
         os.environ.setdefault(key, value)
 
 
-def check_server(uri: str, timeout: float = 10.0) -> None:
-    """TrackingError (one line naming the URI and what to do) unless the http(s) tracking server
-    ``uri`` answers; other URIs (SQLite, a directory) are local and always pass."""
+def server_problem(uri: str, timeout: float = 10.0) -> str | None:
+    """One line naming the http(s) tracking server ``uri`` and what to do if it does not answer,
+    else None; other URIs (SQLite, a directory) are local and always pass."""
     if not str(uri).startswith(("http://", "https://")):
-        return
+        return None
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
     except urllib.error.HTTPError:
-        return  # it answered (401 without credentials, 404 behind a proxy): reachable
+        return None  # it answered (401 without credentials, 404 behind a proxy): reachable
     except (OSError, ValueError) as exc:  # refused, unknown host, timed out, malformed
-        reason = getattr(exc, "reason", None) or exc
-        raise TrackingError(
-            f"tracking.uri: MLflow server {redact(uri)} is not reachable ({reason}); start it, or fix "
-            "tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same command again"
-        ) from None
+        return (f"tracking.uri: MLflow server {redact(uri)} is not reachable ({getattr(exc, 'reason', None) or exc}); "
+                "start it, or fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same "
+                "command again")
+    return None
 
 
 def run_key(experiment: str, dataset: str, recipe: Mapping[str, Any], seed: int | None = None) -> str:
@@ -680,7 +679,9 @@ def cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     where = {"uri": args.uri, "name": args.mlflow_experiment, "lock": args.lock}
     try:
-        check_server(export_credentials(args.uri))  # one clear line, not minutes of retries
+        problem = server_problem(export_credentials(args.uri))  # one clear line, not minutes of retries
+        if problem:
+            raise TrackingError(problem)
         if args.command == "init":
             info = init(**where)
             io.write_json(args.out, info)

@@ -105,27 +105,20 @@ def verbatim(value):
     return lambda wildcards: value
 
 
-def check_outputs_writable(jobs):
-    """Stop before the first job if a folder the run writes into is read-only or immutable:
-    Snakemake would fail removing its old outputs with a traceback (Snakemake itself names
-    write-protected files).
-    """
-    problem = abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log])
-    if problem:
-        raise WorkflowError(
-            f"{problem}: make it writable, then run the same command again"
-        )
-
-
 # checks before the first job (not on -n, nor when nothing is to be done): each gets the jobs
-# to run and raises WorkflowError with one line (track.smk adds the tracking server's)
-PREFLIGHT = [check_outputs_writable]
+# to run and returns an error line or None. A folder the run writes into that is read-only or
+# immutable: Snakemake would fail removing old outputs with a traceback (it names
+# write-protected files itself). track.smk adds the tracking server's check.
+PREFLIGHT = [
+    lambda jobs: abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log])
+]
 
 
 onstart:
     jobs = list(workflow.dag.needrun_jobs())
     for check in PREFLIGHT:
-        check(jobs)
+        if problem := check(jobs):
+            raise WorkflowError(problem)
 
 
 def data_files(names):

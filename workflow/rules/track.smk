@@ -22,16 +22,14 @@ MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or CONFIG["study"]["name"]
 TRACK_RULES = {"mlflow_init", "track", "track_experiment"}
 
 
-def check_tracking_server(jobs):
-    """An unreachable tracking server: one line before the first job, not minutes of retries."""
-    if any(job.rule.name in TRACK_RULES for job in jobs):
-        try:
-            abl_tracking.check_server(MLFLOW_URI)
-        except abl_tracking.TrackingError as err:
-            raise WorkflowError(str(err)) from None
-
-
-PREFLIGHT.append(check_tracking_server)
+# an unreachable tracking server: one line before the first job, not minutes of retries per job
+PREFLIGHT.append(
+    lambda jobs: (
+        abl_tracking.server_problem(MLFLOW_URI)
+        if any(job.rule.name in TRACK_RULES for job in jobs)
+        else None
+    )
+)
 MLFLOW_INIT = "results/mlflow.json"
 TRACKED_FILES = [
     "recipe.json",
