@@ -20,6 +20,7 @@ test_pipeline) and tracking concurrency (test_tracking*) are tested elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ import pytest
 import torch
 import yaml
 
-from test_pipeline import BIN, _env, copy_workflow, plan, snakemake
+from test_pipeline import BIN, HOSTILE, _env, copy_workflow, hostile_text, plan, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +113,7 @@ def study(tmp_path_factory) -> Path:
     cfg = yaml.safe_load((work / "presets" / "smoke.yaml").read_text())
     cfg["ablations"].append({"id": "diverge", "title": "Far too high a learning rate",
                              "variants": {"unstable": {"optimizer": {"lr": 1.0e4}}}})
+    hostile_text(cfg)  # braces, LaTeX, quotes, newlines... in every free-text key: see test_hostile_text_...
     (work / OVERLAY).write_text(yaml.safe_dump(cfg, sort_keys=False))
     proc = _smk(work, OVERLAY)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]  # the diverging run does not stop the study
@@ -168,6 +170,29 @@ def test_diverging_recipe_is_marked_everywhere_and_the_study_completes(study):
                             flags=re.S)
         assert len(ranked) == 1 and "diverged" not in ranked[0], ranked
         assert '<span class="status ok">finished</span>' in ranked[0]
+
+
+# --------------------------------------------------------------------------- user text
+
+
+def test_hostile_text_in_every_free_text_key_is_rendered_escaped(study):
+    """The drills' study has HOSTILE text in every free-text key (test_pipeline.hostile_text)."""
+    import mlflow
+    from markupsafe import escape
+
+    report = json.loads((study / "results/study/report.json").read_text())
+    assert report["title"] == f"report.title {HOSTILE}" and report["author"] == f"study.author {HOSTILE}"
+    assert [g["notes"] for g in report["groups"]] == [f"{g}.notes {HOSTILE}" for g in ("batch_norm", "dropout", "diverge")]
+    html = (study / "reports/report.html").read_text(encoding="utf-8")
+    assert f"<title>{escape(f'report.title {HOSTILE}')}</title>" in html
+    for text in (f"study.author {HOSTILE}", f"batch_norm.title {HOSTILE}", f"dropout.title {HOSTILE}"):
+        assert str(escape(text)) in html, text
+    assert "<b>é中</b>" not in html  # user text is never markup
+    notes = re.search(r'<div class="notes">(.*?)</div>', html, flags=re.S)[1]  # Markdown, escaped
+    assert "batch_norm.notes x {word} {experiment} {seed} $\\frac{1}{2}$" in notes and "&lt;b&gt;é中&lt;/b&gt;" in notes
+    assert (study / "reports/report.pdf").read_bytes().startswith(b"%PDF")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study / 'results/mlflow.db'}")
+    assert client.get_experiment_by_name(f"tracking.experiment {HOSTILE}") is not None
 
 
 # --------------------------------------------------------------------------- 2. failing job
@@ -312,6 +337,36 @@ def test_disk_full_while_checkpointing_keeps_the_old_checkpoint_intact(work):
     assert len(torch.load(ckpt, weights_only=True)["model"]["conv1.weight"]) == 128
 
 
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """``folder`` made unwritable: chattr +i as root (root ignores chmod), chmod otherwise."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        pytest.skip("no way to make a folder read-only for root here (chattr +i unsupported)")
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_read_only_results_folder_is_one_error_line_and_nothing_is_lost(work):
+    before = _snapshot(work / "results")
+    target = ["results/summary/runs.csv"]
+    with _read_only(work / "results/summary"):
+        proc = _smk(work, OVERLAY, "--forcerun", "summarize", targets=target)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert ("[Errno 13] Folder not writable: 'results/summary': make it writable, then run the same command "
+            "again") in out and "Traceback" not in out, out[-3000:]
+    assert _snapshot(work / "results") == before  # stopped before the first job: nothing touched
+    proc = _smk(work, OVERLAY, "--forcerun", "summarize", targets=target)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
 # --------------------------------------------------------------------------- 5. killed pipeline
 
 
@@ -355,6 +410,10 @@ def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_ru
     run = _run_files(work, exp)
     assert not (run / "train.json").exists()  # no output that looks complete
 
+    # the recovery the README gives: the same command fails naming the lock; --unlock, then it runs
+    locked = _smk(work, overlay, "--rerun-incomplete", targets=[target])
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    assert "It can be removed with the --unlock argument" in locked.stdout + locked.stderr
     unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
     assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     proc = _smk(work, overlay, "--rerun-incomplete", targets=[target])

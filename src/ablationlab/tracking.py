@@ -589,8 +589,10 @@ class LiveRun:
             with self.tracker.session():
                 self.tracker.call("log_batch", self.run.info.run_id, metrics=batch)
             self.logged.add(epoch)
-        except Exception as exc:
-            log.warning("live MLflow logging of epoch %d failed: %s", epoch, redact(str(exc)))
+        except Exception as exc:  # stop trying: a down server would cost every epoch its retries
+            log.warning("live MLflow logging of epoch %d failed, stopped for this run (the track job logs every "
+                        "epoch later): %s", epoch, redact(str(exc)))
+            self.run = None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.monitor is not None:
