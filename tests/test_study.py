@@ -204,6 +204,9 @@ BAD = {
                               "ablations[dropout].sweep.values[1]: batch_size 4096 is larger than the train split"),
     "missing weights file": (_variant({"model": {"name": "resnet18", "weights": "weights/r18.pt"}}),
                              "ablations[batch_norm].variants.x.model.weights: weights file 'weights/r18.pt' does not exist"),
+    "weights path with braces": (_variant({"model": {"name": "resnet18", "weights": "w/{seed}.pt"}}),
+                                 "ablations[batch_norm].variants.x.model.weights: weights file 'w/{seed}.pt' has "
+                                 "braces, which Snakemake reads as wildcards in an input path; rename the file"),
     "missing image folder": (lambda c: c["data"].update(dataset="imagefolder", root="no/such/folder"),
                              "data.root: image folder 'no/such/folder' does not exist"),
     "unknown dataset": (lambda c: c["data"].update(dataset="imagenet"),

@@ -375,6 +375,9 @@ def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[
             raise ConfigError(f"{resolver.origin(exp, ['batch_size'])}: batch_size {batch} is larger than the "
                               f"train split of {data['dataset']} ({n_train} images) in experiment {exp.id!r}")
         weights = exp.recipe["model"]["weights"]
+        if weights not in NAMED_WEIGHTS and ("{" in weights or "}" in weights):  # a Snakemake input: a pattern
+            raise ConfigError(f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} has braces, "
+                              "which Snakemake reads as wildcards in an input path; rename the file")
         if weights not in NAMED_WEIGHTS and not Path(weights).is_file():
             raise ConfigError(f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} does not "
                               f"exist (experiment {exp.id!r}; use imagenet, none or the path of a state_dict file)")
