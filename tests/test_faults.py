@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -175,7 +176,7 @@ def test_diverging_recipe_is_marked_everywhere_and_the_study_completes(study):
 # --------------------------------------------------------------------------- user text
 
 
-def test_hostile_text_in_every_free_text_key_is_rendered_escaped(study):
+def test_hostile_text_in_every_free_text_key_is_rendered_escaped(study, tmp_path):
     """The drills' study has HOSTILE text in every free-text key (test_pipeline.hostile_text)."""
     import mlflow
     from markupsafe import escape
@@ -193,6 +194,10 @@ def test_hostile_text_in_every_free_text_key_is_rendered_escaped(study):
     assert (study / "reports/report.pdf").read_bytes().startswith(b"%PDF")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study / 'results/mlflow.db'}")
     assert client.get_experiment_by_name(f"tracking.experiment {HOSTILE}") is not None
+    # Snakemake's own report: its figure categories are the group titles, or the ids of titles with braces
+    proc = _smk(study, OVERLAY, "--report", str(tmp_path / "report.zip"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert any(name.endswith("batch_norm_curves.png") for name in zipfile.ZipFile(tmp_path / "report.zip").namelist())
 
 
 # --------------------------------------------------------------------------- 2. failing job
