@@ -228,7 +228,7 @@ def hostile_text(cfg: dict) -> dict:
 def test_text_with_braces_quotes_and_newlines_reaches_jobs_verbatim(tmp_path):
     work = copy_workflow(tmp_path / "work")
     hostile = overlay(work, "hostile.yaml", lambda c: hostile_text(c)["data"].update(
-        root=f"raw {{x}} é", mirror="file:///mirror/{dataset}/"))
+        root="raw {x} é", mirror="file:///mirror/{dataset}/"))
     proc = snakemake(work, "-n", "-p", "--configfile", "presets/smoke.yaml", hostile)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
