@@ -11,8 +11,12 @@ never modified); each drill works on its own copy of it:
 4. a full disk (``RLIMIT_FSIZE``: writes past N bytes fail with EFBIG): a clear error naming
    the file, no partial output at a declared path, no truncated checkpoint, and the next
    run completes;
-5. SIGKILL of the whole Snakemake process tree mid-training: the re-run resumes from the
-   checkpoint and ends bit-identical to an uninterrupted run.
+5. SIGKILL of the whole Snakemake process tree mid-training: the same command stops at the
+   stale lock, ``--unlock`` then the same command resumes from the checkpoint and ends
+   bit-identical to an uninterrupted run;
+6. a read-only results folder: one error line naming it before any job, nothing changed;
+7. hostile text (braces, LaTeX, quotes, newlines, HTML, non-ASCII) in every free-text key of
+   the shared study: every command works and the HTML/PDF reports show it escaped.
 
 Killed-subprocess resume (test_train), SLURM (test_slurm), bad configs (test_study,
 test_pipeline) and tracking concurrency (test_tracking*) are tested elsewhere.
