@@ -104,6 +104,29 @@ DATA_FILES = [
 GPU_SLOT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "gpu_slot.py"))
 
 
+def verbatim(value):
+    """A params value passed on as is: Snakemake formats plain string params as wildcard
+    patterns, so config text ({word}, LaTeX braces) must reach params through a function.
+    """
+    return lambda wildcards: value
+
+
+# checks before the first job (not on -n, nor when nothing is to be done): each gets the jobs
+# to run and returns an error line or None. A folder the run writes into that is read-only or
+# immutable: Snakemake would fail removing old outputs with a traceback (it names
+# write-protected files itself). track.smk adds the tracking server's check.
+PREFLIGHT = [
+    lambda jobs: abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log])
+]
+
+
+onstart:
+    jobs = list(workflow.dag.needrun_jobs())
+    for check in PREFLIGHT:
+        if problem := check(jobs):
+            raise WorkflowError(problem)
+
+
 def data_files(names):
     """Prepared data files, an input function: prepare_data is a checkpoint, so the jobs that
     read its files are planned again once it has run. ancient(): re-prepared identical data

@@ -26,8 +26,8 @@ checkpoint prepare_data:
         mem_mb=8000,
         runtime=60,
     params:
-        options=data_options(),
-        source=data_source(),
+        options=verbatim(data_options()),
+        source=verbatim(data_source()),
         folder=FOLDER_MANIFEST,
     shell:
         "python -m ablationlab prepare --dataset {wildcards.dataset:q}"
