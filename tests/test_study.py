@@ -7,14 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from snakemake.utils import update_config
 from snakemake.utils import validate as snakemake_validate
 
-from ablationlab import augment, data, models, recipe, study, train
+from ablationlab import augment, data, models, recipe, stats, study, train
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = study.SCHEMA_PATH
 
 
 def _yaml(name: str) -> dict:
@@ -71,7 +72,7 @@ def test_default_study_resolves(default_config):
 
 def test_presets_have_the_study_shape(default_config):
     quick = study.load(study.read_config([REPO / "config.yaml", REPO / "presets" / "quick.yaml"]))
-    assert quick.experiments["dataset"] == "digits" and len(quick.experiments["seeds"]) == 2
+    assert quick.experiments["dataset"] == "digits" and len(quick.experiments["seeds"]) >= 3
     assert [g["id"] for g in quick.report["groups"]] == [g["id"] for g in default_config["ablations"]]
     assert all(e["recipe"]["model"]["weights"] == "none" for e in quick.experiments["experiments"])
     smoke = study.load(study.read_config([REPO / "config.yaml", REPO / "presets" / "smoke.yaml"]))
@@ -211,6 +212,12 @@ BAD = {
     "unknown resource": (lambda c: c["resources"].update(transfer={"gpus": 1}),
                          "resources.transfer.gpus: unknown key 'gpus' (did you mean 'gpu'?)"),
     "unknown device": (lambda c: c.update(device="tpu"), "device: unknown value 'tpu'"),
+    "alpha above one half": (lambda c: c.update(statistics={"alpha": 0.7}),
+                             "statistics.alpha: 0.7 is greater than the maximum of 0.5"),
+    "power of 1": (lambda c: c.update(statistics={"power": 1}),
+                   "statistics.power: 1 is greater than or equal to the maximum of 1"),
+    "unknown statistics key": (lambda c: c.update(statistics={"min_efect": 0.02}),
+                               "statistics.min_efect: unknown key 'min_efect' (did you mean 'min_effect'?)"),
 }
 
 
@@ -308,6 +315,17 @@ def test_schema_defaults_equal_the_library_defaults():
     assert augs == augment.AUGMENT_DEFAULTS
 
 
+def test_statistics_settings_reach_the_study_table(smoke_config):
+    schema = study.load_schema()
+    defaults = {k: v["default"] for k, v in schema["properties"]["statistics"]["properties"].items()}
+    assert {**defaults, "looks": 1} == stats.DEFAULT_SETTINGS
+    assert study.load(smoke_config).experiments["statistics"] == stats.DEFAULT_SETTINGS
+    cfg = copy.deepcopy(smoke_config)
+    cfg["statistics"] = {"alpha": 0.01, "min_effect": 0.005}
+    table = study.load(cfg).experiments
+    assert table["statistics"] == {"alpha": 0.01, "power": 0.8, "min_effect": 0.005, "looks": 1}
+
+
 def test_schema_names_equal_the_library_names():
     model = study.load_schema()["$defs"]["recipe"]["properties"]
     assert model["model"]["properties"]["name"]["enum"] == list(models.MODEL_NAMES)
@@ -319,10 +337,14 @@ def test_schema_names_equal_the_library_names():
     assert model["scheduler"]["properties"]["name"]["enum"] == list(train.SCHEDULERS)
     assert model["loss"]["properties"]["name"]["enum"] == list(train.LOSSES)
     assert model["early_stopping"]["properties"]["monitor"]["enum"] == list(train.MONITORS)
+    augmentation = study.load_schema()["$defs"]["augmentation"]  # their keys: test_schema_defaults_equal_...
+    assert augmentation["properties"]["name"]["enum"] == list(augment.AUGMENT_DEFAULTS)
     assert set(study.load_schema()["properties"]["data"]["properties"]["dataset"]["enum"]) == set(data.DATASETS)
     assert set(study.TRAIN_POOL) <= set(data.DATASETS)
 
 
+# Recipe rules live in the schema (configs) and in the library (train's pre-flight: train.validate, then
+# train.setup, which builds the model, optimizer, scheduler, loss and augmentations). Both must agree.
 AUGMENT_CASES = [
     {"name": "hflip"}, {"name": "hflip", "p": 1.5}, {"name": "hflip", "p": -0.1}, {"name": "crop", "padding": -1},
     {"name": "crop", "padding": 2.5}, {"name": "rotation", "degrees": [-10, 30]}, {"name": "rotation", "degrees": 400},
@@ -330,23 +352,59 @@ AUGMENT_CASES = [
     {"name": "blur", "sigma": [0.1, 2, 3]}, {"name": "erasing", "scale": [0.1, 1.5]}, {"name": "grayscale", "p": 1},
     {"name": "vflip", "padding": 1}, {"name": "sharpen"}, {"p": 0.5},
 ]
+RECIPE_CASES = [{"augment": [item]} for item in AUGMENT_CASES] + [
+    {"model": {"name": "lenet"}}, {"model": {"name": "vgg_style", "widths": [8, 16]}}, {"model": {"widths": []}},
+    {"model": {"widths": [8, 0]}}, {"model": {"hidden": []}}, {"model": {"kernel_size": 0}},
+    {"model": {"kernel_size": 3}}, {"model": {"convs_per_block": 0}}, {"model": {"dropout": 1.0}},
+    {"model": {"dropout": 0.5, "dropout_where": "both"}}, {"model": {"dropout_where": "all"}},
+    {"model": {"activation": "swish"}}, {"model": {"activation": "gelu", "init": "kaiming"}},
+    {"model": {"init": "orthogonal"}}, {"model": {"batch_norm": "yes"}}, {"model": {"weights": "imagenet"}},
+    {"model": {"train": "frozen"}}, {"model": {"name": "resnet18", "train": "frozen"}, "input": {"resize": 32}},
+    {"model": {"name": "resnet18", "weights": ""}}, {"model": {"colour": 1}},
+    {"optimizer": {"name": "adamx"}}, {"optimizer": {"name": "adamw", "weight_decay": 0.05}},
+    {"optimizer": {"lr": 0}}, {"optimizer": {"lr": -1}}, {"optimizer": {"weight_decay": -0.1}},
+    {"optimizer": {"momentum": 1.0}}, {"optimizer": {"name": "momentum", "momentum": 0.5, "nesterov": True}},
+    {"scheduler": {"name": "cyclic"}}, {"scheduler": {"name": "step", "step_size": 0}},
+    {"scheduler": {"name": "step", "gamma": 0}}, {"scheduler": {"name": "plateau", "patience": -1}},
+    {"scheduler": {"name": "plateau", "patience": 0}}, {"scheduler": {"name": "onecycle"}},
+    {"loss": {"name": "hinge"}}, {"loss": {"name": "mse", "label_smoothing": 0.1}}, {"loss": {"label_smoothing": 1.0}},
+    {"batch_size": 0}, {"batch_size": 2.5}, {"epochs": 0}, {"epochs": 3},
+    {"early_stopping": {"monitor": "val_f1"}}, {"early_stopping": {"enabled": True, "monitor": "val_acc"}},
+    {"early_stopping": {"patience": 0}}, {"early_stopping": {"min_delta": -1}},
+    {"input": {"resize": 0}}, {"input": {"resize": 16, "standardize": False}},
+]
+META = {"channels": 3, "height": 8, "width": 8, "num_classes": 10, "mean": [0.5] * 3, "std": [0.2] * 3}
 
 
-@pytest.mark.parametrize("item", AUGMENT_CASES, ids=[json.dumps(c) for c in AUGMENT_CASES])
-def test_schema_agrees_with_augment_validate(smoke_config, item):
+def _library_accepts(override: dict) -> bool:
+    rec = recipe.complete(override)
     try:
-        augment.validate([item])
-        library_ok = True
+        train.validate(rec, 1000)
+        train.setup(rec, META, 1000, torch.device("cpu"))
     except ValueError:
-        library_ok = False
+        return False
+    return True
+
+
+@pytest.mark.parametrize("override", RECIPE_CASES, ids=[json.dumps(c) for c in RECIPE_CASES])
+def test_schema_agrees_with_the_library_on_recipes(smoke_config, override):
     cfg = copy.deepcopy(smoke_config)
-    cfg["baseline"]["augment"] = [item]
+    cfg["baseline"] = recipe.deep_merge(cfg["baseline"], override)
     try:
         study.validate(cfg)
         schema_ok = True
     except study.ConfigError:
         schema_ok = False
-    assert schema_ok == library_ok
+    assert schema_ok == _library_accepts(override)
+
+
+def test_a_variant_that_breaks_a_cross_key_rule_is_refused(smoke_config):
+    cfg = copy.deepcopy(smoke_config)
+    cfg["baseline"]["model"] = {"name": "resnet18", "weights": "imagenet"}
+    cfg["ablations"] = [{"id": "g", "title": "G", "variants": {"cnn": {"model": {"name": "simple_cnn"}}}}]
+    with pytest.raises(study.ConfigError, match=r"^baseline\.model\.weights: only resnet18 and vgg11_bn take "
+                       r"weights \(use none\), got 'imagenet' in experiment 'g/cnn'$"):
+        study.load(cfg)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -367,3 +425,28 @@ def test_cli_reports_a_bad_config(tmp_path, capsys):
     bad.write_text("seeds: []\n")
     assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
     assert capsys.readouterr().err.strip() == "error: seeds: [] should be non-empty"
+
+
+def test_python_m_ablationlab_ends_fast_with_its_output_and_exit_code(tmp_path):
+    """`python -m ablationlab` skips the interpreter's teardown (__main__.exit_without_teardown):
+    piped output must still arrive whole, atexit handlers still run, and the exit code is the command's."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout: block-buffered
+    env["PYTHONPATH"] = str(REPO / "src")
+    smoke = [str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml")]
+    ok = subprocess.run([sys.executable, "-m", "ablationlab", "study", *smoke, "--out", str(tmp_path)],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.rstrip().endswith("3 experiments x 1 seeds = 3 runs on digits")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: []\n")
+    failed = subprocess.run([sys.executable, "-m", "ablationlab", "study", smoke[0], str(bad)],
+                            capture_output=True, text=True, env=env)
+    assert failed.returncode == 1 and failed.stderr.strip() == "error: seeds: [] should be non-empty"
+    hook = ("import atexit, runpy, sys; atexit.register(lambda: print('atexit ran', file=sys.stderr)); "
+            "sys.argv = ['ablationlab', 'nonsense']; runpy.run_module('ablationlab', run_name='__main__')")
+    unknown = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "usage: python -m ablationlab" in unknown.stdout
+    assert "atexit ran" in unknown.stderr

@@ -1,7 +1,7 @@
 """Stage ``study``: validate a study configuration and resolve its experiments.
 
 A configuration (``config.yaml``, optionally overlaid with presets) is checked against
-``workflow/schemas/config.schema.yaml`` (the same file Snakemake's ``validate`` uses, with
+``schemas/config.schema.yaml`` (package data; the same file Snakemake's ``validate`` uses, with
 its defaults filled in), then resolved into the experiment table: the baseline (a full
 recipe) and, per ablation group in config order, one experiment per variant (a partial
 recipe deep-merged over the group's base) and per sweep value (the base's recipe with one
@@ -32,7 +32,8 @@ import yaml
 from ablationlab import io
 from ablationlab import recipe as recipes
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Shipped inside the package (package data), so an installed wheel validates without the repository.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # Group ids that would clash with the baseline's experiment id or a rule name.
 RESERVED_IDS = frozenset(
@@ -145,6 +146,8 @@ def _message(error: jsonschema.ValidationError, root: Any, prefix: list) -> str:
         return f"{where}: missing required key {missing[0]!r}"
     if kind == "not" and value == {"multipleOf": 2}:
         return f"{where}: must be odd, got {instance!r}"
+    if kind == "const":
+        return f"{where}: {error.schema.get('description') or f'must be {value!r}'}, got {instance!r}"
     if kind == "pattern":
         return f"{where}: {instance!r} is not a valid name (must match {value})"
     if kind == "propertyNames":
@@ -228,6 +231,7 @@ class _Resolver:
     def __init__(self, config: dict, schema: dict):
         self.config = config
         self.recipe_schema = {"$defs": schema["$defs"], "$ref": "#/$defs/recipe"}
+        self.recipe_validator = jsonschema.Draft202012Validator(self.recipe_schema)
         self.groups = {}
         for index, group in enumerate(config["ablations"]):
             gid = group["id"]
@@ -347,6 +351,16 @@ def _train_size(data: dict) -> int | None:
     return pool - n_val
 
 
+def _check_variant(resolver: _Resolver, exp: _Experiment) -> None:
+    """The recipe schema on a variant's merged recipe: a rule across keys (weights only for transfer
+    models) that the merge over its base broke, although the partial variant alone was valid."""
+    errors = sorted(resolver.recipe_validator.iter_errors(exp.recipe), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        detail = _message(errors[0], exp.recipe, []).partition(": ")[2]
+        where = resolver.origin(exp, list(errors[0].absolute_path))
+        raise ConfigError(f"{where}: {detail} in experiment {exp.id!r}")
+
+
 def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[_Experiment]) -> None:
     data = config["data"]
     if data["dataset"] == "imagefolder" and not Path(data["root"]).is_dir():
@@ -354,6 +368,8 @@ def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[
                           "expected root/train/<class>/* and root/test/<class>/*)")
     n_train = _train_size(data)
     for exp in experiments:
+        if exp.reference is not None and exp.sweep is None:  # a variant (sweep values are checked as they are made)
+            _check_variant(resolver, exp)
         batch = exp.recipe["batch_size"]
         if n_train is not None and batch > n_train:
             raise ConfigError(f"{resolver.origin(exp, ['batch_size'])}: batch_size {batch} is larger than the "
@@ -373,6 +389,13 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def statistics_settings(config: Mapping[str, Any]) -> dict:
+    """The study table's ``statistics``: alpha, power, min_effect of a validated config and the
+    planned number of looks at the data (1 with a fixed seed list; the per-look level is alpha/looks)."""
+    settings = config["statistics"]
+    return {"alpha": settings["alpha"], "power": settings["power"], "min_effect": settings["min_effect"], "looks": 1}
+
+
 def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> Study:
     """Validate ``config`` and resolve its experiments; ConfigError names the key path of any problem."""
     full = validate(config, schema_path)
@@ -382,6 +405,7 @@ def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> St
     table = {
         "dataset": full["data"]["dataset"],
         "seeds": list(full["seeds"]),
+        "statistics": statistics_settings(full),
         "experiments": [
             {"id": e.id, "group": e.group, "variant": e.variant, "reference": e.reference, "sweep": e.sweep,
              "recipe": e.recipe}

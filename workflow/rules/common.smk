@@ -1,13 +1,14 @@
 """Shared helpers: the validated study, paths, per-group resources, library inputs.
 
 Included first by the Snakefile. The configuration is validated and resolved here by
-ablationlab.study (schema workflow/schemas/config.schema.yaml, defaults filled in, plus the
+ablationlab.study (schema src/ablationlab/schemas/config.schema.yaml, defaults filled in, plus the
 semantic checks); an invalid configuration stops Snakemake with one readable message
 naming the key path, before any job is planned.
 """
 
 import ast
 import functools
+import math
 import os
 import re
 import sys
@@ -34,7 +35,8 @@ from ablationlab import data as abl_data
 from ablationlab import io as abl_io
 from ablationlab import study as abl_study
 
-SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# the library's packaged schema: one file for both checks
+SCHEMA = abl_study.SCHEMA_PATH
 ENV = "../envs/ablationlab.yaml"
 
 try:
@@ -61,7 +63,11 @@ FINAL_TARGETS = []
 # output, seconds of planning for a large study (benchmarks/plan_study.py).
 STUDY_TABLE = "results/study/experiments.json"
 STUDY_REPORT = "results/study/report.json"
-SUMMARY = ["results/summary/runs.csv", "results/summary/experiments.csv"]
+SUMMARY = [
+    "results/summary/runs.csv",
+    "results/summary/experiments.csv",
+    "results/summary/diagnostics.csv",
+]
 FIGURE_MANIFEST = "results/figures/figures.json"
 
 DATA_DIR = f"results/data/{DATASET}"
@@ -245,6 +251,34 @@ def group_resource(group, key, fallback):
 def gpus(group):
     """GPUs per job of a group: its setting, else 1 on CUDA, else 0."""
     return group_resource(group, "gpu", 1 if CONFIG["device"] == "cuda" else 0)
+
+
+def jobs_per_gpu(group):
+    """Jobs of a group that share one GPU on a workstation (gpu_slot.py --jobs-per-gpu)."""
+    return group_resource(group, "jobs_per_gpu", 1)
+
+
+def gpu_slots_per_gpu():
+    """Slots of one GPU in `--resources gpu=` (local runs): the lcm of the GPU groups' jobs_per_gpu
+    (1 when no group shares: the gpu resource then counts GPUs)."""
+    return math.lcm(1, *(jobs_per_gpu(g) for g in GROUPS if gpus(g)))
+
+
+def gpu_resource(group):
+    """The `gpu` resource of a group's jobs: on a cluster (sbatch and the job it runs) whole GPUs,
+    which SLURM allocates; locally GPU slots, so that shared GPUs need no fractions: a job holds
+    gpus * gpu_slots_per_gpu() / jobs_per_gpu (a whole-GPU job: all its GPUs' slots)."""
+    if workflow.non_local_exec or workflow.remote_exec:
+        return gpus(group)
+    return gpus(group) * gpu_slots_per_gpu() // jobs_per_gpu(group)
+
+
+if workflow.is_main_process and not workflow.non_local_exec and gpu_slots_per_gpu() > 1:
+    print(
+        f"GPU sharing (resources.<group>.jobs_per_gpu): --resources gpu= counts GPU slots,"
+        f" {gpu_slots_per_gpu()} per GPU (cap with gpu=<GPUs x {gpu_slots_per_gpu()}>)",
+        file=sys.stderr,
+    )
 
 
 def gpu_model(group):
