@@ -127,17 +127,24 @@ onstart:
             raise WorkflowError(problem)
 
 
+# An image folder can change while the config does not: then prepare_data is a checkpoint
+# that the jobs reading its files wait for, and they are planned again once it has run, with
+# the digest of the content they read as a param. Other datasets are checksum-verified (or
+# bundled): their content follows from the prepare options, which are then the param, with
+# no re-planning (it doubles the planning time of a large study: benchmarks/plan_study.py).
+TRACK_CONTENT = DATASET == "imagefolder"
+
+
 def data_files(names):
-    """Prepared data files, an input function: prepare_data is a checkpoint, so the jobs that
-    read its files are planned again once it has run. ancient(): re-prepared identical data
-    re-runs nothing (a job's data_digest param says whether what it reads changed)."""
+    """Prepared data files (an input function for an image folder, see TRACK_CONTENT).
+    ancient(): re-prepared identical data re-runs nothing (data_version decides)."""
     files = ancient(expand(f"{DATA_DIR}/{{name}}", name=names))
 
     def prepared(wildcards):
         checkpoints.prepare_data.get(dataset=DATASET)
         return files
 
-    return prepared
+    return prepared if TRACK_CONTENT else files
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,10 +155,12 @@ def _data_digest(splits, stat):
         return "unreadable"  # differs from any recorded digest: the job re-runs
 
 
-def data_digest(*splits):
-    """Param function: the content digest (meta.json) of the prepared data that ``splits``
-    readers see; read once prepare_data is done (see data_files). A change re-runs the job.
-    """
+def data_version(*splits):
+    """Param of the jobs reading the prepared data: what decides the content that readers
+    of ``splits`` see. The prepare options, or for an image folder the content digest
+    (abl_data.data_digest), read once prepare_data has run. A change re-runs the job."""
+    if not TRACK_CONTENT:
+        return verbatim(data_options())
 
     def digest(wildcards):
         # raises while prepare_data is pending: Snakemake asks again once it has run
