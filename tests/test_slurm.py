@@ -165,7 +165,7 @@ TO_GPU_PARTITION = ["--set-resources", *(f"{stage}_{GPU_GROUP}:slurm_partition={
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
              "--slurm-keep-successful-logs"]
 PROFILE = ["--profile", "profiles/slurm", *FAST_POLL, *TO_GPU_PARTITION]
-JOB_BLOCK = re.compile(r"^(local)?rule (\S+):\n((?:    .*\n)+)", re.M)
+JOB_BLOCK = re.compile(r"^(local)?(?:rule|checkpoint) (\S+):\n((?:    .*\n)+)", re.M)
 SUBMITTED = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", re.M)
 SUBMITTED_ARRAY = re.compile(r"^Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
                              r"The individual task IDs are (\d+)-(\d+)\.$", re.M)

@@ -39,7 +39,8 @@ for group in GROUPS:
             runtime=group_resource(group, "runtime", 120),
         params:
             recipe=recipe_json,
-            data=data_options(),
+            data=data_digest("train", "val"),
+            weights=weights_digest,
             data_dir=lambda wildcards, input: Path(input.data[0]).parent,
             checkpoints="results/checkpoints/{experiment}/seed{seed}",
             device=CONFIG["device"],
