@@ -72,7 +72,7 @@ def test_default_study_resolves(default_config):
 
 def test_presets_have_the_study_shape(default_config):
     quick = study.load(study.read_config([REPO / "config.yaml", REPO / "presets" / "quick.yaml"]))
-    assert quick.experiments["dataset"] == "digits" and len(quick.experiments["seeds"]) == 2
+    assert quick.experiments["dataset"] == "digits" and len(quick.experiments["seeds"]) >= 3
     assert [g["id"] for g in quick.report["groups"]] == [g["id"] for g in default_config["ablations"]]
     assert all(e["recipe"]["model"]["weights"] == "none" for e in quick.experiments["experiments"])
     smoke = study.load(study.read_config([REPO / "config.yaml", REPO / "presets" / "smoke.yaml"]))
@@ -205,6 +205,9 @@ BAD = {
                               "ablations[dropout].sweep.values[1]: batch_size 4096 is larger than the train split"),
     "missing weights file": (_variant({"model": {"name": "resnet18", "weights": "weights/r18.pt"}}),
                              "ablations[batch_norm].variants.x.model.weights: weights file 'weights/r18.pt' does not exist"),
+    "weights path with braces": (_variant({"model": {"name": "resnet18", "weights": "w/{seed}.pt"}}),
+                                 "ablations[batch_norm].variants.x.model.weights: weights file 'w/{seed}.pt' has "
+                                 "braces, which Snakemake reads as wildcards in an input path; rename the file"),
     "missing image folder": (lambda c: c["data"].update(dataset="imagefolder", root="no/such/folder"),
                              "data.root: image folder 'no/such/folder' does not exist"),
     "unknown dataset": (lambda c: c["data"].update(dataset="imagenet"),
@@ -212,12 +215,29 @@ BAD = {
     "unknown resource": (lambda c: c["resources"].update(transfer={"gpus": 1}),
                          "resources.transfer.gpus: unknown key 'gpus' (did you mean 'gpu'?)"),
     "unknown device": (lambda c: c.update(device="tpu"), "device: unknown value 'tpu'"),
+    # non-finite numbers (YAML .nan / .inf) anywhere: a recipe, a sweep, the data block
+    "NaN learning rate": (_variant({"optimizer": {"lr": float("nan")}}),
+                          "ablations[batch_norm].variants.x.optimizer.lr: nan is not a finite number"),
+    "infinite baseline key": (lambda c: c["baseline"].update(optimizer={"weight_decay": float("inf")}),
+                              "baseline.optimizer.weight_decay: inf is not a finite number"),
+    "infinite sweep value": (lambda c: c["ablations"][1]["sweep"].update(values=[0.5, float("-inf")]),
+                             "ablations[dropout].sweep.values[1]: -inf is not a finite number"),
+    "NaN augmentation probability": (_variant({"augment": [{"name": "hflip", "p": float("nan")}]}),
+                                     "ablations[batch_norm].variants.x.augment[0].p: nan is not a finite number"),
+    "NaN val_size": (lambda c: c["data"].update(val_size=float("nan")), "data.val_size: nan is not a finite number"),
+    "fractional val_size above 1": (lambda c: c["data"].update(val_size=1.5),
+                                    "data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
+    "fractional val_size of an image folder": (
+        lambda c: c["data"].update(dataset="imagefolder", root=str(REPO / "src"), val_size=2.5),
+        "data.val_size: 2.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
     "alpha above one half": (lambda c: c.update(statistics={"alpha": 0.7}),
                              "statistics.alpha: 0.7 is greater than the maximum of 0.5"),
     "power of 1": (lambda c: c.update(statistics={"power": 1}),
                    "statistics.power: 1 is greater than or equal to the maximum of 1"),
     "unknown statistics key": (lambda c: c.update(statistics={"min_efect": 0.02}),
                                "statistics.min_efect: unknown key 'min_efect' (did you mean 'min_effect'?)"),
+    "NaN in a new config block": (lambda c: c.update(statistics={"alpha": float("nan")}),
+                                  "statistics.alpha: nan is not a finite number"),
 }
 
 
@@ -230,6 +250,13 @@ def test_invalid_config_names_the_key(smoke_config, case):
         study.load(cfg)
     assert expected in str(err.value)
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+@pytest.mark.parametrize("val_size", [0.5, 1, 100, 100.0])
+def test_val_size_fraction_or_whole_count_passes(smoke_config, val_size):
+    cfg = copy.deepcopy(smoke_config)
+    cfg["data"]["val_size"] = val_size
+    study.load(cfg)
 
 
 def test_several_schema_errors_are_listed_together(smoke_config):
@@ -425,3 +452,38 @@ def test_cli_reports_a_bad_config(tmp_path, capsys):
     bad.write_text("seeds: []\n")
     assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
     assert capsys.readouterr().err.strip() == "error: seeds: [] should be non-empty"
+
+
+def test_python_m_ablationlab_ends_fast_with_its_output_and_exit_code(tmp_path):
+    """`python -m ablationlab` skips the interpreter's teardown (__main__.exit_without_teardown):
+    piped output must still arrive whole, atexit handlers still run, and the exit code is the command's."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout: block-buffered
+    env["PYTHONPATH"] = str(REPO / "src")
+    smoke = [str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml")]
+    ok = subprocess.run([sys.executable, "-m", "ablationlab", "study", *smoke, "--out", str(tmp_path)],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.rstrip().endswith("3 experiments x 1 seeds = 3 runs on digits")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: []\n")
+    failed = subprocess.run([sys.executable, "-m", "ablationlab", "study", smoke[0], str(bad)],
+                            capture_output=True, text=True, env=env)
+    assert failed.returncode == 1 and failed.stderr.strip() == "error: seeds: [] should be non-empty"
+    hook = ("import atexit, runpy, sys; atexit.register(lambda: print('atexit ran', file=sys.stderr)); "
+            "sys.argv = ['ablationlab', 'nonsense']; runpy.run_module('ablationlab', run_name='__main__')")
+    unknown = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "usage: python -m ablationlab" in unknown.stdout
+    assert "atexit ran" in unknown.stderr
+
+
+def test_cli_rejects_yaml_nan_and_inf(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("baseline:\n  optimizer: {lr: .nan}\n")
+    assert study.cli([str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml"), str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == "error: baseline.optimizer.lr: nan is not a finite number"
+    bad.write_text("resources: {default: {mem_mb: -.inf}}\n")
+    assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == "error: resources.default.mem_mb: -inf is not a finite number"

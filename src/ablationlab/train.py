@@ -326,6 +326,10 @@ def configure_determinism(device: torch.device) -> None:
     """Deterministic kernels where that is cheap (CPU, MPS); cuDNN autotuning on CUDA (fast, not bit-exact)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    elif hasattr(torch._C, "_set_deterministic_algorithms"):
+        # torch.use_deterministic_algorithms without its import of torch._inductor.config (which
+        # pulls in torch._dynamo and sympy: ~1.5 s per job); inductor only runs for --compile, on CUDA
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
     else:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
