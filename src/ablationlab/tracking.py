@@ -520,8 +520,9 @@ def log_parent(tracker: Tracker, runs: Sequence[Mapping[str, Any]], ident: Mappi
 def mark_superseded(tracker: Tracker, current: Mapping[tuple[str, str], str]) -> int:
     """Tag ``superseded`` on every run of a tracked (experiment, seed) — seed ``""`` for the
     parent: ``false`` for the run whose key is ``current[...]``, ``true`` for the older ones
-    (never deleted). Runs of experiments not in ``current`` are left alone. Returns the tags set."""
-    changed = 0
+    (never deleted). Runs of experiments not in ``current`` are left alone. Returns how many
+    runs were newly superseded."""
+    superseded = 0
     for run in tracker.find({}):
         tags = run.data.tags
         ident = (tags.get("experiment"), tags.get("seed", "") if tags.get("kind") == "child" else "")
@@ -530,8 +531,8 @@ def mark_superseded(tracker: Tracker, current: Mapping[tuple[str, str], str]) ->
         want = "false" if tags.get("run_key") == current[ident] else "true"
         if tags.get("superseded") != want:
             tracker.call("set_tag", run.info.run_id, "superseded", want)
-            changed += 1
-    return changed
+            superseded += want == "true"
+    return superseded
 
 
 def _finite(value: Any, *, text: bool = False):
@@ -630,9 +631,9 @@ def track_study(run_dirs: Sequence[str | os.PathLike], *, study_table: str | os.
             rows.append(_record_row(tracker, parent, experiment, ""))
         superseded = mark_superseded(tracker, current)
     _write_record(record, rows)
-    info.update(logged=logged, superseded_tags=superseded)
+    info.update(logged=logged, superseded=superseded)
     io.write_json(out, info)
-    log.info("MLflow %s: logged %d child and %d parent runs of %d; %d superseded tag(s) set",
+    log.info("MLflow %s: logged %d child and %d parent runs of %d; %d newly superseded",
              tracker.redacted, logged["children"], logged["parents"], len(rows), superseded)
     return info
 

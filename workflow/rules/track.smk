@@ -24,7 +24,8 @@ if MLFLOW_URI != CONFIG["tracking"]["uri"]:
     workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or CONFIG["study"]["name"]
 MLFLOW_INFO = "results/mlflow.json"
-MLFLOW_RECORD = "results/summary/mlflow.csv"  # read by the report (summarize.read_summary)
+# every run's MLflow id and link, read by the report (summarize.read_summary)
+MLFLOW_RECORD = "results/summary/mlflow.csv"
 TRACKED_FILES = [
     "recipe.json",
     "train.json",
