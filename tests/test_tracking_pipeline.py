@@ -81,7 +81,7 @@ def _post(url: str, body: dict) -> dict:
 
 
 def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> str:
-    """Run the workflow up to the tracking rules; return its output (fails the test on error).
+    """Run the workflow up to the MLflow writer (rule track); return its output (fails the test on error).
 
     ``overlay`` keys are added to the config overlay the earlier calls left (workdir/overlay.yaml)."""
     configs = [str(REPO / "presets" / "smoke.yaml")]
@@ -92,7 +92,7 @@ def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> str:
         configs.append(str(path))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
-           "--configfile", *configs, "--until", "track", "study", *args]
+           "--configfile", *configs, "--until", "track", *args]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
