@@ -186,7 +186,8 @@ def test_smoke_logs_one_parent_per_experiment_and_one_child_per_seed(workdir, st
                        "effect_size", "prob_improvement", "mde_acc", "seeds_needed"):
             if column in row.index and pd.notna(row[column]):
                 assert parent.data.metrics[column] == pytest.approx(row[column]), (exp, column)
-        assert ("delta_acc" in parent.data.metrics) == (exp != "baseline")
+        if exp == "baseline":
+            assert "delta_acc" not in parent.data.metrics and "verdict" not in parent.data.tags
     info = io.read_json(workdir / "results/mlflow.json")
     assert info["logged"] == {"children": len(children), "parents": len(parents)}
 

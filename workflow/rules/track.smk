@@ -24,6 +24,7 @@ if MLFLOW_URI != CONFIG["tracking"]["uri"]:
     workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or CONFIG["study"]["name"]
 MLFLOW_INFO = "results/mlflow.json"
+MLFLOW_TARGET = "results/mlflow/target.json"  # tracking URI (redacted), experiment, study
 # every run's MLflow id and link, read by the report (summarize.read_summary)
 MLFLOW_RECORD = "results/summary/mlflow.csv"
 TRACKED_FILES = [
@@ -51,11 +52,28 @@ TRACK_LIVE = {
 
 
 localrules:
+    mlflow_target,
     track,
+
+
+# Where the writer logs to, as a file of its own: a root of the DAG, so a new tracking.uri,
+# MLflow experiment or study name re-runs `track` even when `study` re-runs in the same call
+# (Snakemake checks no params of a job downstream of a re-running job when its only link
+# to it is ancient: summarize's study table).
+rule mlflow_target:
+    output:
+        MLFLOW_TARGET,
+    params:
+        uri=abl_tracking.redact(MLFLOW_URI),
+        experiment=MLFLOW_EXPERIMENT,
+        study=CONFIG["study"]["name"],
+    run:
+        abl_io.write_json(output[0], dict(params.items()))
 
 
 rule track:
     input:
+        target=MLFLOW_TARGET,
         study=ancient(STUDY_TABLE),
         summary=SUMMARY,
         runs=run_files(EXPERIMENTS, TRACKED_FILES),
