@@ -1,8 +1,10 @@
-"""summarize: runs.csv (one row per run) and experiments.csv (per experiment: mean, std,
-95 % t-interval, min/max, Δ vs the reference with a Welch p-value, epochs, parameters, status).
+"""summarize: runs.csv (one row per run), experiments.csv (per experiment: mean, std,
+95 % t-interval, min/max, Δ vs the reference with a Welch p-value, epochs, parameters, status)
+and diagnostics.csv (per experiment: the reading of its training curves).
 
-Reads only the study table and each run's train.json / metrics.json (the MLflow writer,
-track.smk, runs after it: the runs' MLflow ids are in its results/summary/mlflow.csv). The study table is `ancient` and its content
+Reads only the study table and each run's train.json / metrics.json / history.csv (the
+MLflow writer, track.smk, runs after it: the runs' MLflow ids are in its
+results/summary/mlflow.csv). The study table is `ancient` and its content
 digest is a param: editing a group's notes or the report title rewrites experiments.json
 (same content, new mtime) without re-running this rule.
 """
@@ -19,11 +21,12 @@ rule summarize:
     input:
         study=ancient(STUDY_TABLE),
         # the baseline's files come first: params.runs_dir is derived from them
-        runs=run_files(EXPERIMENTS, ["train.json", "metrics.json"]),
+        runs=run_files(EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]),
         code=library("summarize"),
     output:
         runs=SUMMARY[0],
         experiments=SUMMARY[1],
+        diagnostics=SUMMARY[2],
     log:
         "results/logs/summarize/summarize.log",
     conda:
