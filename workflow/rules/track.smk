@@ -63,6 +63,8 @@ localrules:
 rule mlflow_target:
     output:
         MLFLOW_TARGET,
+    log:
+        "results/logs/mlflow_target/mlflow_target.log",
     params:
         uri=abl_tracking.redact(MLFLOW_URI),
         experiment=MLFLOW_EXPERIMENT,
