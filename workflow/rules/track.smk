@@ -52,7 +52,7 @@ TRACK_LIVE = {
 
 
 localrules:
-    mlflow_target,
+    mlflow_init,
     track,
 
 
@@ -60,11 +60,11 @@ localrules:
 # MLflow experiment or study name re-runs `track` even when `study` re-runs in the same call
 # (Snakemake checks no params of a job downstream of a re-running job when its only link
 # to it is ancient: summarize's study table).
-rule mlflow_target:
+rule mlflow_init:
     output:
         MLFLOW_TARGET,
     log:
-        "results/logs/mlflow_target/mlflow_target.log",
+        "results/logs/mlflow_init/mlflow_init.log",
     params:
         uri=abl_tracking.redact(MLFLOW_URI),
         experiment=MLFLOW_EXPERIMENT,
