@@ -18,7 +18,7 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
 
 
-# validates the config (workflow/schemas/config.schema.yaml) and resolves the experiments
+# validates the config (src/ablationlab/schemas/config.schema.yaml) and resolves the experiments
 include: "workflow/rules/common.smk"
 include: "workflow/rules/study.smk"
 include: "workflow/rules/data.smk"

@@ -40,9 +40,15 @@ def study_config(groups: int, values: int, seeds: int) -> dict:
     cfg["study"] = {"name": "plan_benchmark", "title": "Planning benchmark"}
     cfg["seeds"] = list(range(seeds))
     cfg["ablations"] = [
-        {"id": f"g{g:02d}", "title": f"Group {g}",
-         "sweep": {"key": "optimizer.lr", "label": "lr", "values": [round(0.001 * (g * values + v + 1), 6)
-                                                                     for v in range(values)]}}
+        {
+            "id": f"g{g:02d}",
+            "title": f"Group {g}",
+            "sweep": {
+                "key": "optimizer.lr",
+                "label": "lr",
+                "values": [round(0.001 * (g * values + v + 1), 6) for v in range(values)],
+            },
+        }
         for g in range(groups)
     ]
     return cfg
@@ -86,8 +92,13 @@ def plan_once(work: Path) -> tuple[float, int, int]:
 def profile_once(work: Path, top: int = 40) -> None:
     """cProfile of one planning run (``python -m cProfile -m snakemake -n ...``)."""
     stats = Path(os.environ.get("PLAN_PROF", work / "plan.prof"))
-    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "snakemake", *command()[1:]],
-                   cwd=work, env=env(), capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "snakemake", *command()[1:]],
+        cwd=work,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     import pstats
 
     for order in ("cumulative", "tottime"):
@@ -114,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {i + 1}: {seconds:.2f} s ({jobs} jobs, {train} train jobs)", flush=True)
         if args.profile:
             profile_once(work)
-    print(f"experiments={experiments} train_jobs={train} jobs={jobs} plan_seconds_median={statistics.median(times):.2f}")
+    median = statistics.median(times)
+    print(f"experiments={experiments} train_jobs={train} jobs={jobs} plan_seconds_median={median:.2f}")
     return 0
 
 

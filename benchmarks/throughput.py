@@ -60,8 +60,10 @@ def bench_compute(recipe, x, y, dev, batches: int) -> float:
     engine = make_engine(recipe, len(y), dev)
     bs = engine.batch_size
     order = epoch_order(len(y), 0, 1, dev)
-    ready = [(engine.preprocess(x[order[i * bs:(i + 1) * bs]].to(dev)), y[order[i * bs:(i + 1) * bs]].to(dev))
-             for i in range(min(batches, steps_per_epoch(len(y), bs)))]
+    ready = [
+        (engine.preprocess(x[order[i * bs : (i + 1) * bs]].to(dev)), y[order[i * bs : (i + 1) * bs]].to(dev))
+        for i in range(min(batches, steps_per_epoch(len(y), bs)))
+    ]
     engine.model.train()
     for inputs, targets in ready[:WARMUP_BATCHES]:
         train_step(engine, inputs, targets)
@@ -90,8 +92,14 @@ class PILDataset(Dataset):
 
 
 def bench_naive(recipe, x, y, dev, batches: int) -> float:
-    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                    transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
     dataset = PILDataset(x, y, transform)
     engine = make_engine(recipe, len(y), dev)
     model, optimizer = engine.model, engine.optimizer
@@ -116,10 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=5000, help="number of random 3×32×32 images (default 5000)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=40,
-                        help="timed batches per measurement (default 40; at most one epoch)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="measurements per mode, interleaved; the best is kept (default 3)")
+    parser.add_argument(
+        "--batches", type=int, default=40, help="timed batches per measurement (default 40; at most one epoch)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="measurements per mode, interleaved; the best is kept (default 3)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -129,10 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=generator)
     y = torch.randint(0, 10, (args.images,), generator=generator)
-    recipe = complete({"batch_size": args.batch_size,
-                       "augment": [{"name": "crop", "padding": 4}, {"name": "hflip", "p": 0.5}]})
-    print(f"device {devices.describe(dev)}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.images} images, batch {args.batch_size} x {args.batches} batches, simple_cnn + crop/flip")
+    recipe = complete(
+        {"batch_size": args.batch_size, "augment": [{"name": "crop", "padding": 4}, {"name": "hflip", "p": 0.5}]}
+    )
+    print(
+        f"device {devices.describe(dev)}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.images} images, batch {args.batch_size} x {args.batches} batches, simple_cnn + crop/flip"
+    )
     modes = {"library": bench_library, "naive": bench_naive, "compute": bench_compute}
     best = {name: 0.0 for name in modes}
     for r in range(args.repeats):
@@ -143,8 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"library  (uint8 tensor on device, per-image crop+flip, train_step): {best['library']:.1f} images/s")
     print(f"naive    (PIL, transforms.Compose, DataLoader num_workers=2):      {best['naive']:.1f} images/s")
     print(f"compute  (train_step on ready batches, no augmentation):           {best['compute']:.1f} images/s")
-    print(f"library_vs_compute={best['library'] / best['compute']:.3f} "
-          f"library_vs_naive={best['library'] / best['naive']:.3f}")
+    print(
+        f"library_vs_compute={best['library'] / best['compute']:.3f} "
+        f"library_vs_naive={best['library'] / best['naive']:.3f}"
+    )
 
 
 if __name__ == "__main__":

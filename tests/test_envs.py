@@ -53,12 +53,13 @@ def test_env_pins_equal_pyproject(path):
         assert set(pins) == set(RUNTIME) - ENGINE  # a job environment: every runtime dependency
 
 
-def test_python_version_within_requires_python():
-    lowest = tuple(int(x) for x in re.search(r">=\s*([\d.]+)", PYPROJECT["requires-python"])[1].split("."))
+def test_python_version_claims_agree():
+    """pyproject's lower bound = the README's claim = the conda envs' python (the version tested)."""
+    lowest = re.fullmatch(r">=\s*(\d+\.\d+)", PYPROJECT["requires-python"])[1]
+    assert re.search(r"Python ≥ (\d+\.\d+)", (REPO / "README.md").read_text())[1] == lowest
     for path in ENV_FILES:
         conda, _ = _env(path)
-        python = next(d for d in conda if d.startswith("python="))
-        assert tuple(int(x) for x in python.split("=")[1].split(".")) >= lowest, path.name
+        assert f"python={lowest}" in conda, path.name
 
 
 def test_every_rule_uses_a_workflow_env():

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from snakemake.utils import update_config
 from snakemake.utils import validate as snakemake_validate
@@ -14,7 +15,7 @@ from snakemake.utils import validate as snakemake_validate
 from ablationlab import augment, data, models, recipe, stats, study, train
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = study.SCHEMA_PATH
 
 
 def _yaml(name: str) -> dict:
@@ -71,7 +72,7 @@ def test_default_study_resolves(default_config):
 
 def test_presets_have_the_study_shape(default_config):
     quick = study.load(study.read_config([REPO / "config.yaml", REPO / "presets" / "quick.yaml"]))
-    assert quick.experiments["dataset"] == "digits" and len(quick.experiments["seeds"]) == 2
+    assert quick.experiments["dataset"] == "digits" and len(quick.experiments["seeds"]) >= 3
     assert [g["id"] for g in quick.report["groups"]] == [g["id"] for g in default_config["ablations"]]
     assert all(e["recipe"]["model"]["weights"] == "none" for e in quick.experiments["experiments"])
     smoke = study.load(study.read_config([REPO / "config.yaml", REPO / "presets" / "smoke.yaml"]))
@@ -204,6 +205,9 @@ BAD = {
                               "ablations[dropout].sweep.values[1]: batch_size 4096 is larger than the train split"),
     "missing weights file": (_variant({"model": {"name": "resnet18", "weights": "weights/r18.pt"}}),
                              "ablations[batch_norm].variants.x.model.weights: weights file 'weights/r18.pt' does not exist"),
+    "weights path with braces": (_variant({"model": {"name": "resnet18", "weights": "w/{seed}.pt"}}),
+                                 "ablations[batch_norm].variants.x.model.weights: weights file 'w/{seed}.pt' has "
+                                 "braces, which Snakemake reads as wildcards in an input path; rename the file"),
     "missing image folder": (lambda c: c["data"].update(dataset="imagefolder", root="no/such/folder"),
                              "data.root: image folder 'no/such/folder' does not exist"),
     "unknown dataset": (lambda c: c["data"].update(dataset="imagenet"),
@@ -211,12 +215,29 @@ BAD = {
     "unknown resource": (lambda c: c["resources"].update(transfer={"gpus": 1}),
                          "resources.transfer.gpus: unknown key 'gpus' (did you mean 'gpu'?)"),
     "unknown device": (lambda c: c.update(device="tpu"), "device: unknown value 'tpu'"),
+    # non-finite numbers (YAML .nan / .inf) anywhere: a recipe, a sweep, the data block
+    "NaN learning rate": (_variant({"optimizer": {"lr": float("nan")}}),
+                          "ablations[batch_norm].variants.x.optimizer.lr: nan is not a finite number"),
+    "infinite baseline key": (lambda c: c["baseline"].update(optimizer={"weight_decay": float("inf")}),
+                              "baseline.optimizer.weight_decay: inf is not a finite number"),
+    "infinite sweep value": (lambda c: c["ablations"][1]["sweep"].update(values=[0.5, float("-inf")]),
+                             "ablations[dropout].sweep.values[1]: -inf is not a finite number"),
+    "NaN augmentation probability": (_variant({"augment": [{"name": "hflip", "p": float("nan")}]}),
+                                     "ablations[batch_norm].variants.x.augment[0].p: nan is not a finite number"),
+    "NaN val_size": (lambda c: c["data"].update(val_size=float("nan")), "data.val_size: nan is not a finite number"),
+    "fractional val_size above 1": (lambda c: c["data"].update(val_size=1.5),
+                                    "data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
+    "fractional val_size of an image folder": (
+        lambda c: c["data"].update(dataset="imagefolder", root=str(REPO / "src"), val_size=2.5),
+        "data.val_size: 2.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
     "alpha above one half": (lambda c: c.update(statistics={"alpha": 0.7}),
                              "statistics.alpha: 0.7 is greater than the maximum of 0.5"),
     "power of 1": (lambda c: c.update(statistics={"power": 1}),
                    "statistics.power: 1 is greater than or equal to the maximum of 1"),
     "unknown statistics key": (lambda c: c.update(statistics={"min_efect": 0.02}),
                                "statistics.min_efect: unknown key 'min_efect' (did you mean 'min_effect'?)"),
+    "NaN in a new config block": (lambda c: c.update(statistics={"alpha": float("nan")}),
+                                  "statistics.alpha: nan is not a finite number"),
 }
 
 
@@ -229,6 +250,13 @@ def test_invalid_config_names_the_key(smoke_config, case):
         study.load(cfg)
     assert expected in str(err.value)
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+@pytest.mark.parametrize("val_size", [0.5, 1, 100, 100.0])
+def test_val_size_fraction_or_whole_count_passes(smoke_config, val_size):
+    cfg = copy.deepcopy(smoke_config)
+    cfg["data"]["val_size"] = val_size
+    study.load(cfg)
 
 
 def test_several_schema_errors_are_listed_together(smoke_config):
@@ -336,10 +364,14 @@ def test_schema_names_equal_the_library_names():
     assert model["scheduler"]["properties"]["name"]["enum"] == list(train.SCHEDULERS)
     assert model["loss"]["properties"]["name"]["enum"] == list(train.LOSSES)
     assert model["early_stopping"]["properties"]["monitor"]["enum"] == list(train.MONITORS)
+    augmentation = study.load_schema()["$defs"]["augmentation"]  # their keys: test_schema_defaults_equal_...
+    assert augmentation["properties"]["name"]["enum"] == list(augment.AUGMENT_DEFAULTS)
     assert set(study.load_schema()["properties"]["data"]["properties"]["dataset"]["enum"]) == set(data.DATASETS)
     assert set(study.TRAIN_POOL) <= set(data.DATASETS)
 
 
+# Recipe rules live in the schema (configs) and in the library (train's pre-flight: train.validate, then
+# train.setup, which builds the model, optimizer, scheduler, loss and augmentations). Both must agree.
 AUGMENT_CASES = [
     {"name": "hflip"}, {"name": "hflip", "p": 1.5}, {"name": "hflip", "p": -0.1}, {"name": "crop", "padding": -1},
     {"name": "crop", "padding": 2.5}, {"name": "rotation", "degrees": [-10, 30]}, {"name": "rotation", "degrees": 400},
@@ -347,23 +379,59 @@ AUGMENT_CASES = [
     {"name": "blur", "sigma": [0.1, 2, 3]}, {"name": "erasing", "scale": [0.1, 1.5]}, {"name": "grayscale", "p": 1},
     {"name": "vflip", "padding": 1}, {"name": "sharpen"}, {"p": 0.5},
 ]
+RECIPE_CASES = [{"augment": [item]} for item in AUGMENT_CASES] + [
+    {"model": {"name": "lenet"}}, {"model": {"name": "vgg_style", "widths": [8, 16]}}, {"model": {"widths": []}},
+    {"model": {"widths": [8, 0]}}, {"model": {"hidden": []}}, {"model": {"kernel_size": 0}},
+    {"model": {"kernel_size": 3}}, {"model": {"convs_per_block": 0}}, {"model": {"dropout": 1.0}},
+    {"model": {"dropout": 0.5, "dropout_where": "both"}}, {"model": {"dropout_where": "all"}},
+    {"model": {"activation": "swish"}}, {"model": {"activation": "gelu", "init": "kaiming"}},
+    {"model": {"init": "orthogonal"}}, {"model": {"batch_norm": "yes"}}, {"model": {"weights": "imagenet"}},
+    {"model": {"train": "frozen"}}, {"model": {"name": "resnet18", "train": "frozen"}, "input": {"resize": 32}},
+    {"model": {"name": "resnet18", "weights": ""}}, {"model": {"colour": 1}},
+    {"optimizer": {"name": "adamx"}}, {"optimizer": {"name": "adamw", "weight_decay": 0.05}},
+    {"optimizer": {"lr": 0}}, {"optimizer": {"lr": -1}}, {"optimizer": {"weight_decay": -0.1}},
+    {"optimizer": {"momentum": 1.0}}, {"optimizer": {"name": "momentum", "momentum": 0.5, "nesterov": True}},
+    {"scheduler": {"name": "cyclic"}}, {"scheduler": {"name": "step", "step_size": 0}},
+    {"scheduler": {"name": "step", "gamma": 0}}, {"scheduler": {"name": "plateau", "patience": -1}},
+    {"scheduler": {"name": "plateau", "patience": 0}}, {"scheduler": {"name": "onecycle"}},
+    {"loss": {"name": "hinge"}}, {"loss": {"name": "mse", "label_smoothing": 0.1}}, {"loss": {"label_smoothing": 1.0}},
+    {"batch_size": 0}, {"batch_size": 2.5}, {"epochs": 0}, {"epochs": 3},
+    {"early_stopping": {"monitor": "val_f1"}}, {"early_stopping": {"enabled": True, "monitor": "val_acc"}},
+    {"early_stopping": {"patience": 0}}, {"early_stopping": {"min_delta": -1}},
+    {"input": {"resize": 0}}, {"input": {"resize": 16, "standardize": False}},
+]
+META = {"channels": 3, "height": 8, "width": 8, "num_classes": 10, "mean": [0.5] * 3, "std": [0.2] * 3}
 
 
-@pytest.mark.parametrize("item", AUGMENT_CASES, ids=[json.dumps(c) for c in AUGMENT_CASES])
-def test_schema_agrees_with_augment_validate(smoke_config, item):
+def _library_accepts(override: dict) -> bool:
+    rec = recipe.complete(override)
     try:
-        augment.validate([item])
-        library_ok = True
+        train.validate(rec, 1000)
+        train.setup(rec, META, 1000, torch.device("cpu"))
     except ValueError:
-        library_ok = False
+        return False
+    return True
+
+
+@pytest.mark.parametrize("override", RECIPE_CASES, ids=[json.dumps(c) for c in RECIPE_CASES])
+def test_schema_agrees_with_the_library_on_recipes(smoke_config, override):
     cfg = copy.deepcopy(smoke_config)
-    cfg["baseline"]["augment"] = [item]
+    cfg["baseline"] = recipe.deep_merge(cfg["baseline"], override)
     try:
         study.validate(cfg)
         schema_ok = True
     except study.ConfigError:
         schema_ok = False
-    assert schema_ok == library_ok
+    assert schema_ok == _library_accepts(override)
+
+
+def test_a_variant_that_breaks_a_cross_key_rule_is_refused(smoke_config):
+    cfg = copy.deepcopy(smoke_config)
+    cfg["baseline"]["model"] = {"name": "resnet18", "weights": "imagenet"}
+    cfg["ablations"] = [{"id": "g", "title": "G", "variants": {"cnn": {"model": {"name": "simple_cnn"}}}}]
+    with pytest.raises(study.ConfigError, match=r"^baseline\.model\.weights: only resnet18 and vgg11_bn take "
+                       r"weights \(use none\), got 'imagenet' in experiment 'g/cnn'$"):
+        study.load(cfg)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -384,3 +452,38 @@ def test_cli_reports_a_bad_config(tmp_path, capsys):
     bad.write_text("seeds: []\n")
     assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
     assert capsys.readouterr().err.strip() == "error: seeds: [] should be non-empty"
+
+
+def test_python_m_ablationlab_ends_fast_with_its_output_and_exit_code(tmp_path):
+    """`python -m ablationlab` skips the interpreter's teardown (__main__.exit_without_teardown):
+    piped output must still arrive whole, atexit handlers still run, and the exit code is the command's."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout: block-buffered
+    env["PYTHONPATH"] = str(REPO / "src")
+    smoke = [str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml")]
+    ok = subprocess.run([sys.executable, "-m", "ablationlab", "study", *smoke, "--out", str(tmp_path)],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.rstrip().endswith("3 experiments x 1 seeds = 3 runs on digits")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: []\n")
+    failed = subprocess.run([sys.executable, "-m", "ablationlab", "study", smoke[0], str(bad)],
+                            capture_output=True, text=True, env=env)
+    assert failed.returncode == 1 and failed.stderr.strip() == "error: seeds: [] should be non-empty"
+    hook = ("import atexit, runpy, sys; atexit.register(lambda: print('atexit ran', file=sys.stderr)); "
+            "sys.argv = ['ablationlab', 'nonsense']; runpy.run_module('ablationlab', run_name='__main__')")
+    unknown = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "usage: python -m ablationlab" in unknown.stdout
+    assert "atexit ran" in unknown.stderr
+
+
+def test_cli_rejects_yaml_nan_and_inf(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("baseline:\n  optimizer: {lr: .nan}\n")
+    assert study.cli([str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml"), str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == "error: baseline.optimizer.lr: nan is not a finite number"
+    bad.write_text("resources: {default: {mem_mb: -.inf}}\n")
+    assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == "error: resources.default.mem_mb: -inf is not a finite number"

@@ -6,8 +6,11 @@ Each command lives in the module named after its stage; the module exposes
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 import sys
+import threading
 
 COMMANDS = {
     "prepare": ("ablationlab.data", "download a dataset and write uint8 tensors + meta.json"),
@@ -36,5 +39,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def exit_without_teardown(code: int) -> None:
+    """``sys.exit(code)`` without the interpreter's teardown, which frees torch's (and sympy's,
+    MLflow's) hundreds of thousands of objects one by one: 0.5-2 s per job
+    (``benchmarks/job_overhead.py``). Every output is written and closed by then
+    (``io.atomic_path``); non-daemon threads are joined and the atexit handlers (logging,
+    MLflow) run, as in a normal exit."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":  # the workflow's jobs: python -m ablationlab <command>
+    exit_without_teardown(main())

@@ -25,7 +25,6 @@ import math
 from numbers import Real
 from typing import Any, Sequence
 
-import kornia
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -245,6 +244,8 @@ class ColorJitter(_Op):
         if self.saturation and rgb:
             out = _blend(out, _gray(out), self._factor(self.saturation, x))
         if self.hue and rgb:
+            import kornia  # here, not at the top: ~0.3 s of imports that most recipes never use
+
             shift = _uniform(x.shape[0], -self.hue, self.hue, like=x) * (2 * math.pi)
             out = kornia.enhance.adjust_hue(out, shift.to(x.dtype)).clamp_(0, 1)
         return torch.where(_bcast(mask), out, x)
@@ -272,6 +273,8 @@ class Blur(_Op):
         k = self.kernel_size
         if min(x.shape[-2:]) <= k // 2:  # reflect padding needs pad < size
             return x
+        import kornia  # here, not at the top (see ColorJitter)
+
         blurred = kornia.filters.gaussian_blur2d(x, (k, k), sigma, border_type="reflect")
         return torch.where(_bcast(mask), blurred.to(x.dtype), x)
 

@@ -1,7 +1,7 @@
 """Stage ``study``: validate a study configuration and resolve its experiments.
 
 A configuration (``config.yaml``, optionally overlaid with presets) is checked against
-``workflow/schemas/config.schema.yaml`` (the same file Snakemake's ``validate`` uses, with
+``schemas/config.schema.yaml`` (package data; the same file Snakemake's ``validate`` uses, with
 its defaults filled in), then resolved into the experiment table: the baseline (a full
 recipe) and, per ablation group in config order, one experiment per variant (a partial
 recipe deep-merged over the group's base) and per sweep value (the base's recipe with one
@@ -32,7 +32,8 @@ import yaml
 from ablationlab import io
 from ablationlab import recipe as recipes
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Shipped inside the package (package data), so an installed wheel validates without the repository.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # Group ids that would clash with the baseline's experiment id or a rule name.
 RESERVED_IDS = frozenset(
@@ -145,6 +146,8 @@ def _message(error: jsonschema.ValidationError, root: Any, prefix: list) -> str:
         return f"{where}: missing required key {missing[0]!r}"
     if kind == "not" and value == {"multipleOf": 2}:
         return f"{where}: must be odd, got {instance!r}"
+    if kind == "const":
+        return f"{where}: {error.schema.get('description') or f'must be {value!r}'}, got {instance!r}"
     if kind == "pattern":
         return f"{where}: {instance!r} is not a valid name (must match {value})"
     if kind == "propertyNames":
@@ -161,10 +164,23 @@ def _check(instance: Any, schema: dict, *, root: Any = None, prefix: list | None
         raise ConfigError(messages[0] if len(messages) == 1 else "\n  ".join(["invalid configuration:", *messages]))
 
 
+def _check_finite(node: Any, root: Any, parts: list) -> None:
+    """ConfigError naming the first NaN or infinite number anywhere in ``node`` (YAML's .nan, .inf)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{keypath(parts, root)}: {node} is not a finite number")
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _check_finite(value, root, parts + [key])
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check_finite(value, root, parts + [index])
+
+
 def validate(config: Mapping[str, Any], schema_path: str | Path | None = None) -> dict:
     """A copy of ``config`` checked against the schema, with every default filled in."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"(top level): the configuration must be a mapping, got {type(config).__name__}")
+    _check_finite(config, config, [])
     filled = copy.deepcopy(dict(config))
     _check(filled, load_schema(schema_path))
     return filled
@@ -228,6 +244,7 @@ class _Resolver:
     def __init__(self, config: dict, schema: dict):
         self.config = config
         self.recipe_schema = {"$defs": schema["$defs"], "$ref": "#/$defs/recipe"}
+        self.recipe_validator = jsonschema.Draft202012Validator(self.recipe_schema)
         self.groups = {}
         for index, group in enumerate(config["ablations"]):
             gid = group["id"]
@@ -337,14 +354,27 @@ class _Resolver:
 
 
 def _train_size(data: dict) -> int | None:
+    """Images left for training after the validation split, if the dataset's size is known."""
+    val_size = data["val_size"]
+    if val_size >= 1 and val_size != int(val_size):
+        raise ConfigError(f"data.val_size: {val_size} must be a fraction in (0, 1) or a whole count of images >= 1")
     pool = TRAIN_POOL.get(data["dataset"])
     if pool is None:
         return None
-    val_size = data["val_size"]
     n_val = math.ceil(val_size * pool) if val_size < 1 else int(val_size)
     if n_val >= pool:
         raise ConfigError(f"data.val_size: {val_size} leaves no training images ({data['dataset']} has {pool})")
     return pool - n_val
+
+
+def _check_variant(resolver: _Resolver, exp: _Experiment) -> None:
+    """The recipe schema on a variant's merged recipe: a rule across keys (weights only for transfer
+    models) that the merge over its base broke, although the partial variant alone was valid."""
+    errors = sorted(resolver.recipe_validator.iter_errors(exp.recipe), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        detail = _message(errors[0], exp.recipe, []).partition(": ")[2]
+        where = resolver.origin(exp, list(errors[0].absolute_path))
+        raise ConfigError(f"{where}: {detail} in experiment {exp.id!r}")
 
 
 def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[_Experiment]) -> None:
@@ -354,11 +384,16 @@ def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[
                           "expected root/train/<class>/* and root/test/<class>/*)")
     n_train = _train_size(data)
     for exp in experiments:
+        if exp.reference is not None and exp.sweep is None:  # a variant (sweep values are checked as they are made)
+            _check_variant(resolver, exp)
         batch = exp.recipe["batch_size"]
         if n_train is not None and batch > n_train:
             raise ConfigError(f"{resolver.origin(exp, ['batch_size'])}: batch_size {batch} is larger than the "
                               f"train split of {data['dataset']} ({n_train} images) in experiment {exp.id!r}")
         weights = exp.recipe["model"]["weights"]
+        if weights not in NAMED_WEIGHTS and ("{" in weights or "}" in weights):  # a Snakemake input: a pattern
+            raise ConfigError(f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} has braces, "
+                              "which Snakemake reads as wildcards in an input path; rename the file")
         if weights not in NAMED_WEIGHTS and not Path(weights).is_file():
             raise ConfigError(f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} does not "
                               f"exist (experiment {exp.id!r}; use imagenet, none or the path of a state_dict file)")

@@ -33,7 +33,7 @@ for group in GROUPS:
             mem_mb=group_resource(group, "mem_mb", 2000),
             runtime=30,
         params:
-            data=data_digest("test"),
+            data=data_version("test"),
             data_dir=lambda wildcards, input: Path(input.data[0]).parent,
             device=CONFIG["device"],
         shell:

@@ -27,6 +27,17 @@ MLFLOW_INFO = "results/mlflow.json"
 MLFLOW_TARGET = "results/mlflow/target.json"  # tracking URI (redacted), experiment, study
 # every run's MLflow id and link, read by the report (summarize.read_summary)
 MLFLOW_RECORD = "results/summary/mlflow.csv"
+TRACK_RULES = {"track"}  # the rules that talk to the tracking store
+
+
+# an unreachable tracking server: one line before the first job, not minutes of retries per job
+PREFLIGHT.append(
+    lambda jobs: (
+        abl_tracking.server_problem(MLFLOW_URI)
+        if any(job.rule.name in TRACK_RULES for job in jobs)
+        else None
+    )
+)
 TRACKED_FILES = [
     "recipe.json",
     "train.json",
@@ -92,9 +103,9 @@ rule track:
         mem_mb=2000,
         runtime=60,
     params:
-        uri=MLFLOW_URI,
-        experiment=MLFLOW_EXPERIMENT,
-        study=CONFIG["study"]["name"],
+        uri=verbatim(MLFLOW_URI),
+        experiment=verbatim(MLFLOW_EXPERIMENT),
+        study=verbatim(CONFIG["study"]["name"]),
         # the run directories, in input order (each once)
         runs=lambda wildcards, input: list(dict.fromkeys(os.path.dirname(f) for f in input.runs)),
         summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
