@@ -77,9 +77,9 @@ rule mlflow_init:
     log:
         "results/logs/mlflow_init/mlflow_init.log",
     params:
-        uri=abl_tracking.redact(MLFLOW_URI),
-        experiment=MLFLOW_EXPERIMENT,
-        study=CONFIG["study"]["name"],
+        uri=verbatim(abl_tracking.redact(MLFLOW_URI)),
+        experiment=verbatim(MLFLOW_EXPERIMENT),
+        study=verbatim(CONFIG["study"]["name"]),
     run:
         abl_io.write_json(output[0], dict(params.items()))
 
