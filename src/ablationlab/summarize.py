@@ -18,13 +18,15 @@ best_val_loss      best validation loss
 params             trainable parameters
 wall_seconds       training wall time in seconds
 device             device the run trained on
-mlflow_run_id      MLflow run id (mlflow.json; empty when not tracked)
 stop_reason        train.json ``stop_reason``
 params_total       all parameters, trainable or not
 torch_version      torch version of the training job
-mlflow_experiment_id  MLflow experiment id (empty when not tracked)
-mlflow_url         MLflow UI link: ``ui_url`` of mlflow.json, else its ``url`` fragment
 =================  ==============================================================
+
+:func:`read_summary` adds ``mlflow_run_id``, ``mlflow_experiment_id`` and ``mlflow_url``
+(the MLflow UI link or its ``#/experiments/...`` fragment) from ``mlflow.csv``, which the
+MLflow writer (``ablationlab.tracking``, after this stage) writes next to these files;
+empty when the study is not tracked.
 
 ``experiments.csv`` — one row per experiment, in study order; statistics are over
 the seeds that have a test result (``n``), diverged seeds included; the comparison
@@ -86,9 +88,9 @@ from ablationlab import diagnostics, io, stats
 RUN_COLUMNS = [
     "experiment", "group", "seed", "status", "test_acc", "test_loss", "test_top5",
     "epochs_run", "best_epoch", "best_val_acc", "best_val_loss", "params", "wall_seconds",
-    "device", "mlflow_run_id", "stop_reason", "params_total", "torch_version",
-    "mlflow_experiment_id", "mlflow_url",
+    "device", "stop_reason", "params_total", "torch_version",
 ]
+MLFLOW_COLUMNS = ["mlflow_run_id", "mlflow_experiment_id", "mlflow_url"]  # read_summary: from mlflow.csv
 # The statistics of each comparison with its reference, after p_value (stats.compare, Holm, BH, verdict).
 COMPARISON_COLUMNS = [
     "test", "n_pairs", "p_value_wilcoxon", "p_value_holm", "holm_family", "q_value", "effect_size",
@@ -164,7 +166,6 @@ def read_run(runs_dir: str | Path, experiment: dict[str, Any], seed: int) -> dic
     d = run_dir(runs_dir, experiment["id"], seed)
     train = _read_optional(d / "train.json")
     metrics = _read_optional(d / "metrics.json")
-    tracked = _read_optional(d / "mlflow.json")
     status = metrics.get("status") or train.get("status") or "missing"
     return {
         "experiment": experiment["id"],
@@ -181,12 +182,9 @@ def read_run(runs_dir: str | Path, experiment: dict[str, Any], seed: int) -> dic
         "params": train.get("params"),
         "wall_seconds": _num(train.get("wall_seconds")),
         "device": train.get("device"),
-        "mlflow_run_id": tracked.get("run_id"),
         "stop_reason": train.get("stop_reason"),
         "params_total": train.get("params_total"),
         "torch_version": train.get("torch_version"),
-        "mlflow_experiment_id": tracked.get("experiment_id"),
-        "mlflow_url": tracked.get("ui_url") or tracked.get("url"),
     }
 
 
@@ -316,7 +314,8 @@ def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir:
 
 
 def read_summary(summary_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read ``runs.csv`` and ``experiments.csv`` back (empty cells become NaN/None)."""
+    """Read ``runs.csv`` (with the runs' ``MLFLOW_COLUMNS`` from ``mlflow.csv`` when present)
+    and ``experiments.csv`` back (empty cells become NaN/None)."""
     summary_dir = Path(summary_dir)
     out = []
     for name in ("runs.csv", "experiments.csv"):
@@ -327,7 +326,19 @@ def read_summary(summary_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                                             "reference": str, "sweep_value": str, "mlflow_run_id": str,
                                             "mlflow_experiment_id": str}, keep_default_na=False,
                                na_values=[""]))
-    return out[0], out[1]
+    return _with_mlflow(out[0], summary_dir / "mlflow.csv"), out[1]
+
+
+def _with_mlflow(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``runs`` with the child runs' ``MLFLOW_COLUMNS`` of the MLflow writer's record (empty if absent)."""
+    if not path.exists():
+        return runs.assign(**{c: math.nan for c in MLFLOW_COLUMNS})
+    tracked = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    missing = [c for c in ["experiment", "seed", "kind", *MLFLOW_COLUMNS] if c not in tracked.columns]
+    if missing:
+        raise SummaryError(f"{path}: missing column(s) {', '.join(missing)}")
+    tracked = tracked[tracked["kind"] == "child"].astype({"seed": int})
+    return runs.merge(tracked[["experiment", "seed", *MLFLOW_COLUMNS]], on=["experiment", "seed"], how="left")
 
 
 def cli(argv: list[str]) -> int:

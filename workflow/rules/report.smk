@@ -86,6 +86,8 @@ rule report:
         study_report=STUDY_REPORT,
         study=STUDY_TABLE,
         summary=SUMMARY,
+        # every run's MLflow id and link (summarize.read_summary joins it to runs.csv)
+        tracked=lambda wildcards: [MLFLOW_RECORD] if hasattr(rules, "track") else [],
         figures=FIGURE_FILES,
         manifest=FIGURE_MANIFEST,
         meta=data_files(["meta.json"]),

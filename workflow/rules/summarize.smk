@@ -2,8 +2,9 @@
 95 % t-interval, min/max, Δ vs the reference with a Welch p-value, epochs, parameters, status)
 and diagnostics.csv (per experiment: the reading of its training curves).
 
-Reads only the study table and each run's train.json / metrics.json / history.csv (and
-mlflow.json when the tracking stage is part of the workflow). The study table is `ancient` and its content
+Reads only the study table and each run's train.json / metrics.json / history.csv (the
+MLflow writer, track.smk, runs after it: the runs' MLflow ids are in its
+results/summary/mlflow.csv). The study table is `ancient` and its content
 digest is a param: editing a group's notes or the report title rewrites experiments.json
 (same content, new mtime) without re-running this rule.
 """
@@ -21,10 +22,6 @@ rule summarize:
         study=ancient(STUDY_TABLE),
         # the baseline's files come first: params.runs_dir is derived from them
         runs=run_files(EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]),
-        # mlflow.json of every run when the track rule exists (its run ids go into runs.csv)
-        tracked=lambda wildcards: (
-            run_files(EXPERIMENTS, ["mlflow.json"]) if hasattr(rules, "track") else []
-        ),
         code=library("summarize"),
     output:
         runs=SUMMARY[0],
