@@ -126,7 +126,10 @@ rule track_experiment:
         study=CONFIG["study"]["name"],
         group=experiment_group,
         dataset=DATASET,
-        runs=lambda wc: [f"results/runs/{wc.experiment}/seed{s}" for s in SEEDS],
+        runs=lambda wc: [
+            f"results/runs/{wc.experiment}/seed{s}"
+            for s in experiment_seeds(wc.experiment)
+        ],
     shell:
         "python -m ablationlab track experiment"
         " --run {params.runs:q}"
