@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ablationlab import adaptive  # noqa: E402
-from ablationlab.study import planned_looks  # noqa: E402
+from ablationlab import adaptive
+from ablationlab.study import planned_looks
 
 
 def null_study(variants: int, seeds: int, max_seeds: int, step: int, alpha: float, min_effect: float) -> dict:

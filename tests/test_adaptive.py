@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 from ablationlab import adaptive, study
 from ablationlab.summarize import SummaryError, experiment_seeds, with_seed_plan
@@ -124,7 +131,7 @@ def test_enabled_study_table_carries_the_planned_looks():
     ({"steps": 2}, "adaptive.steps: unknown key 'steps' (did you mean 'step'?)"),
 ])
 def test_bad_adaptive_settings_name_the_key(block, message):
-    with pytest.raises(study.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(study.ConfigError, match=re.escape(message)):
         study.load(config(**block))
 
 
@@ -140,3 +147,82 @@ def test_seed_plan_gives_each_experiment_its_seeds():
     assert by_id["baseline"]["seed_reasons"][-1] == "+2 at look 1: ..."
     with pytest.raises(SummaryError, match="no seeds for experiments"):
         with_seed_plan(table, {"seeds": {}, "reasons": {}})
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+ADAPTIVE_STUDY = {
+    "study": {"name": "adaptive-test", "title": "Adaptive seeding test"},
+    "seeds": [0, 1, 2],
+    "adaptive": {"enabled": True, "max_seeds": 5, "step": 2},  # 2 looks, each at alpha / 2
+    "baseline": {"model": {"widths": [4], "kernel_size": 3, "hidden": []}, "epochs": 3, "batch_size": 128},
+    "ablations": [
+        {"id": "learning_rate", "title": "LR", "sweep": {"key": "optimizer.lr", "label": "lr", "values": [0.0001]}},
+        {"id": "batch", "title": "Batch", "variants": {"b127": {"batch_size": 127}}},  # no real effect
+    ],
+}
+
+
+@pytest.mark.slow
+def test_adaptive_study_end_to_end(tmp_path):
+    """Seeds go only to undecided comparisons, up to the cap; a rerun plans nothing; a changed
+    recipe re-trains only its own sequence."""
+    from test_pipeline import copy_workflow, plan, snakemake, stage_jobs
+
+    work = copy_workflow(tmp_path / "wf")
+    (work / "adaptive.yaml").write_text(yaml.safe_dump(ADAPTIVE_STUDY, sort_keys=False))
+    target = ["--configfile", "presets/smoke.yaml", "adaptive.yaml", "--", "results/adaptive/seeds.json"]
+    proc = snakemake(work, *target)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    looks = sorted((work / "results/adaptive").glob("look*.json"))
+    final = json.loads((work / "results/adaptive/seeds.json").read_text())
+    assert final["done"] and final["looks"] == 2 and len(looks) <= 2
+    before = {e: [0, 1, 2] for e in final["seeds"]}
+    for path in looks:  # every look: decided comparisons keep their seeds, undecided ones grow (both sides)
+        result = json.loads(path.read_text())
+        for exp, verdict in result["verdicts"].items():
+            grown = len(result["seeds"][exp]) > len(before[exp])
+            assert grown == (verdict["verdict"] not in ("significant", "no_effect") and len(before[exp]) < 5)
+            if grown:
+                assert result["seeds"][exp] == result["seeds"]["baseline"][:len(result["seeds"][exp])]
+        before = result["seeds"]
+    assert all(len(s) <= 5 for s in final["seeds"].values())
+    assert final["seeds"]["learning_rate/lr=0.0001"] == [0, 1, 2]  # a large effect: decided at once
+    assert final["seeds"]["batch/b127"] == final["seeds"]["baseline"] == [0, 1, 2, 3, 4]  # undecided: capped
+    # the summary: each experiment's own seeds
+    summary = work / "summary"
+    cli = subprocess.run([sys.executable, "-m", "ablationlab", "summarize", "--study", "results/study/experiments.json",
+                          "--runs", "results/runs", "--out", str(summary), "--seeds", "results/adaptive/seeds.json"],
+                         check=False, cwd=work, capture_output=True, text=True,
+                         env=os.environ | {"PYTHONPATH": str(work / "src")})
+    assert cli.returncode == 0, cli.stderr
+    table = pd.read_csv(summary / "experiments.csv").set_index("experiment")
+    assert {e: int(table.loc[e, "n"]) for e in final["seeds"]} == {e: len(s) for e, s in final["seeds"].items()}
+    assert (table["n"] == table["n_seeds"]).all()
+    # nothing left to do, also for the whole study: no further seed is planned
+    again = snakemake(work, "-n", *target)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert stage_jobs(plan(work, "--configfile", "presets/smoke.yaml", "adaptive.yaml")) == set()
+    # a changed recipe: only its own runs train again, from its first seeds
+    ADAPTIVE_STUDY["ablations"][1]["variants"]["b127"] = {"batch_size": 126}
+    (work / "adaptive.yaml").write_text(yaml.safe_dump(ADAPTIVE_STUDY, sort_keys=False))
+    rerun = snakemake(work, *target)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-6000:]
+    trained = {job[1:] for job in jobs_of(rerun.stdout + rerun.stderr) if job[0].startswith("train_")}
+    changed = json.loads((work / "results/adaptive/seeds.json").read_text())["seeds"]["batch/b127"]
+    assert trained == {("batch/b127", str(s)) for s in changed}
+    assert changed[:3] == [0, 1, 2]
+
+
+
+def jobs_of(log: str) -> set[tuple[str, str | None, str | None]]:
+    """(rule, experiment, seed) of every job a Snakemake log announces."""
+    jobs: list[list] = []
+    for line in log.splitlines():
+        if match := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
+            jobs.append([match[1], None, None])
+        elif jobs and line.strip().startswith("wildcards:"):
+            wildcards = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+            jobs[-1][1:] = [wildcards.get("experiment"), wildcards.get("seed")]
+    return {tuple(j) for j in jobs}

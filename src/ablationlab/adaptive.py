@@ -24,7 +24,8 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ablationlab import io, stats
 
