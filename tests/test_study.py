@@ -11,7 +11,7 @@ import yaml
 from snakemake.utils import update_config
 from snakemake.utils import validate as snakemake_validate
 
-from ablationlab import augment, data, models, recipe, study, train
+from ablationlab import augment, data, models, recipe, stats, study, train
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -211,6 +211,12 @@ BAD = {
     "unknown resource": (lambda c: c["resources"].update(transfer={"gpus": 1}),
                          "resources.transfer.gpus: unknown key 'gpus' (did you mean 'gpu'?)"),
     "unknown device": (lambda c: c.update(device="tpu"), "device: unknown value 'tpu'"),
+    "alpha above one half": (lambda c: c.update(statistics={"alpha": 0.7}),
+                             "statistics.alpha: 0.7 is greater than the maximum of 0.5"),
+    "power of 1": (lambda c: c.update(statistics={"power": 1}),
+                   "statistics.power: 1 is greater than or equal to the maximum of 1"),
+    "unknown statistics key": (lambda c: c.update(statistics={"min_efect": 0.02}),
+                               "statistics.min_efect: unknown key 'min_efect' (did you mean 'min_effect'?)"),
 }
 
 
@@ -306,6 +312,17 @@ def test_schema_defaults_equal_the_library_defaults():
         name = rule["if"]["properties"]["name"]["const"]
         augs[name] = {k: v["default"] for k, v in rule["then"]["properties"].items() if k != "name"}
     assert augs == augment.AUGMENT_DEFAULTS
+
+
+def test_statistics_settings_reach_the_study_table(smoke_config):
+    schema = study.load_schema()
+    defaults = {k: v["default"] for k, v in schema["properties"]["statistics"]["properties"].items()}
+    assert {**defaults, "looks": 1} == stats.DEFAULT_SETTINGS
+    assert study.load(smoke_config).experiments["statistics"] == stats.DEFAULT_SETTINGS
+    cfg = copy.deepcopy(smoke_config)
+    cfg["statistics"] = {"alpha": 0.01, "min_effect": 0.005}
+    table = study.load(cfg).experiments
+    assert table["statistics"] == {"alpha": 0.01, "power": 0.8, "min_effect": 0.005, "looks": 1}
 
 
 def test_schema_names_equal_the_library_names():

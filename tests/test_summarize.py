@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as st
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from ablationlab import evaluate, io, stats, summarize, train
 from ablationlab.recipe import complete, deep_merge
@@ -137,6 +139,74 @@ def test_status_aggregation():
     assert summarize._status(["missing", "finished"]) == "incomplete (1/2)"
 
 
+def _synthetic(accs: dict, statistics: dict | None = None) -> tuple[dict, pd.DataFrame]:
+    """A study table and its runs.csv frame from ``{experiment: {seed: test_acc}}`` (no training)."""
+    refs = {"baseline": None, "a/x": "baseline", "a/y": "baseline", "b/z": "a/x"}
+    study = {"dataset": "digits", "seeds": [0, 1, 2, 3],
+             "experiments": [{"id": e, "group": e.split("/")[0], "variant": e.rpartition("/")[2], "reference": ref,
+                              "sweep": None, "recipe": {}} for e, ref in refs.items()]}
+    if statistics:
+        study["statistics"] = statistics
+    rows = [{"experiment": e, "group": e.split("/")[0], "seed": seed, "status": "finished" if seed in accs[e]
+             else "missing", "test_acc": accs[e].get(seed, math.nan), "test_loss": 0.3, "epochs_run": 2,
+             "best_epoch": 1, "params": 100, "wall_seconds": 1.0} for e in refs for seed in study["seeds"]]
+    return study, pd.DataFrame(rows, columns=summarize.RUN_COLUMNS)
+
+
+SYNTHETIC = {"baseline": {0: 0.90, 1: 0.92, 2: 0.91, 3: 0.93}, "a/x": {0: 0.93, 1: 0.95, 2: 0.93, 3: 0.96},
+             "a/y": {0: 0.90, 1: 0.93, 2: 0.90, 3: 0.94}, "b/z": {0: 0.94, 1: 0.95, 2: 0.95}}
+
+
+def test_comparisons_are_paired_by_seed_and_corrected_per_group():
+    settings = {"alpha": 0.1, "power": 0.9, "min_effect": 0.02, "looks": 2}
+    study, runs = _synthetic(SYNTHETIC, settings)
+    exps = summarize.aggregate(study, runs).set_index("experiment")
+    assert list(exps.columns) == summarize.EXPERIMENT_COLUMNS[1:]
+    pairs = {"a/x": ("baseline", [0, 1, 2, 3]), "a/y": ("baseline", [0, 1, 2, 3]), "b/z": ("a/x", [0, 1, 2])}
+    for e, (ref, shared) in pairs.items():
+        v, r = [SYNTHETIC[e][s] for s in shared], [SYNTHETIC[ref][s] for s in shared]
+        t = st.ttest_rel(v, r)
+        ci = t.confidence_interval(1 - 0.1 / 2)  # alpha split over 2 planned looks
+        row = exps.loc[e]
+        assert row["test"] == "paired_t" and row["n_pairs"] == len(shared) and row["effect_size_kind"] == "d_z"
+        assert row["p_value"] == pytest.approx(t.pvalue)
+        assert (row["delta_acc"], row["delta_ci_low"], row["delta_ci_high"]) == pytest.approx(
+            (np.mean(v) - np.mean(r), ci.low, ci.high))
+        sd = np.std(np.subtract(v, r), ddof=1)
+        mde = TTestPower().solve_power(effect_size=None, nobs=len(shared), alpha=0.05, power=0.9) * sd
+        assert row["mde_acc"] == pytest.approx(mde, rel=1e-5)
+    holm_a = multipletests([exps.loc["a/x", "p_value"], exps.loc["a/y", "p_value"]], method="holm")[1]
+    assert list(exps.loc[["a/x", "a/y"], "p_value_holm"]) == pytest.approx(list(holm_a))
+    assert exps.loc["b/z", "p_value_holm"] == pytest.approx(exps.loc["b/z", "p_value"])  # a family of one
+    assert list(exps.loc[["a/x", "a/y", "b/z"], "holm_family"]) == [2, 2, 1]
+    q = st.false_discovery_control(exps.loc[["a/x", "a/y", "b/z"], "p_value"].to_numpy())
+    assert list(exps.loc[["a/x", "a/y", "b/z"], "q_value"]) == pytest.approx(list(q))
+    for e in pairs:
+        row = exps.loc[e]
+        assert row["verdict"] == stats.verdict(row["p_value_holm"], row["mde_acc"], alpha=0.1, looks=2,
+                                               min_effect=0.02)
+    assert exps.loc["a/x", "verdict"] == "significant"  # +2.75 pp on every seed
+    base = exps.loc["baseline"]
+    assert pd.isna(base["test"]) or base["test"] == ""
+    assert base["verdict"] == "" and math.isnan(base["p_value_holm"]) and math.isnan(base["q_value"])
+
+
+def test_statistics_default_without_the_study_block():
+    study, runs = _synthetic(SYNTHETIC)
+    row = summarize.aggregate(study, runs).set_index("experiment").loc["a/y"]
+    ci = st.ttest_rel([SYNTHETIC["a/y"][s] for s in range(4)], [SYNTHETIC["baseline"][s] for s in range(4)])
+    assert (row["delta_ci_low"], row["delta_ci_high"]) == pytest.approx(tuple(ci.confidence_interval(0.95)))
+
+
+def test_one_seed_falls_back_to_welch_and_stays_undecided():
+    accs = {**SYNTHETIC, "b/z": {3: 0.95}}
+    study, runs = _synthetic(accs)
+    row = summarize.aggregate(study, runs).set_index("experiment").loc["b/z"]
+    assert row["test"] == "welch" and row["n_pairs"] == 1 and row["delta_acc"] == pytest.approx(0.95 - 0.9425)
+    assert math.isnan(row["p_value"]) and math.isnan(row["p_value_holm"]) and row["holm_family"] == 0
+    assert pd.isna(row["seeds_needed"]) and row["verdict"] == "undecided"
+
+
 # ----------------------------------------------------------------------------- real runs
 
 
@@ -168,8 +238,8 @@ def test_summary_files_from_real_runs(study_runs):
     bn = exps.set_index("experiment").loc["batch_norm/bn"]
     assert bn["delta_acc"] == pytest.approx(bn["test_acc_mean"] - base["test_acc_mean"])
     acc = runs.set_index(["experiment", "seed"])["test_acc"]
-    ref = st.ttest_ind([acc["batch_norm/bn", s] for s in (0, 1)], [acc["baseline", s] for s in (0, 1)],
-                       equal_var=False)
+    ref = st.ttest_rel([acc["batch_norm/bn", s] for s in (0, 1)], [acc["baseline", s] for s in (0, 1)])
+    assert bn["test"] == "paired_t" and bn["n_pairs"] == 2  # both sides trained on seeds 0 and 1
     if np.isfinite(ref.pvalue):
         assert bn["p_value"] == pytest.approx(ref.pvalue)
     assert bn["params"] > base["params"]  # BN adds scale and shift parameters
@@ -184,6 +254,21 @@ def test_summary_files_from_real_runs(study_runs):
     tracked = runs.set_index(["experiment", "seed"]).loc[("baseline", 0)]
     assert tracked["mlflow_run_id"] == "abc123" and tracked["mlflow_url"] == "#/experiments/1/runs/abc123"
     assert runs.set_index(["experiment", "seed"]).loc[("baseline", 1), "mlflow_run_id"] != "abc123"
+
+
+def test_csv_holm_and_bh_are_exact_over_the_p_values(study_runs):
+    """The acceptance check: p_value_holm is Holm over the group's p_value, q_value BH over the study's."""
+    root, _ = study_runs
+    exps = pd.read_csv(root / "summary" / "experiments.csv", keep_default_na=False, na_values=[""])
+    tested = exps[exps["p_value"].notna()]
+    assert len(tested) >= 3
+    assert list(tested["q_value"]) == pytest.approx(list(st.false_discovery_control(tested["p_value"])))
+    for group, rows in tested.groupby("group"):
+        assert list(rows["p_value_holm"]) == pytest.approx(list(multipletests(rows["p_value"], method="holm")[1]))
+        assert set(rows["holm_family"]) == {len(rows)}
+    assert exps["p_value_holm"].isna().equals(exps["p_value"].isna())
+    assert set(exps["test"].dropna()) == {"paired_t"} and exps["test"].isna().sum() == 1  # only the baseline
+    assert set(exps["verdict"].dropna()) <= set(stats.VERDICTS) and exps["verdict"].isna().sum() == 1
 
 
 def test_empty_cells_not_nan_text(study_runs):

@@ -390,6 +390,13 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def statistics_settings(config: Mapping[str, Any]) -> dict:
+    """The study table's ``statistics``: alpha, power, min_effect of a validated config and the
+    planned number of looks at the data (1 with a fixed seed list; the per-look level is alpha/looks)."""
+    settings = config["statistics"]
+    return {"alpha": settings["alpha"], "power": settings["power"], "min_effect": settings["min_effect"], "looks": 1}
+
+
 def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> Study:
     """Validate ``config`` and resolve its experiments; ConfigError names the key path of any problem."""
     full = validate(config, schema_path)
@@ -400,6 +407,7 @@ def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> St
     table = {
         "dataset": full["data"]["dataset"],
         "seeds": list(full["seeds"]),
+        "statistics": statistics_settings(full),
         "experiments": [
             {"id": e.id, "group": e.group, "variant": e.variant, "reference": e.reference, "sweep": e.sweep,
              "recipe": e.recipe}

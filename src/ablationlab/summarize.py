@@ -28,7 +28,8 @@ mlflow_url         MLflow UI link: ``ui_url`` of mlflow.json, else its ``url`` f
 =================  ==============================================================
 
 ``experiments.csv`` — one row per experiment, in study order; statistics are over
-the seeds that have a test result (``n``), diverged seeds included:
+the seeds that have a test result (``n``), diverged seeds included; the comparison
+settings (alpha, power, min_effect, looks) come from the study table's ``statistics``:
 
 =====================  ==========================================================
 experiment, group      as above
@@ -40,10 +41,22 @@ test_acc_mean/_std     mean and sample std (ddof=1) of test accuracy (0–1)
 test_acc_ci_low/_high  95 % t-interval of the mean test accuracy, cut to [0, 1]
 test_acc_min/_max      extremes over seeds
 test_loss_mean/_std/_min/_max   the same for test loss (empty if any loss is not finite)
-delta_acc              test_acc_mean − the reference's test_acc_mean
-delta_ci_low/_high     95 % Welch confidence interval of that difference, cut to [-1, 1]
-p_value                Welch t-test vs the reference's per-seed accuracies
-                       (both n ≥ 2 and non-zero spread; else empty)
+delta_acc              Δ test accuracy vs the reference, from ``test`` (paired: mean of the
+                       per-seed differences over the shared seeds)
+delta_ci_low/_high     its confidence interval at 1 − alpha/looks (95 %), cut to [-1, 1]
+p_value                raw two-sided p-value of ``test`` (n ≥ 2 a side, non-zero spread)
+test                   ``paired_t`` (≥ 2 shared seeds) or ``welch``; empty without a reference
+n_pairs                seeds both sides have a test result for
+p_value_wilcoxon       Wilcoxon signed-rank p-value of the pairs (n_pairs ≥ 6)
+p_value_holm           Holm-adjusted p_value within the group's family
+holm_family            size of that family (the group's comparisons with a p_value)
+q_value                Benjamini–Hochberg q-value over all p_values of the study
+effect_size(_kind)     ``d_z`` (paired) or ``hedges_g`` (Welch)
+prob_improvement(...)  P(variant > reference) over seed pairs, with ``_ci_low``/``_ci_high``
+                       (BCa bootstrap, seeded)
+mde_acc                minimum detectable |Δ| at level alpha/looks and the set power
+seeds_needed           seeds per side at which the observed Δ reaches that power
+verdict                ``significant`` / ``no_effect`` / ``undecided`` (stats.verdict)
 epochs_mean            mean epochs run
 best_epoch_mean        mean best epoch
 params                 trainable parameters
@@ -78,16 +91,24 @@ RUN_COLUMNS = [
     "device", "mlflow_run_id", "stop_reason", "params_total", "torch_version",
     "mlflow_experiment_id", "mlflow_url",
 ]
+# The statistics of each comparison with its reference, after p_value (stats.compare, Holm, BH, verdict).
+COMPARISON_COLUMNS = [
+    "test", "n_pairs", "p_value_wilcoxon", "p_value_holm", "holm_family", "q_value", "effect_size",
+    "effect_size_kind", "prob_improvement", "prob_improvement_ci_low", "prob_improvement_ci_high", "mde_acc",
+    "seeds_needed", "verdict",
+]
 EXPERIMENT_COLUMNS = [
     "experiment", "group", "variant", "reference", "sweep_key", "sweep_value", "n",
     "test_acc_mean", "test_acc_std", "test_acc_ci_low", "test_acc_ci_high",
     "test_acc_min", "test_acc_max", "test_loss_mean", "test_loss_std", "test_loss_min",
     "test_loss_max", "delta_acc", "delta_ci_low", "delta_ci_high", "p_value",
+    *COMPARISON_COLUMNS,
     "epochs_mean", "best_epoch_mean", "params", "train_seconds_mean", "status",
     "n_diverged", "n_early_stopped", "n_seeds",
 ]
 _INT_RUN_COLUMNS = ["seed", "epochs_run", "best_epoch", "params", "params_total"]
-_INT_EXPERIMENT_COLUMNS = ["n", "params", "n_diverged", "n_early_stopped", "n_seeds"]
+_INT_EXPERIMENT_COLUMNS = ["n", "params", "n_diverged", "n_early_stopped", "n_seeds", "n_pairs", "holm_family",
+                           "seeds_needed"]
 _EXPERIMENT_KEYS = ("id", "group", "variant", "reference", "sweep", "recipe")
 
 
@@ -233,6 +254,41 @@ def _first(series: pd.Series) -> Any:
     return values.iloc[0] if len(values) else None
 
 
+
+def _settings(study: dict[str, Any]) -> dict[str, Any]:
+    """The study table's ``statistics`` block (alpha, power, min_effect, looks), defaults for missing keys."""
+    return {**stats.DEFAULT_SETTINGS, **(study.get("statistics") or {})}
+
+
+def _comparison(variant: dict[int, float], reference: dict[int, float], settings: dict[str, Any]) -> dict[str, Any]:
+    """One row's comparison columns (Holm, BH and verdict are filled in later, over families)."""
+    res = stats.compare(variant, reference, alpha=settings["alpha"], power=settings["power"],
+                        looks=settings["looks"])
+    return {"delta_acc": res["delta"], "delta_ci_low": _clip(res["ci_low"], -1.0, 1.0),
+            "delta_ci_high": _clip(res["ci_high"], -1.0, 1.0), "p_value": res["p_value"],
+            **{k: res[k] for k in COMPARISON_COLUMNS if k in res}}
+
+
+def _add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
+    """Fill the comparison columns of ``rows`` in place: each experiment vs its reference; Holm within
+    each group (the group's experiments that have a reference); BH over the whole study; the verdict."""
+    settings = _settings(study)
+    compared = [row for row, exp in zip(rows, study["experiments"]) if exp["reference"]]
+    for row, exp in zip(rows, study["experiments"]):
+        ref = exp["reference"]
+        row.update(_comparison(per_seed_acc[exp["id"]], per_seed_acc[ref], settings) if ref
+                   else {"test": "", "effect_size_kind": "", "verdict": ""})
+    for group in dict.fromkeys(row["group"] for row in compared):
+        family = [row for row in compared if row["group"] == group]
+        size = sum(not math.isnan(row["p_value"]) for row in family)
+        for row, p in zip(family, stats.holm([row["p_value"] for row in family])):
+            row.update(p_value_holm=p, holm_family=size)
+    for row, q in zip(compared, stats.bh([row["p_value"] for row in compared])):
+        row["q_value"] = q
+        row["verdict"] = stats.verdict(row["p_value_holm"], row["mde_acc"], alpha=settings["alpha"],
+                                       looks=settings["looks"], min_effect=settings["min_effect"])
+
+
 def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
     """The ``experiments.csv`` table from the ``runs.csv`` table."""
     rows, per_seed_acc = [], {}
@@ -240,7 +296,7 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
         mine = runs[runs["experiment"] == exp["id"]]
         tested = mine[mine["test_acc"].notna()]
         acc, loss = stats.describe(tested["test_acc"]), stats.describe(tested["test_loss"])
-        per_seed_acc[exp["id"]] = tested["test_acc"].tolist()
+        per_seed_acc[exp["id"]] = dict(zip(tested["seed"].astype(int), tested["test_acc"]))
         sweep = exp.get("sweep") or {}
         statuses = mine["status"].tolist()
         rows.append({
@@ -264,11 +320,7 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
             "n_early_stopped": statuses.count("early_stopped"),
             "n_seeds": len(statuses),
         })
-    for row, exp in zip(rows, study["experiments"]):
-        ref = exp["reference"]
-        test = stats.welch(per_seed_acc[exp["id"]], per_seed_acc[ref]) if ref else {}
-        row.update(delta_acc=test.get("delta", math.nan), delta_ci_low=_clip(test.get("ci_low", math.nan), -1.0, 1.0),
-                   delta_ci_high=_clip(test.get("ci_high", math.nan), -1.0, 1.0), p_value=test.get("p_value", math.nan))
+    _add_comparisons(rows, study, per_seed_acc)
     frame = pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)
     for col in _INT_EXPERIMENT_COLUMNS:
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
