@@ -27,7 +27,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from ablationlab import io, stats
+from ablationlab import io, stats, summarize
 
 PROCEDURE = "Bonferroni split over planned looks"
 DECIDED = ("significant", "no_effect")
@@ -39,30 +39,13 @@ def seed_sequence(seeds: list[int], max_seeds: int) -> list[int]:
     return list(seeds) + list(extra)
 
 
-def _settings(study: Mapping[str, Any]) -> dict[str, Any]:
-    statistics = study.get("statistics") or {}
-    return {"alpha": statistics.get("alpha", 0.05), "power": statistics.get("power", 0.8),
-            "min_effect": statistics.get("min_effect", 0.01), "looks": statistics.get("looks", 1)}
-
-
 def assess(study: Mapping[str, Any], accuracy: Mapping[str, Mapping[int, float]]) -> list[dict[str, Any]]:
-    """Every comparison of the study on the accuracies so far: stats.compare, Holm per group, verdict."""
-    s = _settings(study)
-    rows = []
-    for exp in study["experiments"]:
-        if exp["reference"] is None:
-            continue
-        result = stats.compare(accuracy.get(exp["id"], {}), accuracy.get(exp["reference"], {}),
-                               alpha=s["alpha"], power=s["power"], looks=s["looks"])
-        rows.append({"experiment": exp["id"], "reference": exp["reference"], "group": exp["group"],
-                     "n": len(accuracy.get(exp["id"], {})), **result})
-    for group in {r["group"] for r in rows}:
-        family = [r for r in rows if r["group"] == group]
-        for row, p in zip(family, stats.holm([r["p_value"] for r in family])):
-            row["p_value_holm"] = p
-            row["verdict"] = stats.verdict(p, row["mde_acc"], alpha=s["alpha"], looks=s["looks"],
-                                           min_effect=s["min_effect"])
-    return rows
+    """Every comparison on the accuracies so far, exactly as experiments.csv has it (stats.compare,
+    Holm within each group, stats.verdict at alpha/looks): one row per experiment with a reference."""
+    rows = [{"experiment": e["id"], "reference": e["reference"], "group": e["group"],
+             "n": len(accuracy.get(e["id"], {}))} for e in study["experiments"]]
+    summarize.add_comparisons(rows, study, {e["id"]: dict(accuracy.get(e["id"], {})) for e in study["experiments"]})
+    return [row for row in rows if row["reference"]]
 
 
 def _pp(x: float) -> str:
@@ -72,7 +55,7 @@ def _pp(x: float) -> str:
 def why_undecided(row: Mapping[str, Any], min_effect: float) -> str:
     """``dropout/p=0.5 vs baseline undecided (MDE 2.1 pp > 1.0 pp)``."""
     head = f"{row['experiment']} vs {row['reference']}"
-    if row["verdict"] == "":
+    if math.isnan(row["mde_acc"]):
         return f"{head} not testable yet (too few seeds or no spread)"
     return f"{head} undecided (MDE {_pp(row['mde_acc'])} > {_pp(min_effect)})"
 
@@ -116,7 +99,7 @@ def look(study: Mapping[str, Any], accuracy: Mapping[str, Mapping[int, float]], 
 
     ``previous`` is the last look's result (None at look 1); ``done`` when no seed was added.
     """
-    settings, adaptive = _settings(study), study["adaptive"]
+    settings, adaptive = {**stats.DEFAULT_SETTINGS, **study.get("statistics", {})}, study["adaptive"]
     if previous is None:
         seeds = {e["id"]: list(study["seeds"]) for e in study["experiments"]}
         reasons = {e: [f"{len(study['seeds'])} initial"] for e in seeds}
@@ -133,7 +116,7 @@ def look(study: Mapping[str, Any], accuracy: Mapping[str, Mapping[int, float]], 
     return {"look": number, "looks": settings["looks"], "procedure": PROCEDURE,
             "per_look_alpha": settings["alpha"] / settings["looks"], "done": new == seeds,
             "seeds": new, "reasons": reasons,
-            "verdicts": {r["experiment"]: {"verdict": r["verdict"], "n": r["n"], "delta": r["delta"],
+            "verdicts": {r["experiment"]: {"verdict": r["verdict"], "n": r["n"], "delta": r["delta_acc"],
                                            "p_value_holm": r["p_value_holm"], "mde_acc": r["mde_acc"]}
                          for r in rows}}
 

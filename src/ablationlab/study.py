@@ -416,7 +416,7 @@ def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> St
     }
     if adaptive:  # the verdicts' per-look level is alpha / looks (Bonferroni split over the planned looks)
         table["adaptive"] = adaptive
-        table.setdefault("statistics", {})["looks"] = adaptive["looks"]
+        table["statistics"]["looks"] = adaptive["looks"]
     shown = copy.deepcopy(full)
     shown["tracking"]["uri"] = redact(shown["tracking"]["uri"])
     report = {

@@ -269,7 +269,7 @@ def _comparison(variant: dict[int, float], reference: dict[int, float], settings
             **{k: res[k] for k in COMPARISON_COLUMNS if k in res}}
 
 
-def _add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
+def add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
     """Fill the comparison columns of ``rows`` in place: each experiment vs its reference; Holm within
     each group (the group's experiments that have a reference); BH over the whole study; the verdict."""
     settings = _settings(study)
@@ -320,7 +320,7 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
             "n_early_stopped": statuses.count("early_stopped"),
             "n_seeds": len(statuses),
         })
-    _add_comparisons(rows, study, per_seed_acc)
+    add_comparisons(rows, study, per_seed_acc)
     frame = pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)
     for col in _INT_EXPERIMENT_COLUMNS:
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
