@@ -94,7 +94,7 @@ def test_look_sequence_decides_a_large_effect_at_once_and_caps_the_rest():
     assert last["verdicts"]["null/v0"]["verdict"] == "significant" and last["seeds"]["null/v0"] == [0, 1, 2]
     assert last["reasons"]["null/v0"] == ["3 initial"]
     assert last["per_look_alpha"] == pytest.approx(0.05 / 3) and last["procedure"] == adaptive.PROCEDURE
-    for exp, seeds in last["seeds"].items():
+    for seeds in last["seeds"].values():
         assert len(seeds) <= 7 and seeds == adaptive.seed_sequence([0, 1, 2], 7)[:len(seeds)]
     if last["verdicts"]["null/v1"]["verdict"] == "undecided":
         assert len(last["seeds"]["null/v1"]) == 7 and last["reasons"]["null/v1"][-1].startswith("capped")

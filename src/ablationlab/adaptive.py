@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ablationlab import io, stats, summarize
@@ -111,7 +111,7 @@ def look(study: Mapping[str, Any], accuracy: Mapping[str, Mapping[int, float]], 
                             step=adaptive["step"], max_seeds=adaptive["max_seeds"], look_number=number,
                             min_effect=settings["min_effect"])
     for exp, text in added.items():
-        if text not in reasons[exp]:  # a cap is said once
+        if not (text.startswith("capped") and any(r.startswith("capped") for r in reasons[exp])):  # said once
             reasons[exp].append(text)
     return {"look": number, "looks": settings["looks"], "procedure": PROCEDURE,
             "per_look_alpha": settings["alpha"] / settings["looks"], "done": new == seeds,
