@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 import tarfile
 
@@ -442,3 +443,58 @@ def test_imagefolder_errors(tmp_path):
     with pytest.raises(DataError, match=f"{root / 'test' / 'cat' / '0.png'} is corrupt"):
         prep(root)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- change tracking
+
+
+def test_folder_manifest_changes_with_the_listing_only(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    image = root / "train" / "cat" / "0.png"
+    first = data.folder_manifest(root)
+    assert data.folder_manifest(root) == first and len(first) == 64
+
+    (root / "train" / ".DS_Store").write_bytes(b"ignored, as prepare ignores it")
+    assert data.folder_manifest(root) == first
+    shutil.copy2(image, root / "train" / "cat" / "copy.png")
+    assert data.folder_manifest(root) != first
+    (root / "train" / "cat" / "copy.png").unlink()
+    assert data.folder_manifest(root) == first
+
+    st = image.stat()
+    image.write_bytes(image.read_bytes()[::-1])  # same size, other bytes, a new mtime
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # (later than the clock's granularity)
+    changed = data.folder_manifest(root)
+    assert changed != first
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))  # an older mtime (cp -p) is a change too
+    assert data.folder_manifest(root) not in (first, changed)
+    (root / "train" / "cat" / "0.png").rename(root / "train" / "cat" / "zero.png")
+    assert data.folder_manifest(root) != first
+
+    with pytest.raises(DataError, match=f"imagefolder: cannot list {tmp_path / 'missing'}"):
+        data.folder_manifest(tmp_path / "missing")
+
+
+def test_folder_manifest_follows_symlinks_and_survives_loops(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    outside = make_folder(tmp_path / "elsewhere", splits=("train",), classes=("cat",))
+    (root / "train" / "cat" / "linked.png").symlink_to(outside / "train" / "cat" / "0.png")
+    (root / "train" / "cat" / "dir").symlink_to(outside / "train")
+    (root / "train" / "cat" / "loop").symlink_to(root / "train")
+    (root / "train" / "cat" / "dangling.png").symlink_to(tmp_path / "nothing.png")
+    first = data.folder_manifest(root)
+    shutil.copy(outside / "train" / "cat" / "1.JPG", outside / "train" / "cat" / "0.png")  # a link's target
+    assert data.folder_manifest(root) != first
+
+
+def test_data_digest_sees_only_what_a_reader_reads(tmp_path):
+    root = make_folder(tmp_path / "imgs", n=4)
+    meta = data.prepare("imagefolder", tmp_path / "a", root=root, val_size=2)
+    assert data.prepare("imagefolder", tmp_path / "b", root=root, val_size=2) == meta  # deterministic
+
+    Image.new("RGB", (12, 10), (1, 2, 3)).save(root / "test" / "dog" / "0.png")
+    changed = data.prepare("imagefolder", tmp_path / "c", root=root, val_size=2)
+    assert data.data_digest(changed, ("train", "val")) == data.data_digest(meta, ("train", "val"))
+    assert data.data_digest(changed, ("test",)) != data.data_digest(meta, ("test",))
+    assert data.data_digest(changed) != data.data_digest(meta)
+    assert data.data_digest(dict(meta, source="mirror")) == data.data_digest(meta)  # content only

@@ -211,7 +211,7 @@ def test_failing_job_keeps_going_and_loses_nothing(work):
     proc = _smk(work, overlay, "--keep-going")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "experiment=transfer/bad" in out
-    started = re.findall(r"^(?:local)?rule (\w+):$", out, flags=re.M)
+    started = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", out, flags=re.M)
     assert started == ["train_transfer"], out[-4000:]
     assert _snapshot(work / "results/runs") == produced
 
@@ -245,7 +245,7 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert re.search(found + r".*prepare_data will rebuild it", proc.stderr), proc.stderr[-5000:]
-    ran = set(re.findall(r"^(?:local)?rule (\w+):$", out, re.M))
+    ran = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", out, re.M))
     assert ran == {"prepare_data", "train_batch_norm", "evaluate_batch_norm", "batch_norm"}, ran
 
     # rebuilt: the same bytes as before the corruption, matching meta.json; training used verified data

@@ -42,7 +42,7 @@ def plan(workdir: Path, *args: str) -> list[tuple[str, str | None, str | None]]:
     assert proc.returncode == 0, out
     jobs: list[list] = []
     for line in out.splitlines():
-        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+        if match := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
             jobs.append([match[1], None, None])
         elif jobs and line.strip().startswith("wildcards:"):
             wildcards = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
@@ -112,6 +112,8 @@ def test_smoke_run_outputs_exist_and_parse(done):
     summary = pd.read_csv(done / "results/summary/experiments.csv")
     assert list(summary["experiment"]) == ids and (summary["n"] == 1).all()
     assert summary["test_acc_mean"].between(0, 1).all()
+    diagnostics = pd.read_csv(done / "results/summary/diagnostics.csv")  # the curves' reading, per experiment
+    assert list(diagnostics["experiment"]) == ids and diagnostics["reading"].str.len().gt(0).all()
     assert (done / "reports/report.html").stat().st_size > 0
     assert (done / "reports/report.pdf").read_bytes().startswith(b"%PDF")
 

@@ -1,11 +1,13 @@
 """A real single-node SLURM cluster (tests/slurm/cluster.py): its own bring-up and teardown, then the
-smoke study submitted through ``--profile profiles/slurm``.
+smoke study (two seeds, one group on fake GPUs) submitted through ``--profile profiles/slurm``: job
+arrays, counted at ``sbatch`` (a logging wrapper early on PATH), results equal to a local run's.
 
 Needs root (apt-get install slurm-wlm munge, daemons as root): skipped with the reason otherwise.
 """
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 import os
@@ -56,10 +58,25 @@ def installed() -> float:
 def slurm(installed):
     """A running single-node cluster for the whole session; its daemons are stopped (by pid) at the end."""
     root = Path(tempfile.mkdtemp(prefix="ablationlab-slurm-", dir="/tmp"))  # short, world-searchable (munged)
-    cluster = cluster_mod.up(root, partitions=_profile_partitions())
+    cluster = cluster_mod.up(root, partitions=(*_profile_partitions(), GPU_PARTITION), gpus=2)
     print(f"\nslurm: apt install {installed:.1f} s, cluster up in {cluster.startup_seconds:.1f} s", file=sys.stderr)
     yield cluster
     cluster.down(remove=True)
+
+
+@pytest.fixture(scope="session")
+def sbatch_wrapper(installed, tmp_path_factory) -> Path:
+    """A directory with an ``sbatch`` that appends its argv (JSON) to $ABLATIONLAB_SBATCH_LOG, then execs
+    the real one: put first on PATH, it counts every submission the plugin makes."""
+    real = shutil.which("sbatch")
+    folder = tmp_path_factory.mktemp("sbatch-wrapper")
+    (folder / "sbatch").write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "with open(os.environ['ABLATIONLAB_SBATCH_LOG'], 'a') as log:\n"
+        "    log.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n")
+    (folder / "sbatch").chmod(0o755)
+    return folder
 
 
 def _new_dir(prefix: str) -> Path:
@@ -136,27 +153,43 @@ def _processes() -> list[str]:
 # --------------------------------------------------------------------------- the study on SLURM
 
 SMOKE = "presets/smoke.yaml"
+# two seeds: every train_<group>/evaluate_<group> rule has several jobs (arrays); one group asks for a
+# GPU (device stays cpu: it trains on the CPU) and goes to the GPU partition, the others ask for none
+GPU_GROUP, GPU_PARTITION = "dropout", "gpu"
+OVERLAY = "slurm-test.yaml"
+OVERLAY_CONFIG = {"seeds": [0, 1], "resources": {GPU_GROUP: {"gpu": 1}}}
+CONFIGS = ["--configfile", SMOKE, OVERLAY]
+TO_GPU_PARTITION = ["--set-resources", *(f"{stage}_{GPU_GROUP}:slurm_partition={GPU_PARTITION}"
+                                         for stage in ("train", "evaluate"))]
 # test-only: poll squeue every 2 s (not 40 s) and keep the sbatch logs of successful jobs as evidence
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
              "--slurm-keep-successful-logs"]
-JOB_BLOCK = re.compile(r"^(local)?rule (\S+):\n((?:    .*\n)+)", re.M)
+PROFILE = ["--profile", "profiles/slurm", *FAST_POLL, *TO_GPU_PARTITION]
+JOB_BLOCK = re.compile(r"^(local)?(?:rule|checkpoint) (\S+):\n((?:    .*\n)+)", re.M)
 SUBMITTED = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", re.M)
+SUBMITTED_ARRAY = re.compile(r"^Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
+                             r"The individual task IDs are (\d+)-(\d+)\.$", re.M)
+PASS = re.compile(r"^Execute \d+ jobs\.\.\.$", re.M)
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # not the timing columns
 
 
 def _copy_repo(dest: Path) -> Path:
     shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(
         ".venv", ".git", "results", "reports", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache", "data"))
+    (dest / OVERLAY).write_text(yaml.safe_dump(OVERLAY_CONFIG))
     return dest
 
 
 class Snakemake:
-    """``python -m snakemake ARGS`` in a work dir (background), its output in a log file."""
+    """``python -m snakemake ARGS`` in a work dir (background), its output in a log file, its sbatch calls
+    (through the ``sbatch_wrapper``) in another."""
 
     def __init__(self, workdir: Path, args: list[str], env: dict[str, str], name: str):
         self.workdir, self.log = workdir, workdir / f"snakemake-{name}.out"
+        self.sbatch_log = workdir / f"sbatch-{name}.jsonl"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir,
+                                         env=dict(env, ABLATIONLAB_SBATCH_LOG=str(self.sbatch_log)),
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 1800, ok: bool = True) -> str:
@@ -173,21 +206,42 @@ class Snakemake:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def submissions(self) -> list[dict]:
+        """Every sbatch call: the rule it submits (from --comment), --array, partition, --gpus."""
+        if not self.sbatch_log.exists():
+            return []
+        return [_submission(json.loads(line)) for line in self.sbatch_log.read_text().splitlines()]
 
-def _env(cluster) -> dict[str, str]:
+
+def _submission(argv: list[str]) -> dict:
+    options = {}
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        options[name] = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    rule = re.fullmatch(r"rule_(.+?)(?:_wildcards_.*)?", options["--comment"]).group(1)
+    return {"rule": rule, "array": options.get("--array"), "gpus": options.get("--gpus"),
+            "partition": options.get("-p", options.get("--partition"))}
+
+
+def _env(cluster, wrapper: Path) -> dict[str, str]:
     venv_bin = str(Path(sys.executable).parent)  # jobs call `python -m ablationlab`
-    return dict(cluster.env, PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    return dict(cluster.env, PATH=os.pathsep.join([str(wrapper), venv_bin, os.environ.get("PATH", "")]))
 
 
 def _jobs(log: str) -> list[dict]:
-    """Every job of a Snakemake log: rule, local or not, wildcards, and its SLURM job id when submitted."""
+    """Every job of a Snakemake log: rule, local or not, wildcards, its SLURM job id when submitted
+    (``<array>_<task>`` for an array task) and the scheduling pass that selected it."""
     submitted = {m.group(1): m.group(2) for m in SUBMITTED.finditer(log)}
+    for m in SUBMITTED_ARRAY.finditer(log):
+        first = int(m.group(3))
+        submitted |= {jid: f"{m.group(2)}_{first + k}" for k, jid in enumerate(m.group(1).split(","))}
+    passes = [p.start() for p in PASS.finditer(log)]
     jobs = []
     for m in JOB_BLOCK.finditer(log):
         fields = dict(line.strip().split(": ", 1) for line in m.group(3).splitlines() if ": " in line)
         wildcards = dict(w.split("=", 1) for w in fields["wildcards"].split(", ")) if "wildcards" in fields else {}
         jobs.append({"rule": m.group(2), "local": bool(m.group(1)), "wildcards": wildcards,
-                     "slurm": submitted.get(fields["jobid"])})
+                     "slurm": submitted.get(fields["jobid"]), "pass": sum(p < m.start() for p in passes)})
     return jobs
 
 
@@ -200,6 +254,21 @@ def _check_submitted(cluster, jobs: list[dict]) -> list[dict]:
     states = cluster.jobs()
     assert {j["slurm"]: states.get(j["slurm"]) for j in remote} == {j["slurm"]: "COMPLETED" for j in remote}
     return remote
+
+
+def _check_arrays(remote: list[dict], calls: list[dict]) -> dict[str, int]:
+    """The jobs of one rule that one scheduling pass selected went to SLURM in one sbatch (an array when
+    several, plain when one): sbatch calls per rule == passes with jobs of that rule. Returns the calls
+    per rule."""
+    by_pass = collections.Counter((j["rule"], j["pass"]) for j in remote)
+    calls_per_rule = collections.Counter(c["rule"] for c in calls)
+    assert calls_per_rule == collections.Counter(rule for rule, _ in by_pass), (calls, by_pass)
+    for call in calls:
+        sizes = [n for (rule, _), n in by_pass.items() if rule == call["rule"]]
+        assert call["array"] is None or call["array"] in {f"1-{n}" for n in sizes if n > 1}, (call, by_pass)
+    arrays = {j["slurm"].split("_")[0] for j in remote if "_" in j["slurm"]}
+    assert len(arrays) == sum(c["array"] is not None for c in calls)
+    return dict(calls_per_rule)
 
 
 def _runs(workdir: Path) -> list[Path]:
@@ -233,24 +302,32 @@ def _fingerprint(run_dirs: list[Path]) -> dict[str, tuple[int, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def smoke_on_slurm(slurm, tmp_path_factory):
+def smoke_on_slurm(slurm, sbatch_wrapper, tmp_path_factory):
     """The smoke study run once through ``--profile profiles/slurm`` and once locally (same seeds), side by side."""
     base = tmp_path_factory.mktemp("smoke")
     on_slurm, local = _copy_repo(base / "slurm"), _copy_repo(base / "local")
-    env = _env(slurm)
+    env = _env(slurm, sbatch_wrapper)
     groups = ["baseline"] + [g["id"] for g in yaml.safe_load((REPO / SMOKE).read_text())["ablations"]]
-    reference = Snakemake(local, ["--cores", "1", "--configfile", SMOKE, "--", *groups], env, "local")
+    reference = Snakemake(local, ["--cores", "1", *CONFIGS, "--", *groups], env, "local")
     start = time.monotonic()
-    log = Snakemake(on_slurm, ["--profile", "profiles/slurm", "--configfile", SMOKE, *FAST_POLL], env, "slurm").wait()
+    run = Snakemake(on_slurm, [*PROFILE, *CONFIGS], env, "slurm")
+    log = run.wait()
     print(f"\nsmoke study on SLURM: {time.monotonic() - start:.0f} s", file=sys.stderr)
     reference.wait()
-    return {"slurm": on_slurm, "local": local, "log": log, "env": env}
+    assert not reference.submissions()
+    return {"slurm": on_slurm, "local": local, "log": log, "env": env, "calls": run.submissions()}
 
 
 def test_smoke_study_on_slurm_equals_local_run(slurm, smoke_on_slurm):
     remote = _check_submitted(slurm, _jobs(smoke_on_slurm["log"]))
-    rules = {j["rule"] for j in remote}
-    assert {"train_baseline", "evaluate_baseline", "evaluate_dropout"} <= rules, rules
+    calls = smoke_on_slurm["calls"]
+    per_rule = _check_arrays(remote, calls)
+    print(f"\nsbatch calls: {len(calls)} for {len(remote)} jobs: {per_rule}", file=sys.stderr)
+    groups = {j["rule"].split("_", 1)[1] for j in remote if j["rule"].startswith("train_")}
+    assert len(groups) == 3
+    for group in groups:  # all trainings are ready together (after prepare_data): one array per group
+        assert [c["array"] for c in calls if c["rule"] == f"train_{group}"] == ["1-2"], calls
+    assert len(calls) < len(remote)
     for job in remote:  # the sbatch log of each job (kept) is where SLURM wrote it
         assert list((smoke_on_slurm["slurm"] / "results" / "logs" / "slurm").glob(f"**/{job['slurm']}.log")), job
 
@@ -258,6 +335,7 @@ def test_smoke_study_on_slurm_equals_local_run(slurm, smoke_on_slurm):
     names = [p.relative_to(smoke_on_slurm["slurm"]) for p in on_slurm]
     assert names and names == [p.relative_to(smoke_on_slurm["local"]) for p in local]
     experiments = json.loads((smoke_on_slurm["slurm"] / "results/study/experiments.json").read_text())
+    assert len(experiments["seeds"]) == 2
     assert len(names) == len(experiments["experiments"]) * len(experiments["seeds"])
     for a, b in zip(on_slurm, local):
         _same_run(a, b)
@@ -266,6 +344,32 @@ def test_smoke_study_on_slurm_equals_local_run(slurm, smoke_on_slurm):
     assert tracked == {(e["id"], str(s)): json.loads((smoke_on_slurm["slurm"] / "results/runs" / e["id"] /
                                                       f"seed{s}/metrics.json").read_text())["test_acc"]
                        for e in experiments["experiments"] for s in experiments["seeds"]}
+
+
+def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
+    """The GPU group's train/evaluate jobs ask sbatch for a GPU in the GPU partition, SLURM allocates one of
+    the fake GPUs and sets CUDA_VISIBLE_DEVICES (gpu_slot.py writes it to the job's log); the CPU groups
+    ask for none, in the default partition."""
+    workdir, calls = smoke_on_slurm["slurm"], smoke_on_slurm["calls"]
+    gpu_rules = {f"train_{GPU_GROUP}", f"evaluate_{GPU_GROUP}"}
+    assert gpu_rules <= {c["rule"] for c in calls}
+    for call in calls:
+        on_gpu = call["rule"] in gpu_rules
+        assert (call["gpus"], call["partition"] == GPU_PARTITION) == (("1", True) if on_gpu else (None, False)), call
+    remote = [j for j in _jobs(smoke_on_slurm["log"]) if not j["local"]]
+    for job in remote:  # SLURM's own record of each job (MinJobAge keeps finished jobs)
+        shown = slurm.run("scontrol", "show", "job", job["slurm"]).stdout
+        on_gpu = job["rule"] in gpu_rules
+        assert (f"Partition={GPU_PARTITION}" in shown, "TresPerJob=gres:gpu:1" in shown) == (on_gpu, on_gpu), shown
+    for stage in ("train", "evaluate"):  # the jobs' own logs
+        logs = {p.relative_to(workdir / "results/logs" / stage): p.read_text()
+                for p in (workdir / "results/logs" / stage).glob("**/seed*.log")}
+        assert len(logs) == 6 and {p.parts[0] for p in logs} == {"baseline", "batch_norm", GPU_GROUP}
+        for path, log in logs.items():
+            if path.parts[0] == GPU_GROUP:
+                assert re.search(r"^gpu_slot: CUDA_VISIBLE_DEVICES=[01] \(set by the scheduler\)$", log, re.M), log
+            else:
+                assert "CUDA_VISIBLE_DEVICES" not in log, log
 
 
 def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
@@ -279,13 +383,15 @@ def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
     others = [d for d in _runs(workdir) if d.parent.relative_to(workdir / "results" / "runs").as_posix() != changed]
     before = _fingerprint(others)
 
-    log = Snakemake(workdir, ["--profile", "profiles/slurm", "--configfile", SMOKE, *FAST_POLL],
-                    smoke_on_slurm["env"], "changed").wait()
-    jobs = _jobs(log)
+    run = Snakemake(workdir, [*PROFILE, *CONFIGS], smoke_on_slurm["env"], "changed")
+    jobs = _jobs(run.wait())
     remote = _check_submitted(slurm, jobs)
+    _check_arrays(remote, run.submissions())
     assert {j["wildcards"]["experiment"] for j in jobs if "experiment" in j["wildcards"]} == {changed}
-    assert {(j["rule"], j["wildcards"].get("experiment")) for j in remote if j["rule"].startswith("train_")} \
-        == {(f"train_{group['id']}", changed)}
+    train = [j for j in remote if j["rule"].startswith("train_")]
+    assert sorted((j["rule"], j["wildcards"]["experiment"], j["wildcards"]["seed"]) for j in train) \
+        == [(f"train_{group['id']}", changed, "0"), (f"train_{group['id']}", changed, "1")]
+    assert [c["array"] for c in run.submissions() if c["rule"].startswith("train_")] == ["1-2"]
     assert _fingerprint(others) == before  # the other experiments' runs were not touched
     recipe = json.loads((workdir / "results/runs" / changed / "seed0" / "recipe.json").read_text())
     assert recipe["optimizer"]["lr"] == 0.1
@@ -295,37 +401,56 @@ def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
     assert len(tracked) == len(_runs(workdir))
 
 
+def test_evaluation_change_resubmits_each_evaluate_rule_as_one_array(slurm, smoke_on_slurm):
+    """Edited evaluation code re-evaluates every run, and nothing else: all evaluations are ready at once,
+    so each evaluate_<group> rule goes to SLURM as one array (GPU group: in its partition, with a GPU)."""
+    workdir = smoke_on_slurm["slurm"]
+    metrics = {d: (d / "metrics.json").read_text() for d in _runs(workdir)}
+    with open(workdir / "src/ablationlab/evaluate.py", "a") as code:
+        code.write("\n# edited\n")
+    groups = sorted({d.relative_to(workdir / "results/runs").parts[0] for d in metrics})
+    run = Snakemake(workdir, [*PROFILE, *CONFIGS, "--", *groups], smoke_on_slurm["env"], "evaluate")
+    remote = _check_submitted(slurm, _jobs(run.wait()))
+    assert sorted(j["rule"] for j in remote) == sorted(f"evaluate_{g}" for g in groups for _ in range(2))
+    calls = run.submissions()
+    assert sorted((c["rule"], c["array"]) for c in calls) == [(f"evaluate_{g}", "1-2") for g in groups]
+    assert [(c["gpus"], c["partition"]) for c in calls if c["rule"] == f"evaluate_{GPU_GROUP}"] == [("1", GPU_PARTITION)]
+    assert {d: (d / "metrics.json").read_text() for d in _runs(workdir)} == metrics  # same results again
+
+
 def test_scancel_mid_training_resumes_from_checkpoint(slurm, smoke_on_slurm):
-    """A train job killed by scancel after its first checkpoint: the re-run resumes there (not epoch 0)
-    and ends with the history and weights of an uninterrupted run."""
+    """Both seeds of the baseline train as one array; the task of seed 0, killed by scancel after its
+    first checkpoint, resumes there on the re-run (not epoch 0) and ends with the history and weights of
+    an uninterrupted run; the other task of the array is not disturbed."""
     workdir, local, env = smoke_on_slurm["slurm"], smoke_on_slurm["local"], smoke_on_slurm["env"]
     epochs = 150  # ~0.05 s each: time to scancel after the first checkpoint, even on an idle machine
     for d in (workdir, local):
         (d / "long.yaml").write_text(f"baseline:\n  epochs: {epochs}\n")
-    target = "results/runs/baseline/seed0/history.csv"
-    args = ["--configfile", SMOKE, "long.yaml", "--", target]
+    target = "results/runs/baseline/seed{}/history.csv"
     checkpoint = workdir / "results/checkpoints/baseline/seed0/last.pt"
     for d in (workdir, local):  # no checkpoint of the earlier 1-epoch run (it would be ignored anyway)
         shutil.rmtree(d / "results/checkpoints/baseline", ignore_errors=True)
-    reference = Snakemake(local, ["--cores", "1", *args], env, "long-local")
-    killed = Snakemake(workdir, ["--profile", "profiles/slurm", "--retries", "0", *FAST_POLL, *args], env, "killed")
+    reference = Snakemake(local, ["--cores", "1", *CONFIGS, "long.yaml", "--", target.format(0)], env, "long-local")
+    killed = Snakemake(workdir, [*PROFILE, "--retries", "0", *CONFIGS, "long.yaml", "--",
+                                 target.format(0), target.format(1)], env, "killed")
     deadline = time.monotonic() + 600
     while not checkpoint.exists() and killed.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert checkpoint.exists(), killed.text()[-4000:]
-    running = slurm.run("squeue", "--noheader", "--states=RUNNING", "--format=%i %k").stdout.split("\n")
-    running = [line.split()[0] for line in running if "rule_train_baseline" in line]
-    assert len(running) == 1, slurm.jobs()
-    slurm.run("scancel", running[0])
+    [task] = [j["slurm"] for j in _jobs(killed.text()) if j["rule"] == "train_baseline" and j["wildcards"]["seed"] == "0"]
+    assert re.fullmatch(r"\d+_[12]", task), task  # an array task
+    slurm.run("scancel", task)
     log = killed.wait(ok=False)
     assert killed.proc.returncode != 0
-    assert f"SLURM-job '{running[0]}' failed, SLURM status is: 'CANCELLED'" in log
-    assert not (workdir / target).exists(), f"all {epochs} epochs were done before scancel landed"
+    assert f"SLURM-job '{task}' failed, SLURM status is: 'CANCELLED'" in log
+    assert not (workdir / target.format(0)).exists(), f"all {epochs} epochs were done before scancel landed"
+    assert (workdir / target.format(1)).exists()  # its sibling task finished
     assert checkpoint.exists()
 
-    log = Snakemake(workdir, ["--profile", "profiles/slurm", "--rerun-incomplete", *FAST_POLL, *args], env,
-                    "resumed").wait()
+    log = Snakemake(workdir, [*PROFILE, "--rerun-incomplete", *CONFIGS, "long.yaml", "--", target.format(0),
+                              target.format(1)], env, "resumed").wait()
     [train] = [j for j in _check_submitted(slurm, _jobs(log)) if j["rule"] == "train_baseline"]
+    assert train["wildcards"]["seed"] == "0"
     resumed = re.search(r"resuming from epoch (\d+)", (workdir / "results/logs/train/baseline/seed0.log").read_text())
     assert resumed and 1 <= int(resumed.group(1)) < epochs, "the re-run did not resume from the checkpoint"
     reference.wait()

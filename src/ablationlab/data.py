@@ -600,6 +600,57 @@ def load_split(data_dir: str | os.PathLike, split: str, *, verify: bool = True) 
     return x, y
 
 
+# --------------------------------------------------------------------------- change tracking
+
+
+def _listing(root: Path):
+    """Lines ``path/`` (directory) and ``path<TAB>size<TAB>mtime_ns`` (file) under ``root``."""
+    stack = [("", root, frozenset())]
+    while stack:
+        rel, path, ancestors = stack.pop()
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) in ancestors:  # a symlink loop
+            continue
+        ancestors |= {(st.st_dev, st.st_ino)}
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = rel + entry.name
+                if entry.is_dir():
+                    yield name + "/"
+                    stack.append((name + "/", entry.path, ancestors))
+                elif not entry.name.startswith("."):
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:  # a dangling symlink, or removed meanwhile
+                        continue
+                    yield f"{name}\t{st.st_size}\t{st.st_mtime_ns}"
+
+
+def folder_manifest(root: str | os.PathLike) -> str:
+    """sha256 of an image folder's listing: every file's relative path, size and mtime_ns.
+
+    Only stat() calls, no file is read. Adding, removing, renaming or overwriting a file
+    changes it; so does touching one (prepare then writes identical tensors). Hidden files,
+    which prepare ignores, are left out; symlinks are followed.
+    """
+    try:
+        lines = sorted(_listing(Path(root)))
+    except OSError as exc:
+        raise DataError(f"imagefolder: cannot list {root} ({exc})") from exc
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def data_digest(meta: dict, splits=SPLITS) -> str:
+    """sha256 of a prepared directory's content as seen by a reader of ``splits``: its
+    ``meta.json`` without ``source`` (where the files came from) and without the other
+    splits' tensor digests and sizes."""
+    names = {f"{s}_{k}.pt" for s in splits for k in "xy"}
+    seen = {k: v for k, v in meta.items() if k != "source"}
+    seen.update(sha256={n: d for n, d in meta.get("sha256", {}).items() if n in names},
+                splits={s: n for s, n in meta.get("splits", {}).items() if s in splits})
+    return hashlib.sha256(io.canonical_json(seen).encode()).hexdigest()
+
+
 # --------------------------------------------------------------------------- CLI
 
 

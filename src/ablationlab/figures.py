@@ -9,7 +9,8 @@ writes ``figures.json``, the manifest the report reads::
 
 Per group: ``curves`` (train/val loss and accuracy per epoch: mean over seeds, band =
 min–max over seeds), ``test_acc`` (mean test accuracy with 95 % t-interval, seeds as
-dots), ``sweep`` (test accuracy over the swept value; log x for learning rates and
+dots), ``forest`` (Δ test accuracy vs the reference with its CI, coloured by verdict,
+Holm p-value at the side), ``sweep`` (test accuracy over the swept value; log x for learning rates and
 wide positive ranges), ``early_stopping`` (monitored curve, stop and best epoch of each
 seed over the full-length run), ``augment`` (each new augmentation on the same train
 images). For the baseline: ``curves``, ``params`` (a CSV table: per-layer parameters
@@ -130,7 +131,7 @@ def plan(study: dict[str, Any]) -> list[dict[str, str]]:
         if group == "baseline":
             kinds += ["params", "filters", "activations"]
         else:
-            kinds.append("test_acc")
+            kinds += ["test_acc", "forest"]
             if any(exp.get("sweep") for exp in exps):
                 kinds.append("sweep")
             if any(exp["recipe"].get("early_stopping", {}).get("enabled") for exp in exps):
@@ -323,6 +324,75 @@ def draw_test_acc(rows: pd.DataFrame, per_seed: dict[str, list[float]], labels: 
                   reference: str | None):
     fig, ax = _plt().subplots(figsize=(WIDTH, 0.9 + 0.3 * len(rows)))
     _points(ax, rows, per_seed, labels, reference)
+    fig.tight_layout()
+    return fig
+
+
+VERDICT_COLORS = {"significant": "#1e7b34", "no_effect": "0.45", "undecided": "#d68910", "": "0.65"}
+
+
+def _absent(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _verdict_note(row: pd.Series) -> str:
+    """The right-hand annotation of a forest row: Holm p and verdict."""
+    if str(row.get("status", "")).startswith("diverged"):
+        return _label(row["status"])
+    holm, verdict = row.get("p_value_holm"), row.get("verdict")
+    p = "–" if holm is None or _absent(holm) else ("<0.001" if holm < 0.001 else f"{holm:.3f}")
+    text = "" if verdict is None or _absent(verdict) else str(verdict).replace("_", " ")
+    return f"Holm p {p}" + (f" · {text}" if text else "")
+
+
+def draw_forest(rows: pd.DataFrame, labels: dict[str, str], min_effect: float | None = None):
+    """Δ test accuracy (pp) vs the reference with its confidence interval, one row per experiment (top =
+    first), colour = verdict (red: diverged, drawn at the edge when far outside, so that it does not
+    flatten the others), a band of ± ``min_effect`` around 0; Holm p and verdict at the right. Rows
+    without a Δ say "no test"."""
+    n = len(rows)
+    fig, ax = _plt().subplots(figsize=(WIDTH, 0.9 + 0.32 * n))
+    shown, outliers = [0.0, *([-min_effect * 100, min_effect * 100] if min_effect else [])], []
+    for i, (_, row) in enumerate(rows.iterrows()):
+        y, delta = n - 1 - i, row.get("delta_acc")
+        if _absent(delta):
+            continue
+        if str(row.get("status", "")).startswith("diverged"):
+            outliers.append((y, delta * 100))
+            continue
+        color = VERDICT_COLORS.get(str(row.get("verdict") or ""), "0.65")
+        low, high = row.get("delta_ci_low"), row.get("delta_ci_high")
+        if not (_absent(low) or _absent(high)):
+            ax.errorbar(delta * 100, y, xerr=[[(delta - low) * 100], [(high - delta) * 100]], fmt="none",
+                        ecolor=color, capsize=3, lw=1.4, zorder=2)
+            shown += [low * 100, high * 100]
+        filled = row.get("verdict") == "significant"
+        ax.plot(delta * 100, y, "o", ms=6, color=color, mfc=color if filled else "white", mew=1.4, zorder=3)
+        shown.append(delta * 100)
+    lo, hi = min(shown), max(shown)
+    pad = max(0.5, 0.08 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    for y, x in outliers:
+        inside = min(max(x, lo), hi)
+        ax.plot(inside, y, "<" if x < lo else ">" if x > hi else "o", ms=6, color=DIVERGED_COLOR, zorder=3)
+        if inside != x:
+            ax.annotate(f"{x:+.1f}", (inside, y), xytext=(8 if x < lo else -8, 4), textcoords="offset points",
+                        ha="left" if x < lo else "right", color=DIVERGED_COLOR, fontsize=7)
+    if min_effect:
+        ax.axvspan(-min_effect * 100, min_effect * 100, color="0.85", alpha=0.6, lw=0, zorder=0)
+    ax.axvline(0, color=REFERENCE_COLOR, ls=":", lw=1)
+    ax.set_xlim(lo, hi)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([_label(labels[e]) for e in rows["experiment"]][::-1])
+    ax.set_ylim(-0.7, n - 0.3)
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(range(n))
+    right.set_yticklabels([_verdict_note(r) if not _absent(r.get("delta_acc")) else "no test"
+                           for _, r in rows.iterrows()][::-1])
+    right.tick_params(length=0)
+    right.spines["right"].set_visible(False)
+    ax.set_xlabel("Δ test accuracy vs the reference (pp)")
+    ax.grid(axis="y", visible=False)
     fig.tight_layout()
     return fig
 
@@ -566,6 +636,9 @@ class _Stage:
         self.per_seed = _per_seed_acc(runs_table)
         self.labels = {e["id"]: _variant_label(e) for e in study["experiments"]}
         self.best = best_experiment(experiments)
+        statistics = study.get("statistics") or {}
+        self.alpha, self.looks = statistics.get("alpha", 0.05), statistics.get("looks", 1)
+        self.min_effect = statistics.get("min_effect")
 
     def members(self, group: str) -> tuple[str | None, list[str], list[str]]:
         """(reference, the group's experiment ids, reference + ids as plotted)."""
@@ -598,6 +671,17 @@ def _fig_test_acc(st: _Stage, group: str):
     fig = draw_test_acc(st.rows.loc[members], st.per_seed, {i: st.label(i, ids) for i in members}, ref)
     return fig, ("Test accuracy: mean (filled) with 95% t-interval over seeds, single seeds as open dots; "
                  "dotted line: the reference."), members
+
+
+def _fig_forest(st: _Stage, group: str):
+    ref, ids, _ = st.members(group)
+    compared = [i for i in ids if i != ref]
+    level = 1 - st.alpha / st.looks
+    fig = draw_forest(st.rows.loc[compared], {i: st.labels[i] for i in compared}, st.min_effect)
+    return fig, (f"Δ test accuracy against {ref or 'the reference'} with its {level * 100:g}% confidence interval "
+                 f"(paired t over shared seeds, else Welch); filled: significant after Holm, open: not; colour = "
+                 f"verdict (green significant, grey no effect, orange undecided, red diverged); grey band: "
+                 f"± the smallest effect worth detecting."), compared
 
 
 def _fig_sweep(st: _Stage, group: str):
@@ -744,7 +828,7 @@ def _fig_misclassified(st: _Stage, group: str):
         f"true → predicted class (confidence)."), [st.best]
 
 
-_DRAW = {"curves": _fig_curves, "test_acc": _fig_test_acc, "sweep": _fig_sweep, "early_stopping": _fig_early_stopping,
+_DRAW = {"curves": _fig_curves, "test_acc": _fig_test_acc, "forest": _fig_forest, "sweep": _fig_sweep, "early_stopping": _fig_early_stopping,
          "augment": _fig_augment, "filters": _fig_filters, "activations": _fig_activations,
          "comparison": _fig_comparison, "best_filters": _fig_best_filters, "confusion": _fig_confusion,
          "misclassified": _fig_misclassified}

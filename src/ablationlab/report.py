@@ -35,12 +35,11 @@ import yaml
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from ablationlab import io
+from ablationlab import io, stats
 from ablationlab.summarize import SummaryError, load_study, read_summary
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scipy", "scikit-learn", "kornia", "torchinfo",
             "matplotlib", "mlflow", "snakemake", "jinja2", "markdown-it-py", "weasyprint")
-ALPHA = 0.05
 MLFLOW_UI = "http://127.0.0.1:5000/"
 
 
@@ -233,6 +232,15 @@ def read_manifest(figures_dir: str | Path) -> dict[str, Any]:
     return io.read_json(path)
 
 
+def read_diagnostics(summary_dir: str | Path) -> pd.DataFrame:
+    """``diagnostics.csv`` of the summary (the curves' reading per experiment)."""
+    path = Path(summary_dir) / "diagnostics.csv"
+    if not path.exists():
+        raise ReportError(f"{path}: not found (re-run `python -m ablationlab summarize`)")
+    return pd.read_csv(path, dtype={"experiment": str, "flags": str, "reading": str}, keep_default_na=False,
+                       na_values=[""])
+
+
 def _image_uri(path: Path) -> str:
     mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower())
     if mime is None:
@@ -247,21 +255,141 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- findings
 
 
-def finding(row: dict[str, Any], reference: dict[str, Any] | None, label: str, ref_label: str) -> str:
-    """One sentence: the effect vs the reference and whether it is significant."""
+TEST_NAMES = {"paired_t": "paired t", "welch": "Welch t"}
+EFFECT_KINDS = {"d_z": "d_z", "hedges_g": "Hedges' g"}
+VERDICT_NAMES = {"significant": "significant", "no_effect": "no effect", "undecided": "undecided"}
+
+
+def statistics_settings(study: dict[str, Any]) -> dict[str, Any]:
+    """The study's ``statistics`` block (defaults filled in) with ``per_look`` = alpha / looks and ``ci``,
+    the confidence level (%) of the Δ intervals."""
+    out = stats.DEFAULT_SETTINGS | {k: v for k, v in (study.get("statistics") or {}).items() if v is not None}
+    out["per_look"] = out["alpha"] / out["looks"]
+    out["ci"] = f"{(1 - out['per_look']) * 100:g}"
+    return out
+
+
+def _plural(n: Any, word: str) -> str:
+    return f"{integer(n)} {word}{'' if n == 1 else 's'}"
+
+
+def _p_equals(p: float) -> str:
+    """``= 0.012`` or ``< 0.001``."""
+    return "< 0.001" if p < 0.001 else f"= {pvalue(p)}"
+
+
+def seeds_text(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
+    """How many seeds a comparison used: ``3 seeds`` (paired, or equal n) or ``4 vs 3 seeds``."""
+    if row.get("test") == "paired_t" and not _missing(row.get("n_pairs")):
+        return _plural(row["n_pairs"], "seed")
+    n, m = row.get("n") or 0, (reference or {}).get("n")
+    return _plural(n, "seed") if reference is None or n == m else f"{n} vs {m} seeds"
+
+
+def verdict_text(row: dict[str, Any], settings: dict[str, Any]) -> str:
+    """What a tested row's verdict means: significant; no effect larger than the MDE; or undecided and how
+    many seeds would be needed to tell."""
+    verdict = row.get("verdict")
+    if verdict == "significant":
+        return "significant"
+    if verdict == "no_effect":
+        return (f"no effect larger than {pct(row.get('mde_acc'))} pp "
+                f"(MDE at {settings['power'] * 100:g} % power)")
+    needed = row.get("seeds_needed")
+    if _missing(needed) or not math.isfinite(float(needed)):
+        return "undecided: too few seeds, and the observed Δ is too small to say how many would tell"
+    return f"undecided: too few seeds, {integer(needed)} would be needed to tell"
+
+
+def finding(row: dict[str, Any], reference: dict[str, Any] | None, label: str, ref_label: str,
+            settings: dict[str, Any] | None = None) -> str:
+    """One sentence: the effect vs the reference, its interval, the test and the Holm-adjusted p-value it is
+    judged by, and the verdict (significant / no effect above the MDE / undecided)."""
+    settings = settings or statistics_settings({})
     n = row.get("n") or 0
     if str(row.get("status", "")).startswith("diverged"):
         return (f"{label}: diverged in {row.get('n_diverged')} of {row.get('n_seeds')} seeds; "
                 f"mean test accuracy {pct(row.get('test_acc_mean'))} %.")
     if reference is None or _missing(row.get("delta_acc")):
-        return f"{label}: {pct(row.get('test_acc_mean'))} % test accuracy ({n} seed{'s' if n != 1 else ''})."
-    seeds = f"{n} seed{'s' if n != 1 else ''}" if n == reference.get("n") else f"{n} vs {reference.get('n')} seeds"
+        return f"{label}: {pct(row.get('test_acc_mean'))} % test accuracy ({_plural(n, 'seed')})."
+    seeds = seeds_text(row, reference)
     head = f"{label}: {pp(row['delta_acc'])} pp vs {ref_label}"
-    if _missing(row.get("p_value")):
-        return f"{head} ({seeds}; too few seeds or no spread for a test)."
-    sig = "significant" if row["p_value"] < ALPHA else "not significant"
-    return (f"{head} (95% CI {pp(row['delta_ci_low'])}…{pp(row['delta_ci_high'])}, p={pvalue(row['p_value'])}, "
-            f"{seeds}) — {sig} at the 5% level.")
+    if _missing(row.get("p_value")) or _missing(row.get("p_value_holm")):
+        few = min(n, reference.get("n") or 0) < 2 and (_missing(row.get("n_pairs")) or row["n_pairs"] < 2)
+        reason = "too few seeds for a test" if few else "no spread between seeds for a test"
+        return f"{head} ({seeds}; {reason})" + (
+            " — undecided." if row.get("verdict") == "undecided" else ".")
+    level = f", level {settings['per_look']:.3g} per look" if settings["looks"] > 1 else ""
+    return (f"{head} ({settings['ci']} % CI {pp(row['delta_ci_low'])}…{pp(row['delta_ci_high'])}, "
+            f"{TEST_NAMES.get(row.get('test'), row.get('test'))} over {seeds}, Holm p {_p_equals(row['p_value_holm'])}"
+            f" of {_plural(row.get('holm_family'), 'comparison')}{level}) — {verdict_text(row, settings)}.")
+
+
+def group_findings(ids: list[str], ref: str | None, rows: dict[str, dict[str, Any]], recipes: dict[str, Any],
+                   label: Any, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The findings of a group: one verdict sentence per experiment (plus model size and early stopping)."""
+    findings = []
+    for e in ids:
+        if e == ref:
+            continue
+        exp_ref = recipes[e]["reference"]
+        text = finding(rows[e], rows.get(exp_ref) if exp_ref else None, label(e), exp_ref or "", settings)
+        p_rows = [rows[e].get("params"), rows[exp_ref].get("params") if exp_ref else None]
+        if exp_ref and not any(_missing(p) for p in p_rows) and p_rows[0] != p_rows[1]:
+            text += f" Model size {integer(p_rows[1])} → {integer(p_rows[0])} parameters."
+        es = recipes[e]["recipe"].get("early_stopping") or {}
+        if es.get("enabled") and not _missing(rows[e].get("epochs_mean")):
+            text += (f" Training ran {number_text(rows[e]['epochs_mean'])} of {recipes[e]['recipe'].get('epochs')}"
+                     f" epochs on average (best epoch {number_text(rows[e].get('best_epoch_mean'))}).")
+        findings.append({"text": text, "significant": rows[e].get("verdict") == "significant"
+                         and not str(rows[e].get("status", "")).startswith("diverged")})
+    return findings
+
+
+def verdict_rows(ids: list[str], ref: str | None, rows: dict[str, dict[str, Any]], label: Any) -> list[dict[str, Any]]:
+    """The group's verdict table: one row per compared experiment (every value present, None if undefined)."""
+    out = []
+    for e in ids:
+        r = rows[e]
+        if e == ref or _missing(r.get("reference")):
+            continue
+        diverged = str(r.get("status", "")).startswith("diverged")
+        verdict = "diverged" if diverged else VERDICT_NAMES.get(r.get("verdict"), "no test")
+        out.append({
+            "label": label(e), "verdict": verdict, "verdict_class": verdict.replace(" ", "-"),
+            "delta": r.get("delta_acc"), "ci_low": r.get("delta_ci_low"), "ci_high": r.get("delta_ci_high"),
+            "test": TEST_NAMES.get(r.get("test"), "–"), "p_holm": r.get("p_value_holm"),
+            "family": r.get("holm_family"), "effect_size": r.get("effect_size"),
+            "effect_kind": EFFECT_KINDS.get(r.get("effect_size_kind"), ""), "prob": r.get("prob_improvement"),
+            "prob_low": r.get("prob_improvement_ci_low"), "prob_high": r.get("prob_improvement_ci_high"),
+            "mde": r.get("mde_acc"), "seeds": seeds_text(r, rows.get(r["reference"])),
+            "seeds_needed": r.get("seeds_needed"), "p_wilcoxon": r.get("p_value_wilcoxon"),
+        })
+    return out
+
+
+def diagnostic_notes(ids: list[str], diagnostics: dict[str, dict[str, Any]], label: Any) -> list[dict[str, Any]]:
+    """The curves' reading of those of ``ids`` with a diagnostics flag."""
+    out = []
+    for e in ids:
+        d = diagnostics.get(e) or {}
+        if d.get("flags"):
+            out.append({"label": label(e), "flags": str(d["flags"]).split(";"), "reading": d.get("reading") or ""})
+    return out
+
+
+def significance_overview(experiments: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    """Every comparison of the study (each experiment with a reference), sorted by its BH q-value (untested
+    last), with the number below the level."""
+    compared = [r for r in experiments if not _missing(r.get("reference"))]
+    ranked = sorted(compared, key=lambda r: (_missing(r.get("q_value")), r.get("q_value") or 0.0))
+    rows = [{"experiment": r["experiment"], "reference": r["reference"], "delta": r.get("delta_acc"),
+             "test": TEST_NAMES.get(r.get("test"), "–"), "p": r.get("p_value"), "p_holm": r.get("p_value_holm"),
+             "q": r.get("q_value"), "below": not _missing(r.get("q_value")) and r["q_value"] < settings["alpha"],
+             "verdict": ("diverged" if str(r.get("status", "")).startswith("diverged")
+                         else VERDICT_NAMES.get(r.get("verdict"), "no test"))} for r in ranked]
+    return {"rows": rows, "n": len(rows), "n_tested": sum(not _missing(r["q"]) for r in rows),
+            "n_below": sum(r["below"] for r in rows)}
 
 
 # --------------------------------------------------------------------------- context
@@ -298,9 +426,12 @@ def seed_plan_table(study: dict[str, Any], table_number: int) -> dict[str, Any] 
 def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.DataFrame,
                   experiments: pd.DataFrame, manifest: dict[str, Any], figures_dir: str | Path, *,
                   meta: dict[str, Any] | None = None, benchmarks: list[dict[str, Any]] | None = None,
-                  commit: str | None = None, date: str | None = None) -> dict[str, Any]:
+                  commit: str | None = None, date: str | None = None,
+                  diagnostics: pd.DataFrame | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain data (numbers still raw; the template formats them)."""
     figures_dir = Path(figures_dir)
+    settings = statistics_settings(study)
+    diag = {r["experiment"]: r for r in _records(diagnostics)} if diagnostics is not None else {}
     recipes = {e["id"]: e for e in study["experiments"]}
     rows = {r["experiment"]: r for r in _records(experiments)}
     missing = [e for e in recipes if e not in rows]
@@ -324,7 +455,8 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
     def figures_for(group: str, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
         out = []
         for fig in figs_by_group.get(group, []):
-            if kinds is None or fig["kind"] in kinds:
+            wanted = fig["kind"] in kinds if kinds is not None else fig["kind"] != "forest"  # forest: by its table
+            if wanted:
                 out.append({**fig, "number": numbering.next_figure()})
         return out
 
@@ -375,6 +507,7 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
             "rows": table_rows(["baseline"], None), "params": params_table,
             "params_table_number": numbering.next_table() if params_table else None,
             "figures": figures_for("baseline"), "finding": None,
+            "diagnostics": diagnostic_notes(["baseline"], diag, label),
         }
         row = rows["baseline"]
         baseline_section["finding"] = (
@@ -391,21 +524,7 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
         ids = list(g.get("experiments", []))
         ref = g.get("reference") or next((recipes[e]["reference"] for e in ids if recipes[e]["reference"]), None)
         shown = ([ref] if ref and ref not in ids and ref in rows else []) + ids
-        findings = []
-        for e in ids:
-            if e == ref:
-                continue
-            exp_ref = recipes[e]["reference"]
-            text = finding(rows[e], rows.get(exp_ref) if exp_ref else None, label(e), exp_ref or "")
-            p_rows = [rows[e].get("params"), rows[exp_ref].get("params") if exp_ref else None]
-            if exp_ref and not any(_missing(p) for p in p_rows) and p_rows[0] != p_rows[1]:
-                text += f" Model size {integer(p_rows[1])} → {integer(p_rows[0])} parameters."
-            es = recipes[e]["recipe"].get("early_stopping") or {}
-            if es.get("enabled") and not _missing(rows[e].get("epochs_mean")):
-                text += (f" Training ran {number_text(rows[e]['epochs_mean'])} of {recipes[e]['recipe'].get('epochs')}"
-                         f" epochs on average (best epoch {number_text(rows[e].get('best_epoch_mean'))}).")
-            findings.append({"text": text, "significant": not _missing(rows[e].get("p_value"))
-                             and rows[e]["p_value"] < ALPHA})
+        findings = group_findings(ids, ref, rows, recipes, label, settings)
         trows = table_rows(shown, ref)
         best = next((r for r in trows if r["is_best"]), None)
         sections.append({
@@ -417,6 +536,8 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
                                                                if recipes[e]["reference"] in recipes else None)}
                         for e in ids if e != ref],
             "table_number": numbering.next_table(), "rows": trows, "findings": findings,
+            "verdict_table_number": numbering.next_table(), "verdicts": verdict_rows(ids, ref, rows, label),
+            "forest": figures_for(g["id"], ["forest"]), "diagnostics": diagnostic_notes(ids, diag, label),
             "best": best, "figures": figures_for(g["id"]),
         })
     ranked = sorted([r for r in _records(experiments) if r["test_acc_mean"] is not None],
@@ -432,6 +553,8 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
     comparison = {
         "number": number, "anchor": "sec-comparison", "table_number": numbering.next_table(), "rows": ranked,
         "untested": untested, "figures": figures_for("study", ["comparison"]),
+        "significance": significance_overview(_records(experiments), settings),
+        "significance_table_number": numbering.next_table(),
         "best": rows.get(best_id), "best_label": best_id,
         "best_figures": figures_for("study", ["best_filters", "confusion", "misclassified"]),
     }
@@ -465,7 +588,7 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
             "has_mlflow": any(r.get("mlflow_run_id") for r in run_rows),
             "local_ui": any((r.get("link") or "").startswith(MLFLOW_UI) for r in run_rows),
         },
-        "alpha": ALPHA,
+        "alpha": settings["alpha"], "statistics": settings,
     }
 
 
@@ -541,7 +664,7 @@ def report(study_report: str | Path, summary_dir: str | Path, figures_dir: str |
             raise ReportError(f"{meta_path}: not found (prepare the data first)")
         meta = io.read_json(meta_path)
     context = build_context(info, study_table, runs, experiments, manifest, figures_dir, meta=meta,
-                            benchmarks=read_benchmarks(benchmarks_dir),
+                            benchmarks=read_benchmarks(benchmarks_dir), diagnostics=read_diagnostics(summary_dir),
                             commit=commit if commit is not None else git_commit())
     html = render_html(context)
     io.write_text(out_html, html)

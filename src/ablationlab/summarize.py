@@ -83,7 +83,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablationlab import io, stats
+from ablationlab import diagnostics, io, stats
 
 RUN_COLUMNS = [
     "experiment", "group", "seed", "status", "test_acc", "test_loss", "test_top5",
@@ -329,7 +329,8 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
 
 def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir: str | Path,
               seed_plan: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``out_dir/runs.csv`` and ``out_dir/experiments.csv``; return both tables."""
+    """Write ``out_dir/runs.csv``, ``out_dir/experiments.csv`` and ``out_dir/diagnostics.csv`` (the curves'
+    reading, :mod:`ablationlab.diagnostics`); return the first two tables."""
     if not isinstance(study, dict):
         study = load_study(study, seed_plan)
     runs = collect_runs(study, runs_dir)
@@ -337,6 +338,7 @@ def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir:
     out_dir = Path(out_dir)
     io.write_csv(out_dir / "runs.csv", runs)
     io.write_csv(out_dir / "experiments.csv", experiments)
+    io.write_csv(out_dir / "diagnostics.csv", diagnostics.diagnose(runs, runs_dir))
     return runs, experiments
 
 

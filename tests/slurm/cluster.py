@@ -74,9 +74,13 @@ MinJobAge=600
 KillWait=2
 ReturnToService=2
 SlurmdParameters=config_overrides
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
+{gres_types}NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory}{gres} State=UNKNOWN
 {partitions}
 """
+# Fake GPUs: gres.conf entries backed by device files that exist (no GPU needed); AutoDetect=off keeps
+# slurmd from probing NVML. SLURM still allocates them and sets CUDA_VISIBLE_DEVICES in the job.
+FAKE_GPU_FILES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random")
+GRES_CONF = "AutoDetect=off\n{lines}\n"
 
 
 class ClusterUnavailable(RuntimeError):
@@ -335,10 +339,13 @@ def _wait(what: str, check, cluster: Cluster, timeout: float) -> None:
 
 
 def up(root: Path = DEFAULT_DIR, *, partitions: tuple[str, ...] = ("debug",), cpus: int | None = None,
-       memory_mb: int | None = None, timeout: float = 60) -> Cluster:
+       memory_mb: int | None = None, gpus: int = 0, timeout: float = 60) -> Cluster:
     """Start munged, slurmctld and slurmd in ``root`` (created, must be empty or absent); wait until
     the node is idle and ``srun`` runs a job. ``partitions`` all hold the one node, the first is the
-    default. Needs root and the binaries (see ``install``)."""
+    default. ``gpus`` fake GPUs (``FAKE_GPU_FILES``) are declared as the node's gres. Needs root and
+    the binaries (see ``install``)."""
+    if gpus > len(FAKE_GPU_FILES):
+        raise ValueError(f"at most {len(FAKE_GPU_FILES)} fake GPUs (one device file each), not {gpus}")
     if missing_binaries():
         raise ClusterUnavailable(f"SLURM binaries missing: {missing_binaries()} (run install() first)")
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
@@ -363,7 +370,11 @@ def up(root: Path = DEFAULT_DIR, *, partitions: tuple[str, ...] = ("debug",), cp
                        for i, name in enumerate(dict.fromkeys(partitions))]
     (root / "slurm.conf").write_text(SLURM_CONF.format(
         mark=MARK, host=host, root=root, ctld_port=ctld_port, slurmd_port=slurmd_port, cpus=cpus, memory=memory_mb,
-        partitions="\n".join(partition_lines)))
+        partitions="\n".join(partition_lines), gres_types="GresTypes=gpu\n" if gpus else "",
+        gres=f" Gres=gpu:{gpus}" if gpus else ""))
+    if gpus:  # slurmd reads gres.conf next to its slurm.conf
+        (root / "gres.conf").write_text(GRES_CONF.format(lines="\n".join(
+            f"NodeName={host} Name=gpu File={f}" for f in FAKE_GPU_FILES[:gpus])))
     cluster = Cluster(root, node=host)
     try:
         _claim_system_conf(cluster)

@@ -8,6 +8,7 @@ naming the key path, before any job is planned.
 
 import ast
 import functools
+import math
 import os
 import re
 import sys
@@ -61,7 +62,11 @@ FINAL_TARGETS = []
 # output, seconds of planning for a large study (benchmarks/plan_study.py).
 STUDY_TABLE = "results/study/experiments.json"
 STUDY_REPORT = "results/study/report.json"
-SUMMARY = ["results/summary/runs.csv", "results/summary/experiments.csv"]
+SUMMARY = [
+    "results/summary/runs.csv",
+    "results/summary/experiments.csv",
+    "results/summary/diagnostics.csv",
+]
 FIGURE_MANIFEST = "results/figures/figures.json"
 
 DATA_DIR = f"results/data/{DATASET}"
@@ -100,13 +105,58 @@ GPU_SLOT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "gpu_sl
 
 
 def data_files(names):
-    """Prepared data files; ancient(): re-preparing identical data re-runs nothing downstream
-    (the options that change its content are params of every job that reads it)."""
-    return ancient(expand(f"{DATA_DIR}/{{name}}", name=names))
+    """Prepared data files, an input function: prepare_data is a checkpoint, so the jobs that
+    read its files are planned again once it has run. ancient(): re-prepared identical data
+    re-runs nothing (a job's data_digest param says whether what it reads changed)."""
+    files = ancient(expand(f"{DATA_DIR}/{{name}}", name=names))
+
+    def prepared(wildcards):
+        checkpoints.prepare_data.get(dataset=DATASET)
+        return files
+
+    return prepared
+
+
+@functools.lru_cache(maxsize=None)
+def _data_digest(splits, stat):
+    try:
+        return abl_data.data_digest(abl_data.load_meta(DATA_DIR), splits)
+    except (abl_data.DataError, OSError):
+        return "unreadable"  # differs from any recorded digest: the job re-runs
+
+
+def data_digest(*splits):
+    """Param function: the content digest (meta.json) of the prepared data that ``splits``
+    readers see; read once prepare_data is done (see data_files). A change re-runs the job.
+    """
+
+    def digest(wildcards):
+        # raises while prepare_data is pending: Snakemake asks again once it has run
+        checkpoints.prepare_data.get(dataset=DATASET)
+        st = Path(DATA_DIR, "meta.json").stat()
+        return _data_digest(splits, (st.st_mtime_ns, st.st_size, st.st_ino))
+
+    return digest
+
+
+def folder_manifest():
+    """The image folder's listing digest (abl_data.folder_manifest; "" for other datasets),
+    a param of prepare_data: adding, removing or overwriting an image re-prepares the data.
+    Stat only, by the main process only (jobs do not compare params): 0.3 s for 50 000 files.
+    """
+    if DATASET != "imagefolder" or not workflow.is_main_process:
+        return ""
+    try:
+        return abl_data.folder_manifest(CONFIG["data"]["root"])
+    except abl_data.DataError as err:
+        raise WorkflowError(f"data.root: {err}") from None
+
+
+FOLDER_MANIFEST = folder_manifest()
 
 
 def data_options():
-    """Options of `prepare` that change the prepared tensors (params of prepare, train, evaluate)."""
+    """Options of `prepare` that change the prepared tensors (params of prepare_data)."""
     data = CONFIG["data"]
     options = [
         "--val-size",
@@ -130,10 +180,27 @@ def data_source():
     return options
 
 
-def weights_file(wildcards):
-    """A weights file named in the recipe is an input (replacing it re-trains)."""
+def _weights(wildcards):
     weights = EXPERIMENTS[wildcards.experiment]["recipe"]["model"]["weights"]
     return [] if weights in abl_study.NAMED_WEIGHTS else [weights]
+
+
+def weights_file(wildcards):
+    """A weights file named in the recipe is an input, ancient(): its content decides
+    (weights_digest), so a touched file re-trains nothing and one replaced by an older file
+    (cp -p) re-trains."""
+    return ancient(_weights(wildcards))
+
+
+@functools.lru_cache(maxsize=None)
+def _file_sha256(path, mtime_ns, size):
+    return abl_io.sha256(path)
+
+
+def weights_digest(wildcards):
+    """Param: sha256 of the experiment's weights file (none for named weights)."""
+    stats = {w: os.stat(w) for w in _weights(wildcards)}
+    return [_file_sha256(w, st.st_mtime_ns, st.st_size) for w, st in stats.items()]
 
 
 # adaptive seeding (adaptive.smk): each experiment's seeds come from the last look
@@ -234,6 +301,34 @@ def group_resource(group, key, fallback):
 def gpus(group):
     """GPUs per job of a group: its setting, else 1 on CUDA, else 0."""
     return group_resource(group, "gpu", 1 if CONFIG["device"] == "cuda" else 0)
+
+
+def jobs_per_gpu(group):
+    """Jobs of a group that share one GPU on a workstation (gpu_slot.py --jobs-per-gpu)."""
+    return group_resource(group, "jobs_per_gpu", 1)
+
+
+def gpu_slots_per_gpu():
+    """Slots of one GPU in `--resources gpu=` (local runs): the lcm of the GPU groups' jobs_per_gpu
+    (1 when no group shares: the gpu resource then counts GPUs)."""
+    return math.lcm(1, *(jobs_per_gpu(g) for g in GROUPS if gpus(g)))
+
+
+def gpu_resource(group):
+    """The `gpu` resource of a group's jobs: on a cluster (sbatch and the job it runs) whole GPUs,
+    which SLURM allocates; locally GPU slots, so that shared GPUs need no fractions: a job holds
+    gpus * gpu_slots_per_gpu() / jobs_per_gpu (a whole-GPU job: all its GPUs' slots)."""
+    if workflow.non_local_exec or workflow.remote_exec:
+        return gpus(group)
+    return gpus(group) * gpu_slots_per_gpu() // jobs_per_gpu(group)
+
+
+if workflow.is_main_process and not workflow.non_local_exec and gpu_slots_per_gpu() > 1:
+    print(
+        f"GPU sharing (resources.<group>.jobs_per_gpu): --resources gpu= counts GPU slots,"
+        f" {gpu_slots_per_gpu()} per GPU (cap with gpu=<GPUs x {gpu_slots_per_gpu()}>)",
+        file=sys.stderr,
+    )
 
 
 def gpu_model(group):

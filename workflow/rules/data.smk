@@ -3,10 +3,15 @@
 `verified` (touched when prepare succeeds) is what rule all and the group targets ask for:
 the workflow removes it when it finds the cache corrupted, and prepare_data runs again.
 Nothing downstream reads it, so identical rebuilt data re-runs nothing else.
+
+A checkpoint: the jobs that read the data (common.smk: data_files) are planned again after
+it has run, with the prepared content's digest as a param (data_digest). An image folder's
+listing is a param here (FOLDER_MANIFEST): a changed folder re-prepares the data, and only
+the jobs whose view of the tensors changed run again (a touched image re-trains nothing).
 """
 
 
-rule prepare_data:
+checkpoint prepare_data:
     input:
         code=library("data"),
     output:
@@ -23,6 +28,7 @@ rule prepare_data:
     params:
         options=data_options(),
         source=data_source(),
+        folder=FOLDER_MANIFEST,
     shell:
         "python -m ablationlab prepare --dataset {wildcards.dataset:q}"
         " --out results/data/{wildcards.dataset:q} {params.options:q} {params.source:q}"

@@ -26,15 +26,18 @@ for group in GROUPS:
             ENV
         threads: 1
         resources:
-            gpu=gpus(group),
+            gpu=gpu_resource(group),
             gpu_model=gpu_model(group),
+            gpu_count=gpus(group),
+            jobs_per_gpu=jobs_per_gpu(group),
             mem_mb=group_resource(group, "mem_mb", 2000),
             runtime=30,
         params:
+            data=data_digest("test"),
             data_dir=lambda wildcards, input: Path(input.data[0]).parent,
             device=CONFIG["device"],
         shell:
-            "python {input.gpu_slot:q} {resources.gpu} --"
+            "python {input.gpu_slot:q} {resources.gpu_count} --jobs-per-gpu {resources.jobs_per_gpu} --"
             " python -m ablationlab evaluate --data {params.data_dir:q}"
             " --run results/runs/{wildcards.experiment:q}/seed{wildcards.seed} --device {params.device:q}"
             " > {log:q} 2>&1"

@@ -64,6 +64,7 @@ rule figures:
         runtime=20,
     params:
         study=STUDY_DIGEST,
+        data=data_digest("train", "val", "test"),
         summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
         data_dir=lambda wildcards, input: Path(input.data[0]).parent,
         runs_dir=RUNS_ROOT,

@@ -1,8 +1,9 @@
-"""summarize: runs.csv (one row per run) and experiments.csv (per experiment: mean, std,
-95 % t-interval, min/max, Δ vs the reference with a Welch p-value, epochs, parameters, status).
+"""summarize: runs.csv (one row per run), experiments.csv (per experiment: mean, std,
+95 % t-interval, min/max, Δ vs the reference with a Welch p-value, epochs, parameters, status)
+and diagnostics.csv (per experiment: the reading of its training curves).
 
-Reads only the study table and each run's train.json / metrics.json (and mlflow.json when
-the tracking stage is part of the workflow). The study table is `ancient` and its content
+Reads only the study table and each run's train.json / metrics.json / history.csv (and
+mlflow.json when the tracking stage is part of the workflow). The study table is `ancient` and its content
 digest is a param: editing a group's notes or the report title rewrites experiments.json
 (same content, new mtime) without re-running this rule.
 """
@@ -18,7 +19,9 @@ STUDY_DIGEST = hashlib.sha256(
 rule summarize:
     input:
         study=ancient(STUDY_TABLE),
-        runs=lambda wildcards: run_files(EXPERIMENTS, ["train.json", "metrics.json"]),
+        runs=lambda wildcards: run_files(
+            EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
+        ),
         # mlflow.json of every run when the track rule exists (its run ids go into runs.csv)
         tracked=lambda wildcards: (
             run_files(EXPERIMENTS, ["mlflow.json"]) if hasattr(rules, "track") else []
@@ -29,6 +32,7 @@ rule summarize:
     output:
         runs=SUMMARY[0],
         experiments=SUMMARY[1],
+        diagnostics=SUMMARY[2],
     log:
         "results/logs/summarize/summarize.log",
     conda:

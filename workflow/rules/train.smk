@@ -31,13 +31,16 @@ for group in GROUPS:
             ENV
         threads: group_resource(group, "threads", CONFIG["threads"])
         resources:
-            gpu=gpus(group),
+            gpu=gpu_resource(group),
             gpu_model=gpu_model(group),
+            gpu_count=gpus(group),
+            jobs_per_gpu=jobs_per_gpu(group),
             mem_mb=group_resource(group, "mem_mb", 4000),
             runtime=group_resource(group, "runtime", 120),
         params:
             recipe=recipe_json,
-            data=data_options(),
+            data=data_digest("train", "val"),
+            weights=weights_digest,
             data_dir=lambda wildcards, input: Path(input.data[0]).parent,
             checkpoints="results/checkpoints/{experiment}/seed{seed}",
             device=CONFIG["device"],
@@ -46,7 +49,7 @@ for group in GROUPS:
             # runs, so switching it on or off re-trains nothing (track.smk)
             track=lambda wildcards: TRACK_LIVE[wildcards.experiment],
         shell:
-            "python {input.gpu_slot:q} {resources.gpu} --"
+            "python {input.gpu_slot:q} {resources.gpu_count} --jobs-per-gpu {resources.jobs_per_gpu} --"
             " python -m ablationlab train --data {params.data_dir:q} --recipe {params.recipe:q}"
             " --seed {wildcards.seed} --out results/runs/{wildcards.experiment:q}/seed{wildcards.seed}"
             " --checkpoint-dir {params.checkpoints:q} --device {params.device:q} --threads {threads} {params.compile}"

@@ -1,0 +1,91 @@
+"""diagnostics: every flag raised on a synthetic history built to show it, and absent on a healthy one."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from ablationlab import diagnostics as dg
+from ablationlab import io
+
+
+def history(val_loss, val_acc, train_acc=None, train_loss=None) -> pd.DataFrame:
+    n = len(val_loss)
+    return pd.DataFrame({"epoch": range(1, n + 1), "train_loss": train_loss or [1.0 / (e + 1) for e in range(n)],
+                         "train_acc": train_acc or [min(a + 0.02, 1.0) for a in val_acc], "val_loss": val_loss,
+                         "val_acc": val_acc, "lr": [0.1] * n, "seconds": [1.0] * n, "images_per_s": [100.0] * n})
+
+
+# converged: loss falls then flattens (≤ 1 % per epoch at the end), accuracy steady at ~90 %
+HEALTHY = history([1.0, 0.6, 0.45, 0.40, 0.39, 0.386], [0.70, 0.82, 0.87, 0.89, 0.895, 0.90])
+# overfitting: val-loss minimum at epoch 3 of 8, then it rises by 0.3; train accuracy 100 %
+OVERFIT = history([1.0, 0.6, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8], [0.7, 0.8, 0.84, 0.84, 0.84, 0.84, 0.84, 0.84],
+                  train_acc=[0.75, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0, 1.0])
+# unstable: val accuracy jumps ±10 pp between epochs, last epoch 12 pp below the best
+UNSTABLE = history([1.0, 0.8, 0.7, 0.69, 0.68, 0.675], [0.60, 0.72, 0.62, 0.74, 0.64, 0.62],
+                   train_acc=[0.62, 0.66, 0.68, 0.69, 0.70, 0.70])
+# under-fitting: train accuracy 40 %, loss still falling fast
+UNDERFIT = history([2.2, 2.0, 1.8, 1.6], [0.20, 0.26, 0.32, 0.38], train_acc=[0.22, 0.28, 0.34, 0.40])
+
+
+@pytest.mark.parametrize("frame, expected", [(HEALTHY, []), (OVERFIT, ["overfitting"]), (UNSTABLE, ["unstable"]),
+                                             (UNDERFIT, ["underfitting"])])
+def test_each_flag_present_only_where_the_curve_shows_it(frame, expected):
+    row = dg.experiment_row("x", [frame, frame], ["finished", "finished"])
+    assert row["flags"] == ";".join(expected)
+    assert row["reading"]
+
+
+def test_numbers_behind_the_reading():
+    n = dg.run_numbers(OVERFIT)
+    assert n["val_loss_min_epoch"] == 3 and n["last_epoch"] == 8
+    assert n["overfit_gap"] == pytest.approx(0.3) and n["overfit_rise"] == pytest.approx(0.6)
+    assert n["train_val_acc_gap"] == pytest.approx(0.16) and n["last_vs_best_acc"] == pytest.approx(0.0)
+    u = dg.run_numbers(UNSTABLE)
+    assert u["val_acc_swing"] == pytest.approx((0.12 + 0.10 + 0.12 + 0.10 + 0.02 - 0.02) / 5)  # beyond the net change
+    assert dg.run_numbers(UNDERFIT)["val_acc_swing"] == pytest.approx(0.0)  # a steady climb does not swing
+    assert u["last_vs_best_acc"] == pytest.approx(0.12)
+    row = dg.experiment_row("x", [OVERFIT], ["finished"])
+    assert "minimum around epoch 3 of 8" in row["reading"] and "rises by 0.3" in row["reading"]
+    assert "16.0 pp" in row["reading"] and "early stopping" in row["reading"]
+    row = dg.experiment_row("x", [UNSTABLE], ["finished"])
+    assert "swings back and forth by 8.8 pp" in row["reading"] and "12.0 pp below its best" in row["reading"]
+    assert "noisy estimate here: compare best-epoch accuracy or use early stopping" in row["reading"]
+    assert "only 40.0 %" in dg.experiment_row("x", [UNDERFIT], ["finished"])["reading"]
+
+
+def test_flags_come_from_the_seed_means():
+    row = dg.experiment_row("x", [HEALTHY, OVERFIT], ["finished", "finished"])
+    assert row["val_loss_min_epoch"] == pytest.approx((6 + 3) / 2) and row["last_epoch"] == pytest.approx(7)
+    calm = HEALTHY.assign(val_acc=[0.70, 0.82, 0.87, 0.85, 0.89, 0.90])  # one 2 pp dip: swing 0.8 pp
+    assert dg.experiment_row("x", [calm, calm], ["finished"] * 2)["flags"] == ""
+    # a swing of 8.8 pp in one seed of two is still 4.8 pp on average: unstable
+    assert dg.experiment_row("x", [calm, UNSTABLE], ["finished"] * 2)["flags"] == "unstable"
+
+
+def test_divergence_uses_the_finite_epochs():
+    diverged = HEALTHY.copy()
+    diverged.loc[len(diverged)] = [7, math.inf, 0.1, math.nan, 0.1, 0.1, 1.0, 100.0]
+    n = dg.run_numbers(diverged)
+    assert n["last_epoch"] == 6 and math.isfinite(n["overfit_gap"])
+    row = dg.experiment_row("x", [diverged, OVERFIT], ["diverged", "finished"])
+    assert row["flags"] == "overfitting;diverged" and row["last_epoch"] == 8  # numbers of the healthy seed
+    assert row["reading"].startswith("Diverged in 1 of 2 seeds") and "those of the other seeds" in row["reading"]
+    row = dg.experiment_row("x", [diverged, OVERFIT], ["diverged", "diverged"])
+    assert row["flags"] == "diverged" and row["reading"].endswith("Δ measures the failure, not the change.")
+    empty = dg.experiment_row("x", [], ["missing"])
+    assert empty["flags"] == "" and math.isnan(empty["last_epoch"]) and "No finite training curve" in empty["reading"]
+
+
+def test_diagnose_reads_the_run_dirs_in_runs_order(tmp_path):
+    for exp, frame in (("baseline", HEALTHY), ("g/over", OVERFIT)):
+        for seed in (0, 1):
+            io.write_csv(tmp_path / exp / f"seed{seed}" / "history.csv", frame)
+    runs = pd.DataFrame({"experiment": ["baseline", "baseline", "g/over", "g/over", "g/none"],
+                         "seed": [0, 1, 0, 1, 0], "status": ["finished"] * 4 + ["missing"]})
+    table = dg.diagnose(runs, tmp_path)
+    assert list(table.columns) == dg.COLUMNS
+    assert list(table["experiment"]) == ["baseline", "g/over", "g/none"]
+    assert list(table["flags"]) == ["", "overfitting", ""]
