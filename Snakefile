@@ -26,6 +26,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/track.smk"
 include: "workflow/rules/summarize.smk"
+include: "workflow/rules/adaptive.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -415,9 +415,12 @@ def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, 
     for key in tracking.HTTP_LIMITS:
         monkeypatch.delenv(key, raising=False)
     # the job's own check: one error line, exit 2
-    assert tracking.cli(["init", "--uri", uri, "--mlflow-experiment", "x", "--out", str(tmp_path / "i.json")]) == 2
+    job = ["study", "--uri", uri, "--mlflow-experiment", "x", "--study", "s", "--study-table", str(tmp_path / "t.json"),
+           "--runs", str(tmp_path), "--run", str(tmp_path / "r"), "--out", str(tmp_path / "i.json"),
+           "--record", str(tmp_path / "m.csv")]
+    assert tracking.cli(job) == 2
     assert capsys.readouterr().err.strip() == f"error: {problem}"
     start = time.monotonic()  # MLflow's own client, with the bounded retries (MLflow's default: about 4 minutes)
     with pytest.raises(Exception, match="Max retries exceeded"):
-        tracking.init(uri, "x", lock=tmp_path / "lock")
+        tracking.init(tracking.Tracker(uri, "x", lock=tmp_path / "lock"))
     assert time.monotonic() - start < 30

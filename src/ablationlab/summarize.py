@@ -1,6 +1,7 @@
 """Aggregate the runs of a study into ``runs.csv`` and ``experiments.csv``.
 
-``runs.csv`` — one row per (experiment, seed), study order then seed order:
+``runs.csv`` — one row per (experiment, seed), study order then seed order (the
+experiment's own seeds with adaptive seeding):
 
 =================  ==============================================================
 experiment         ``baseline`` or ``group/variant``
@@ -67,7 +68,8 @@ status                 ``finished``; ``early_stopped`` when every seed stopped e
                        ``early_stopped (k/n)``, ``incomplete (k/n)`` for a mix
 n_diverged             seeds that diverged
 n_early_stopped        seeds that stopped early
-n_seeds                seeds the study asked for
+n_seeds                seeds the study asked for (with adaptive seeding: this
+                       experiment's seeds, results/adaptive/seeds.json)
 =====================  ==========================================================
 
 Undefined values (NaN) are written as empty cells.
@@ -116,8 +118,32 @@ class SummaryError(ValueError):
     """A study or run file is missing keys or inconsistent."""
 
 
-def load_study(path: str | Path) -> dict[str, Any]:
-    """Read ``experiments.json`` and check the keys this stage relies on."""
+def load_study(path: str | Path, seed_plan: str | Path | None = None) -> dict[str, Any]:
+    """Read ``experiments.json`` and check the keys this stage relies on.
+
+    With ``seed_plan`` (adaptive seeding's ``results/adaptive/seeds.json``) every experiment
+    gets its own ``seeds`` and ``seed_reasons``, and the study the plan as ``seed_plan``.
+    """
+    study = _load_study(path)
+    return study if seed_plan is None else with_seed_plan(study, io.read_json(seed_plan), seed_plan)
+
+
+def with_seed_plan(study: dict[str, Any], plan: dict[str, Any], where: Any = "seed plan") -> dict[str, Any]:
+    """The study table with each experiment's seeds and reasons from an adaptive seed plan."""
+    missing = [e["id"] for e in study["experiments"] if e["id"] not in plan.get("seeds", {})]
+    if missing:
+        raise SummaryError(f"{where}: no seeds for experiments {missing} (re-run the adaptive looks)")
+    experiments = [{**e, "seeds": plan["seeds"][e["id"]], "seed_reasons": plan["reasons"].get(e["id"], [])}
+                   for e in study["experiments"]]
+    return {**study, "experiments": experiments, "seed_plan": plan}
+
+
+def experiment_seeds(study: dict[str, Any], experiment: dict[str, Any]) -> list[int]:
+    """The seeds an experiment was asked to have: its own (adaptive seeding) or the study's."""
+    return list(experiment.get("seeds") or study["seeds"])
+
+
+def _load_study(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         study = io.read_json(path)
@@ -190,7 +216,7 @@ def read_run(runs_dir: str | Path, experiment: dict[str, Any], seed: int) -> dic
 
 def collect_runs(study: dict[str, Any], runs_dir: str | Path) -> pd.DataFrame:
     """The ``runs.csv`` table: every experiment × seed of the study."""
-    rows = [read_run(runs_dir, exp, seed) for exp in study["experiments"] for seed in study["seeds"]]
+    rows = [read_run(runs_dir, exp, seed) for exp in study["experiments"] for seed in experiment_seeds(study, exp)]
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for col in _INT_RUN_COLUMNS:
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
@@ -241,7 +267,7 @@ def _comparison(variant: dict[int, float], reference: dict[int, float], settings
             **{k: res[k] for k in COMPARISON_COLUMNS if k in res}}
 
 
-def _add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
+def add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
     """Fill the comparison columns of ``rows`` in place: each experiment vs its reference; Holm within
     each group (the group's experiments that have a reference); BH over the whole study; the verdict."""
     settings = _settings(study)
@@ -292,18 +318,19 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
             "n_early_stopped": statuses.count("early_stopped"),
             "n_seeds": len(statuses),
         })
-    _add_comparisons(rows, study, per_seed_acc)
+    add_comparisons(rows, study, per_seed_acc)
     frame = pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)
     for col in _INT_EXPERIMENT_COLUMNS:
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
     return frame
 
 
-def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir: str | Path,
+              seed_plan: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``out_dir/runs.csv``, ``out_dir/experiments.csv`` and ``out_dir/diagnostics.csv`` (the curves'
     reading, :mod:`ablationlab.diagnostics`); return the first two tables."""
     if not isinstance(study, dict):
-        study = load_study(study)
+        study = load_study(study, seed_plan)
     runs = collect_runs(study, runs_dir)
     experiments = aggregate(study, runs)
     out_dir = Path(out_dir)
@@ -346,7 +373,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--study", required=True, help="results/study/experiments.json")
     parser.add_argument("--runs", required=True, help="results/runs")
     parser.add_argument("--out", required=True, help="output folder (results/summary)")
+    parser.add_argument("--seeds", help="adaptive seeding's results/adaptive/seeds.json: each experiment's seeds")
     args = parser.parse_args(argv)
-    _, experiments = summarize(args.study, args.runs, args.out)
+    _, experiments = summarize(args.study, args.runs, args.out, args.seeds)
     print(f"summarized {len(experiments)} experiments into {args.out}")
     return 0

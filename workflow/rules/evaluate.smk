@@ -43,4 +43,5 @@ for group in GROUPS:
             " > {log:q} 2>&1"
 
 
-FINAL_TARGETS += run_files(EXPERIMENTS, EVALUATE_FILES[:1])
+# the study's seeds (adaptive seeding adds its further seeds through summarize)
+FINAL_TARGETS += run_files(EXPERIMENTS, EVALUATE_FILES[:1], SEEDS)

@@ -20,8 +20,11 @@ STUDY_DIGEST = hashlib.sha256(
 rule summarize:
     input:
         study=ancient(STUDY_TABLE),
-        # the baseline's files come first: params.runs_dir is derived from them
-        runs=run_files(EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]),
+        runs=lambda wildcards: run_files(
+            EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
+        ),
+        # each experiment's seeds (adaptive seeding)
+        seeds=[SEED_PLAN] if ADAPTIVE else [],
         code=library("summarize"),
     output:
         runs=SUMMARY[0],
@@ -37,11 +40,12 @@ rule summarize:
         runtime=10,
     params:
         study=STUDY_DIGEST,
-        runs_dir=lambda wildcards, input: Path(input.runs[0]).parents[2],
+        runs_dir=RUNS_ROOT,
         out_dir=lambda wildcards, output: Path(output.runs).parent,
+        seeds=seed_plan_option,
     shell:
         "python -m ablationlab summarize --study {input.study:q} --runs {params.runs_dir:q}"
-        " --out {params.out_dir:q} > {log:q} 2>&1"
+        " --out {params.out_dir:q} {params.seeds:q} > {log:q} 2>&1"
 
 
 FINAL_TARGETS += SUMMARY

@@ -24,7 +24,9 @@ if MLFLOW_URI != CONFIG["tracking"]["uri"]:
     workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or CONFIG["study"]["name"]
 MLFLOW_INFO = "results/mlflow.json"
-MLFLOW_TARGET = "results/mlflow/target.json"  # tracking URI (redacted), experiment, study
+MLFLOW_TARGET = (
+    "results/mlflow/target.json"  # tracking URI (redacted), experiment, study
+)
 # every run's MLflow id and link, read by the report (summarize.read_summary)
 MLFLOW_RECORD = "results/summary/mlflow.csv"
 TRACK_RULES = {"track"}  # the rules that talk to the tracking store
@@ -89,7 +91,7 @@ rule track:
         target=MLFLOW_TARGET,
         study=ancient(STUDY_TABLE),
         summary=SUMMARY,
-        runs=run_files(EXPERIMENTS, TRACKED_FILES),
+        runs=lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES),
         code=library("tracking"),
     output:
         info=MLFLOW_INFO,
@@ -107,7 +109,9 @@ rule track:
         experiment=verbatim(MLFLOW_EXPERIMENT),
         study=verbatim(CONFIG["study"]["name"]),
         # the run directories, in input order (each once)
-        runs=lambda wildcards, input: list(dict.fromkeys(os.path.dirname(f) for f in input.runs)),
+        runs=lambda wildcards, input: list(
+            dict.fromkeys(os.path.dirname(f) for f in input.runs)
+        ),
         summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
     shell:
         "python -m ablationlab track study --study-table {input.study:q} --runs results/runs"

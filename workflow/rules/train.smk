@@ -61,5 +61,5 @@ for group in GROUPS:
             group
         default_target: False
         input:
-            run_files(GROUP_EXPERIMENTS[group], EVALUATE_FILES[:1]),
+            run_files(GROUP_EXPERIMENTS[group], EVALUATE_FILES[:1], SEEDS),
             DATA_VERIFIED,
