@@ -237,7 +237,7 @@ def test_text_with_braces_quotes_and_newlines_reaches_jobs_verbatim(tmp_path):
     assert proc.returncode == 0, out[-5000:]
     # paths and names in shell commands: shell-quoted, never formatted ({dataset} is a wildcard of prepare_data)
     assert "--root 'raw {x} é' --mirror 'file:///mirror/{dataset}/'" in out
-    assert out.count("--mlflow-experiment 'tracking.experiment x {word} {experiment} {seed} ") == 7  # init, 3+3 track
+    assert out.count("--mlflow-experiment 'tracking.experiment x {word} {experiment} {seed} ") == 1  # the single MLflow writer (track)
 
 
 @pytest.mark.slow
