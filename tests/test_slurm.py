@@ -346,8 +346,8 @@ def test_smoke_study_on_slurm_equals_local_run(slurm, smoke_on_slurm):
 
 
 def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
-    """The GPU group's train jobs (which also evaluate) ask sbatch for a GPU in the GPU partition, SLURM allocates one of
-    the fake GPUs and sets CUDA_VISIBLE_DEVICES (gpu_slot.py writes it to the job's log); the CPU groups
+    """The GPU group's train jobs (which also evaluate) ask sbatch for a GPU in the GPU partition, SLURM
+    allocates one of the fake GPUs and sets CUDA_VISIBLE_DEVICES (gpu_slot.py writes it to the job's log); the CPU groups
     ask for none, in the default partition."""
     workdir, calls = smoke_on_slurm["slurm"], smoke_on_slurm["calls"]
     gpu_rules = {f"train_{GPU_GROUP}"}
