@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 
@@ -410,6 +411,28 @@ def test_imagefolder_gray_mixed_sizes_resized(tmp_path):
     meta = data.prepare("imagefolder", tmp_path / "out", root=root, val_size=0.2, image_size=16)
     assert (meta["channels"], meta["height"], meta["width"]) == (1, 16, 16)
     assert data.load_split(tmp_path / "out", "train")[0].shape[1:] == (1, 16, 16)
+
+
+def test_imagefolder_refuses_symlinks_leading_outside_the_root(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    outside = make_folder(tmp_path / "elsewhere", classes=("cat", "dog", "cow"))
+    (root / "train" / "dog" / "inner.png").symlink_to(root / "train" / "cat" / "0.png")  # inside: fine
+    assert data.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)["splits"]["train"] == 5
+
+    def refused(link, target):
+        link.symlink_to(target)
+        message = f"imagefolder: {link} is a symbolic link to {target}, outside {root}; images must lie inside"
+        with pytest.raises(DataError, match=re.escape(message)):
+            data.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)
+        link.unlink()
+
+    refused(root / "train" / "cat" / "far.png", outside / "train" / "cow" / "0.png")  # an image
+    (root / "test" / "cow").mkdir()
+    shutil.copy(outside / "test" / "cow" / "0.png", root / "test" / "cow")
+    refused(root / "train" / "cow", outside / "train" / "cow")  # a class folder
+    shutil.rmtree(root / "test" / "cow")
+    shutil.rmtree(root / "train")
+    refused(root / "train", outside / "train")  # a whole split folder
 
 
 def test_imagefolder_errors(tmp_path):

@@ -11,8 +11,12 @@ never modified); each drill works on its own copy of it:
 4. a full disk (``RLIMIT_FSIZE``: writes past N bytes fail with EFBIG): a clear error naming
    the file, no partial output at a declared path, no truncated checkpoint, and the next
    run completes;
-5. SIGKILL of the whole Snakemake process tree mid-training: the re-run resumes from the
-   checkpoint and ends bit-identical to an uninterrupted run.
+5. SIGKILL of the whole Snakemake process tree mid-training: the same command stops at the
+   stale lock, ``--unlock`` then the same command resumes from the checkpoint and ends
+   bit-identical to an uninterrupted run;
+6. a read-only results folder: one error line naming it before any job, nothing changed;
+7. hostile text (braces, LaTeX, quotes, newlines, HTML, non-ASCII) in every free-text key of
+   the shared study: every command works and the HTML/PDF reports show it escaped.
 
 Killed-subprocess resume (test_train), SLURM (test_slurm), bad configs (test_study,
 test_pipeline) and tracking concurrency (test_tracking*) are tested elsewhere.
@@ -20,6 +24,7 @@ test_pipeline) and tracking concurrency (test_tracking*) are tested elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,15 +35,17 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import psutil
+import pypdf
 import pytest
 import torch
 import yaml
 
-from test_pipeline import BIN, _env, copy_workflow, plan, snakemake
+from test_pipeline import BIN, HOSTILE, _env, copy_workflow, hostile_text, plan, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +119,7 @@ def study(tmp_path_factory) -> Path:
     cfg = yaml.safe_load((work / "presets" / "smoke.yaml").read_text())
     cfg["ablations"].append({"id": "diverge", "title": "Far too high a learning rate",
                              "variants": {"unstable": {"optimizer": {"lr": 1.0e4}}}})
+    hostile_text(cfg)  # braces, LaTeX, quotes, newlines... in every free-text key: see test_hostile_text_...
     (work / OVERLAY).write_text(yaml.safe_dump(cfg, sort_keys=False))
     proc = _smk(work, OVERLAY)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]  # the diverging run does not stop the study
@@ -168,6 +176,37 @@ def test_diverging_recipe_is_marked_everywhere_and_the_study_completes(study):
                             flags=re.S)
         assert len(ranked) == 1 and "diverged" not in ranked[0], ranked
         assert '<span class="status ok">finished</span>' in ranked[0]
+
+
+# --------------------------------------------------------------------------- user text
+
+
+def test_hostile_text_in_every_free_text_key_is_rendered_escaped(study, tmp_path):
+    """The drills' study has HOSTILE text in every free-text key (test_pipeline.hostile_text)."""
+    import mlflow
+    from markupsafe import escape
+
+    report = json.loads((study / "results/study/report.json").read_text())
+    assert report["title"] == f"report.title {HOSTILE}" and report["author"] == f"study.author {HOSTILE}"
+    assert [g["notes"] for g in report["groups"]] == [f"{g}.notes {HOSTILE}" for g in ("batch_norm", "dropout", "diverge")]
+    html = (study / "reports/report.html").read_text(encoding="utf-8")
+    assert f"<title>{escape(f'report.title {HOSTILE}')}</title>" in html
+    for text in (f"study.author {HOSTILE}", f"batch_norm.title {HOSTILE}", f"dropout.title {HOSTILE}"):
+        assert str(escape(text)) in html, text
+    assert "<b>é中</b>" not in html  # user text is never markup
+    notes = re.search(r'<div class="notes">(.*?)</div>', html, flags=re.DOTALL)[1]  # Markdown, escaped
+    assert "batch_norm.notes x {word} {experiment} {seed} $\\frac{1}{2}$" in notes and "&lt;b&gt;é中&lt;/b&gt;" in notes
+    pdf = pypdf.PdfReader(study / "reports/report.pdf")
+    # compared without whitespace: lines wrap anywhere; two-byte fonts extract with NULs
+    text = "".join("".join(page.extract_text() for page in pdf.pages).replace("\x00", "").split())
+    for key in ("report.title", "study.author", "batch_norm.title", "batch_norm.notes"):
+        assert f'{key}x{{word}}{{experiment}}{{seed}}$\\frac{{1}}{{2}}$"dq"\'sq\'\\back$HOME' in text, key
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study / 'results/mlflow.db'}")
+    assert client.get_experiment_by_name(f"tracking.experiment {HOSTILE}") is not None
+    # Snakemake's own report: its figure categories are the group titles, or the ids of titles with braces
+    proc = _smk(study, OVERLAY, "--report", str(tmp_path / "report.zip"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert any(name.endswith("batch_norm_curves.png") for name in zipfile.ZipFile(tmp_path / "report.zip").namelist())
 
 
 # --------------------------------------------------------------------------- 2. failing job
@@ -312,6 +351,36 @@ def test_disk_full_while_checkpointing_keeps_the_old_checkpoint_intact(work):
     assert len(torch.load(ckpt, weights_only=True)["model"]["conv1.weight"]) == 128
 
 
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """``folder`` made unwritable: chattr +i as root (root ignores chmod), chmod otherwise."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False).returncode == 0:
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        pytest.skip("no way to make a folder read-only for root here (chattr +i unsupported)")
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_read_only_results_folder_is_one_error_line_and_nothing_is_lost(work):
+    before = _snapshot(work / "results")
+    target = ["results/summary/runs.csv"]
+    with _read_only(work / "results/summary"):
+        proc = _smk(work, OVERLAY, "--forcerun", "summarize", targets=target)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert ("[Errno 13] Folder not writable: 'results/summary': make it writable, then run the same command "
+            "again") in out and "Traceback" not in out, out[-3000:]
+    assert _snapshot(work / "results") == before  # stopped before the first job: nothing touched
+    proc = _smk(work, OVERLAY, "--forcerun", "summarize", targets=target)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
 # --------------------------------------------------------------------------- 5. killed pipeline
 
 
@@ -355,6 +424,10 @@ def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_ru
     run = _run_files(work, exp)
     assert not (run / "train.json").exists()  # no output that looks complete
 
+    # the recovery the README gives: the same command fails naming the lock; --unlock, then it runs
+    locked = _smk(work, overlay, "--rerun-incomplete", targets=[target])
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    assert "It can be removed with the --unlock argument" in locked.stdout + locked.stderr
     unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
     assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     proc = _smk(work, overlay, "--rerun-incomplete", targets=[target])

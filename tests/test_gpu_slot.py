@@ -68,8 +68,9 @@ def test_shared_gpus_spread_first_and_never_hand_out_a_slot_twice(tmp_path):
 
 def test_whole_gpu_jobs_and_sharers_exclude_each_other(tmp_path):
     sharer = _holder(tmp_path, jobs_per_gpu=4, gpus="0,1")
+    assert _gpu(sharer) == "0"
     whole = _holder(tmp_path, gpus="0,1")
-    assert (_gpu(sharer), _gpu(whole)) == ("0", "1")  # the whole-GPU job takes the GPU nobody shares
+    assert _gpu(whole) == "1"  # the whole-GPU job takes the GPU nobody shares
     second_whole = _holder(tmp_path, gpus="0,1")
     assert _still_waiting(second_whole)  # GPU 0 is not free while one job shares it
     other_sharer = _holder(tmp_path, jobs_per_gpu=4, gpus="0,1")

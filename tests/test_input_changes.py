@@ -22,7 +22,6 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-
 from test_pipeline import copy_workflow, overlay, plan, snakemake
 
 pytestmark = pytest.mark.slow

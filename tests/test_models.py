@@ -284,14 +284,27 @@ def test_pickle_with_a_payload_is_refused_and_never_runs(tmp_path, imagenet_shap
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({**state, "extra": _Payload(str(marker))}, evil)
-    with pytest.raises(
-        WeightsError,
-        match=re.escape(f"model.weights: {evil} is not a plain state_dict (refused by torch.load(weights_only=True)"),
-    ):
+    with pytest.raises(WeightsError) as err:
         build_model({"name": "resnet18", "weights": str(evil)}, 3, 32, 10)
     assert not marker.exists()
+    # says what is wrong and what a valid file is; never steers to unpickling (PyTorch's own hint)
+    assert str(err.value) == (
+        f"model.weights: {evil} is not a plain state_dict (Trying to load unsupported GLOBAL posix.mkdir whose "
+        "module posix is blocked.); a weights file holds only tensors by parameter name, as written by "
+        "torch.save(model.state_dict(), path)")
     torch.load(evil, weights_only=False)  # the payload is real: an unsafe load runs it
     assert marker.exists()
+
+
+def test_garbage_file_is_refused_without_pytorchs_unpickling_hint(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"garbage bytes" * 10)
+    with pytest.raises(WeightsError) as err:
+        build_model({"name": "resnet18", "weights": str(path)}, 3, 32, 10)
+    message = str(err.value)
+    assert message.startswith(f"model.weights: {path} is not a plain state_dict (")
+    assert "torch.save(model.state_dict(), path)" in message and "\n" not in message
+    assert "weights_only" not in message and "likely succeed" not in message
 
 
 def test_non_state_dict_objects_are_refused(tmp_path):

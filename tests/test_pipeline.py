@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -186,6 +187,11 @@ BAD = {
         "baseline: {batch_size: 5000}\n",
         "invalid configuration: baseline.batch_size: batch_size 5000 is larger than the train split of digits "
         "(1293 images)"),
+    "NaN learning rate (YAML .nan)": (
+        "baseline: {optimizer: {lr: .nan}}\n", "invalid configuration: baseline.optimizer.lr: nan is not a finite number"),
+    "fractional val_size above 1": (
+        "data: {val_size: 1.5}\n",
+        "invalid configuration: data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
 }
 
 
@@ -200,6 +206,54 @@ def test_invalid_config_stops_before_any_job(done, case):
     assert proc.returncode != 0 and message in out
     assert "Traceback" not in out and len(out.splitlines()) <= 6, out
     assert sorted(p for p in (done / "results").rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- user text
+
+# braces (Snakemake wildcards: {seed} and {experiment} are real ones), LaTeX, quotes, a
+# backslash, shell syntax, HTML, non-ASCII and a newline: passed through verbatim everywhere
+HOSTILE = 'x {word} {experiment} {seed} $\\frac{1}{2}$ "dq" \'sq\' \\back $HOME `id` <b>é中</b>\nline 2'
+
+
+def hostile_text(cfg: dict) -> dict:
+    """``cfg`` with HOSTILE (tagged by key) in every free-text key (ids and study.name are constrained)."""
+    cfg["study"].update(title=f"study.title {HOSTILE}", author=f"study.author {HOSTILE}")
+    cfg["report"] = {"title": f"report.title {HOSTILE}"}
+    cfg["tracking"] = {"experiment": f"tracking.experiment {HOSTILE}"}
+    for group in cfg["ablations"]:
+        group.update(title=f"{group['id']}.title {HOSTILE}", notes=f"{group['id']}.notes {HOSTILE}")
+    return cfg
+
+
+@pytest.mark.slow
+def test_text_with_braces_quotes_and_newlines_reaches_jobs_verbatim(tmp_path):
+    work = copy_workflow(tmp_path / "work")
+    hostile = overlay(work, "hostile.yaml", lambda c: hostile_text(c)["data"].update(
+        root="raw {x} é", mirror="file:///mirror/{dataset}/"))
+    proc = snakemake(work, "-n", "-p", "--configfile", "presets/smoke.yaml", hostile)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    # paths and names in shell commands: shell-quoted, never formatted ({dataset} is a wildcard of prepare_data)
+    assert "--root 'raw {x} é' --mirror 'file:///mirror/{dataset}/'" in out
+    assert out.count("--mlflow-experiment 'tracking.experiment x {word} {experiment} {seed} ") == 7  # init, 3+3 track
+
+
+@pytest.mark.slow
+def test_unreachable_tracking_server_stops_before_any_job(tmp_path):
+    work = copy_workflow(tmp_path / "work")
+    with socket.socket() as sock:  # a free port nobody listens on: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    refused = overlay(work, "refused.yaml", lambda c: c.update(tracking={"uri": uri}))
+    assert snakemake(work, "-n", "--configfile", "presets/smoke.yaml", refused).returncode == 0  # a dry run plans
+    start = time.monotonic()
+    proc = snakemake(work, "--configfile", "presets/smoke.yaml", refused, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and time.monotonic() - start < 60, out[-3000:]
+    assert (f"tracking.uri: MLflow server {uri} is not reachable ([Errno 111] Connection refused); start it, or "
+            "fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same command again") in out
+    assert "Traceback" not in out and not (work / "results").exists()  # before the first job
+    assert not list((work / ".snakemake" / "locks").glob("*"))  # and unlocked: fix it and run again
 
 
 # --------------------------------------------------------------------------- code quality

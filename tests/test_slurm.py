@@ -419,42 +419,44 @@ def test_evaluation_change_resubmits_each_train_rule_as_one_array(slurm, smoke_o
 
 
 def test_scancel_mid_training_resumes_from_checkpoint(slurm, smoke_on_slurm):
-    """Both seeds of the baseline train as one array; the task of seed 0, killed by scancel after its
-    first checkpoint, resumes there on the re-run (not epoch 0) and ends with the history and weights of
-    an uninterrupted run; the other task of the array is not disturbed."""
+    """Both seeds of the baseline train as one array; its first task, killed by scancel after its first
+    checkpoint, resumes there on the re-run (not epoch 0) and ends with the history and weights of an
+    uninterrupted run. (Plugin 2.8.0, its issue #447: the other task then fails too, as every task's
+    outer check waits for the first task's outputs; the re-run completes it as well.)"""
     workdir, local, env = smoke_on_slurm["slurm"], smoke_on_slurm["local"], smoke_on_slurm["env"]
     epochs = 150  # ~0.05 s each: time to scancel after the first checkpoint, even on an idle machine
     for d in (workdir, local):
         (d / "long.yaml").write_text(f"baseline:\n  epochs: {epochs}\n")
-    target = "results/runs/baseline/seed{}/history.csv"
-    checkpoint = workdir / "results/checkpoints/baseline/seed0/last.pt"
-    for d in (workdir, local):  # no checkpoint of the earlier 1-epoch run (it would be ignored anyway)
-        shutil.rmtree(d / "results/checkpoints/baseline", ignore_errors=True)
-    reference = Snakemake(local, ["--cores", "1", *CONFIGS, "long.yaml", "--", target.format(0)], env, "long-local")
-    killed = Snakemake(workdir, [*PROFILE, "--retries", "0", *CONFIGS, "long.yaml", "--",
-                                 target.format(0), target.format(1)], env, "killed")
+        shutil.rmtree(d / "results/checkpoints/baseline", ignore_errors=True)  # those of the 1-epoch runs
+    targets = [f"results/runs/baseline/seed{s}/history.csv" for s in (0, 1)]
+    killed = Snakemake(workdir, [*PROFILE, "--retries", "0", *CONFIGS, "long.yaml", "--", *targets], env, "killed")
     deadline = time.monotonic() + 600
+    while not SUBMITTED_ARRAY.search(killed.text()) and killed.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [first] = [j for j in _jobs(killed.text()) if j["rule"] == "train_baseline" and (j["slurm"] or "").endswith("_1")]
+    seed = first["wildcards"]["seed"]
+    reference = Snakemake(local, ["--cores", "1", *CONFIGS, "long.yaml", "--", targets[int(seed)]], env, "long-local")
+    checkpoint = workdir / f"results/checkpoints/baseline/seed{seed}/last.pt"
     while not checkpoint.exists() and killed.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert checkpoint.exists(), killed.text()[-4000:]
-    [task] = [j["slurm"] for j in _jobs(killed.text()) if j["rule"] == "train_baseline" and j["wildcards"]["seed"] == "0"]
-    assert re.fullmatch(r"\d+_[12]", task), task  # an array task
-    slurm.run("scancel", task)
+    slurm.run("scancel", first["slurm"])
     log = killed.wait(ok=False)
     assert killed.proc.returncode != 0
-    assert f"SLURM-job '{task}' failed, SLURM status is: 'CANCELLED'" in log
-    assert not (workdir / target.format(0)).exists(), f"all {epochs} epochs were done before scancel landed"
-    assert (workdir / target.format(1)).exists()  # its sibling task finished
+    assert f"SLURM-job '{first['slurm']}' failed, SLURM status is: 'CANCELLED'" in log
+    assert not (workdir / targets[int(seed)]).exists(), f"all {epochs} epochs were done before scancel landed"
     assert checkpoint.exists()
 
-    log = Snakemake(workdir, [*PROFILE, "--rerun-incomplete", *CONFIGS, "long.yaml", "--", target.format(0),
-                              target.format(1)], env, "resumed").wait()
-    [train] = [j for j in _check_submitted(slurm, _jobs(log)) if j["rule"] == "train_baseline"]
-    assert train["wildcards"]["seed"] == "0"
-    resumed = re.search(r"resuming from epoch (\d+)", (workdir / "results/logs/train/baseline/seed0.log").read_text())
+    log = Snakemake(workdir, [*PROFILE, "--rerun-incomplete", *CONFIGS, "long.yaml", "--", *targets], env,
+                    "resumed").wait()
+    trained = [j for j in _check_submitted(slurm, _jobs(log)) if j["rule"] == "train_baseline"]
+    assert seed in {j["wildcards"]["seed"] for j in trained}
+    assert all((workdir / t).exists() for t in targets)
+    resumed = re.search(r"resuming from epoch (\d+)",
+                        (workdir / f"results/logs/train/baseline/seed{seed}.log").read_text())
     assert resumed and 1 <= int(resumed.group(1)) < epochs, "the re-run did not resume from the checkpoint"
     reference.wait()
-    run, ref = workdir / "results/runs/baseline/seed0", local / "results/runs/baseline/seed0"
+    run, ref = (d / f"results/runs/baseline/seed{seed}" for d in (workdir, local))
     ha, hb = (pd.read_csv(d / "history.csv")[COMPARED] for d in (run, ref))
     assert len(ha) == epochs
     pd.testing.assert_frame_equal(ha, hb, check_exact=True)

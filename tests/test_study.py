@@ -205,6 +205,9 @@ BAD = {
                               "ablations[dropout].sweep.values[1]: batch_size 4096 is larger than the train split"),
     "missing weights file": (_variant({"model": {"name": "resnet18", "weights": "weights/r18.pt"}}),
                              "ablations[batch_norm].variants.x.model.weights: weights file 'weights/r18.pt' does not exist"),
+    "weights path with braces": (_variant({"model": {"name": "resnet18", "weights": "w/{seed}.pt"}}),
+                                 "ablations[batch_norm].variants.x.model.weights: weights file 'w/{seed}.pt' has "
+                                 "braces, which Snakemake reads as wildcards in an input path; rename the file"),
     "missing image folder": (lambda c: c["data"].update(dataset="imagefolder", root="no/such/folder"),
                              "data.root: image folder 'no/such/folder' does not exist"),
     "unknown dataset": (lambda c: c["data"].update(dataset="imagenet"),
@@ -212,12 +215,29 @@ BAD = {
     "unknown resource": (lambda c: c["resources"].update(transfer={"gpus": 1}),
                          "resources.transfer.gpus: unknown key 'gpus' (did you mean 'gpu'?)"),
     "unknown device": (lambda c: c.update(device="tpu"), "device: unknown value 'tpu'"),
+    # non-finite numbers (YAML .nan / .inf) anywhere: a recipe, a sweep, the data block
+    "NaN learning rate": (_variant({"optimizer": {"lr": float("nan")}}),
+                          "ablations[batch_norm].variants.x.optimizer.lr: nan is not a finite number"),
+    "infinite baseline key": (lambda c: c["baseline"].update(optimizer={"weight_decay": float("inf")}),
+                              "baseline.optimizer.weight_decay: inf is not a finite number"),
+    "infinite sweep value": (lambda c: c["ablations"][1]["sweep"].update(values=[0.5, float("-inf")]),
+                             "ablations[dropout].sweep.values[1]: -inf is not a finite number"),
+    "NaN augmentation probability": (_variant({"augment": [{"name": "hflip", "p": float("nan")}]}),
+                                     "ablations[batch_norm].variants.x.augment[0].p: nan is not a finite number"),
+    "NaN val_size": (lambda c: c["data"].update(val_size=float("nan")), "data.val_size: nan is not a finite number"),
+    "fractional val_size above 1": (lambda c: c["data"].update(val_size=1.5),
+                                    "data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
+    "fractional val_size of an image folder": (
+        lambda c: c["data"].update(dataset="imagefolder", root=str(REPO / "src"), val_size=2.5),
+        "data.val_size: 2.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
     "alpha above one half": (lambda c: c.update(statistics={"alpha": 0.7}),
                              "statistics.alpha: 0.7 is greater than the maximum of 0.5"),
     "power of 1": (lambda c: c.update(statistics={"power": 1}),
                    "statistics.power: 1 is greater than or equal to the maximum of 1"),
     "unknown statistics key": (lambda c: c.update(statistics={"min_efect": 0.02}),
                                "statistics.min_efect: unknown key 'min_efect' (did you mean 'min_effect'?)"),
+    "NaN in a new config block": (lambda c: c.update(statistics={"alpha": float("nan")}),
+                                  "statistics.alpha: nan is not a finite number"),
 }
 
 
@@ -230,6 +250,13 @@ def test_invalid_config_names_the_key(smoke_config, case):
         study.load(cfg)
     assert expected in str(err.value)
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+@pytest.mark.parametrize("val_size", [0.5, 1, 100, 100.0])
+def test_val_size_fraction_or_whole_count_passes(smoke_config, val_size):
+    cfg = copy.deepcopy(smoke_config)
+    cfg["data"]["val_size"] = val_size
+    study.load(cfg)
 
 
 def test_several_schema_errors_are_listed_together(smoke_config):
@@ -450,3 +477,13 @@ def test_python_m_ablationlab_ends_fast_with_its_output_and_exit_code(tmp_path):
     unknown = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and "usage: python -m ablationlab" in unknown.stdout
     assert "atexit ran" in unknown.stderr
+
+
+def test_cli_rejects_yaml_nan_and_inf(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("baseline:\n  optimizer: {lr: .nan}\n")
+    assert study.cli([str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml"), str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == "error: baseline.optimizer.lr: nan is not a finite number"
+    bad.write_text("resources: {default: {mem_mb: -.inf}}\n")
+    assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == "error: resources.default.mem_mb: -inf is not a finite number"

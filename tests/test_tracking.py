@@ -292,3 +292,33 @@ def test_live_hook_then_track_completes_same_run(tmp_path, store):
     assert not isinstance(off, str) and f"{off}" == ""  # Snakemake does not compare non-builtin params
     with tracking.live_run(str(off), recipe=recipe, seed=0) as on_epoch:
         assert on_epoch is None
+
+
+# --------------------------------------------------------------------------- unreachable server
+
+
+def _refused_uri() -> str:
+    """http://127.0.0.1:<a free port nobody listens on>: connections are refused."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, monkeypatch, capsys):
+    uri = _refused_uri()
+    problem = tracking.server_problem(uri)
+    assert problem.startswith(f"tracking.uri: MLflow server {uri} is not reachable (") and "\n" not in problem
+    assert tracking.server_problem("sqlite:///results/mlflow.db") is None  # local stores need no server
+    assert tracking.server_problem(f"http://user:secret@{uri.removeprefix('http://')}").count("secret") == 0
+
+    for key in tracking.HTTP_LIMITS:
+        monkeypatch.delenv(key, raising=False)
+    # the job's own check: one error line, exit 2
+    assert tracking.cli(["init", "--uri", uri, "--mlflow-experiment", "x", "--out", str(tmp_path / "i.json")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {problem}"
+    start = time.monotonic()  # MLflow's own client, with the bounded retries (MLflow's default: about 4 minutes)
+    with pytest.raises(Exception, match="Max retries exceeded"):
+        tracking.init(uri, "x", lock=tmp_path / "lock")
+    assert time.monotonic() - start < 30

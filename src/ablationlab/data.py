@@ -329,6 +329,18 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 EXIF_ORIENTATION = 0x0112
 
 
+def _refuse_outside_links(root: Path, paths: list[Path]) -> None:
+    """DataError naming the symbolic link through which an image lies outside ``root``
+    (links inside ``root`` are fine): a study's data is exactly what its folder holds."""
+    inside = root.resolve()
+    for path in paths:
+        if not path.resolve().is_relative_to(inside):
+            link = next(p for p in [*reversed(path.parents), path] if p.is_symlink() and
+                        p.is_relative_to(root) and not p.resolve().is_relative_to(inside))
+            raise DataError(f"imagefolder: {link} is a symbolic link to {link.resolve()}, outside {root}; "
+                            "images must lie inside data.root: copy them in, or make their folder data.root")
+
+
 def _imagefolder(root: Path, image_size: int | None):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -349,6 +361,7 @@ def _imagefolder(root: Path, image_size: int | None):
                            and p.suffix.lower() in exts)
             if not paths:
                 raise DataError(f"imagefolder: class {c!r} in {d} has no images")
+            _refuse_outside_links(root, paths)
             listing[split][c] = paths
     if set(listing["train"]) != set(listing["test"]):
         only_tr = sorted(set(listing["train"]) - set(listing["test"]))

@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def _umask() -> int:
@@ -63,6 +63,23 @@ _WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EAC
 def _naming(exc: OSError, path: Path) -> OSError:
     """``exc`` as an OSError of the same kind whose file name is ``path`` (the target, not a temporary)."""
     return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+
+
+def unwritable(paths: Iterable[str | os.PathLike]) -> str | None:
+    """The first folder that files of ``paths`` would be written into (the nearest existing
+    one) and that is read-only (``chmod -w``, ``chattr +i``, a read-only mount), as an error
+    line naming it; None if there is none."""
+    folders = set()
+    for path in map(Path, paths):
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+        if folder not in folders:
+            folders.add(folder)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return (f"{OSError(errno.EACCES, 'Folder not writable', str(folder))}: make it writable, "
+                        "then run the same command again")
+    return None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

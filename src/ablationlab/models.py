@@ -255,6 +255,13 @@ def _stay_in_eval(layer: nn.Module, _inputs) -> None:
     layer.eval()
 
 
+def _refusal(exc: Exception) -> str:
+    """Why torch.load refused a file, without PyTorch's advice to retry with weights_only=False
+    (unpickling: arbitrary code execution)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and "weights_only" not in line]
+    return " ".join(line.split("use case: ", 1)[-1] for line in lines) or type(exc).__name__
+
+
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     file = Path(path)
     if not file.is_file():
@@ -263,8 +270,8 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
         state = io.load_torch(file)
     except Exception as exc:
         raise WeightsError(
-            f"model.weights: {path} is not a plain state_dict (refused by torch.load(weights_only=True): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"model.weights: {path} is not a plain state_dict ({_refusal(exc)}); a weights file holds only "
+            "tensors by parameter name, as written by torch.save(model.state_dict(), path)"
         ) from exc
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()

@@ -164,10 +164,23 @@ def _check(instance: Any, schema: dict, *, root: Any = None, prefix: list | None
         raise ConfigError(messages[0] if len(messages) == 1 else "\n  ".join(["invalid configuration:", *messages]))
 
 
+def _check_finite(node: Any, root: Any, parts: list) -> None:
+    """ConfigError naming the first NaN or infinite number anywhere in ``node`` (YAML's .nan, .inf)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{keypath(parts, root)}: {node} is not a finite number")
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _check_finite(value, root, parts + [key])
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check_finite(value, root, parts + [index])
+
+
 def validate(config: Mapping[str, Any], schema_path: str | Path | None = None) -> dict:
     """A copy of ``config`` checked against the schema, with every default filled in."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"(top level): the configuration must be a mapping, got {type(config).__name__}")
+    _check_finite(config, config, [])
     filled = copy.deepcopy(dict(config))
     _check(filled, load_schema(schema_path))
     return filled
@@ -341,10 +354,13 @@ class _Resolver:
 
 
 def _train_size(data: dict) -> int | None:
+    """Images left for training after the validation split, if the dataset's size is known."""
+    val_size = data["val_size"]
+    if val_size >= 1 and val_size != int(val_size):
+        raise ConfigError(f"data.val_size: {val_size} must be a fraction in (0, 1) or a whole count of images >= 1")
     pool = TRAIN_POOL.get(data["dataset"])
     if pool is None:
         return None
-    val_size = data["val_size"]
     n_val = math.ceil(val_size * pool) if val_size < 1 else int(val_size)
     if n_val >= pool:
         raise ConfigError(f"data.val_size: {val_size} leaves no training images ({data['dataset']} has {pool})")
@@ -375,6 +391,9 @@ def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[
             raise ConfigError(f"{resolver.origin(exp, ['batch_size'])}: batch_size {batch} is larger than the "
                               f"train split of {data['dataset']} ({n_train} images) in experiment {exp.id!r}")
         weights = exp.recipe["model"]["weights"]
+        if weights not in NAMED_WEIGHTS and ("{" in weights or "}" in weights):  # a Snakemake input: a pattern
+            raise ConfigError(f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} has braces, "
+                              "which Snakemake reads as wildcards in an input path; rename the file")
         if weights not in NAMED_WEIGHTS and not Path(weights).is_file():
             raise ConfigError(f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} does not "
                               f"exist (experiment {exp.id!r}; use imagenet, none or the path of a state_dict file)")

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -55,6 +57,11 @@ EXPERIMENT_TAGS = {  # the UI opens a training experiment on its runs table, not
 UI_QUERY = "workflowType=machine_learning"  # MLflow 3's UI otherwise opens in its GenAI mode
 RUN_FILES = ("recipe.json", "train.json", "history.csv", "metrics.json", "confusion.csv", "weights.pt")
 ARTIFACTS = ("history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.json")
+# MLflow's HTTP client retries a refused connection 7 times with exponential backoff (about
+# 4 minutes) and waits up to 120 s per request; jobs give up within seconds instead (a setting
+# already in the environment wins)
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
 _SECRET_QUERY = re.compile(r"(?P<key>[?&][^=&#\s]*(?:pass|secret|token|key|auth|credential)[^=&#\s]*=)[^&#\s]+",
                            re.IGNORECASE)
@@ -90,6 +97,28 @@ def export_credentials(uri: str) -> str:
     if user is not None:
         os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password or "")
     return clean
+
+
+def bound_http_retries() -> None:
+    """Apply :data:`HTTP_LIMITS` (unless set) before the first MLflow request of this process."""
+    for key, value in HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
+
+
+def server_problem(uri: str, timeout: float = 10.0) -> str | None:
+    """One line naming the http(s) tracking server ``uri`` and what to do if it does not answer,
+    else None; other URIs (SQLite, a directory) are local and always pass."""
+    if not str(uri).startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered (401 without credentials, 404 behind a proxy): reachable
+    except (OSError, ValueError) as exc:  # refused, unknown host, timed out, malformed
+        return (f"tracking.uri: MLflow server {redact(uri)} is not reachable ({getattr(exc, 'reason', None) or exc}); "
+                "start it, or fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same "
+                "command again")
+    return None
 
 
 def run_key(experiment: str, dataset: str, recipe: Mapping[str, Any], seed: int | None = None) -> str:
@@ -166,6 +195,7 @@ class Tracker:
         # no usage telemetry from pipeline jobs (offline cluster nodes would wait on it); opt in
         # with MLFLOW_DISABLE_TELEMETRY=false
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        bound_http_retries()
         clean = export_credentials(uri)
         self.uri = clean
         self.redacted = redact(uri)
@@ -559,8 +589,10 @@ class LiveRun:
             with self.tracker.session():
                 self.tracker.call("log_batch", self.run.info.run_id, metrics=batch)
             self.logged.add(epoch)
-        except Exception as exc:
-            log.warning("live MLflow logging of epoch %d failed: %s", epoch, redact(str(exc)))
+        except Exception as exc:  # stop trying: a down server would cost every epoch its retries
+            log.warning("live MLflow logging of epoch %d failed, stopped for this run (the track job logs every "
+                        "epoch later): %s", epoch, redact(str(exc)))
+            self.run = None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.monitor is not None:
@@ -649,6 +681,9 @@ def cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     where = {"uri": args.uri, "name": args.mlflow_experiment, "lock": args.lock}
     try:
+        problem = server_problem(export_credentials(args.uri))  # one clear line, not minutes of retries
+        if problem:
+            raise TrackingError(problem)
         if args.command == "init":
             info = init(**where)
             io.write_json(args.out, info)

@@ -104,17 +104,47 @@ DATA_FILES = [
 GPU_SLOT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "gpu_slot.py"))
 
 
+def verbatim(value):
+    """A params value passed on as is: Snakemake formats plain string params as wildcard
+    patterns, so config text ({word}, LaTeX braces) must reach params through a function.
+    """
+    return lambda wildcards: value
+
+
+# checks before the first job (not on -n, nor when nothing is to be done): each gets the jobs
+# to run and returns an error line or None. A folder the run writes into that is read-only or
+# immutable: Snakemake would fail removing old outputs with a traceback (it names
+# write-protected files itself). track.smk adds the tracking server's check.
+PREFLIGHT = [
+    lambda jobs: abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log])
+]
+
+
+onstart:
+    jobs = list(workflow.dag.needrun_jobs())
+    for check in PREFLIGHT:
+        if problem := check(jobs):
+            raise WorkflowError(problem)
+
+
+# An image folder can change while the config does not: then prepare_data is a checkpoint
+# that the jobs reading its files wait for, and they are planned again once it has run, with
+# the digest of the content they read as a param. Other datasets are checksum-verified (or
+# bundled): their content follows from the prepare options, which are then the param, with
+# no re-planning (it doubles the planning time of a large study: benchmarks/plan_study.py).
+TRACK_CONTENT = DATASET == "imagefolder"
+
+
 def data_files(names):
-    """Prepared data files, an input function: prepare_data is a checkpoint, so the jobs that
-    read its files are planned again once it has run. ancient(): re-prepared identical data
-    re-runs nothing (a job's data_digest param says whether what it reads changed)."""
+    """Prepared data files (an input function for an image folder, see TRACK_CONTENT).
+    ancient(): re-prepared identical data re-runs nothing (data_version decides)."""
     files = ancient(expand(f"{DATA_DIR}/{{name}}", name=names))
 
     def prepared(wildcards):
         checkpoints.prepare_data.get(dataset=DATASET)
         return files
 
-    return prepared
+    return prepared if TRACK_CONTENT else files
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,10 +155,12 @@ def _data_digest(splits, stat):
         return "unreadable"  # differs from any recorded digest: the job re-runs
 
 
-def data_digest(*splits):
-    """Param function: the content digest (meta.json) of the prepared data that ``splits``
-    readers see; read once prepare_data is done (see data_files). A change re-runs the job.
-    """
+def data_version(*splits):
+    """Param of the jobs reading the prepared data: what decides the content that readers
+    of ``splits`` see. The prepare options, or for an image folder the content digest
+    (abl_data.data_digest), read once prepare_data has run. A change re-runs the job."""
+    if not TRACK_CONTENT:
+        return verbatim(data_options())
 
     def digest(wildcards):
         # raises while prepare_data is pending: Snakemake asks again once it has run

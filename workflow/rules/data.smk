@@ -4,10 +4,10 @@
 the workflow removes it when it finds the cache corrupted, and prepare_data runs again.
 Nothing downstream reads it, so identical rebuilt data re-runs nothing else.
 
-A checkpoint: the jobs that read the data (common.smk: data_files) are planned again after
-it has run, with the prepared content's digest as a param (data_digest). An image folder's
-listing is a param here (FOLDER_MANIFEST): a changed folder re-prepares the data, and only
-the jobs whose view of the tensors changed run again (a touched image re-trains nothing).
+An image folder's listing is a param here (FOLDER_MANIFEST): a changed folder re-prepares
+the data. A checkpoint: for an image folder, the jobs that read the data are planned again
+once it has run, and only those whose view of the tensors changed run again (common.smk:
+TRACK_CONTENT, data_version; a touched image re-trains nothing).
 """
 
 
@@ -26,8 +26,8 @@ checkpoint prepare_data:
         mem_mb=8000,
         runtime=60,
     params:
-        options=data_options(),
-        source=data_source(),
+        options=verbatim(data_options()),
+        source=verbatim(data_source()),
         folder=FOLDER_MANIFEST,
     shell:
         "python -m ablationlab prepare --dataset {wildcards.dataset:q}"

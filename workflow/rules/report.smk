@@ -19,6 +19,12 @@ REPORT_FLAG = report
 GROUP_TITLES = {"baseline": "Baseline", abl_figures.STUDY_GROUP: "All experiments"} | {
     g["id"]: g["title"] for g in STUDY.report["groups"]
 }
+# a group's category in `snakemake --report`, which formats it as a wildcard pattern (braces
+# cannot be escaped there): a title with braces is shown by its group id instead
+REPORT_CATEGORIES = {
+    gid: (gid if "{" in title or "}" in title else title)
+    for gid, title in GROUP_TITLES.items()
+}
 FIGURE_PLAN = abl_figures.plan(STUDY.experiments)
 FIGURE_FILES = [f"results/figures/{item['file']}" for item in FIGURE_PLAN]
 # every planned figure, flagged for `snakemake --report`: caption per kind, category per group
@@ -26,7 +32,7 @@ FIGURES = [
     REPORT_FLAG(
         path,
         caption=f"../report/{item['kind']}.rst",
-        category=GROUP_TITLES.get(item["group"], item["group"]),
+        category=REPORT_CATEGORIES.get(item["group"], item["group"]),
         labels={"group": item["group"], "figure": item["kind"]},
     )
     for path, item in zip(FIGURE_FILES, FIGURE_PLAN)
@@ -64,7 +70,7 @@ rule figures:
         runtime=20,
     params:
         study=STUDY_DIGEST,
-        data=data_digest("train", "val", "test"),
+        data=data_version("train", "val", "test"),
         summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
         data_dir=lambda wildcards, input: Path(input.data[0]).parent,
         runs_dir=lambda wildcards, input: Path(input.runs[0]).parents[2],

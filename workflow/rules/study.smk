@@ -25,8 +25,8 @@ rule study:
         runtime=5,
     params:
         # canonical JSON: the files are rewritten only when their content changes
-        experiments=abl_io.canonical_json(STUDY.experiments),
-        report=abl_io.canonical_json(STUDY.report),
+        experiments=verbatim(abl_io.canonical_json(STUDY.experiments)),
+        report=verbatim(abl_io.canonical_json(STUDY.report)),
     script:
         "../scripts/write_study.py"
 

@@ -19,6 +19,17 @@ MLFLOW_URI = abl_tracking.export_credentials(CONFIG["tracking"]["uri"])
 if MLFLOW_URI != CONFIG["tracking"]["uri"]:
     workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or CONFIG["study"]["name"]
+TRACK_RULES = {"mlflow_init", "track", "track_experiment"}
+
+
+# an unreachable tracking server: one line before the first job, not minutes of retries per job
+PREFLIGHT.append(
+    lambda jobs: (
+        abl_tracking.server_problem(MLFLOW_URI)
+        if any(job.rule.name in TRACK_RULES for job in jobs)
+        else None
+    )
+)
 MLFLOW_INIT = "results/mlflow.json"
 TRACKED_FILES = [
     "recipe.json",
@@ -64,8 +75,8 @@ rule mlflow_init:
         mem_mb=1000,
         runtime=10,
     params:
-        uri=MLFLOW_URI,
-        experiment=MLFLOW_EXPERIMENT,
+        uri=verbatim(MLFLOW_URI),
+        experiment=verbatim(MLFLOW_EXPERIMENT),
     shell:
         "python -m ablationlab track init --uri {params.uri:q}"
         " --mlflow-experiment {params.experiment:q} --out {output:q} > {log:q} 2>&1"
@@ -90,8 +101,8 @@ rule track:
         mem_mb=1000,
         runtime=10,
     params:
-        uri=MLFLOW_URI,
-        experiment=MLFLOW_EXPERIMENT,
+        uri=verbatim(MLFLOW_URI),
+        experiment=verbatim(MLFLOW_EXPERIMENT),
         study=CONFIG["study"]["name"],
         group=experiment_group,
         dataset=DATASET,
@@ -121,8 +132,8 @@ rule track_experiment:
         mem_mb=1000,
         runtime=10,
     params:
-        uri=MLFLOW_URI,
-        experiment=MLFLOW_EXPERIMENT,
+        uri=verbatim(MLFLOW_URI),
+        experiment=verbatim(MLFLOW_EXPERIMENT),
         study=CONFIG["study"]["name"],
         group=experiment_group,
         dataset=DATASET,

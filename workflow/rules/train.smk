@@ -48,8 +48,8 @@ for group in GROUPS:
             runtime=group_resource(group, "runtime", 120),
         params:
             recipe=recipe_json,
-            data=data_digest("train", "val"),
-            test_data=data_digest("test"),
+            data=data_version("train", "val"),
+            test_data=data_version("test"),
             weights=weights_digest,
             data_dir=lambda wildcards, input: Path(input.data[0]).parent,
             checkpoints="results/checkpoints/{experiment}/seed{seed}",
