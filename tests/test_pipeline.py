@@ -149,6 +149,7 @@ def test_edited_notes_train_nothing(done):
     jobs = plan(done, "--configfile", "presets/smoke.yaml", changed)
     assert stage_jobs(jobs) == set() and all(exp is None for _, exp, _ in jobs)
     assert ("study", None, None) in jobs and ("summarize", None, None) not in jobs
+    assert ("track", None, None) not in jobs  # the MLflow writer does not run: nothing is logged
 
 
 @pytest.mark.slow

@@ -80,10 +80,14 @@ def study_runs(tmp_path_factory, digits_dir):
     """A small real study (7 experiments × 2 seeds on digits) with its summary: (root, data_dir)."""
     root = tmp_path_factory.mktemp("study")
     make_study(root, digits_dir)
-    io.write_json(root / "runs" / "baseline" / "seed0" / "mlflow.json",
-                  {"run_id": "abc123", "experiment_id": "1", "tracking_uri": "sqlite:///results/mlflow.db",
-                   "url": "#/experiments/1/runs/abc123"})
     summarize.summarize(root / "study" / "experiments.json", root / "runs", root / "summary")
+    # the MLflow writer's record (ablationlab.tracking, after summarize): one tracked run, its parent
+    io.write_csv(root / "summary" / "mlflow.csv", pd.DataFrame([
+        {"experiment": "baseline", "seed": 0, "kind": "child", "mlflow_run_id": "abc123",
+         "mlflow_parent_run_id": "p1", "mlflow_experiment_id": "1", "mlflow_url": "#/experiments/1/runs/abc123",
+         "run_key": "k"},
+        {"experiment": "baseline", "seed": "", "kind": "parent", "mlflow_run_id": "p1", "mlflow_parent_run_id": "",
+         "mlflow_experiment_id": "1", "mlflow_url": "#/experiments/1/runs/p1", "run_key": "kp"}]))
     return root, digits_dir
 
 
@@ -215,9 +219,10 @@ def test_summary_files_from_real_runs(study_runs):
     study = io.read_json(root / "study" / "experiments.json")
     runs = pd.read_csv(root / "summary" / "runs.csv")
     exps = pd.read_csv(root / "summary" / "experiments.csv", keep_default_na=False, na_values=[""])
-    assert list(runs.columns[:15]) == ["experiment", "group", "seed", "status", "test_acc", "test_loss", "test_top5",
+    assert list(runs.columns[:14]) == ["experiment", "group", "seed", "status", "test_acc", "test_loss", "test_top5",
                                        "epochs_run", "best_epoch", "best_val_acc", "best_val_loss", "params",
-                                       "wall_seconds", "device", "mlflow_run_id"]
+                                       "wall_seconds", "device"]
+    assert list(runs.columns) == summarize.RUN_COLUMNS  # the MLflow ids are the writer's (mlflow.csv)
     assert list(exps.columns) == summarize.EXPERIMENT_COLUMNS
     assert len(runs) == len(study["experiments"]) * 2 and len(exps) == len(study["experiments"])
     assert list(exps["experiment"]) == [e["id"] for e in study["experiments"]]  # study order
@@ -251,9 +256,14 @@ def test_summary_files_from_real_runs(study_runs):
     diverged = exps.set_index("experiment").loc["optimizer/lr=1000"]
     assert diverged["status"].startswith("diverged") and diverged["n_diverged"] >= 1
 
-    tracked = runs.set_index(["experiment", "seed"]).loc[("baseline", 0)]
-    assert tracked["mlflow_run_id"] == "abc123" and tracked["mlflow_url"] == "#/experiments/1/runs/abc123"
-    assert runs.set_index(["experiment", "seed"]).loc[("baseline", 1), "mlflow_run_id"] != "abc123"
+    # read_summary joins the MLflow writer's record: each run gets its own id, untracked ones none
+    joined, _ = summarize.read_summary(root / "summary")
+    assert list(joined.columns) == summarize.RUN_COLUMNS + summarize.MLFLOW_COLUMNS and len(joined) == len(runs)
+    assert list(joined["experiment"]) == list(runs["experiment"]) and list(joined["seed"]) == list(runs["seed"])
+    tracked = joined.set_index(["experiment", "seed"])
+    assert tracked.loc[("baseline", 0), "mlflow_run_id"] == "abc123"
+    assert tracked.loc[("baseline", 0), "mlflow_url"] == "#/experiments/1/runs/abc123"
+    assert tracked["mlflow_run_id"].isna().sum() == len(runs) - 1
 
 
 def test_csv_holm_and_bh_are_exact_over_the_p_values(study_runs):

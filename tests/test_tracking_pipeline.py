@@ -81,7 +81,7 @@ def _post(url: str, body: dict) -> dict:
 
 
 def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> str:
-    """Run the workflow up to the tracking rules; return its output (fails the test on error).
+    """Run the workflow up to the MLflow writer (rule track); return its output (fails the test on error).
 
     ``overlay`` keys are added to the config overlay the earlier calls left (workdir/overlay.yaml)."""
     configs = [str(REPO / "presets" / "smoke.yaml")]
@@ -92,7 +92,7 @@ def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> str:
         configs.append(str(path))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
-           "--configfile", *configs, "--until", "track_experiment", "study", *args]
+           "--configfile", *configs, "--until", "track", *args]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -105,6 +105,22 @@ def runs(uri: str, name: str = "smoke") -> list:
     c = MlflowClient(tracking_uri=uri)
     exp = c.get_experiment_by_name(name)
     return c.search_runs([exp.experiment_id], max_results=1000)
+
+
+def record(workdir: Path) -> dict[tuple[str, str], dict]:
+    """The MLflow writer's results/summary/mlflow.csv as {(experiment, seed or ""): row}."""
+    import pandas as pd
+
+    rows = pd.read_csv(workdir / "results/summary/mlflow.csv", dtype=str, keep_default_na=False).to_dict("records")
+    return {(r["experiment"], r["seed"]): r for r in rows}
+
+
+def metric_points(workdir: Path, run_ids) -> dict[str, dict[str, int]]:
+    """{run id: {metric: number of logged points}} in the SQLite store."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri(workdir))
+    return {rid: {k: len(c.get_metric_history(rid, k)) for k in c.get_run(rid).data.metrics} for rid in run_ids}
 
 
 def mtimes(workdir: Path) -> dict[str, float]:
@@ -153,28 +169,55 @@ def test_smoke_logs_one_parent_per_experiment_and_one_child_per_seed(workdir, st
         history = c.get_metric_history(child.info.run_id, "val_acc")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         assert child.data.metrics["test_acc"] == pytest.approx(io.read_json(run_dir / "metrics.json")["test_acc"])
-        info = io.read_json(run_dir / "mlflow.json")
-        assert info["run_id"] == child.info.run_id and f"/runs/{child.info.run_id}?" in info["url"]
+        info = record(workdir)[(exp, seed)]
+        assert info["mlflow_run_id"] == child.info.run_id and f"/runs/{child.info.run_id}?" in info["mlflow_url"]
     arts = {a.path for a in c.list_artifacts(children[0].info.run_id)}
     assert {"history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.log"} <= arts
     weights = c.download_artifacts(children[0].info.run_id, "weights.pt", str(workdir / "dl"))
     assert all(isinstance(t, torch.Tensor) for t in torch.load(weights, weights_only=True).values())
+    import pandas as pd
+
+    summary = pd.read_csv(workdir / "results/summary/experiments.csv", keep_default_na=False, na_values=[""])
     for parent in parents:
-        info = io.read_json(workdir / "results/runs" / parent.data.tags["experiment"] / "mlflow.json")
-        assert info["run_id"] == parent.info.run_id and "test_acc_mean" in parent.data.metrics
+        exp = parent.data.tags["experiment"]
+        assert record(workdir)[(exp, "")]["mlflow_run_id"] == parent.info.run_id and "test_acc_mean" in parent.data.metrics
+        row = summary.set_index("experiment").loc[exp]  # the summary's statistics, where defined
+        for column in ("delta_acc", "delta_ci_low", "delta_ci_high", "p_value", "p_value_holm", "q_value",
+                       "effect_size", "prob_improvement", "mde_acc", "seeds_needed"):
+            if column in row.index and pd.notna(row[column]):
+                assert parent.data.metrics[column] == pytest.approx(row[column]), (exp, column)
+        if exp == "baseline":
+            assert "delta_acc" not in parent.data.metrics and "verdict" not in parent.data.tags
+    info = io.read_json(workdir / "results/mlflow.json")
+    assert info["logged"] == {"children": len(children), "parents": len(parents)}
 
 
 def test_rerun_without_change_adds_no_run(workdir, study):
     before = {r.info.run_id for r in runs(uri(workdir))}
+    points = metric_points(workdir, before)
     out = snakemake(workdir)
-    assert re.search(r"^total\s+0\s*$", out, re.M), out[-2000:]  # no job at all
-    out = snakemake(workdir, "--forcerun", "track", "track_experiment")  # re-track everything
-    assert "track_experiment" in out
-    assert {r.info.run_id for r in runs(uri(workdir))} == before
+    assert re.search(r"^total\s+0\s*$|Nothing to be done", out, re.M), out[-2000:]  # no job at all
+    out = snakemake(workdir, "--forcerun", "track")  # the writer again: it finds nothing to log
+    assert re.search(r"^localrule track:$", out, re.M), out[-2000:]
+    assert io.read_json(workdir / "results/mlflow.json")["logged"] == {"children": 0, "parents": 0}
+    assert {r.info.run_id for r in runs(uri(workdir))} == before and metric_points(workdir, before) == points
+
+
+def test_report_only_edit_logs_nothing(workdir, study):
+    before = {r.info.run_id for r in runs(uri(workdir))}
+    points = metric_points(workdir, before)
+    smoke = yaml.safe_load((REPO / "presets/smoke.yaml").read_text())
+    smoke["ablations"][0]["notes"] = "Edited notes: only the report changes."
+    out = snakemake(workdir, overlay={"ablations": smoke["ablations"], "report": {"title": "Edited title"}})
+    assert not re.search(r"^(local)?rule (track|summarize):$", out, re.M), out[-2000:]  # the writer did not run
+    assert re.search(r"^localrule study:$", out, re.M), out[-2000:]  # the edit was seen
+    assert {r.info.run_id for r in runs(uri(workdir))} == before and metric_points(workdir, before) == points
 
 
 def test_changing_one_variant_makes_new_runs_only_for_it(workdir, study):
     before = {r.info.run_id: r for r in runs(uri(workdir))}
+    children = {rid for rid, r in before.items() if r.data.tags["kind"] == "child"}
+    points = metric_points(workdir, children)
     weights = mtimes(workdir)
     smoke = yaml.safe_load((REPO / "presets/smoke.yaml").read_text())
     changed = next(e for e in study["experiments"] if e["group"] not in ("baseline",) and e["sweep"] is None)
@@ -189,6 +232,11 @@ def test_changing_one_variant_makes_new_runs_only_for_it(workdir, study):
     assert all((r.data.tags["superseded"] == "true") == (r.data.tags["experiment"] == changed["id"]) for r in old)
     retrained = {k for k, t in mtimes(workdir).items() if weights[k] != t}
     assert retrained == {f"results/runs/{changed['id']}/seed{s}/weights.pt" for s in study["seeds"]}
+    # the writer logged only that experiment's runs: every other child keeps its id and metric points
+    assert io.read_json(workdir / "results/mlflow.json")["logged"]["children"] == len(study["seeds"])
+    others = {rid for rid in children if before[rid].data.tags["experiment"] != changed["id"]}
+    current = {row["mlflow_run_id"] for (exp, seed), row in record(workdir).items() if seed and exp != changed["id"]}
+    assert current == others and metric_points(workdir, others) == {k: points[k] for k in others}
 
 
 def test_tracking_server_gets_the_study_without_retraining(workdir, study, mlflow_server):
@@ -207,14 +255,15 @@ def test_tracking_server_gets_the_study_without_retraining(workdir, study, mlflo
     for run, tag in zip(found, tags):
         metrics = {m["key"] for m in run["data"].get("metrics", [])}
         assert {"test_acc_mean", "n_seeds"} <= metrics if tag["kind"] == "parent" else {"test_acc", "val_acc"} <= metrics
-    child = io.read_json(workdir / "results/runs/baseline/seed0/mlflow.json")
+    child = record(workdir)[("baseline", "0")]
+    child["run_id"] = child["mlflow_run_id"]
     history = _get(f"{server}/api/2.0/mlflow/metrics/get-history?run_id={child['run_id']}&metric_key=val_loss")
     assert [m["step"] for m in history["metrics"]] == list(range(1, len(history["metrics"]) + 1))
     files = _get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={child['run_id']}")["files"]
     assert "weights.pt" in {f["path"] for f in files}
     assert any(server_artifacts.rglob("weights.pt"))  # artifacts went where the server says
     # jobs got the bare URI (the credentials went into MLFLOW_TRACKING_USERNAME/PASSWORD)
-    assert info["tracking_uri"] == server and child["ui_url"].startswith(server + "/#/experiments/")
+    assert info["tracking_uri"] == server and child["mlflow_url"].startswith(server + "/#/experiments/")
     # the password is in no output file, log, Snakemake metadata or console output
     assert secret not in out
     for path in [*workdir.joinpath("results").rglob("*"), *workdir.joinpath(".snakemake").rglob("*")]:
@@ -245,4 +294,4 @@ def test_live_logging_retrains_nothing_and_logs_each_epoch_during_training(workd
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # logged once, completed by track
         # logged while training: before the train job wrote its train.json
         assert max(m.timestamp for m in history) <= (run_dir / "train.json").stat().st_mtime * 1000
-        assert io.read_json(run_dir / "mlflow.json")["run_id"] == kid.info.run_id
+        assert record(workdir)[(exp, kid.data.tags["seed"])]["mlflow_run_id"] == kid.info.run_id

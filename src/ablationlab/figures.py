@@ -159,6 +159,12 @@ class _Runs:
     def __init__(self, study: dict[str, Any], runs_dir: Path):
         self.study, self.runs_dir = study, Path(runs_dir)
 
+    def seeds(self, exp_id: str) -> list[int]:
+        """The experiment's seeds (its own with adaptive seeding, else the study's)."""
+        from ablationlab.summarize import experiment_seeds
+
+        return experiment_seeds(self.study, next(e for e in self.study["experiments"] if e["id"] == exp_id))
+
     def dir(self, exp_id: str, seed: int) -> Path:
         from ablationlab.summarize import run_dir
 
@@ -168,7 +174,7 @@ class _Runs:
         import pandas as pd
 
         out = []
-        for seed in self.study["seeds"]:
+        for seed in self.seeds(exp_id):
             path = self.dir(exp_id, seed) / "history.csv"
             if path.exists():
                 frame = pd.read_csv(path).replace([np.inf, -np.inf], np.nan)
@@ -178,14 +184,14 @@ class _Runs:
 
     def train_json(self, exp_id: str) -> list[dict[str, Any]]:
         out = []
-        for seed in self.study["seeds"]:
+        for seed in self.seeds(exp_id):
             path = self.dir(exp_id, seed) / "train.json"
             if path.exists():
                 out.append({"seed": seed, **io.read_json(path)})
         return out
 
     def first_seed_with(self, exp_id: str, *names: str) -> tuple[int, Path] | None:
-        for seed in self.study["seeds"]:
+        for seed in self.seeds(exp_id):
             d = self.dir(exp_id, seed)
             if all((d / n).exists() for n in names):
                 return seed, d
@@ -653,8 +659,10 @@ def _fig_curves(st: _Stage, group: str):
     ref, ids, members = st.members(group)
     series = [{"label": st.label(i, ids), "histories": st.runs.histories(i), "reference": i == ref,
                "diverged": int(st.rows.loc[i, "n_diverged"] or 0) > 0} for i in members]
+    counts = sorted({len(st.runs.seeds(i)) for i in members})
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     caption = (f"Training (dashed) and validation (solid) loss and accuracy per epoch: mean over "
-               f"{len(st.study['seeds'])} seeds, band = min–max over seeds.")
+               f"{n} seeds, band = min–max over seeds.")
     return draw_curves(series), caption, members
 
 
@@ -793,7 +801,7 @@ def _fig_confusion(st: _Stage, group: str):
     import pandas as pd
 
     total, used = None, []
-    for seed in st.study["seeds"]:
+    for seed in st.runs.seeds(st.best):
         path = st.runs.dir(st.best, seed) / "confusion.csv"
         if path.exists():
             counts = pd.read_csv(path).set_index("true").to_numpy()
@@ -827,13 +835,13 @@ _DRAW = {"curves": _fig_curves, "test_acc": _fig_test_acc, "forest": _fig_forest
 
 
 def figures(study: str | Path | dict[str, Any], summary_dir: str | Path, data_dir: str | Path,
-            runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+            runs_dir: str | Path, out_dir: str | Path, seed_plan: str | Path | None = None) -> dict[str, Any]:
     """Draw every figure of :func:`plan` into ``out_dir``; write and return ``figures.json``."""
     from ablationlab import data
     from ablationlab.summarize import SummaryError, load_study, read_summary
 
     if not isinstance(study, dict):
-        study = load_study(study)
+        study = load_study(study, seed_plan)
     out_dir = Path(out_dir)
     runs_table, experiments = read_summary(summary_dir)
     missing = [e["id"] for e in study["experiments"] if e["id"] not in set(experiments["experiment"])]
@@ -867,7 +875,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--data", required=True, help="prepared data folder (results/data/<dataset>)")
     parser.add_argument("--runs", required=True, help="results/runs")
     parser.add_argument("--out", required=True, help="output folder (results/figures)")
+    parser.add_argument("--seeds", help="adaptive seeding's results/adaptive/seeds.json: each experiment's seeds")
     args = parser.parse_args(argv)
-    result = figures(args.study, args.summary, args.data, args.runs, args.out)
+    result = figures(args.study, args.summary, args.data, args.runs, args.out, args.seeds)
     print(f"drew {len(result['figures'])} figures into {args.out}")
     return 0

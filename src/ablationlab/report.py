@@ -409,6 +409,20 @@ class _Numbering:
         return self.table
 
 
+def seed_plan_table(study: dict[str, Any], table_number: int) -> dict[str, Any] | None:
+    """Adaptive seeding: per experiment, the seeds it got and why (None without a seed plan)."""
+    plan = study.get("seed_plan")
+    if not plan:
+        return None
+    verdicts = plan.get("verdicts", {})
+    rows = [{"experiment": e["id"], "n": len(e["seeds"]), "seeds": ", ".join(map(str, e["seeds"])),
+             "reasons": e.get("seed_reasons", []), "verdict": verdicts.get(e["id"], {}).get("verdict", "")}
+            for e in study["experiments"]]
+    return {"table_number": table_number, "procedure": plan.get("procedure"), "looks": plan.get("looks"),
+            "looks_run": plan.get("look"), "per_look_alpha": plan.get("per_look_alpha"), "rows": rows,
+            "initial": study.get("seeds"), **study.get("adaptive", {})}
+
+
 def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.DataFrame,
                   experiments: pd.DataFrame, manifest: dict[str, Any], figures_dir: str | Path, *,
                   meta: dict[str, Any] | None = None, benchmarks: list[dict[str, Any]] | None = None,
@@ -476,6 +490,7 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
         "data_table_number": numbering.next_table() if splits else None,
         "recipe_table_number": numbering.next_table() if baseline else None,
         "seeds": study_report.get("seeds") or study.get("seeds"),
+        "seed_plan": seed_plan_table(study, numbering.next_table()) if study.get("seed_plan") else None,
         "devices": devices, "torch_versions": torch_versions,
         "n_experiments": len(recipes), "n_runs": len(runs),
     }
@@ -628,7 +643,8 @@ def write_pdf(html: str, path: str | Path) -> None:
 
 def report(study_report: str | Path, summary_dir: str | Path, figures_dir: str | Path, out_html: str | Path,
            out_pdf: str | Path | None = None, *, study: str | Path | None = None, data_dir: str | Path | None = None,
-           benchmarks_dir: str | Path | None = None, commit: str | None = None) -> dict[str, Any]:
+           benchmarks_dir: str | Path | None = None, commit: str | None = None,
+           seed_plan: str | Path | None = None) -> dict[str, Any]:
     """Render ``out_html`` (and ``out_pdf``) from the study files; return the template context."""
     study_report = Path(study_report)
     if not study_report.exists():
@@ -638,7 +654,7 @@ def report(study_report: str | Path, summary_dir: str | Path, figures_dir: str |
         if key not in info:
             raise ReportError(f"{study_report}: missing key {key!r}")
     study_path = Path(study) if study else study_report.with_name("experiments.json")
-    study_table = load_study(study_path)
+    study_table = load_study(study_path, seed_plan)
     runs, experiments = read_summary(summary_dir)
     manifest = read_manifest(figures_dir)
     meta = None
@@ -668,10 +684,11 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--commit", help="git commit to show (default: `git rev-parse HEAD`, if any)")
     parser.add_argument("--out-html", required=True, help="reports/report.html")
     parser.add_argument("--out-pdf", help="reports/report.pdf (omit to skip the PDF)")
+    parser.add_argument("--seeds", help="adaptive seeding's results/adaptive/seeds.json: each experiment's seeds")
     args = parser.parse_args(argv)
     try:
         report(args.study_report, args.summary, args.figures, args.out_html, args.out_pdf, study=args.study,
-               data_dir=args.data, benchmarks_dir=args.benchmarks, commit=args.commit)
+               data_dir=args.data, benchmarks_dir=args.benchmarks, commit=args.commit, seed_plan=args.seeds)
     except (ReportError, SummaryError) as exc:
         parser.exit(2, f"report: error: {exc}\n")
     print(f"wrote {args.out_html}" + (f" and {args.out_pdf}" if args.out_pdf else ""))

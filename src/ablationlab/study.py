@@ -38,7 +38,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 # Group ids that would clash with the baseline's experiment id or a rule name.
 RESERVED_IDS = frozenset(
     {"all", "baseline", "study", "data", "prepare_data", "train", "evaluate", "summarize", "track", "figures",
-     "report", "mlflow_init", "track_experiment"}
+     "report", "mlflow_init", "track_experiment", "adaptive_look", "adaptive_seeds"}
 )
 RESERVED_PREFIXES = ("train_", "evaluate_")  # the per-group rules train_<id>, evaluate_<id>
 
@@ -399,6 +399,23 @@ def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[
                               f"exist (experiment {exp.id!r}; use imagenet, none or the path of a state_dict file)")
 
 
+def planned_looks(n_seeds: int, max_seeds: int, step: int) -> int:
+    """Looks of an adaptive study: the initial one plus one per ``step`` seeds up to ``max_seeds``."""
+    return 1 + math.ceil(max(max_seeds - n_seeds, 0) / step)
+
+
+def _adaptive(config: dict) -> dict | None:
+    """The study table's ``adaptive`` block (None when off); ConfigError if max_seeds < len(seeds)."""
+    adaptive, n_seeds = config["adaptive"], len(config["seeds"])
+    if not adaptive["enabled"]:
+        return None
+    if adaptive["max_seeds"] < n_seeds:
+        raise ConfigError(f"adaptive.max_seeds: {adaptive['max_seeds']} is fewer than the {n_seeds} initial seeds "
+                          f"(seeds: {config['seeds']}); max_seeds must be at least len(seeds)")
+    return {"max_seeds": adaptive["max_seeds"], "step": adaptive["step"],
+            "looks": planned_looks(n_seeds, adaptive["max_seeds"], adaptive["step"])}
+
+
 def redact(uri: str) -> str:
     """``uri`` with any password replaced by ``***``."""
     parts = urllib.parse.urlsplit(uri)
@@ -421,6 +438,7 @@ def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> St
     resolver = _Resolver(full, load_schema(schema_path))
     experiments = resolver.ordered()
     _check_files_and_sizes(full, resolver, experiments)
+    adaptive = _adaptive(full)
     table = {
         "dataset": full["data"]["dataset"],
         "seeds": list(full["seeds"]),
@@ -431,6 +449,9 @@ def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> St
             for e in experiments
         ],
     }
+    if adaptive:  # the verdicts' per-look level is alpha / looks (Bonferroni split over the planned looks)
+        table["adaptive"] = adaptive
+        table["statistics"]["looks"] = adaptive["looks"]
     shown = copy.deepcopy(full)
     shown["tracking"]["uri"] = redact(shown["tracking"]["uri"])
     report = {

@@ -1,6 +1,7 @@
 """Aggregate the runs of a study into ``runs.csv`` and ``experiments.csv``.
 
-``runs.csv`` — one row per (experiment, seed), study order then seed order:
+``runs.csv`` — one row per (experiment, seed), study order then seed order (the
+experiment's own seeds with adaptive seeding):
 
 =================  ==============================================================
 experiment         ``baseline`` or ``group/variant``
@@ -18,13 +19,15 @@ best_val_loss      best validation loss
 params             trainable parameters
 wall_seconds       training wall time in seconds
 device             device the run trained on
-mlflow_run_id      MLflow run id (mlflow.json; empty when not tracked)
 stop_reason        train.json ``stop_reason``
 params_total       all parameters, trainable or not
 torch_version      torch version of the training job
-mlflow_experiment_id  MLflow experiment id (empty when not tracked)
-mlflow_url         MLflow UI link: ``ui_url`` of mlflow.json, else its ``url`` fragment
 =================  ==============================================================
+
+:func:`read_summary` adds ``mlflow_run_id``, ``mlflow_experiment_id`` and ``mlflow_url``
+(the MLflow UI link or its ``#/experiments/...`` fragment) from ``mlflow.csv``, which the
+MLflow writer (``ablationlab.tracking``, after this stage) writes next to these files;
+empty when the study is not tracked.
 
 ``experiments.csv`` — one row per experiment, in study order; statistics are over
 the seeds that have a test result (``n``), diverged seeds included; the comparison
@@ -65,7 +68,8 @@ status                 ``finished``; ``early_stopped`` when every seed stopped e
                        ``early_stopped (k/n)``, ``incomplete (k/n)`` for a mix
 n_diverged             seeds that diverged
 n_early_stopped        seeds that stopped early
-n_seeds                seeds the study asked for
+n_seeds                seeds the study asked for (with adaptive seeding: this
+                       experiment's seeds, results/adaptive/seeds.json)
 =====================  ==========================================================
 
 Undefined values (NaN) are written as empty cells.
@@ -86,9 +90,9 @@ from ablationlab import diagnostics, io, stats
 RUN_COLUMNS = [
     "experiment", "group", "seed", "status", "test_acc", "test_loss", "test_top5",
     "epochs_run", "best_epoch", "best_val_acc", "best_val_loss", "params", "wall_seconds",
-    "device", "mlflow_run_id", "stop_reason", "params_total", "torch_version",
-    "mlflow_experiment_id", "mlflow_url",
+    "device", "stop_reason", "params_total", "torch_version",
 ]
+MLFLOW_COLUMNS = ["mlflow_run_id", "mlflow_experiment_id", "mlflow_url"]  # read_summary: from mlflow.csv
 # The statistics of each comparison with its reference, after p_value (stats.compare, Holm, BH, verdict).
 COMPARISON_COLUMNS = [
     "test", "n_pairs", "p_value_wilcoxon", "p_value_holm", "holm_family", "q_value", "effect_size",
@@ -114,8 +118,32 @@ class SummaryError(ValueError):
     """A study or run file is missing keys or inconsistent."""
 
 
-def load_study(path: str | Path) -> dict[str, Any]:
-    """Read ``experiments.json`` and check the keys this stage relies on."""
+def load_study(path: str | Path, seed_plan: str | Path | None = None) -> dict[str, Any]:
+    """Read ``experiments.json`` and check the keys this stage relies on.
+
+    With ``seed_plan`` (adaptive seeding's ``results/adaptive/seeds.json``) every experiment
+    gets its own ``seeds`` and ``seed_reasons``, and the study the plan as ``seed_plan``.
+    """
+    study = _load_study(path)
+    return study if seed_plan is None else with_seed_plan(study, io.read_json(seed_plan), seed_plan)
+
+
+def with_seed_plan(study: dict[str, Any], plan: dict[str, Any], where: Any = "seed plan") -> dict[str, Any]:
+    """The study table with each experiment's seeds and reasons from an adaptive seed plan."""
+    missing = [e["id"] for e in study["experiments"] if e["id"] not in plan.get("seeds", {})]
+    if missing:
+        raise SummaryError(f"{where}: no seeds for experiments {missing} (re-run the adaptive looks)")
+    experiments = [{**e, "seeds": plan["seeds"][e["id"]], "seed_reasons": plan["reasons"].get(e["id"], [])}
+                   for e in study["experiments"]]
+    return {**study, "experiments": experiments, "seed_plan": plan}
+
+
+def experiment_seeds(study: dict[str, Any], experiment: dict[str, Any]) -> list[int]:
+    """The seeds an experiment was asked to have: its own (adaptive seeding) or the study's."""
+    return list(experiment.get("seeds") or study["seeds"])
+
+
+def _load_study(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         study = io.read_json(path)
@@ -164,7 +192,6 @@ def read_run(runs_dir: str | Path, experiment: dict[str, Any], seed: int) -> dic
     d = run_dir(runs_dir, experiment["id"], seed)
     train = _read_optional(d / "train.json")
     metrics = _read_optional(d / "metrics.json")
-    tracked = _read_optional(d / "mlflow.json")
     status = metrics.get("status") or train.get("status") or "missing"
     return {
         "experiment": experiment["id"],
@@ -181,18 +208,15 @@ def read_run(runs_dir: str | Path, experiment: dict[str, Any], seed: int) -> dic
         "params": train.get("params"),
         "wall_seconds": _num(train.get("wall_seconds")),
         "device": train.get("device"),
-        "mlflow_run_id": tracked.get("run_id"),
         "stop_reason": train.get("stop_reason"),
         "params_total": train.get("params_total"),
         "torch_version": train.get("torch_version"),
-        "mlflow_experiment_id": tracked.get("experiment_id"),
-        "mlflow_url": tracked.get("ui_url") or tracked.get("url"),
     }
 
 
 def collect_runs(study: dict[str, Any], runs_dir: str | Path) -> pd.DataFrame:
     """The ``runs.csv`` table: every experiment × seed of the study."""
-    rows = [read_run(runs_dir, exp, seed) for exp in study["experiments"] for seed in study["seeds"]]
+    rows = [read_run(runs_dir, exp, seed) for exp in study["experiments"] for seed in experiment_seeds(study, exp)]
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for col in _INT_RUN_COLUMNS:
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
@@ -243,7 +267,7 @@ def _comparison(variant: dict[int, float], reference: dict[int, float], settings
             **{k: res[k] for k in COMPARISON_COLUMNS if k in res}}
 
 
-def _add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
+def add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
     """Fill the comparison columns of ``rows`` in place: each experiment vs its reference; Holm within
     each group (the group's experiments that have a reference); BH over the whole study; the verdict."""
     settings = _settings(study)
@@ -294,18 +318,19 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
             "n_early_stopped": statuses.count("early_stopped"),
             "n_seeds": len(statuses),
         })
-    _add_comparisons(rows, study, per_seed_acc)
+    add_comparisons(rows, study, per_seed_acc)
     frame = pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)
     for col in _INT_EXPERIMENT_COLUMNS:
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
     return frame
 
 
-def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir: str | Path,
+              seed_plan: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``out_dir/runs.csv``, ``out_dir/experiments.csv`` and ``out_dir/diagnostics.csv`` (the curves'
     reading, :mod:`ablationlab.diagnostics`); return the first two tables."""
     if not isinstance(study, dict):
-        study = load_study(study)
+        study = load_study(study, seed_plan)
     runs = collect_runs(study, runs_dir)
     experiments = aggregate(study, runs)
     out_dir = Path(out_dir)
@@ -316,7 +341,8 @@ def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir:
 
 
 def read_summary(summary_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read ``runs.csv`` and ``experiments.csv`` back (empty cells become NaN/None)."""
+    """Read ``runs.csv`` (with the runs' ``MLFLOW_COLUMNS`` from ``mlflow.csv`` when present)
+    and ``experiments.csv`` back (empty cells become NaN/None)."""
     summary_dir = Path(summary_dir)
     out = []
     for name in ("runs.csv", "experiments.csv"):
@@ -327,7 +353,19 @@ def read_summary(summary_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                                             "reference": str, "sweep_value": str, "mlflow_run_id": str,
                                             "mlflow_experiment_id": str}, keep_default_na=False,
                                na_values=[""]))
-    return out[0], out[1]
+    return _with_mlflow(out[0], summary_dir / "mlflow.csv"), out[1]
+
+
+def _with_mlflow(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``runs`` with the child runs' ``MLFLOW_COLUMNS`` of the MLflow writer's record (empty if absent)."""
+    if not path.exists():
+        return runs.assign(**{c: math.nan for c in MLFLOW_COLUMNS})
+    tracked = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    missing = [c for c in ["experiment", "seed", "kind", *MLFLOW_COLUMNS] if c not in tracked.columns]
+    if missing:
+        raise SummaryError(f"{path}: missing column(s) {', '.join(missing)}")
+    tracked = tracked[tracked["kind"] == "child"].astype({"seed": int})
+    return runs.merge(tracked[["experiment", "seed", *MLFLOW_COLUMNS]], on=["experiment", "seed"], how="left")
 
 
 def cli(argv: list[str]) -> int:
@@ -335,7 +373,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--study", required=True, help="results/study/experiments.json")
     parser.add_argument("--runs", required=True, help="results/runs")
     parser.add_argument("--out", required=True, help="output folder (results/summary)")
+    parser.add_argument("--seeds", help="adaptive seeding's results/adaptive/seeds.json: each experiment's seeds")
     args = parser.parse_args(argv)
-    _, experiments = summarize(args.study, args.runs, args.out)
+    _, experiments = summarize(args.study, args.runs, args.out, args.seeds)
     print(f"summarized {len(experiments)} experiments into {args.out}")
     return 0

@@ -1,13 +1,16 @@
 """MLflow tracking: one MLflow experiment per study, one parent run per experiment
-(seed-aggregated metrics) and one child run per seed (params, per-epoch metrics,
-test metrics, artifacts).
+(seed-aggregated metrics and the summary's statistics) and one child run per seed (params,
+per-epoch metrics, test metrics, artifacts).
 
-Idempotent and parallel-safe: a run is found by its ``run_key`` tag (sha256 of the
-experiment id, dataset, resolved recipe and seed) and updated, never duplicated; a
-file lock serialises create-if-absent (and, for SQLite stores, every write, so that
-eight jobs on one ``mlflow.db`` never see "database is locked" nor a half-created
-schema). A run whose recipe changed gets a new run key, hence a new run; the old one
-is tagged ``superseded=true``, never deleted.
+One writer per study (:func:`track_study`, the workflow's ``track`` job) logs what is new or
+changed: a run is found by its ``run_key`` tag (sha256 of the experiment id, dataset,
+resolved recipe and seed) and updated, never duplicated; a child whose ``files_sha256`` tag
+matches its run directory and a parent whose ``inputs_sha256`` matches its inputs are not
+touched. A run whose recipe changed gets a new run key, hence a new run; the old one is
+tagged ``superseded=true``, never deleted. Live logging from training jobs (:class:`LiveRun`)
+may write concurrently: a file lock serialises create-if-absent (and, for SQLite stores,
+every write, so that eight jobs on one ``mlflow.db`` never see "database is locked" nor a
+half-created schema), and "database is locked" is retried.
 
 Credentials never leave this module: a URI such as ``https://user:pass@host`` is
 split into MLflow's ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` environment variables
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -55,6 +59,18 @@ EXPERIMENT_TAGS = {  # the UI opens a training experiment on its runs table, not
                            "one child run per seed nested under it. Current runs: `tags.superseded = 'false'`.",
 }
 UI_QUERY = "workflowType=machine_learning"  # MLflow 3's UI otherwise opens in its GenAI mode
+DIGEST_FILES = ("recipe.json", "train.json", "history.csv", "metrics.json", "confusion.csv")
+# parent-run statistics: results/summary/experiments.csv columns (metrics; {column: tag}) and
+# results/summary/diagnostics.csv (the curves' reading); absent columns are skipped
+STAT_METRICS = ("test_acc_ci_low", "test_acc_ci_high", "delta_acc", "delta_ci_low", "delta_ci_high", "p_value",
+                "p_value_wilcoxon", "p_value_holm", "holm_family", "q_value", "n_pairs", "effect_size",
+                "prob_improvement", "prob_improvement_ci_low", "prob_improvement_ci_high", "mde_acc", "seeds_needed")
+STAT_TAGS = {"reference": "reference", "test": "test", "effect_size_kind": "effect_size_kind", "verdict": "verdict"}
+DIAGNOSTIC_METRICS = ("val_loss_min_epoch", "last_epoch", "overfit_gap", "train_val_acc_gap", "val_acc_swing",
+                      "last_vs_best_acc")
+DIAGNOSTIC_TAGS = {"flags": "diagnostics.flags", "reading": "diagnostics.reading"}
+RECORD_COLUMNS = ("experiment", "seed", "kind", "mlflow_run_id", "mlflow_parent_run_id", "mlflow_experiment_id",
+                  "mlflow_url", "run_key")
 RUN_FILES = ("recipe.json", "train.json", "history.csv", "metrics.json", "confusion.csv", "weights.pt")
 ARTIFACTS = ("history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.json")
 # MLflow's HTTP client retries a refused connection 7 times with exponential backoff (about
@@ -140,6 +156,7 @@ def flatten(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+@functools.cache
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
@@ -261,8 +278,14 @@ class Tracker:
     def find(self, filters: Mapping[str, Any]) -> list:
         """Active runs of the experiment whose tags equal ``filters``, oldest first."""
         query = " AND ".join(f"tags.{k} = {_quote(v)}" for k, v in filters.items())
-        return self.call("search_runs", [self.experiment_id], filter_string=query,
-                         max_results=1000, order_by=["attributes.start_time ASC"])
+        runs, token = [], None
+        while True:  # every page: a study can hold more runs than one page
+            page = self.call("search_runs", [self.experiment_id], filter_string=query, max_results=1000,
+                             order_by=["attributes.start_time ASC"], page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
     def ensure_run(self, key: str, *, name: str, tags: Mapping[str, str], start_time: int | None = None):
         """``(run, created)``: the run tagged ``run_key=key``, created if absent (under the lock)."""
@@ -273,16 +296,6 @@ class Tracker:
             tags = {**tags, "run_key": key}
             return self.call("create_run", self.experiment_id, tags=tags, run_name=name,
                              start_time=start_time), True
-
-    def supersede(self, current, filters: Mapping[str, Any]) -> list[str]:
-        """Tag runs matching ``filters`` other than ``current`` superseded; return their ids."""
-        old = [r for r in self.find(filters) if r.info.run_id != current.info.run_id]
-        for run in old:
-            if run.data.tags.get("superseded") != "true":
-                self.call("set_tag", run.info.run_id, "superseded", "true")
-        if current.data.tags.get("superseded") != "false":
-            self.call("set_tag", current.info.run_id, "superseded", "false")
-        return [r.info.run_id for r in old]
 
     def run_info(self, run, **extra) -> dict[str, Any]:
         """The ``mlflow.json`` record of ``run`` (URIs redacted)."""
@@ -398,54 +411,51 @@ def open_runs(tracker: Tracker, *, recipe: Mapping[str, Any], seed: int, study: 
     return parent, child, created
 
 
-def init(uri: str = DEFAULT_URI, name: str = "ablationlab", *, lock=None) -> dict[str, Any]:
-    """Create the store and the experiment ``name`` once (run before any parallel job)."""
-    tracker = Tracker(uri, name, lock=lock)
+def init(tracker: Tracker) -> dict[str, Any]:
+    """The MLflow experiment's record (``results/mlflow.json``), creating it if absent."""
     eid = tracker.experiment_id
-    return {"experiment_id": eid, "experiment_name": name, "tracking_uri": tracker.redacted,
+    return {"experiment_id": eid, "experiment_name": tracker.name, "tracking_uri": tracker.redacted,
             "url": f"#/experiments/{eid}?{UI_QUERY}"}
 
 
-def track_run(run_dir: str | os.PathLike, *, experiment: str, group: str, dataset: str,
-              study: str, uri: str = DEFAULT_URI, name: str = "ablationlab",
-              log_file: str | os.PathLike | None = None, lock=None,
-              out: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Log one trained + evaluated run directory as a child run; write ``mlflow.json``."""
-    run_dir = Path(run_dir)
-    data = _read_run(run_dir)
-    if log_file is not None and not Path(log_file).is_file():
-        raise TrackingError(f"train log {log_file} does not exist")
-    train, metrics, seed = data["train"], data["metrics"], int(data["train"]["seed"])
+def files_digest(run_dir: Path) -> str:
+    """sha256 over a run's small result files (``DIGEST_FILES``): retraining or re-evaluating
+    changes it (``train.json`` holds the wall time). Tagged ``files_sha256`` on the child run
+    once it is completely logged, so an unchanged run is skipped without reading the store."""
+    digest = hashlib.sha256()
+    for name in DIGEST_FILES:
+        digest.update(name.encode() + b"\0" + (run_dir / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _content_digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def log_child(tracker: Tracker, data: Mapping[str, Any], ident: Mapping[str, str]):
+    """Log one run (``_read_run`` output plus ``dir``, ``digest``, ``log``) as a child run;
+    return it. Its ``files_sha256`` tag is set last: a half-logged run is logged again."""
+    train, metrics, seed, run_dir = data["train"], data["metrics"], int(data["train"]["seed"]), data["dir"]
     # the run spans the training (train.json is written last; wall_seconds: the training time,
-    # resumes included), not this job: the UI's duration
+    # resumes included), not the writer: the UI's duration
     end_ms = int((run_dir / "train.json").stat().st_mtime * 1000)
     start_ms = end_ms - int(1000 * float(train.get("wall_seconds") or 0))
-    tracker = Tracker(uri, name, lock=lock)
-    with tracker.session():
-        parent, child, _ = open_runs(tracker, recipe=data["recipe"], seed=seed, study=study,
-                                     experiment=experiment, group=group, dataset=dataset, start_time=start_ms)
-        final = {f"test_{k}": metrics.get(f"test_{k}") for k in ("loss", "acc", "top5")}
-        final.update({k: train.get(k) for k in ("best_val_loss", "best_val_acc", "best_epoch",
-                                                "epochs_run", "wall_seconds")})
-        final.update({"params_trainable": train.get("params"), "params_total": train.get("params_total"),
-                      "n_test": metrics.get("n_test")})
-        tags = {"status": metrics.get("status") or train.get("status"), "device": train.get("device"),
-                "torch_version": train.get("torch_version"), "stop_reason": train.get("stop_reason")}
-        _log(tracker, child, params=flatten(data["recipe"]), tags=tags, metrics=final,
-             history=data["history"])
-        files = {name: run_dir / name for name in ARTIFACTS}
-        if log_file is not None:
-            files["train.log"] = Path(log_file)
-        _log_artifacts(tracker, child, files)
-        _finish(tracker, child, end_time=end_ms)
-        child = tracker.call("get_run", child.info.run_id)
-        superseded = tracker.supersede(child, {"kind": "child", "experiment": experiment, "seed": str(seed)})
-    info = tracker.run_info(child, kind="child", experiment=experiment, seed=seed,
-                            run_key=child.data.tags["run_key"], parent_run_id=parent.info.run_id,
-                            superseded=superseded)
-    io.write_json(out or run_dir / "mlflow.json", info)
-    log.info("tracked %s seed %d as run %s (%s)", experiment, seed, child.info.run_id, tracker.redacted)
-    return info
+    _, child, _ = open_runs(tracker, recipe=data["recipe"], seed=seed, start_time=start_ms, **ident)
+    final = {f"test_{k}": metrics.get(f"test_{k}") for k in ("loss", "acc", "top5")}
+    final.update({k: train.get(k) for k in ("best_val_loss", "best_val_acc", "best_epoch",
+                                            "epochs_run", "wall_seconds")})
+    final.update({"params_trainable": train.get("params"), "params_total": train.get("params_total"),
+                  "n_test": metrics.get("n_test")})
+    tags = {"status": metrics.get("status") or train.get("status"), "device": train.get("device"),
+            "torch_version": train.get("torch_version"), "stop_reason": train.get("stop_reason")}
+    _log(tracker, child, params=flatten(data["recipe"]), tags=tags, metrics=final, history=data["history"])
+    files = {name: run_dir / name for name in ARTIFACTS}
+    if data.get("log") is not None:
+        files["train.log"] = data["log"]
+    _log_artifacts(tracker, child, files)
+    _finish(tracker, child, end_time=end_ms)
+    _log(tracker, child, tags={"files_sha256": data["digest"]})
+    return tracker.call("get_run", child.info.run_id)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -455,29 +465,15 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def track_experiment(run_dirs: Sequence[str | os.PathLike], *, experiment: str, group: str,
-                     dataset: str, study: str, out: str | os.PathLike, uri: str = DEFAULT_URI,
-                     name: str = "ablationlab", lock=None) -> dict[str, Any]:
-    """Log the seed-aggregated parent run of one experiment from its tracked run dirs."""
-    if not run_dirs:
-        raise TrackingError(f"experiment {experiment}: no run directories given")
-    runs = []
-    for run_dir in map(Path, run_dirs):
-        data = _read_run(run_dir)
-        if not (run_dir / "mlflow.json").is_file():
-            raise TrackingError(f"run {run_dir}: missing mlflow.json (track the run first)")
-        data["mlflow"], data["dir"] = io.read_json(run_dir / "mlflow.json"), run_dir
-        runs.append(data)
-    recipe = runs[0]["recipe"]
+def _aggregate(experiment: str, runs: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
+    """Seed-aggregated ``(metrics, history)`` of one experiment's runs (same recipe, distinct seeds)."""
     for data in runs[1:]:
-        if data["recipe"] != recipe:
+        if data["recipe"] != runs[0]["recipe"]:
             raise TrackingError(f"experiment {experiment}: {data['dir']}/recipe.json differs from "
                                 f"{runs[0]['dir']}/recipe.json")
-    runs.sort(key=lambda d: int(d["train"]["seed"]))
     seeds = [int(d["train"]["seed"]) for d in runs]
     if len(set(seeds)) != len(seeds):
         raise TrackingError(f"experiment {experiment}: duplicate seeds {seeds}")
-
     metrics: dict[str, float] = {"n_seeds": len(runs)}
     columns = {"test_acc": "metrics", "test_loss": "metrics", "best_val_acc": "train",
                "best_val_loss": "train", "epochs_run": "train"}
@@ -495,34 +491,187 @@ def track_experiment(run_dirs: Sequence[str | os.PathLike], *, experiment: str, 
         epochs = sorted({e for d in runs for e in d["history"][metric]})
         history[metric] = {e: _mean_std([d["history"][metric][e] for d in runs
                                          if e in d["history"][metric]])[0] for e in epochs}
-    statuses = sorted({str(d["metrics"].get("status") or d["train"].get("status")) for d in runs})
-    seeds_rows = [{"seed": s, "run_id": d["mlflow"]["run_id"], "status": d["metrics"].get("status"),
+    return metrics, history
+
+
+def _note(experiment: str, metrics: Mapping[str, float], seeds: list[int], stats: Mapping[str, Any]) -> str:
+    """The parent run's description (``mlflow.note.content``, markdown)."""
+    acc = metrics.get("test_acc_mean")
+    if acc is None:
+        return f"**{experiment}**"
+    std = metrics.get("test_acc_std", 0.0)
+    lines = [f"**{experiment}**: test accuracy {acc:.4f} ± {std:.4f} over {len(seeds)} seed(s) {seeds}"]
+    m, tags = stats.get("metrics", {}), stats.get("tags", {})
+    if "delta_acc" in m:
+        ci = (f" (CI {m['delta_ci_low']:+.4f} … {m['delta_ci_high']:+.4f})"
+              if "delta_ci_low" in m and "delta_ci_high" in m else "")
+        holm = f", Holm p = {m['p_value_holm']:.3g}" if "p_value_holm" in m else ""
+        lines.append(f"Δ vs {tags.get('reference', 'reference')}: {m['delta_acc']:+.4f}{ci}"
+                     f"{', ' + tags['test'] if tags.get('test') else ''}{holm}"
+                     f"{' — ' + tags['verdict'] if tags.get('verdict') else ''}")
+    if tags.get("diagnostics.reading"):
+        lines.append(tags["diagnostics.reading"])
+    return "\n\n".join(lines)
+
+
+def log_parent(tracker: Tracker, runs: Sequence[Mapping[str, Any]], ident: Mapping[str, str],
+               stats: Mapping[str, Any], existing: Mapping[str, Any]):
+    """Log (or update) the parent run of one experiment from its runs (each with its child
+    ``run``): seed aggregates plus ``stats`` (``{"metrics", "tags"}`` from the summary). Skipped
+    when its ``inputs_sha256`` tag says nothing changed; return ``(parent run, logged)``."""
+    experiment = ident["experiment"]
+    runs = sorted(runs, key=lambda d: int(d["train"]["seed"]))
+    metrics, history = _aggregate(experiment, runs)
+    recipe, seeds = runs[0]["recipe"], [int(d["train"]["seed"]) for d in runs]
+    seeds_rows = [{"seed": s, "run_id": d["run"].info.run_id, "status": d["metrics"].get("status"),
                    "test_acc": d["metrics"].get("test_acc"), "test_loss": d["metrics"].get("test_loss")}
                   for s, d in zip(seeds, runs)]
+    key = run_key(experiment, ident["dataset"], recipe)
+    digest = _content_digest(ident, recipe, metrics, history, seeds_rows, stats)
+    parent = existing.get(key)
+    if parent is not None and parent.data.tags.get("inputs_sha256") == digest:
+        return parent, False
+    tags = _base_tags(kind="parent", **ident)
+    parent, _ = tracker.ensure_run(key, name=experiment, tags=tags)
+    statuses = sorted({str(d["metrics"].get("status") or d["train"].get("status")) for d in runs})
+    _log(tracker, parent, params=flatten(recipe), metrics={**metrics, **stats.get("metrics", {})},
+         history=history, tags={**tags, **stats.get("tags", {}), "seeds": json.dumps(seeds),
+                                "n_seeds": len(seeds), "status": ",".join(statuses),
+                                "mlflow.note.content": _note(experiment, metrics, seeds, stats)})
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "seeds.json"
+        table.write_text(json.dumps(seeds_rows, indent=2))
+        _log_artifacts(tracker, parent, {"seeds.json": table})
+    _finish(tracker, parent)
+    _log(tracker, parent, tags={"inputs_sha256": digest})
+    return tracker.call("get_run", parent.info.run_id), True
 
+
+def mark_superseded(tracker: Tracker, current: Mapping[tuple[str, str], str]) -> int:
+    """Tag ``superseded`` on every run of a tracked (experiment, seed) — seed ``""`` for the
+    parent: ``false`` for the run whose key is ``current[...]``, ``true`` for the older ones
+    (never deleted). Runs of experiments not in ``current`` are left alone. Returns how many
+    runs were newly superseded."""
+    superseded = 0
+    for run in tracker.find({}):
+        tags = run.data.tags
+        ident = (tags.get("experiment"), tags.get("seed", "") if tags.get("kind") == "child" else "")
+        if tags.get("kind") not in ("child", "parent") or ident not in current:
+            continue
+        want = "false" if tags.get("run_key") == current[ident] else "true"
+        if tags.get("superseded") != want:
+            tracker.call("set_tag", run.info.run_id, "superseded", want)
+            superseded += want == "true"
+    return superseded
+
+
+def _finite(value: Any, *, text: bool = False):
+    """``value`` as a finite float (None otherwise); with ``text``: whether it is a non-empty cell."""
+    if text:
+        return value is not None and str(value) != "" and not (isinstance(value, float) and math.isnan(value))
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def read_statistics(summary_dir: str | os.PathLike | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{experiment: {"metrics": {...}, "tags": {...}}}`` for the parent runs, from the summary's
+    ``experiments.csv`` (``STAT_METRICS``, ``STAT_TAGS``) and ``diagnostics.csv`` (``DIAGNOSTIC_*``).
+    Missing files, columns and empty cells are skipped."""
+    import pandas as pd
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    if summary_dir is None:
+        return out
+    sources = (("experiments.csv", STAT_METRICS, STAT_TAGS), ("diagnostics.csv", DIAGNOSTIC_METRICS, DIAGNOSTIC_TAGS))
+    for name, metric_cols, tag_cols in sources:
+        path = Path(summary_dir) / name
+        if not path.is_file():
+            continue
+        frame = pd.read_csv(path, dtype={"experiment": str}, keep_default_na=False, na_values=[""])
+        if "experiment" not in frame.columns:
+            raise TrackingError(f"{path}: missing column 'experiment'")
+        for row in frame.to_dict("records"):
+            entry = out.setdefault(row["experiment"], {"metrics": {}, "tags": {}})
+            entry["metrics"].update({c: _finite(row[c]) for c in metric_cols if _finite(row.get(c)) is not None})
+            entry["tags"].update({tag: str(row[c]) for c, tag in tag_cols.items() if _finite(row.get(c), text=True)})
+    return out
+
+
+def _load_runs(run_dirs: Sequence[str | os.PathLike], runs_root: Path, table: Mapping[str, Any],
+               logs_dir: Path | None) -> dict[str, list[dict[str, Any]]]:
+    """Every run directory read and checked (before MLflow is touched), by experiment id."""
+    known = {e["id"] for e in table["experiments"]}
+    by_experiment: dict[str, list[dict[str, Any]]] = {}
+    for run_dir in map(Path, run_dirs):
+        try:
+            experiment = run_dir.parent.relative_to(runs_root).as_posix()
+        except ValueError:
+            raise TrackingError(f"run {run_dir} is not under {runs_root}") from None
+        if experiment not in known:
+            raise TrackingError(f"run {run_dir}: experiment {experiment!r} is not in the study table")
+        data = _read_run(run_dir)
+        log_file = logs_dir / experiment / f"{run_dir.name}.log" if logs_dir is not None else None
+        data.update(dir=run_dir, digest=files_digest(run_dir),
+                    log=log_file if log_file is not None and log_file.is_file() else None)
+        by_experiment.setdefault(experiment, []).append(data)
+    return by_experiment
+
+
+def _record_row(tracker: Tracker, run, experiment: str, seed: int | str) -> dict[str, Any]:
+    info = tracker.run_info(run)
+    return {"experiment": experiment, "seed": seed, "kind": "child" if seed != "" else "parent",
+            "mlflow_run_id": info["run_id"], "mlflow_parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
+            "mlflow_experiment_id": info["experiment_id"], "mlflow_url": info["ui_url"] or info["url"],
+            "run_key": run.data.tags.get("run_key", "")}
+
+
+def track_study(run_dirs: Sequence[str | os.PathLike], *, study_table: str | os.PathLike,
+                runs_root: str | os.PathLike, study: str, out: str | os.PathLike, record: str | os.PathLike,
+                summary_dir: str | os.PathLike | None = None, logs_dir: str | os.PathLike | None = None,
+                uri: str = DEFAULT_URI, name: str = "ablationlab", lock=None) -> dict[str, Any]:
+    """The study's one MLflow writer: log the child runs of ``run_dirs`` that are new or
+    changed (by ``run_key`` and ``files_sha256``), update every parent run (seed aggregates and
+    the summary's statistics), tag superseded runs; write ``out`` (the MLflow experiment) and
+    ``record`` (``RECORD_COLUMNS``: one row per run and per parent)."""
+    table = io.read_json(study_table)
+    by_experiment = _load_runs(run_dirs, Path(runs_root), table, Path(logs_dir) if logs_dir else None)
+    statistics = read_statistics(summary_dir)
+    groups, dataset = {e["id"]: e["group"] for e in table["experiments"]}, table["dataset"]
     tracker = Tracker(uri, name, lock=lock)
+    rows, current, logged = [], {}, {"children": 0, "parents": 0}
     with tracker.session():
-        tags = _base_tags(study=study, experiment=experiment, group=group, dataset=dataset, kind="parent")
-        parent, created = tracker.ensure_run(run_key(experiment, dataset, recipe), name=experiment, tags=tags)
-        acc = metrics.get("test_acc_mean")
-        note = (f"**{experiment}**: test accuracy {acc:.4f} ± {metrics.get('test_acc_std', 0.0):.4f} "
-                f"over {len(seeds)} seed(s) {seeds}" if acc is not None else f"**{experiment}**")
-        _log(tracker, parent, params=flatten(recipe), metrics=metrics, history=history,
-             tags={**tags, "seeds": json.dumps(seeds), "n_seeds": len(seeds), "status": ",".join(statuses),
-                   "mlflow.note.content": note})
-        with tempfile.TemporaryDirectory() as tmp:
-            table = Path(tmp) / "seeds.json"
-            table.write_text(json.dumps(seeds_rows, indent=2))
-            _log_artifacts(tracker, parent, {"seeds.json": table})
-        _finish(tracker, parent)
-        parent = tracker.call("get_run", parent.info.run_id)
-        superseded = tracker.supersede(parent, {"kind": "parent", "experiment": experiment})
-    info = tracker.run_info(parent, kind="parent", experiment=experiment, run_key=parent.data.tags["run_key"],
-                            children={str(r["seed"]): r["run_id"] for r in seeds_rows},
-                            metrics=metrics, superseded=superseded)
+        info = init(tracker)
+        existing = {r.data.tags.get("run_key"): r for r in tracker.find({})}
+        for experiment, runs in by_experiment.items():
+            ident = {"study": study, "experiment": experiment, "group": groups[experiment], "dataset": dataset}
+            for data in runs:
+                seed = int(data["train"]["seed"])
+                key = run_key(experiment, dataset, data["recipe"], seed)
+                run = existing.get(key)
+                if run is None or run.data.tags.get("files_sha256") != data["digest"]:
+                    run, logged["children"] = log_child(tracker, data, ident), logged["children"] + 1
+                data["run"], current[(experiment, str(seed))] = run, key
+                rows.append(_record_row(tracker, run, experiment, seed))
+            parent, changed = log_parent(tracker, runs, ident, statistics.get(experiment, {}), existing)
+            logged["parents"] += changed
+            current[(experiment, "")] = parent.data.tags["run_key"]
+            rows.append(_record_row(tracker, parent, experiment, ""))
+        superseded = mark_superseded(tracker, current)
+    _write_record(record, rows)
+    info.update(logged=logged, superseded=superseded)
     io.write_json(out, info)
-    log.info("tracked experiment %s as parent run %s", experiment, parent.info.run_id)
+    log.info("MLflow %s: logged %d child and %d parent runs of %d; %d newly superseded",
+             tracker.redacted, logged["children"], logged["parents"], len(rows), superseded)
     return info
+
+
+def _write_record(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    io.write_csv(path, pd.DataFrame(rows, columns=RECORD_COLUMNS))
 
 
 # ----------------------------------------------------------------------------- live logging
@@ -531,9 +680,9 @@ class LiveRun:
     finishes (and, optionally, system metrics), so a long run can be watched in the UI.
 
     ``spec``: ``{"uri", "mlflow_experiment", "study", "experiment", "group", "dataset",
-    "live": bool, "system_metrics": bool}`` (what :func:`live_spec` builds). The ``track``
-    job later completes the same run (same ``run_key``). Logging failures never stop
-    training: they are logged as warnings and the ``track`` job catches up.
+    "live": bool, "system_metrics": bool}`` (what :func:`live_spec` builds). The study's
+    writer (:func:`track_study`) later completes the same run (same ``run_key``). Logging
+    failures never stop training: they are logged as warnings and the writer catches up.
     """
 
     def __init__(self, spec: Mapping[str, Any], *, recipe: Mapping[str, Any], seed: int):
@@ -646,56 +795,34 @@ class LiveSpec:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ablationlab track", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--uri", default=DEFAULT_URI, help=f"tracking URI (default {DEFAULT_URI})")
-        p.add_argument("--mlflow-experiment", required=True, help="MLflow experiment name (one per study)")
-        p.add_argument("--lock", default=None, help="lock file (default: <db>.lock, or results/.mlflow-*.lock)")
-
-    def ident(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--experiment", required=True, help="experiment id, e.g. dropout/p=0.3")
-        p.add_argument("--group", required=True)
-        p.add_argument("--dataset", required=True)
-        p.add_argument("--study", required=True, help="study name (tag)")
-
-    p = sub.add_parser("init", help="create the store and the experiment (once, before parallel jobs)")
-    common(p)
-    p.add_argument("--out", required=True, help="JSON file recording the experiment id")
-    p = sub.add_parser("run", help="log one run directory (one seed) as a child run")
-    common(p)
-    ident(p)
-    p.add_argument("--run", required=True, help="run directory results/runs/{experiment}/seed{n}")
-    p.add_argument("--log", default=None, help="train log file to attach as train.log")
-    p.add_argument("--out", default=None, help="output JSON (default RUN/mlflow.json)")
-    p = sub.add_parser("experiment", help="log the seed-aggregated parent run of one experiment")
-    common(p)
-    ident(p)
+    p = sub.add_parser("study", help="log a study's new or changed runs and update its parent runs")
+    p.add_argument("--uri", default=DEFAULT_URI, help=f"tracking URI (default {DEFAULT_URI})")
+    p.add_argument("--mlflow-experiment", required=True, help="MLflow experiment name (one per study)")
+    p.add_argument("--lock", default=None, help="lock file (default: <db>.lock, or results/.mlflow-*.lock)")
+    p.add_argument("--study", required=True, help="study name (tag)")
+    p.add_argument("--study-table", required=True, help="results/study/experiments.json")
+    p.add_argument("--runs", required=True, help="the runs' root folder, results/runs")
     p.add_argument("--run", required=True, nargs="+", action="extend", metavar="DIR",
-                   help="tracked run directories, one per seed")
-    p.add_argument("--out", required=True, help="output JSON, e.g. results/runs/{experiment}/mlflow.json")
+                   help="run directories to track, results/runs/{experiment}/seed{n}")
+    p.add_argument("--summary", default=None, help="folder with experiments.csv [and diagnostics.csv]")
+    p.add_argument("--logs", default=None, help="train logs, {logs}/{experiment}/seed{n}.log (attached)")
+    p.add_argument("--out", required=True, help="the MLflow experiment's record, results/mlflow.json")
+    p.add_argument("--record", required=True, help="one row per run, results/summary/mlflow.csv")
     return parser
 
 
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    where = {"uri": args.uri, "name": args.mlflow_experiment, "lock": args.lock}
     try:
         problem = server_problem(export_credentials(args.uri))  # one clear line, not minutes of retries
         if problem:
             raise TrackingError(problem)
-        if args.command == "init":
-            info = init(**where)
-            io.write_json(args.out, info)
-        else:
-            ident = {k: getattr(args, k) for k in ("experiment", "group", "dataset", "study")}
-            if args.command == "run":
-                info = track_run(args.run, log_file=args.log, out=args.out, **ident, **where)
-            else:
-                info = track_experiment(args.run, out=args.out, **ident, **where)
+        info = track_study(args.run, study_table=args.study_table, runs_root=args.runs, study=args.study,
+                           out=args.out, record=args.record, summary_dir=args.summary, logs_dir=args.logs,
+                           uri=args.uri, name=args.mlflow_experiment, lock=args.lock)
     except TrackingError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
-    print(json.dumps({k: info[k] for k in ("experiment_id", "tracking_uri") if k in info}
-                     | {k: info[k] for k in ("run_id", "url") if k in info}))
+    print(json.dumps({k: info[k] for k in ("experiment_id", "tracking_uri", "url", "logged")}))
     return 0

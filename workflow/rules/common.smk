@@ -80,7 +80,8 @@ elif DATA_PROBLEM:
     # run; its files stay ancient() inputs, so identical rebuilt data re-runs nothing else
     print(f"warning: {DATA_PROBLEM}: prepare_data will rebuild it", file=sys.stderr)
     Path(DATA_VERIFIED).unlink(missing_ok=True)
-RUN_DIR = "results/runs/{experiment}/seed{seed}"
+RUNS_ROOT = "results/runs"
+RUN_DIR = f"{RUNS_ROOT}/{{experiment}}/seed{{seed}}"
 TRAIN_FILES = [
     "recipe.json",
     "history.csv",
@@ -235,14 +236,73 @@ def weights_digest(wildcards):
     return [_file_sha256(w, st.st_mtime_ns, st.st_size) for w, st in stats.items()]
 
 
+# adaptive seeding (adaptive.smk): each experiment's seeds come from the last look
+ADAPTIVE = "adaptive" in STUDY.experiments
+SEED_PLAN = "results/adaptive/seeds.json"
+
+
+def experiment_seeds(exp):
+    """The seeds experiment `exp` gets: the study's, or with adaptive seeding those of the
+    last look (a checkpoint: call it from input functions only)."""
+    return adaptive_plan()["seeds"][exp] if ADAPTIVE else SEEDS
+
+
 def run_files(experiments, names, seeds=None):
-    """results/runs/<experiment>/seed<n>/<name> for every experiment, seed and name."""
+    """results/runs/<experiment>/seed<n>/<name> for every experiment, its seeds (or `seeds`) and name."""
     return [
         f"results/runs/{exp}/seed{seed}/{name}"
         for exp in experiments
-        for seed in (SEEDS if seeds is None else seeds)
+        for seed in (experiment_seeds(exp) if seeds is None else seeds)
         for name in names
     ]
+
+
+def look_file(k):
+    return f"results/adaptive/look{k}.json"
+
+
+@functools.lru_cache(maxsize=None)
+def _read_look(path, mtime_ns):
+    return abl_io.read_json(path)
+
+
+def read_look(k):
+    """The result of look k (IncompleteCheckpointException until that checkpoint has run)."""
+    path = checkpoints.adaptive_look.get(look=k).output[0]
+    return _read_look(path, os.stat(path).st_mtime_ns)
+
+
+def look_seeds(k):
+    """{experiment: seeds} tested at look k: the study's at look 1, else what look k-1 decided."""
+    return {e: SEEDS for e in EXPERIMENTS} if k == 1 else read_look(k - 1)["seeds"]
+
+
+def adaptive_plan():
+    """The last look's result: the first look that added no seed."""
+    # every look but the last adds a seed somewhere, so there are at most this many
+    limit = len(EXPERIMENTS) * STUDY.experiments["adaptive"]["max_seeds"] + 1
+    for k in range(1, limit + 1):
+        result = read_look(k)
+        if result["done"]:
+            return result
+    raise WorkflowError(f"adaptive seeding: no decision after {limit} looks")
+
+
+def look_runs(wildcards):
+    seeds = look_seeds(int(wildcards.look))
+    return [
+        f"results/runs/{e}/seed{s}/metrics.json" for e in EXPERIMENTS for s in seeds[e]
+    ]
+
+
+def previous_look(wildcards):
+    k = int(wildcards.look)
+    return [look_file(k - 1)] if k > 1 else []
+
+
+def seed_plan_option(wildcards, input):
+    """`--seeds results/adaptive/seeds.json` for the aggregating stages (adaptive seeding only)."""
+    return ["--seeds", *input.seeds] if ADAPTIVE else []
 
 
 def experiment_regex(experiments):

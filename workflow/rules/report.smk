@@ -54,8 +54,8 @@ rule figures:
         study=ancient(STUDY_TABLE),
         summary=SUMMARY,
         data=data_files(["meta.json", "train_x.pt", "train_y.pt", "test_x.pt"]),
-        # the baseline's files come first: params.runs_dir is derived from them
-        runs=run_files(EXPERIMENTS, FIGURE_RUN_FILES),
+        runs=lambda wildcards: run_files(EXPERIMENTS, FIGURE_RUN_FILES),
+        seeds=[SEED_PLAN] if ADAPTIVE else [],
         code=library("figures"),
     output:
         figures=FIGURES,
@@ -73,12 +73,13 @@ rule figures:
         data=data_version("train", "val", "test"),
         summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
         data_dir=lambda wildcards, input: Path(input.data[0]).parent,
-        runs_dir=lambda wildcards, input: Path(input.runs[0]).parents[2],
+        runs_dir=RUNS_ROOT,
         out_dir=lambda wildcards, output: Path(output.manifest).parent,
+        seeds=seed_plan_option,
     shell:
         "python -m ablationlab figures --study {input.study:q} --summary {params.summary_dir:q}"
         " --data {params.data_dir:q} --runs {params.runs_dir:q} --out {params.out_dir:q}"
-        " > {log:q} 2>&1"
+        " {params.seeds:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -86,15 +87,18 @@ rule report:
         study_report=STUDY_REPORT,
         study=STUDY_TABLE,
         summary=SUMMARY,
+        # every run's MLflow id and link (summarize.read_summary joins it to runs.csv)
+        tracked=lambda wildcards: [MLFLOW_RECORD] if hasattr(rules, "track") else [],
         figures=FIGURE_FILES,
         manifest=FIGURE_MANIFEST,
         meta=data_files(["meta.json"]),
         # wall time per job: results/benchmarks/train/<experiment>/seed<n>.tsv
-        benchmarks=[
+        benchmarks=lambda wildcards: [
             f"results/benchmarks/train/{exp}/seed{seed}.tsv"
             for exp in EXPERIMENTS
-            for seed in SEEDS
+            for seed in experiment_seeds(exp)
         ],
+        seeds=[SEED_PLAN] if ADAPTIVE else [],
         code=library("report"),
         templates=TEMPLATES,
     output:
@@ -117,12 +121,13 @@ rule report:
         summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
         figures_dir=lambda wildcards, input: Path(input.manifest).parent,
         data_dir=lambda wildcards, input: Path(input.meta[0]).parent,
-        benchmarks_dir=lambda wildcards, input: Path(input.benchmarks[0]).parents[2],
+        benchmarks_dir="results/benchmarks/train",
+        seeds=seed_plan_option,
     shell:
         "python -m ablationlab report --study-report {input.study_report:q} --study {input.study:q}"
         " --summary {params.summary_dir:q} --figures {params.figures_dir:q} --data {params.data_dir:q}"
         " --benchmarks {params.benchmarks_dir:q}"
-        " --out-html {output.html:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
+        " --out-html {output.html:q} --out-pdf {output.pdf:q} {params.seeds:q} > {log:q} 2>&1"
 
 
 FINAL_TARGETS += ["reports/report.html", "reports/report.pdf"]

@@ -2,8 +2,9 @@
 95 % t-interval, min/max, Δ vs the reference with a Welch p-value, epochs, parameters, status)
 and diagnostics.csv (per experiment: the reading of its training curves).
 
-Reads only the study table and each run's train.json / metrics.json / history.csv (and
-mlflow.json when the tracking stage is part of the workflow). The study table is `ancient` and its content
+Reads only the study table and each run's train.json / metrics.json / history.csv (the
+MLflow writer, track.smk, runs after it: the runs' MLflow ids are in its
+results/summary/mlflow.csv). The study table is `ancient` and its content
 digest is a param: editing a group's notes or the report title rewrites experiments.json
 (same content, new mtime) without re-running this rule.
 """
@@ -19,12 +20,11 @@ STUDY_DIGEST = hashlib.sha256(
 rule summarize:
     input:
         study=ancient(STUDY_TABLE),
-        # the baseline's files come first: params.runs_dir is derived from them
-        runs=run_files(EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]),
-        # mlflow.json of every run when the track rule exists (its run ids go into runs.csv)
-        tracked=lambda wildcards: (
-            run_files(EXPERIMENTS, ["mlflow.json"]) if hasattr(rules, "track") else []
+        runs=lambda wildcards: run_files(
+            EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
         ),
+        # each experiment's seeds (adaptive seeding)
+        seeds=[SEED_PLAN] if ADAPTIVE else [],
         code=library("summarize"),
     output:
         runs=SUMMARY[0],
@@ -40,11 +40,12 @@ rule summarize:
         runtime=10,
     params:
         study=STUDY_DIGEST,
-        runs_dir=lambda wildcards, input: Path(input.runs[0]).parents[2],
+        runs_dir=RUNS_ROOT,
         out_dir=lambda wildcards, output: Path(output.runs).parent,
+        seeds=seed_plan_option,
     shell:
         "python -m ablationlab summarize --study {input.study:q} --runs {params.runs_dir:q}"
-        " --out {params.out_dir:q} > {log:q} 2>&1"
+        " --out {params.out_dir:q} {params.seeds:q} > {log:q} 2>&1"
 
 
 FINAL_TARGETS += SUMMARY

@@ -1,11 +1,15 @@
-"""MLflow tracking: mlflow_init (once), track (one child run per seed), track_experiment
-(one parent run per experiment, seed-aggregated).
+"""MLflow tracking: one writer per study (rule `track`, one job).
 
-Idempotent (runs are found by their run_key tag) and parallel-safe (a file lock next to the
-SQLite store). These jobs are light and talk to the tracking store, so they run where
-Snakemake runs (localrules): on a cluster that is the node that can reach the tracking
-server, and a SQLite store is only ever written from one machine (live logging from train
-jobs, tracking.live, is off inside a SLURM job unless the URI is a tracking server).
+It runs after summarize and logs the child runs (one per seed) that are new or changed,
+updates every experiment's parent run (seed aggregates and the summary's statistics:
+experiments.csv, diagnostics.csv when present) and tags superseded runs; it is idempotent
+(runs are found by their run_key tag; unchanged ones are skipped) and the store's only
+writer apart from live logging (tracking.live: train jobs, under a file lock with retries).
+It writes results/mlflow.json (the MLflow experiment) and results/summary/mlflow.csv (every
+run's MLflow run id and link: the report reads it). The job is light and talks to the
+tracking store, so it runs where Snakemake runs (localrules): on a cluster that is the node
+that can reach the tracking server, and a SQLite store is only ever written from one machine
+(live logging is off inside a SLURM job unless the URI is a tracking server).
 
 Credentials in tracking.uri (https://user:pass@host) never reach a shell command or a log:
 they are moved into MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD environment variables
@@ -19,7 +23,13 @@ MLFLOW_URI = abl_tracking.export_credentials(CONFIG["tracking"]["uri"])
 if MLFLOW_URI != CONFIG["tracking"]["uri"]:
     workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or CONFIG["study"]["name"]
-TRACK_RULES = {"mlflow_init", "track", "track_experiment"}
+MLFLOW_INFO = "results/mlflow.json"
+MLFLOW_TARGET = (
+    "results/mlflow/target.json"  # tracking URI (redacted), experiment, study
+)
+# every run's MLflow id and link, read by the report (summarize.read_summary)
+MLFLOW_RECORD = "results/summary/mlflow.csv"
+TRACK_RULES = {"track"}  # the rules that talk to the tracking store
 
 
 # an unreachable tracking server: one line before the first job, not minutes of retries per job
@@ -30,7 +40,6 @@ PREFLIGHT.append(
         else None
     )
 )
-MLFLOW_INIT = "results/mlflow.json"
 TRACKED_FILES = [
     "recipe.json",
     "train.json",
@@ -58,92 +67,57 @@ TRACK_LIVE = {
 localrules:
     mlflow_init,
     track,
-    track_experiment,
 
 
+# Where the writer logs to, as a file of its own: a root of the DAG, so a new tracking.uri,
+# MLflow experiment or study name re-runs `track` even when `study` re-runs in the same call
+# (Snakemake checks no params of a job downstream of a re-running job when its only link
+# to it is ancient: summarize's study table).
 rule mlflow_init:
-    input:
-        code=library("tracking"),
     output:
-        MLFLOW_INIT,
+        MLFLOW_TARGET,
     log:
         "results/logs/mlflow_init/mlflow_init.log",
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
     params:
-        uri=verbatim(MLFLOW_URI),
+        uri=verbatim(abl_tracking.redact(MLFLOW_URI)),
         experiment=verbatim(MLFLOW_EXPERIMENT),
-    shell:
-        "python -m ablationlab track init --uri {params.uri:q}"
-        " --mlflow-experiment {params.experiment:q} --out {output:q} > {log:q} 2>&1"
+        study=verbatim(CONFIG["study"]["name"]),
+    run:
+        abl_io.write_json(output[0], dict(params.items()))
 
 
 rule track:
     input:
-        init=MLFLOW_INIT,
-        run=expand(f"{RUN_DIR}/{{name}}", name=TRACKED_FILES, allow_missing=True),
-        train_log="results/logs/train/{experiment}/seed{seed}.log",
+        target=MLFLOW_TARGET,
+        study=ancient(STUDY_TABLE),
+        summary=SUMMARY,
+        runs=lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES),
         code=library("tracking"),
     output:
-        f"{RUN_DIR}/mlflow.json",
+        info=MLFLOW_INFO,
+        record=MLFLOW_RECORD,
     log:
-        "results/logs/track/{experiment}/seed{seed}.log",
-    wildcard_constraints:
-        experiment=experiment_regex(EXPERIMENTS),
+        "results/logs/track/track.log",
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=2000,
+        runtime=60,
     params:
         uri=verbatim(MLFLOW_URI),
         experiment=verbatim(MLFLOW_EXPERIMENT),
-        study=CONFIG["study"]["name"],
-        group=experiment_group,
-        dataset=DATASET,
+        study=verbatim(CONFIG["study"]["name"]),
+        # the run directories, in input order (each once)
+        runs=lambda wildcards, input: list(
+            dict.fromkeys(os.path.dirname(f) for f in input.runs)
+        ),
+        summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
     shell:
-        "python -m ablationlab track run"
-        " --run results/runs/{wildcards.experiment:q}/seed{wildcards.seed}"
-        " --experiment {wildcards.experiment:q} --group {params.group:q}"
-        " --dataset {params.dataset:q} --study {params.study:q} --log {input.train_log:q}"
+        "python -m ablationlab track study --study-table {input.study:q} --runs results/runs"
+        " --run {params.runs:q} --summary {params.summary_dir:q} --logs results/logs/train"
+        " --study {params.study:q} --out {output.info:q} --record {output.record:q}"
         " --uri {params.uri:q} --mlflow-experiment {params.experiment:q} > {log:q} 2>&1"
 
 
-rule track_experiment:
-    input:
-        init=MLFLOW_INIT,
-        runs=lambda wc: run_files([wc.experiment], TRACKED_FILES + ["mlflow.json"]),
-        code=library("tracking"),
-    output:
-        "results/runs/{experiment}/mlflow.json",
-    log:
-        "results/logs/track_experiment/{experiment}.log",
-    wildcard_constraints:
-        experiment=experiment_regex(EXPERIMENTS),
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    params:
-        uri=verbatim(MLFLOW_URI),
-        experiment=verbatim(MLFLOW_EXPERIMENT),
-        study=CONFIG["study"]["name"],
-        group=experiment_group,
-        dataset=DATASET,
-        runs=lambda wc: [f"results/runs/{wc.experiment}/seed{s}" for s in SEEDS],
-    shell:
-        "python -m ablationlab track experiment"
-        " --run {params.runs:q}"
-        " --experiment {wildcards.experiment:q} --group {params.group:q}"
-        " --dataset {params.dataset:q} --study {params.study:q} --out {output:q}"
-        " --uri {params.uri:q} --mlflow-experiment {params.experiment:q} > {log:q} 2>&1"
-
-
-FINAL_TARGETS += [f"results/runs/{exp}/mlflow.json" for exp in EXPERIMENTS]
+FINAL_TARGETS += [MLFLOW_INFO, MLFLOW_RECORD]

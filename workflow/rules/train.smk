@@ -71,8 +71,9 @@ for group in GROUPS:
             group
         default_target: False
         input:
-            run_files(GROUP_EXPERIMENTS[group], EVALUATE_FILES[:1]),
+            run_files(GROUP_EXPERIMENTS[group], EVALUATE_FILES[:1], SEEDS),
             DATA_VERIFIED,
 
 
-FINAL_TARGETS += run_files(EXPERIMENTS, EVALUATE_FILES[:1])
+# the study's seeds (adaptive seeding adds its further seeds through summarize)
+FINAL_TARGETS += run_files(EXPERIMENTS, EVALUATE_FILES[:1], SEEDS)

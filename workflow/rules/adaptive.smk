@@ -1,0 +1,65 @@
+"""Adaptive seeding (adaptive.enabled): a chain of checkpoints, one per look.
+
+Look k (results/adaptive/look<k>.json, ablationlab.adaptive) reads the test accuracy of
+every experiment on the seeds it has so far (the study's at look 1, else what look k-1
+decided), tests every comparison, and gives each undecided one `step` more seeds for both
+sides. Only those new seed jobs are planned next; the first look that adds none is the
+last, copied to results/adaptive/seeds.json, and every aggregating stage asks for the
+seeds it names (experiment_seeds in common.smk). A finished study plans nothing again;
+a changed recipe re-trains its own runs and re-reads the (cheap, local) looks, whose
+verdicts on the other experiments' unchanged runs stay as they were.
+
+Nothing here is requested when adaptive seeding is off.
+"""
+
+
+localrules:
+    adaptive_look,
+    adaptive_seeds,
+
+
+checkpoint adaptive_look:
+    input:
+        study=ancient(STUDY_TABLE),
+        runs=look_runs,
+        previous=previous_look,
+        code=library("adaptive"),
+    output:
+        "results/adaptive/look{look}.json",
+    log:
+        "results/logs/adaptive/look{look}.log",
+    wildcard_constraints:
+        look=r"[1-9]\d*",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        study=STUDY_DIGEST,
+        runs_dir=RUNS_ROOT,
+        previous=lambda wildcards, input: (
+            ["--previous", *input.previous] if input.previous else []
+        ),
+    shell:
+        "python -m ablationlab adaptive --study {input.study:q} --runs {params.runs_dir:q}"
+        " --look {wildcards.look} {params.previous:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule adaptive_seeds:
+    input:
+        lambda wildcards: look_file(adaptive_plan()["look"]),
+    output:
+        SEED_PLAN,
+    log:
+        "results/logs/adaptive/seeds.log",
+    conda:
+        ENV
+    shell:
+        "cp {input:q} {output:q} 2> {log:q}"
+
+
+if ADAPTIVE:
+
+    FINAL_TARGETS.append(SEED_PLAN)
