@@ -116,8 +116,8 @@ def test_report_redacts_tracking_passwords(smoke_config):
     cfg = copy.deepcopy(smoke_config)
     cfg["tracking"]["uri"] = "https://alice:s3cret@mlflow.example.org:5000/path"
     rep = study.load(cfg).report
-    assert "s3cret" not in json.dumps(rep)
-    assert rep["tracking"]["uri"] == "https://alice:***@mlflow.example.org:5000/path"
+    assert "s3cret" not in json.dumps(rep) and "alice" not in json.dumps(rep)
+    assert rep["tracking"]["uri"] == "https://***@mlflow.example.org:5000/path"
     assert rep["tracking"]["experiment"] == "smoke"
 
 

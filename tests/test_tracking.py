@@ -120,13 +120,7 @@ def metric_points(store, run_ids) -> dict[str, dict[str, int]]:
 
 
 # ----------------------------------------------------------------------------- helpers
-def test_redact_and_split_credentials():
-    assert tracking.redact("https://alice:s3cret@mlflow.example.org:5000/x") == "https://***@mlflow.example.org:5000/x"
-    assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert "tok123" not in tracking.redact("https://h/?api_token=tok123&x=1")
-    assert tracking.redact("sqlite:///results/mlflow.db") == "sqlite:///results/mlflow.db"
-    assert tracking.redact("POST https://u:p@ss@h/api failed") == "POST https://***@h/api failed"
-    assert tracking.redact("postgresql://u:pw@db/m?password=zz&x=1") == "postgresql://***@db/m?password=***&x=1"
+def test_split_credentials():  # redaction: tests/test_credentials.py
     assert tracking.split_credentials("https://al%40ice:p%3Aw@h:1/p") == ("https://h:1/p", "al@ice", "p:w")
 
 
@@ -142,7 +136,7 @@ def test_credentials_move_to_mlflow_env_vars(tmp_path, monkeypatch):
     assert info["ui_url"] == "https://***@mlflow.example.org/#/experiments/1/runs/r?workflowType=machine_learning"
 
 
-def test_run_key_and_flatten():
+def test_run_key_and_mlflow_params():
     recipe = complete({"augment": [{"name": "hflip", "p": 0.5}]})
     key = tracking.run_key("baseline", "digits", recipe, 0)
     assert key == tracking.run_key("baseline", "digits", json.loads(json.dumps(recipe)), 0)
@@ -150,7 +144,7 @@ def test_run_key_and_flatten():
               tracking.run_key("baseline", "digits", complete({"epochs": 2}), 0),
               tracking.run_key("baseline", "digits", recipe)}
     assert key not in others and len(others) == 4
-    flat = tracking.flatten(recipe)
+    flat = tracking.mlflow_params(recipe)
     assert flat["optimizer.lr"] == "0.05" and flat["model.batch_norm"] == "false"
     assert json.loads(flat["augment"]) == [{"name": "hflip", "p": 0.5}] and json.loads(flat["model.widths"]) == [32, 64, 128]
     assert flat["input.resize"] == "null"
@@ -421,9 +415,12 @@ def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, 
     for key in tracking.HTTP_LIMITS:
         monkeypatch.delenv(key, raising=False)
     # the job's own check: one error line, exit 2
-    assert tracking.cli(["init", "--uri", uri, "--mlflow-experiment", "x", "--out", str(tmp_path / "i.json")]) == 2
+    job = ["study", "--uri", uri, "--mlflow-experiment", "x", "--study", "s", "--study-table", str(tmp_path / "t.json"),
+           "--runs", str(tmp_path), "--run", str(tmp_path / "r"), "--out", str(tmp_path / "i.json"),
+           "--record", str(tmp_path / "m.csv")]
+    assert tracking.cli(job) == 2
     assert capsys.readouterr().err.strip() == f"error: {problem}"
     start = time.monotonic()  # MLflow's own client, with the bounded retries (MLflow's default: about 4 minutes)
     with pytest.raises(Exception, match="Max retries exceeded"):
-        tracking.init(uri, "x", lock=tmp_path / "lock")
+        tracking.init(tracking.Tracker(uri, "x", lock=tmp_path / "lock"))
     assert time.monotonic() - start < 30

@@ -164,7 +164,7 @@ def test_smoke_logs_one_parent_per_experiment_and_one_child_per_seed(workdir, st
         assert by_id[child.data.tags["mlflow.parentRunId"]].data.tags["experiment"] == exp
         assert child.data.tags["run_key"] and child.data.tags["group"] == exp.split("/")[0]
         recipe = next(e["recipe"] for e in study["experiments"] if e["id"] == exp)
-        assert child.data.params == tracking.flatten(recipe)
+        assert child.data.params == tracking.mlflow_params(recipe)
         epochs = io.read_json(run_dir / "train.json")["epochs_run"]
         history = c.get_metric_history(child.info.run_id, "val_acc")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))

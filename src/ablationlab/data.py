@@ -459,6 +459,55 @@ def _resize(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
                       for i in range(0, len(x), chunk)])
 
 
+def _check_prepare_args(dataset: str, val_size: float, split_seed: int, image_size: int | None,
+                        checksums: Mapping[str, str] | None) -> None:
+    """DataError for a bad argument of :func:`prepare`, before any download."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise DataError(f"image_size must be a positive integer, got {image_size!r}")
+    if checksums and dataset not in SOURCES:
+        raise DataError(f"checksums apply to downloaded datasets only, not {dataset!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise DataError(f"split_seed must be a non-negative integer, got {split_seed!r}")
+    _val_count(val_size, 2**62)  # type check before any download
+
+
+def _read_source(dataset: str, root: Path, image_size: int | None, mirror: str | None,
+                 checksums: Mapping[str, str] | None) -> tuple:
+    """``(train, test, classes, source text)`` of ``dataset``, fetched (and verified) if it is downloaded."""
+    if dataset == "digits":
+        train, test, classes = _digits()
+        source = (f"scikit-learn load_digits (8x8, 0..16 scaled to 0..255); no official test split: "
+                  f"stratified {DIGITS_TEST_SIZE:.0%} test split with seed {DIGITS_TEST_SEED}")
+    elif dataset == "imagefolder":
+        train, test, classes = _imagefolder(root, image_size)
+        source = f"image folder {root.resolve()} (train/ and test/ sub-directories)"
+    else:
+        files = fetch(dataset, root, mirror=mirror, checksums=checksums)
+        parser: Callable = {"cifar10": _cifar, "cifar100": _cifar, "mnist": _mnist,
+                            "fashion_mnist": _mnist, "svhn": _svhn}[dataset]
+        train, test, classes = parser(dataset, files)
+        source = SOURCES[dataset].source + (f"; fetched from mirror {mirror}" if mirror else "")
+    return train, test, classes, source
+
+
+def _write_splits(out_dir: Path, tensors: dict) -> dict[str, str]:
+    """Remove ``meta.json`` (the completeness marker), write ``{split}_{x,y}.pt``; their sha256 by file name."""
+    import torch
+
+    digests = {}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "meta.json").unlink(missing_ok=True)  # the completeness marker goes first...
+        for split, (x, y) in tensors.items():
+            digests[f"{split}_x.pt"] = io.save_torch(out_dir / f"{split}_x.pt", x.to(torch.uint8).contiguous().clone())
+            digests[f"{split}_y.pt"] = io.save_torch(out_dir / f"{split}_y.pt", y.to(torch.int64).contiguous().clone())
+    except OSError as exc:
+        raise DataError(f"cannot write the prepared dataset to {out_dir}: {exc}") from exc
+    return digests
+
+
 def prepare(dataset: str, out_dir: str | os.PathLike, *, root: str | os.PathLike, val_size: float = 0.1,
             split_seed: int = 0, mirror: str | None = None, image_size: int | None = None,
             checksums: Mapping[str, str] | None = None) -> dict:
@@ -472,31 +521,9 @@ def prepare(dataset: str, out_dir: str | os.PathLike, *, root: str | os.PathLike
     """
     import torch
 
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise DataError(f"image_size must be a positive integer, got {image_size!r}")
-    if checksums and dataset not in SOURCES:
-        raise DataError(f"checksums apply to downloaded datasets only, not {dataset!r}")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-        raise DataError(f"split_seed must be a non-negative integer, got {split_seed!r}")
-    _val_count(val_size, 2**62)  # type check before any download
+    _check_prepare_args(dataset, val_size, split_seed, image_size, checksums)
     out_dir = Path(out_dir)
-
-    if dataset == "digits":
-        (xtr, ytr), (xte, yte), classes = _digits()
-        source = (f"scikit-learn load_digits (8x8, 0..16 scaled to 0..255); no official test split: "
-                  f"stratified {DIGITS_TEST_SIZE:.0%} test split with seed {DIGITS_TEST_SEED}")
-    elif dataset == "imagefolder":
-        (xtr, ytr), (xte, yte), classes = _imagefolder(Path(root), image_size)
-        source = f"image folder {Path(root).resolve()} (train/ and test/ sub-directories)"
-    else:
-        files = fetch(dataset, root, mirror=mirror, checksums=checksums)
-        parser: Callable = {"cifar10": _cifar, "cifar100": _cifar, "mnist": _mnist,
-                            "fashion_mnist": _mnist, "svhn": _svhn}[dataset]
-        (xtr, ytr), (xte, yte), classes = parser(dataset, files)
-        source = SOURCES[dataset].source + (f"; fetched from mirror {mirror}" if mirror else "")
-
+    (xtr, ytr), (xte, yte), classes, source = _read_source(dataset, Path(root), image_size, mirror, checksums)
     for name, y in (("train", ytr), ("test", yte)):
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
             raise DataError(f"{dataset} {name}: labels outside 0..{len(classes) - 1}")
@@ -509,15 +536,7 @@ def prepare(dataset: str, out_dir: str | os.PathLike, *, root: str | os.PathLike
     if image_size is not None:
         tensors = {s: (_resize(x, image_size), y) for s, (x, y) in tensors.items()}
 
-    digests = {}
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "meta.json").unlink(missing_ok=True)  # the completeness marker goes first...
-        for split, (x, y) in tensors.items():
-            digests[f"{split}_x.pt"] = io.save_torch(out_dir / f"{split}_x.pt", x.to(torch.uint8).contiguous().clone())
-            digests[f"{split}_y.pt"] = io.save_torch(out_dir / f"{split}_y.pt", y.to(torch.int64).contiguous().clone())
-    except OSError as exc:
-        raise DataError(f"cannot write the prepared dataset to {out_dir}: {exc}") from exc
+    digests = _write_splits(out_dir, tensors)
     x = tensors["train"][0]
     mean, std = channel_stats(x)
     meta = {

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ablationlab import io
+from ablationlab.keypath import lookup
 
 # matplotlib, pandas, torch and the model/augmentation/data modules are imported where they are
 # used: the workflow calls plan() while it parses, and that must stay fast.
@@ -81,17 +82,6 @@ class FigureError(ValueError):
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _get(recipe: dict[str, Any], key: str) -> Any:
-    """``recipe`` value at a dotted key (integers index lists); KeyError if absent."""
-    value: Any = recipe
-    for part in key.split("."):
-        if isinstance(value, list):
-            value = value[int(part)]
-        else:
-            value = value[part]
-    return value
 
 
 def groups(study: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -691,10 +681,8 @@ def _fig_sweep(st: _Stage, group: str):
     points = [(e["sweep"]["value"], st.rows.loc[e["id"]], st.per_seed.get(e["id"], [])) for e in swept]
     reference = None
     if ref and ref not in [e["id"] for e in swept]:
-        try:
-            ref_value = _get(st.index[ref]["recipe"], key)
-        except (KeyError, IndexError, ValueError, TypeError):
-            ref_value = ref
+        found, ref_value = lookup(st.index[ref]["recipe"], key)
+        ref_value = ref_value if found else ref
         reference = (ref_value, st.rows.loc[ref], st.per_seed.get(ref, []))
     return (draw_sweep(key, points, reference),
             f"Test accuracy over {key} (mean ± 95% t-interval, seeds as open dots).", [e["id"] for e in swept])

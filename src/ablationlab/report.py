@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
-import importlib.metadata
 import math
 import os
 import platform
 import re
-import subprocess
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import jinja2
 import pandas as pd
@@ -36,10 +34,11 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from ablationlab import io, stats
+from ablationlab.credentials import redact
+from ablationlab.keypath import flatten
+from ablationlab.provenance import git_commit, package_versions
 from ablationlab.summarize import SummaryError, load_study, read_summary
 
-PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scipy", "scikit-learn", "kornia", "torchinfo",
-            "matplotlib", "mlflow", "snakemake", "jinja2", "markdown-it-py", "weasyprint")
 MLFLOW_UI = "http://127.0.0.1:5000/"
 
 
@@ -137,19 +136,6 @@ def markdown(text: str | None, shift: int = 3) -> Markup:
     return Markup(_MD.renderer.render(tokens, _MD.options, {}))
 
 
-def redact_uri(uri: Any) -> str | None:
-    """A URI without its password (``user:***@host``)."""
-    if _missing(uri) or not uri:
-        return None
-    parts = urlsplit(str(uri))
-    if parts.password is None:
-        return str(uri)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
 def _safe_link(url: Any) -> str | None:
     """Only http(s) links leave the report."""
     if _missing(url) or not url:
@@ -163,15 +149,6 @@ def _safe_link(url: Any) -> str | None:
 # --------------------------------------------------------------------------- inputs
 
 
-def _flatten(recipe: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(recipe, dict):
-        out: dict[str, Any] = {}
-        for key, value in recipe.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: recipe}
-
-
 _ABSENT = object()
 
 
@@ -179,31 +156,9 @@ def changes(recipe: dict[str, Any], reference: dict[str, Any] | None) -> list[di
     """Recipe keys whose value differs from the reference: ``[{key, before, after}]``."""
     if reference is None:
         return []
-    new, old = _flatten(recipe), _flatten(reference)
+    new, old = flatten(recipe), flatten(reference)
     return [{"key": k, "before": value_text(old[k]) if k in old else "—", "after": value_text(new[k]) if k in new else "—"}
             for k in sorted(set(new) | set(old)) if new.get(k, _ABSENT) != old.get(k, _ABSENT)]
-
-
-def package_versions(names: Iterable[str] = PACKAGES) -> list[dict[str, str]]:
-    out = [{"name": "python", "version": platform.python_version()}]
-    for name in names:
-        try:
-            out.append({"name": name, "version": importlib.metadata.version(name)})
-        except importlib.metadata.PackageNotFoundError:
-            out.append({"name": name, "version": "not installed"})
-    return out
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """``HEAD``'s commit (with ``+dirty`` when tracked files differ), or None outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True, timeout=10)
-        return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def read_benchmarks(bench_dir: str | Path | None) -> list[dict[str, Any]]:
@@ -395,18 +350,139 @@ def significance_overview(experiments: list[dict[str, Any]], settings: dict[str,
 # --------------------------------------------------------------------------- context
 
 
-class _Numbering:
-    def __init__(self):
-        self.figure = 0
-        self.table = 0
+class _Sections:
+    """Builds the report's sections in document order; figures and tables are numbered as they are built."""
+
+    def __init__(self, study: dict[str, Any], runs: pd.DataFrame, experiments: pd.DataFrame,
+                 manifest: dict[str, Any], figures_dir: Path, diagnostics: pd.DataFrame | None):
+        self.settings = statistics_settings(study)
+        self.diag = {r["experiment"]: r for r in _records(diagnostics)} if diagnostics is not None else {}
+        self.recipes = {e["id"]: e for e in study["experiments"]}
+        self.experiments = experiments
+        self.rows = {r["experiment"]: r for r in _records(experiments)}
+        missing = [e for e in self.recipes if e not in self.rows]
+        if missing:
+            raise ReportError(f"experiments.csv lacks experiments {missing}: re-run summarize")
+        self.study, self.runs, self.manifest = study, runs, manifest
+        self.figures, self.params_table = _read_figures(manifest, figures_dir)
+        self.n_figures = self.n_tables = 0
 
     def next_figure(self) -> int:
-        self.figure += 1
-        return self.figure
+        self.n_figures += 1
+        return self.n_figures
 
     def next_table(self) -> int:
-        self.table += 1
-        return self.table
+        self.n_tables += 1
+        return self.n_tables
+
+    def figures_for(self, group: str, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        out = []
+        for fig in self.figures.get(group, []):
+            wanted = fig["kind"] in kinds if kinds is not None else fig["kind"] != "forest"  # forest: by its table
+            if wanted:
+                out.append({**fig, "number": self.next_figure()})
+        return out
+
+    def label(self, exp_id: str) -> str:
+        exp = self.recipes[exp_id]
+        if exp.get("sweep"):
+            return f"{exp['sweep']['key']} = {value_text(exp['sweep']['value'])}"
+        return exp["variant"] if exp["group"] != "baseline" else exp_id
+
+    def table_rows(self, ids: list[str], reference: str | None) -> list[dict[str, Any]]:
+        rows = self.rows
+        candidates = [i for i in ids if rows[i]["status"] != "diverged" and rows[i]["test_acc_mean"] is not None]
+        best = max(candidates, key=lambda i: rows[i]["test_acc_mean"], default=None)
+        return [{**rows[i], "label": self.label(i), "is_reference": i == reference,
+                 "is_best": i == best and len(ids) > 1, "diverged": str(rows[i]["status"]).startswith("diverged")}
+                for i in ids]
+
+    def setup(self, study_report: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, Any]:
+        baseline = self.recipes.get("baseline")
+        runs = self.runs
+        splits = {k: (meta or {}).get("splits", {})[k] for k in ("train", "val", "test")
+                  if k in (meta or {}).get("splits", {})}
+        return {
+            "anchor": "sec-setup", "title": "Setup",
+            "dataset": study_report.get("dataset") or self.study.get("dataset"),
+            "meta": meta, "splits": splits,
+            "classes": (meta or {}).get("classes") or self.manifest.get("classes") or [],
+            "recipe": ([{"key": k, "value": value_text(v)} for k, v in flatten(baseline["recipe"]).items()]
+                       if baseline else []),
+            "data_table_number": self.next_table() if splits else None,
+            "recipe_table_number": self.next_table() if baseline else None,
+            "seeds": study_report.get("seeds") or self.study.get("seeds"),
+            "seed_plan": seed_plan_table(self.study, self.next_table()) if self.study.get("seed_plan") else None,
+            "devices": sorted({str(d) for d in runs["device"].dropna()}),
+            "torch_versions": (sorted({str(v) for v in runs["torch_version"].dropna()})
+                               if "torch_version" in runs else []),
+            "n_experiments": len(self.recipes), "n_runs": len(runs),
+        }
+
+    def baseline(self, groups: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if "baseline" not in self.recipes:
+            return None
+        info = next((g for g in groups if g["id"] == "baseline"), {})
+        section = {
+            "anchor": "sec-baseline", "title": info.get("title") or "Baseline",
+            "notes": markdown(info.get("notes")), "table_number": self.next_table(),
+            "rows": self.table_rows(["baseline"], None), "params": self.params_table,
+            "params_table_number": self.next_table() if self.params_table else None,
+            "figures": self.figures_for("baseline"), "finding": None,
+            "diagnostics": diagnostic_notes(["baseline"], self.diag, self.label),
+        }
+        row = self.rows["baseline"]
+        section["finding"] = (
+            f"Baseline: {pct(row['test_acc_mean'])} % ± {pct(row['test_acc_std'])} test accuracy "
+            f"(95% CI {pct(row['test_acc_ci_low'])}–{pct(row['test_acc_ci_high'])} %, {row['n']} seeds), "
+            f"{integer(row['params'])} trainable parameters.")
+        return section
+
+    def group(self, g: dict[str, Any]) -> dict[str, Any]:
+        rows, recipes = self.rows, self.recipes
+        unknown = [e for e in g.get("experiments", []) if e not in rows]
+        if unknown:
+            raise ReportError(f"report.json group {g['id']!r} lists unknown experiments {unknown}")
+        ids = list(g.get("experiments", []))
+        ref = g.get("reference") or next((recipes[e]["reference"] for e in ids if recipes[e]["reference"]), None)
+        shown = ([ref] if ref and ref not in ids and ref in rows else []) + ids
+        trows = self.table_rows(shown, ref)
+        return {
+            "anchor": f"sec-{re.sub(r'[^A-Za-z0-9_-]+', '-', g['id'])}", "id": g["id"],
+            "title": g.get("title") or g["id"], "notes": markdown(g.get("notes")),
+            "reference": ref, "sweep_key": g.get("sweep_key"),
+            "changes": [{"label": self.label(e), "changes": changes(recipes[e]["recipe"],
+                                                                    recipes[recipes[e]["reference"]]["recipe"]
+                                                                    if recipes[e]["reference"] in recipes else None)}
+                        for e in ids if e != ref],
+            "table_number": self.next_table(), "rows": trows,
+            "findings": group_findings(ids, ref, rows, recipes, self.label, self.settings),
+            "verdict_table_number": self.next_table(), "verdicts": verdict_rows(ids, ref, rows, self.label),
+            "forest": self.figures_for(g["id"], ["forest"]),
+            "diagnostics": diagnostic_notes(ids, self.diag, self.label),
+            "best": next((r for r in trows if r["is_best"]), None), "figures": self.figures_for(g["id"]),
+        }
+
+    def comparison(self) -> dict[str, Any]:
+        ranked = sorted([r for r in _records(self.experiments) if r["test_acc_mean"] is not None],
+                        key=lambda r: -r["test_acc_mean"])
+        base_mean = self.rows.get("baseline", {}).get("test_acc_mean")
+        for i, r in enumerate(ranked, 1):
+            r["rank"] = i
+            r["delta_baseline"] = (None if base_mean is None or r["experiment"] == "baseline"
+                                   else r["test_acc_mean"] - base_mean)
+            r["diverged"] = str(r["status"]).startswith("diverged")
+        best_id = self.manifest.get("best_experiment")
+        return {
+            "anchor": "sec-comparison", "title": "Comparison of all experiments",
+            "table_number": self.next_table(), "rows": ranked,
+            "untested": [r for r in _records(self.experiments) if r["test_acc_mean"] is None],
+            "figures": self.figures_for("study", ["comparison"]),
+            "significance": significance_overview(_records(self.experiments), self.settings),
+            "significance_table_number": self.next_table(),
+            "best": self.rows.get(best_id), "best_label": best_id,
+            "best_figures": self.figures_for("study", ["best_filters", "confusion", "misclassified"]),
+        }
 
 
 def seed_plan_table(study: dict[str, Any], table_number: int) -> dict[str, Any] | None:
@@ -423,23 +499,9 @@ def seed_plan_table(study: dict[str, Any], table_number: int) -> dict[str, Any] 
             "initial": study.get("seeds"), **study.get("adaptive", {})}
 
 
-def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.DataFrame,
-                  experiments: pd.DataFrame, manifest: dict[str, Any], figures_dir: str | Path, *,
-                  meta: dict[str, Any] | None = None, benchmarks: list[dict[str, Any]] | None = None,
-                  commit: str | None = None, date: str | None = None,
-                  diagnostics: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Everything the template shows, as plain data (numbers still raw; the template formats them)."""
-    figures_dir = Path(figures_dir)
-    settings = statistics_settings(study)
-    diag = {r["experiment"]: r for r in _records(diagnostics)} if diagnostics is not None else {}
-    recipes = {e["id"]: e for e in study["experiments"]}
-    rows = {r["experiment"]: r for r in _records(experiments)}
-    missing = [e for e in recipes if e not in rows]
-    if missing:
-        raise ReportError(f"experiments.csv lacks experiments {missing}: re-run summarize")
-    numbering = _Numbering()
-
-    figs_by_group: dict[str, list[dict[str, Any]]] = {}
+def _read_figures(manifest: dict[str, Any], figures_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], Any]:
+    """The manifest's figures by group (images embedded) and the parameter table (or None)."""
+    by_group: dict[str, list[dict[str, Any]]] = {}
     params_table = None
     for item in manifest.get("figures", []):
         path = figures_dir / item["file"]
@@ -450,145 +512,63 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
             params_table = {"rows": frame.to_dict("records"), "caption": item["caption"],
                             "trainable": int(frame["trainable"].sum()), "total": int(frame["params"].sum())}
             continue
-        figs_by_group.setdefault(item["group"], []).append({**item, "src": _image_uri(path)})
+        by_group.setdefault(item["group"], []).append({**item, "src": _image_uri(path)})
+    return by_group, params_table
 
-    def figures_for(group: str, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        out = []
-        for fig in figs_by_group.get(group, []):
-            wanted = fig["kind"] in kinds if kinds is not None else fig["kind"] != "forest"  # forest: by its table
-            if wanted:
-                out.append({**fig, "number": numbering.next_figure()})
-        return out
 
-    def label(exp_id: str) -> str:
-        exp = recipes[exp_id]
-        if exp.get("sweep"):
-            return f"{exp['sweep']['key']} = {value_text(exp['sweep']['value'])}"
-        return exp["variant"] if exp["group"] != "baseline" else exp_id
-
-    def table_rows(ids: list[str], reference: str | None) -> list[dict[str, Any]]:
-        candidates = [i for i in ids if rows[i]["status"] != "diverged" and rows[i]["test_acc_mean"] is not None]
-        best = max(candidates, key=lambda i: rows[i]["test_acc_mean"], default=None)
-        return [{**rows[i], "label": label(i), "is_reference": i == reference, "is_best": i == best and len(ids) > 1,
-                 "diverged": str(rows[i]["status"]).startswith("diverged")} for i in ids]
-
-    baseline = recipes.get("baseline")
-    devices = sorted({str(d) for d in runs["device"].dropna()})
-    torch_versions = sorted({str(v) for v in runs["torch_version"].dropna()}) if "torch_version" in runs else []
-    config = study_report.get("config", {})
+def _appendix(study_report: dict[str, Any], runs: pd.DataFrame,
+              benchmarks: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Reproducibility: config, packages, platform, tracking (URIs redacted), runs and benchmarks."""
     tracking = dict(study_report.get("tracking") or {})
     for key in list(tracking):
         if "uri" in key.lower() or "url" in key.lower():
-            tracking[key] = redact_uri(tracking[key])
-    splits = {k: (meta or {}).get("splits", {})[k] for k in ("train", "val", "test") if k in (meta or {}).get("splits", {})}
-    setup = {
-        "number": 1, "anchor": "sec-setup",
-        "dataset": study_report.get("dataset") or study.get("dataset"),
-        "meta": meta, "splits": splits,
-        "classes": (meta or {}).get("classes") or manifest.get("classes") or [],
-        "recipe": [{"key": k, "value": value_text(v)} for k, v in _flatten(baseline["recipe"]).items()] if baseline else [],
-        "data_table_number": numbering.next_table() if splits else None,
-        "recipe_table_number": numbering.next_table() if baseline else None,
-        "seeds": study_report.get("seeds") or study.get("seeds"),
-        "seed_plan": seed_plan_table(study, numbering.next_table()) if study.get("seed_plan") else None,
-        "devices": devices, "torch_versions": torch_versions,
-        "n_experiments": len(recipes), "n_runs": len(runs),
-    }
-    groups = study_report.get("groups", [])
-    sections = []
-    number = 1  # 1 = setup
-    baseline_section = None
-    if baseline is not None:
-        number += 1
-        info = next((g for g in groups if g["id"] == "baseline"), {})
-        baseline_section = {
-            "number": number, "anchor": "sec-baseline", "title": info.get("title") or "Baseline",
-            "notes": markdown(info.get("notes")), "table_number": numbering.next_table(),
-            "rows": table_rows(["baseline"], None), "params": params_table,
-            "params_table_number": numbering.next_table() if params_table else None,
-            "figures": figures_for("baseline"), "finding": None,
-            "diagnostics": diagnostic_notes(["baseline"], diag, label),
-        }
-        row = rows["baseline"]
-        baseline_section["finding"] = (
-            f"Baseline: {pct(row['test_acc_mean'])} % ± {pct(row['test_acc_std'])} test accuracy "
-            f"(95% CI {pct(row['test_acc_ci_low'])}–{pct(row['test_acc_ci_high'])} %, {row['n']} seeds), "
-            f"{integer(row['params'])} trainable parameters.")
-    for g in groups:
-        if g["id"] == "baseline":
-            continue
-        unknown = [e for e in g.get("experiments", []) if e not in rows]
-        if unknown:
-            raise ReportError(f"report.json group {g['id']!r} lists unknown experiments {unknown}")
-        number += 1
-        ids = list(g.get("experiments", []))
-        ref = g.get("reference") or next((recipes[e]["reference"] for e in ids if recipes[e]["reference"]), None)
-        shown = ([ref] if ref and ref not in ids and ref in rows else []) + ids
-        findings = group_findings(ids, ref, rows, recipes, label, settings)
-        trows = table_rows(shown, ref)
-        best = next((r for r in trows if r["is_best"]), None)
-        sections.append({
-            "number": number, "anchor": f"sec-{re.sub(r'[^A-Za-z0-9_-]+', '-', g['id'])}", "id": g["id"],
-            "title": g.get("title") or g["id"], "notes": markdown(g.get("notes")),
-            "reference": ref, "sweep_key": g.get("sweep_key"),
-            "changes": [{"label": label(e), "changes": changes(recipes[e]["recipe"],
-                                                               recipes[recipes[e]["reference"]]["recipe"]
-                                                               if recipes[e]["reference"] in recipes else None)}
-                        for e in ids if e != ref],
-            "table_number": numbering.next_table(), "rows": trows, "findings": findings,
-            "verdict_table_number": numbering.next_table(), "verdicts": verdict_rows(ids, ref, rows, label),
-            "forest": figures_for(g["id"], ["forest"]), "diagnostics": diagnostic_notes(ids, diag, label),
-            "best": best, "figures": figures_for(g["id"]),
-        })
-    ranked = sorted([r for r in _records(experiments) if r["test_acc_mean"] is not None],
-                    key=lambda r: -r["test_acc_mean"])
-    base_mean = rows.get("baseline", {}).get("test_acc_mean")
-    for i, r in enumerate(ranked, 1):
-        r["rank"] = i
-        r["delta_baseline"] = None if base_mean is None or r["experiment"] == "baseline" else r["test_acc_mean"] - base_mean
-        r["diverged"] = str(r["status"]).startswith("diverged")
-    untested = [r for r in _records(experiments) if r["test_acc_mean"] is None]
-    number += 1
-    best_id = manifest.get("best_experiment")
-    comparison = {
-        "number": number, "anchor": "sec-comparison", "table_number": numbering.next_table(), "rows": ranked,
-        "untested": untested, "figures": figures_for("study", ["comparison"]),
-        "significance": significance_overview(_records(experiments), settings),
-        "significance_table_number": numbering.next_table(),
-        "best": rows.get(best_id), "best_label": best_id,
-        "best_figures": figures_for("study", ["best_filters", "confusion", "misclassified"]),
-    }
-    diverged_runs = _records(runs[runs["status"] == "diverged"])
-
+            tracking[key] = None if _missing(tracking[key]) or not tracking[key] else redact(tracking[key])
     run_rows = _records(runs)
-    bench = benchmarks or []
     for r in run_rows:
         r["link"] = _safe_link(r.get("mlflow_url"))
-    toc = [{"anchor": setup["anchor"], "number": 1, "title": "Setup"}]
-    if baseline_section:
-        toc.append({"anchor": baseline_section["anchor"], "number": baseline_section["number"],
-                    "title": baseline_section["title"]})
-    toc += [{"anchor": s["anchor"], "number": s["number"], "title": s["title"]} for s in sections]
-    toc.append({"anchor": comparison["anchor"], "number": comparison["number"], "title": "Comparison of all experiments"})
-    toc.append({"anchor": "sec-appendix", "number": "A", "title": "Reproducibility"})
+    return {
+        "config_yaml": config_yaml(study_report.get("config", {})),
+        "config_hash": study_report.get("config_hash"),
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "tracking": tracking, "runs": run_rows, "benchmarks": benchmarks or [],
+        "has_mlflow": any(r.get("mlflow_run_id") for r in run_rows),
+        "local_ui": any((r.get("link") or "").startswith(MLFLOW_UI) for r in run_rows),
+    }
+
+
+def _number_and_list(chapters: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """Number the chapters (None: absent) 1, 2, … in order, then the appendix A: the table of contents."""
+    present = [c for c in chapters if c is not None]
+    for number, chapter in enumerate(present, 1):
+        chapter["number"] = number
+    return ([{"anchor": c["anchor"], "number": c["number"], "title": c["title"]} for c in present]
+            + [{"anchor": "sec-appendix", "number": "A", "title": "Reproducibility"}])
+
+
+def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.DataFrame,
+                  experiments: pd.DataFrame, manifest: dict[str, Any], figures_dir: str | Path, *,
+                  meta: dict[str, Any] | None = None, benchmarks: list[dict[str, Any]] | None = None,
+                  commit: str | None = None, date: str | None = None,
+                  diagnostics: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Everything the template shows, as plain data (numbers still raw; the template formats them)."""
+    build = _Sections(study, runs, experiments, manifest, Path(figures_dir), diagnostics)
+    groups = study_report.get("groups", [])
+    setup = build.setup(study_report, meta)
+    baseline = build.baseline(groups)
+    sections = [build.group(g) for g in groups if g["id"] != "baseline"]
+    comparison = build.comparison()
     return {
         "title": study_report.get("title") or study_report.get("name") or "Ablation study",
         "name": study_report.get("name"),
         "author": study_report.get("author"),
         "date": date or _today(),
         "commit": commit,
-        "setup": setup, "baseline": baseline_section, "sections": sections, "comparison": comparison,
-        "toc": toc, "diverged_runs": diverged_runs,
-        "appendix": {
-            "config_yaml": config_yaml(config),
-            "config_hash": study_report.get("config_hash"),
-            "packages": package_versions(),
-            "platform": platform.platform(),
-            "tracking": tracking, "runs": run_rows, "benchmarks": bench,
-            "has_mlflow": any(r.get("mlflow_run_id") for r in run_rows),
-            "local_ui": any((r.get("link") or "").startswith(MLFLOW_UI) for r in run_rows),
-        },
-        "alpha": settings["alpha"], "statistics": settings,
+        "setup": setup, "baseline": baseline, "sections": sections, "comparison": comparison,
+        "toc": _number_and_list([setup, baseline, *sections, comparison]),
+        "diverged_runs": _records(runs[runs["status"] == "diverged"]),
+        "appendix": _appendix(study_report, runs, benchmarks),
+        "alpha": build.settings["alpha"], "statistics": build.settings,
     }
 
 

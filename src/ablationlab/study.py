@@ -20,7 +20,6 @@ import difflib
 import hashlib
 import math
 import sys
-import urllib.parse
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +30,8 @@ import yaml
 
 from ablationlab import io
 from ablationlab import recipe as recipes
+from ablationlab.credentials import redact
+from ablationlab.keypath import lookup, split_key
 
 # Shipped inside the package (package data), so an installed wheel validates without the repository.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -201,22 +202,6 @@ class _Experiment:
     overrides: dict  # the keys it sets (partial recipe)
 
 
-def _split_key(key: str) -> list:
-    return [int(p) if p.isdigit() else p for p in key.split(".")]
-
-
-def _lookup(tree: Any, parts: list) -> tuple[bool, Any]:
-    node = tree
-    for part in parts:
-        if isinstance(part, int) and isinstance(node, list) and part < len(node):
-            node = node[part]
-        elif isinstance(part, str) and isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return False, None
-    return True, node
-
-
 def _assign(tree: Any, parts: list, value: Any) -> None:
     node = tree
     for part in parts[:-1]:
@@ -302,8 +287,8 @@ class _Resolver:
         self.experiments.update((e.id, e) for e in made)
 
     def _sweep(self, gid: str, where: str, sweep: dict, parent: _Experiment) -> list[_Experiment]:
-        key, parts = sweep["key"], _split_key(sweep["key"])
-        found, _ = _lookup(parent.recipe, parts)
+        key, parts = sweep["key"], split_key(sweep["key"])
+        found, _ = lookup(parent.recipe, parts)
         if not found:
             raise ConfigError(f"{where}.sweep.key: {key!r} does not exist in the recipe of base experiment "
                               f"{parent.id!r}{self._key_hint(parent.recipe, parts)}")
@@ -346,7 +331,7 @@ class _Resolver:
     def origin(self, exp: _Experiment, parts: list) -> str:
         """Key path of the config entry that set ``parts`` in ``exp``'s recipe."""
         while True:
-            found, _ = _lookup(exp.overrides, parts)
+            found, _ = lookup(exp.overrides, parts)
             if found or exp.reference is None:
                 suffix = "." + ".".join(map(str, parts))
                 return exp.origin + ("" if exp.sweep and found else suffix)
@@ -414,15 +399,6 @@ def _adaptive(config: dict) -> dict | None:
                           f"(seeds: {config['seeds']}); max_seeds must be at least len(seeds)")
     return {"max_seeds": adaptive["max_seeds"], "step": adaptive["step"],
             "looks": planned_looks(n_seeds, adaptive["max_seeds"], adaptive["step"])}
-
-
-def redact(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.password:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def statistics_settings(config: Mapping[str, Any]) -> dict:

@@ -28,8 +28,6 @@ import logging
 import math
 import os
 import random
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,9 +38,14 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ablationlab import io
+from ablationlab import stats as seed_stats
+from ablationlab.credentials import redact
+from ablationlab.keypath import flatten
+from ablationlab.provenance import git_commit
 
 log = logging.getLogger(__name__)
 
+_git_commit = functools.cache(git_commit)  # one git call per process, not one per run
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 EPOCH_METRICS = {  # history.csv column -> MLflow metric (step = epoch)
     "train_loss": "train_loss",
@@ -78,9 +81,6 @@ ARTIFACTS = ("history.csv", "metrics.json", "confusion.csv", "weights.pt", "reci
 # already in the environment wins)
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
-_SECRET_QUERY = re.compile(r"(?P<key>[?&][^=&#\s]*(?:pass|secret|token|key|auth|credential)[^=&#\s]*=)[^&#\s]+",
-                           re.IGNORECASE)
 
 
 class TrackingError(ValueError):
@@ -88,13 +88,6 @@ class TrackingError(ValueError):
 
 
 # ----------------------------------------------------------------------------- helpers
-def redact(text: str) -> str:
-    """``text`` (a URI, or a message containing URIs) with credentials replaced by ``***``:
-    ``https://user:pass@host`` -> ``https://***@host``; secret query values (``?token=...``)."""
-    text = _USERINFO.sub(r"\g<scheme>***@", str(text))
-    return _SECRET_QUERY.sub(r"\g<key>***", text)
-
-
 def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     """``(uri without user:password@, user, password)``."""
     parts = urlsplit(str(uri))
@@ -144,26 +137,9 @@ def run_key(experiment: str, dataset: str, recipe: Mapping[str, Any], seed: int 
     return hashlib.sha256(io.canonical_json(ident).encode()).hexdigest()
 
 
-def flatten(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def mlflow_params(recipe: Mapping[str, Any]) -> dict[str, str]:
     """Recipe as MLflow params: dotted keys (``optimizer.lr``); non-strings as JSON."""
-    out: dict[str, str] = {}
-    for key, value in recipe.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return out
-
-
-@functools.cache
-def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in flatten(recipe).items()}
 
 
 def _same(a: float, b: float) -> bool:
@@ -385,9 +361,9 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- runs
 def _base_tags(*, study: str, experiment: str, group: str, dataset: str, kind: str) -> dict[str, str]:
     tags = {"study": study, "experiment": experiment, "group": group, "dataset": dataset, "kind": kind}
-    commit = git_commit()
-    if commit:
-        tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
+    commit = _git_commit()
+    if commit:  # MLflow's tag takes a bare commit (the UI links it); ours says +dirty too
+        tags.update({"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("+dirty")})
     return tags
 
 
@@ -397,7 +373,7 @@ def open_runs(tracker: Tracker, *, recipe: Mapping[str, Any], seed: int, study: 
     ``start_time``, ms since the epoch, default now: the parent when its first seed started
     training, roughly); params logged."""
     tags = _base_tags(study=study, experiment=experiment, group=group, dataset=dataset, kind="parent")
-    params = flatten(recipe)
+    params = mlflow_params(recipe)
     parent, created = tracker.ensure_run(run_key(experiment, dataset, recipe), name=experiment, tags=tags,
                                          start_time=start_time)
     if created:
@@ -448,7 +424,7 @@ def log_child(tracker: Tracker, data: Mapping[str, Any], ident: Mapping[str, str
                   "n_test": metrics.get("n_test")})
     tags = {"status": metrics.get("status") or train.get("status"), "device": train.get("device"),
             "torch_version": train.get("torch_version"), "stop_reason": train.get("stop_reason")}
-    _log(tracker, child, params=flatten(data["recipe"]), tags=tags, metrics=final, history=data["history"])
+    _log(tracker, child, params=mlflow_params(data["recipe"]), tags=tags, metrics=final, history=data["history"])
     files = {name: run_dir / name for name in ARTIFACTS}
     if data.get("log") is not None:
         files["train.log"] = data["log"]
@@ -456,13 +432,6 @@ def log_child(tracker: Tracker, data: Mapping[str, Any], ident: Mapping[str, str
     _finish(tracker, child, end_time=end_ms)
     _log(tracker, child, tags={"files_sha256": data["digest"]})
     return tracker.call("get_run", child.info.run_id)
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    import statistics
-
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _aggregate(experiment: str, runs: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
@@ -480,17 +449,16 @@ def _aggregate(experiment: str, runs: Sequence[Mapping[str, Any]]) -> tuple[dict
     for key, source in columns.items():
         values = [float(d[source][key]) for d in runs if d[source].get(key) is not None]
         if values:
-            mean, std = _mean_std(values)
-            metrics[f"{key}_mean"] = mean
-            if std is not None:
-                metrics[f"{key}_std"] = std
+            metrics[f"{key}_mean"] = seed_stats.mean(values)
+            if len(values) > 1:
+                metrics[f"{key}_std"] = seed_stats.std(values)
             if key == "test_acc":
                 metrics.update(test_acc_min=min(values), test_acc_max=max(values))
     history = {}
     for metric in ("train_loss", "train_acc", "val_loss", "val_acc"):
         epochs = sorted({e for d in runs for e in d["history"][metric]})
-        history[metric] = {e: _mean_std([d["history"][metric][e] for d in runs
-                                         if e in d["history"][metric]])[0] for e in epochs}
+        history[metric] = {e: seed_stats.mean([d["history"][metric][e] for d in runs
+                                              if e in d["history"][metric]]) for e in epochs}
     return metrics, history
 
 
@@ -534,7 +502,7 @@ def log_parent(tracker: Tracker, runs: Sequence[Mapping[str, Any]], ident: Mappi
     tags = _base_tags(kind="parent", **ident)
     parent, _ = tracker.ensure_run(key, name=experiment, tags=tags)
     statuses = sorted({str(d["metrics"].get("status") or d["train"].get("status")) for d in runs})
-    _log(tracker, parent, params=flatten(recipe), metrics={**metrics, **stats.get("metrics", {})},
+    _log(tracker, parent, params=mlflow_params(recipe), metrics={**metrics, **stats.get("metrics", {})},
          history=history, tags={**tags, **stats.get("tags", {}), "seeds": json.dumps(seeds),
                                 "n_seeds": len(seeds), "status": ",".join(statuses),
                                 "mlflow.note.content": _note(experiment, metrics, seeds, stats)})
