@@ -1,8 +1,11 @@
-"""Start-up cost of the pipeline's per-run jobs: train, evaluate and track.
+"""Start-up cost of the per-run jobs: train, evaluate, train+evaluate (the pipeline's) and track.
 
 Prepares the bundled 8x8 ``digits`` in a temporary directory, then runs each job as the
 workflow does (``python -m ablationlab train|evaluate|track ...``, a fresh process) and
 measures, median of ``--repeats`` runs:
+
+``train_evaluate`` is ``train --evaluate``, the pipeline's train job (it evaluates in the same
+process): compare its ``total_s`` / ``cpu_s`` with the sum of ``train``'s and ``evaluate``'s.
 
 - ``startup_s``: wall time from process start (just before the parent spawns it) to the
   job's first useful work: the first training step (``train.train_epoch``), the test-set
@@ -42,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ["torch", "torch._dynamo", "torch._inductor", "sympy", "kornia", "pandas", "numpy", "torchvision",
          "matplotlib", "scipy", "sklearn", "mlflow", "sqlalchemy", "alembic", "PIL"]
-MARKERS = {"train": ("ablationlab.train", "train_epoch"),
+MARKERS = {"train": ("ablationlab.train", "train_epoch"), "train_evaluate": ("ablationlab.train", "train_epoch"),
            "evaluate": ("ablationlab.evaluate", "predict"),
            "track": ("ablationlab.tracking", "Tracker.call")}
 RECIPE = {"model": {"widths": [8, 16], "kernel_size": 3, "hidden": [32]}, "batch_size": 64}
@@ -70,10 +73,11 @@ finish(entry.main(sys.argv[3:]))
 def job_args(job: str, work: Path, seed: int, epochs: int) -> list[str]:
     """The command line of ``job`` (after ``python -m ablationlab``) on the prepared data in ``work``."""
     run = work / "runs" / f"seed{seed}"
-    if job == "train":
+    if job in ("train", "train_evaluate"):
+        ckpt = work / "ckpt" / f"{seed}-{time.time_ns()}"
         return ["train", "--data", str(work / "data"), "--recipe", json.dumps({**RECIPE, "epochs": epochs}),
-                "--seed", str(seed), "--out", str(run), "--checkpoint-dir", str(work / "ckpt" / f"{seed}-{time.time_ns()}"),
-                "--device", "cpu", "--threads", "1"]
+                "--seed", str(seed), "--out", str(run), "--checkpoint-dir", str(ckpt),
+                "--device", "cpu", "--threads", "1", *(["--evaluate"] if job == "train_evaluate" else [])]
     if job == "evaluate":
         return ["evaluate", "--data", str(work / "data"), "--run", str(run), "--device", "cpu"]
     return ["track", "run", "--run", str(run), "--experiment", "baseline", "--group", "baseline",
@@ -151,7 +155,7 @@ def main() -> None:
         for seed in range(3):  # the runs that evaluate and track read
             subprocess.run([sys.executable, "-m", "ablationlab", *job_args("train", work, seed, args.epochs)],
                            check=True, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for job in ("train", "evaluate"):
+        for job in ("train", "evaluate", "train_evaluate"):
             print(line(job, measure(job, work, args.repeats, args.epochs)), flush=True)
         for seed in range(3):  # track needs the evaluated runs
             subprocess.run([sys.executable, "-m", "ablationlab", *job_args("evaluate", work, seed, args.epochs)],

@@ -108,13 +108,12 @@ def test_gpu_resource_counts_slots_locally(tmp_path):
              "presets/smoke.yaml", str(tmp_path / f"{name}.yaml"), "--directory", str(tmp_path / name)],
             cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        blocks = re.findall(r"^rule ((?:train|evaluate)_\w+):\n((?:    .*\n)+)Shell command: (.*)$",
+        blocks = re.findall(r"^rule (train_\w+):\n((?:    .*\n)+)Shell command: (.*)$",
                             proc.stdout, re.M)
         found[name] = {rule: (re.search(r"gpu=(\d+), .*jobs_per_gpu=(\d+)", block).groups(),
                               re.search(r"gpu_slot\.py (\d+ --jobs-per-gpu \d+) --", shell).group(1))
                        for rule, block, shell in blocks}
     # slots per GPU: lcm(3, 2, 3) = 6 (batch_norm inherits the default's 3)
-    assert found["share"] == {f"{stage}_{group}": ((str(6 // jobs), str(jobs)), f"1 --jobs-per-gpu {jobs}")
-                              for stage in ("train", "evaluate")
+    assert found["share"] == {f"train_{group}": ((str(6 // jobs), str(jobs)), f"1 --jobs-per-gpu {jobs}")
                               for group, jobs in (("baseline", 3), ("batch_norm", 3), ("dropout", 2))}
     assert set(found["exclusive"].values()) == {(("1", "1"), "1 --jobs-per-gpu 1")}

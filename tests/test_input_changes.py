@@ -4,8 +4,9 @@ A study on a tiny image folder (the baseline and one transfer variant reading a 
 file), run for its group targets (training and evaluation, not the report), then changed:
 
 - nothing changed, or a touched image: prepare_data at most, nothing re-trains;
-- an added or overwritten image: a dry run plans prepare_data and every train/evaluate job;
-  when only test images changed, the run re-evaluates without re-training;
+- an added or overwritten image: a dry run plans prepare_data and every train job (which also
+  evaluates); when only test images changed, the jobs resume at their last epoch: they re-evaluate
+  without re-training;
 - the weights file replaced by another with an older mtime (``cp -p``): that experiment only.
 """
 
@@ -26,8 +27,7 @@ from test_pipeline import copy_workflow, overlay, plan, snakemake
 pytestmark = pytest.mark.slow
 
 TARGETS = ["baseline", "transfer"]  # the group targets: train + evaluate of every experiment
-TRAINING = {("prepare_data", None, None), ("train_baseline", "baseline", "0"), ("evaluate_baseline", "baseline", "0"),
-            ("train_transfer", "transfer/file", "0"), ("evaluate_transfer", "transfer/file", "0")}
+TRAINING = {("prepare_data", None, None), ("train_baseline", "baseline", "0"), ("train_transfer", "transfer/file", "0")}
 
 
 def _image(path: Path, seed: int) -> None:
@@ -95,12 +95,14 @@ def test_changed_image_folder_or_weights_rerun_exactly_what_reads_them(tmp_path)
     # an overwritten test image: planned in full; the run re-evaluates and trains nothing
     _image(images / "test" / "b" / "1.png", seed=123)
     assert _plan(work, config) == TRAINING
-    assert _run(work, config) == {"prepare_data", "evaluate_baseline", "evaluate_transfer"}
+    assert _run(work, config) == {j[0] for j in TRAINING}
+    for exp in ("baseline", "transfer/file"):
+        log = (work / "results/logs/train" / exp / "seed0.log").read_text()
+        assert "resuming from epoch" in log and not re.search(r"epoch 1/\d+ train_loss", log), log[-3000:]
     assert _plan(work, config) == set()
 
     # another weights file with an older mtime, as `cp -p` leaves it: that experiment only
     _weights(tmp_path / "other.pt", seed=1)
     os.utime(tmp_path / "other.pt", (1e9, 1e9))
     shutil.copy2(tmp_path / "other.pt", work / "weights.pt")
-    assert _plan(work, config) == {("train_transfer", "transfer/file", "0"),
-                                   ("evaluate_transfer", "transfer/file", "0")}
+    assert _plan(work, config) == {("train_transfer", "transfer/file", "0")}

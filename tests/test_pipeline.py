@@ -24,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPIED = ["Snakefile", "config.yaml", "workflow", "profiles", "presets", "src"]
-STAGES = ("prepare_data",)  # with train_<group>, evaluate_<group>: the jobs that must not re-run needlessly
+STAGES = ("prepare_data",)  # with train_<group> (which also evaluates): the jobs that must not re-run needlessly
 
 
 def _env() -> dict:
@@ -52,8 +52,8 @@ def plan(workdir: Path, *args: str) -> list[tuple[str, str | None, str | None]]:
 
 
 def stage_jobs(jobs) -> set:
-    """The training-side jobs of a plan (train_<group>, evaluate_<group>, prepare_data)."""
-    return {j for j in jobs if j[0].startswith(("train_", "evaluate_")) or j[0] in STAGES}
+    """The training-side jobs of a plan (train_<group>, prepare_data)."""
+    return {j for j in jobs if j[0].startswith("train_") or j[0] in STAGES}
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -129,7 +129,7 @@ def test_complete_run_plans_nothing(done):
 def test_changed_learning_rate_reruns_exactly_that_experiment(done):
     changed = overlay(done, "lr.yaml", lambda c: c["ablations"][0]["variants"]["bn"].update(optimizer={"lr": 0.02}))
     jobs = plan(done, "--configfile", "presets/smoke.yaml", changed)
-    assert stage_jobs(jobs) == {("train_batch_norm", "batch_norm/bn", "0"), ("evaluate_batch_norm", "batch_norm/bn", "0")}
+    assert stage_jobs(jobs) == {("train_batch_norm", "batch_norm/bn", "0")}
     assert all(exp in (None, "batch_norm/bn") for _, exp, _ in jobs)  # downstream: aggregation only
     assert ("summarize", None, None) in jobs
 
@@ -139,7 +139,6 @@ def test_added_seed_runs_only_the_new_seed(done):
     jobs = plan(done, "--configfile", "presets/smoke.yaml", overlay(done, "seeds.yaml", lambda c: c.update(seeds=[0, 1])))
     expected = {(rule, exp, "1") for rule, exp in [("train_baseline", "baseline"), ("train_batch_norm", "batch_norm/bn"),
                                                    ("train_dropout", "dropout/p=0.5")]}
-    expected |= {(rule.replace("train_", "evaluate_"), exp, "1") for rule, exp, _ in expected}
     assert stage_jobs(jobs) == expected
     assert all(seed in (None, "1") for _, _, seed in jobs)
 
@@ -154,17 +153,17 @@ def test_edited_notes_train_nothing(done):
 
 
 @pytest.mark.slow
-def test_edited_library_module_reruns_the_stages_importing_it(done):
-    models = done / "src" / "ablationlab" / "models.py"
-    original = models.read_bytes()
-    models.write_bytes(original + b"\n# edited\n")
+@pytest.mark.parametrize("module", ["models.py", "evaluate.py"])  # evaluate.py: the train jobs evaluate
+def test_edited_library_module_reruns_the_stages_importing_it(done, module):
+    edited = done / "src" / "ablationlab" / module
+    original = edited.read_bytes()
+    edited.write_bytes(original + b"\n# edited\n")
     try:
         jobs = plan(done)
     finally:
-        models.write_bytes(original)  # same content again: Snakemake's input checksums say unchanged
+        edited.write_bytes(original)  # same content again: Snakemake's input checksums say unchanged
     runs = {("baseline", "0"), ("batch_norm/bn", "0"), ("dropout/p=0.5", "0")}
     assert {(exp, seed) for rule, exp, seed in jobs if rule.startswith("train_")} == runs
-    assert {(exp, seed) for rule, exp, seed in jobs if rule.startswith("evaluate_")} == runs
     assert ("prepare_data", None, None) not in jobs and ("study", None, None) not in jobs
     again = snakemake(done, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr  # touched, not changed: nothing
@@ -173,7 +172,7 @@ def test_edited_library_module_reruns_the_stages_importing_it(done):
 @pytest.mark.slow
 def test_group_target_plans_only_that_group(done):
     jobs = plan(done, "dropout", "--forcerun", "train_dropout")
-    assert jobs == [("dropout", None, None), ("evaluate_dropout", "dropout/p=0.5", "0"), ("train_dropout", "dropout/p=0.5", "0")]
+    assert jobs == [("dropout", None, None), ("train_dropout", "dropout/p=0.5", "0")]
 
 
 # --------------------------------------------------------------------------- bad config

@@ -153,14 +153,13 @@ def _processes() -> list[str]:
 # --------------------------------------------------------------------------- the study on SLURM
 
 SMOKE = "presets/smoke.yaml"
-# two seeds: every train_<group>/evaluate_<group> rule has several jobs (arrays); one group asks for a
+# two seeds: every train_<group> rule (train + evaluate) has several jobs (arrays); one group asks for a
 # GPU (device stays cpu: it trains on the CPU) and goes to the GPU partition, the others ask for none
 GPU_GROUP, GPU_PARTITION = "dropout", "gpu"
 OVERLAY = "slurm-test.yaml"
 OVERLAY_CONFIG = {"seeds": [0, 1], "resources": {GPU_GROUP: {"gpu": 1}}}
 CONFIGS = ["--configfile", SMOKE, OVERLAY]
-TO_GPU_PARTITION = ["--set-resources", *(f"{stage}_{GPU_GROUP}:slurm_partition={GPU_PARTITION}"
-                                         for stage in ("train", "evaluate"))]
+TO_GPU_PARTITION = ["--set-resources", f"train_{GPU_GROUP}:slurm_partition={GPU_PARTITION}"]
 # test-only: poll squeue every 2 s (not 40 s) and keep the sbatch logs of successful jobs as evidence
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
              "--slurm-keep-successful-logs"]
@@ -347,11 +346,11 @@ def test_smoke_study_on_slurm_equals_local_run(slurm, smoke_on_slurm):
 
 
 def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
-    """The GPU group's train/evaluate jobs ask sbatch for a GPU in the GPU partition, SLURM allocates one of
-    the fake GPUs and sets CUDA_VISIBLE_DEVICES (gpu_slot.py writes it to the job's log); the CPU groups
+    """The GPU group's train jobs (which also evaluate) ask sbatch for a GPU in the GPU partition, SLURM
+    allocates one of the fake GPUs and sets CUDA_VISIBLE_DEVICES (gpu_slot.py writes it to the job's log); the CPU groups
     ask for none, in the default partition."""
     workdir, calls = smoke_on_slurm["slurm"], smoke_on_slurm["calls"]
-    gpu_rules = {f"train_{GPU_GROUP}", f"evaluate_{GPU_GROUP}"}
+    gpu_rules = {f"train_{GPU_GROUP}"}
     assert gpu_rules <= {c["rule"] for c in calls}
     for call in calls:
         on_gpu = call["rule"] in gpu_rules
@@ -361,15 +360,14 @@ def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
         shown = slurm.run("scontrol", "show", "job", job["slurm"]).stdout
         on_gpu = job["rule"] in gpu_rules
         assert (f"Partition={GPU_PARTITION}" in shown, "TresPerJob=gres:gpu:1" in shown) == (on_gpu, on_gpu), shown
-    for stage in ("train", "evaluate"):  # the jobs' own logs
-        logs = {p.relative_to(workdir / "results/logs" / stage): p.read_text()
-                for p in (workdir / "results/logs" / stage).glob("**/seed*.log")}
-        assert len(logs) == 6 and {p.parts[0] for p in logs} == {"baseline", "batch_norm", GPU_GROUP}
-        for path, log in logs.items():
-            if path.parts[0] == GPU_GROUP:
-                assert re.search(r"^gpu_slot: CUDA_VISIBLE_DEVICES=[01] \(set by the scheduler\)$", log, re.M), log
-            else:
-                assert "CUDA_VISIBLE_DEVICES" not in log, log
+    logs = {p.relative_to(workdir / "results/logs/train"): p.read_text()  # the jobs' own logs
+            for p in (workdir / "results/logs/train").glob("**/seed*.log")}
+    assert len(logs) == 6 and {p.parts[0] for p in logs} == {"baseline", "batch_norm", GPU_GROUP}
+    for path, log in logs.items():
+        if path.parts[0] == GPU_GROUP:
+            assert re.search(r"^gpu_slot: CUDA_VISIBLE_DEVICES=[01] \(set by the scheduler\)$", log, re.M), log
+        else:
+            assert "CUDA_VISIBLE_DEVICES" not in log, log
 
 
 def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
@@ -401,9 +399,9 @@ def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
     assert len(tracked) == len(_runs(workdir))
 
 
-def test_evaluation_change_resubmits_each_evaluate_rule_as_one_array(slurm, smoke_on_slurm):
-    """Edited evaluation code re-evaluates every run, and nothing else: all evaluations are ready at once,
-    so each evaluate_<group> rule goes to SLURM as one array (GPU group: in its partition, with a GPU)."""
+def test_evaluation_change_resubmits_each_train_rule_as_one_array(slurm, smoke_on_slurm):
+    """Edited evaluation code re-runs every train job (they evaluate), which resumes at its last epoch:
+    each train_<group> rule goes to SLURM as one array (GPU group: in its partition, with a GPU)."""
     workdir = smoke_on_slurm["slurm"]
     metrics = {d: (d / "metrics.json").read_text() for d in _runs(workdir)}
     with open(workdir / "src/ablationlab/evaluate.py", "a") as code:
@@ -411,10 +409,12 @@ def test_evaluation_change_resubmits_each_evaluate_rule_as_one_array(slurm, smok
     groups = sorted({d.relative_to(workdir / "results/runs").parts[0] for d in metrics})
     run = Snakemake(workdir, [*PROFILE, *CONFIGS, "--", *groups], smoke_on_slurm["env"], "evaluate")
     remote = _check_submitted(slurm, _jobs(run.wait()))
-    assert sorted(j["rule"] for j in remote) == sorted(f"evaluate_{g}" for g in groups for _ in range(2))
+    assert sorted(j["rule"] for j in remote) == sorted(f"train_{g}" for g in groups for _ in range(2))
     calls = run.submissions()
-    assert sorted((c["rule"], c["array"]) for c in calls) == [(f"evaluate_{g}", "1-2") for g in groups]
-    assert [(c["gpus"], c["partition"]) for c in calls if c["rule"] == f"evaluate_{GPU_GROUP}"] == [("1", GPU_PARTITION)]
+    assert sorted((c["rule"], c["array"]) for c in calls) == [(f"train_{g}", "1-2") for g in groups]
+    assert [(c["gpus"], c["partition"]) for c in calls if c["rule"] == f"train_{GPU_GROUP}"] == [("1", GPU_PARTITION)]
+    for log in (workdir / "results/logs/train").glob("**/seed*.log"):
+        assert "resuming from epoch" in log.read_text(), log  # trained nothing again
     assert {d: (d / "metrics.json").read_text() for d in _runs(workdir)} == metrics  # same results again
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -132,6 +133,26 @@ def test_sigkill_mid_training_then_rerun_resumes_and_matches(digits_dir, referen
     assert f"resuming from epoch {done}" in caplog.text
     assert "epoch 1/6" not in caplog.text  # earlier epochs were not trained again
     _assert_same_run(reference, run)
+
+
+def test_evaluate_killed_after_training_resumes_at_the_end_and_matches(digits_dir, reference, tmp_path, caplog):
+    """The pipeline's `train --evaluate` job killed while evaluating: Snakemake removes all its outputs;
+    the re-run resumes at the last epoch (trains nothing) and evaluates exactly as `evaluate` does."""
+    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    train(digits_dir, RESUME_RECIPE, SEED, run, checkpoint_dir=ckpt, threads=1)
+    shutil.rmtree(run)
+    with caplog.at_level("INFO"):
+        assert cli(["--data", str(digits_dir), "--recipe", json.dumps(RESUME_RECIPE), "--seed", str(SEED),
+                    "--out", str(run), "--checkpoint-dir", str(ckpt), "--threads", "1", "--device", "cpu",
+                    "--evaluate"]) == 0
+    assert "resuming from epoch 6" in caplog.text and "epoch 6/6" not in caplog.text
+    _assert_same_run(reference, run)
+    separate = shutil.copytree(reference, tmp_path / "separate")
+    evaluate(digits_dir, separate, device="cpu")
+    for name in ("metrics.json", "confusion.csv", "predictions.csv", "misclassified.csv"):
+        assert (run / name).read_bytes() == (separate / name).read_bytes(), name
+    with np.load(run / "activations.npz") as got, np.load(separate / "activations.npz") as want:
+        assert got.files == want.files and all(np.array_equal(got[k], want[k]) for k in want.files)
 
 
 def test_checkpoint_of_another_seed_is_not_resumed(digits_dir, tmp_path, caplog):

@@ -166,8 +166,9 @@ def make_loss(loss: Mapping[str, Any], num_classes: int) -> Callable[[torch.Tens
 
 
 def recipe_key(recipe: Mapping[str, Any], seed: int, meta: Mapping[str, Any]) -> str:
-    """What a checkpoint must match to be resumed: the canonical recipe, the seed and the data's checksums."""
-    text = io.canonical_json({"recipe": recipe, "seed": seed, "data": meta.get("sha256")})
+    """What a checkpoint must match to be resumed: the canonical recipe, the seed and the digest of the
+    data training reads (train and val splits: new test images re-evaluate a run without re-training it)."""
+    text = io.canonical_json({"recipe": recipe, "seed": seed, "data": data.data_digest(meta, ("train", "val"))})
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -608,6 +609,9 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--track", default="", metavar="SPEC",
                         help="live MLflow logging of every epoch: the JSON of ablationlab.tracking.live_spec "
                              "(the pipeline passes it when tracking.live or tracking.system_metrics is on)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="then evaluate the run on the test split in this process, as `python -m ablationlab "
+                             "evaluate --run OUT` does (one process start per run instead of two)")
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -616,8 +620,16 @@ def cli(argv: list[str] | None = None) -> int:
             result = train(args.data, recipe, args.seed, args.out, checkpoint_dir=args.checkpoint_dir,
                            device=args.device, threads=args.threads, stop_after=args.stop_after,
                            compile=args.compile, on_epoch=on_epoch)
+        if args.evaluate and result["status"] != "stopped":
+            _evaluate(args.data, args.out, device=args.device)
     except (ValueError, data.DataError) as exc:
         log.error("%s", exc)
         return 2
     print(json.dumps({"status": result["status"], "epochs_run": result["epochs_run"]}))
     return 0
+
+
+def _evaluate(data_dir: str, run_dir: str, *, device: str) -> dict[str, Any]:
+    """``ablationlab.evaluate.evaluate`` (``--evaluate``), imported by name: evaluate imports this
+    module (no import cycle), and the pipeline declares evaluate's code as the job's input itself."""
+    return importlib.import_module("ablationlab.evaluate").evaluate(data_dir, run_dir, device=device)

@@ -1,10 +1,14 @@
 """One train rule per group (train_baseline, train_<group>, ...) and a target rule per group.
 
+A train job also evaluates its run on the test split, in the same process (`train
+--evaluate`): one Python + torch start-up per run instead of two. Its code inputs are
+therefore the train and the evaluate modules: editing evaluate.py re-runs the train jobs.
 Each group gets its own resources (resources.<group> in the config), logs and benchmarks;
 `snakemake <group>` trains and evaluates just that group. Every job receives its
 experiment's resolved recipe as params (canonical JSON), so changing a recipe re-runs
 exactly that experiment's jobs. Checkpoints (results/checkpoints/...) are not declared
-outputs: an interrupted job resumes from them (--rerun-incomplete).
+outputs: an interrupted job resumes from them (--rerun-incomplete); a job re-run for its
+evaluation only (evaluate.py, test images) resumes at the last epoch and trains nothing.
 """
 
 for group in GROUPS:
@@ -16,11 +20,16 @@ for group in GROUPS:
             data=data_files(
                 ["meta.json", "train_x.pt", "train_y.pt", "val_x.pt", "val_y.pt"]
             ),
-            code=library("train"),
+            test_data=data_files(["test_x.pt", "test_y.pt"]),
+            code=sorted(set(library("train") + library("evaluate"))),
             weights=weights_file,
             gpu_slot=ancient(GPU_SLOT),
         output:
-            expand(f"{RUN_DIR}/{{name}}", name=TRAIN_FILES, allow_missing=True),
+            expand(
+                f"{RUN_DIR}/{{name}}",
+                name=TRAIN_FILES + EVALUATE_FILES,
+                allow_missing=True,
+            ),
         log:
             "results/logs/train/{experiment}/seed{seed}.log",
         benchmark:
@@ -40,6 +49,7 @@ for group in GROUPS:
         params:
             recipe=recipe_json,
             data=data_version("train", "val"),
+            test_data=data_version("test"),
             weights=weights_digest,
             data_dir=lambda wildcards, input: Path(input.data[0]).parent,
             checkpoints="results/checkpoints/{experiment}/seed{seed}",
@@ -53,7 +63,7 @@ for group in GROUPS:
             " python -m ablationlab train --data {params.data_dir:q} --recipe {params.recipe:q}"
             " --seed {wildcards.seed} --out results/runs/{wildcards.experiment:q}/seed{wildcards.seed}"
             " --checkpoint-dir {params.checkpoints:q} --device {params.device:q} --threads {threads} {params.compile}"
-            " --track={params.track:q}"
+            " --track={params.track:q} --evaluate"
             " > {log:q} 2>&1"
 
     rule:
@@ -63,3 +73,7 @@ for group in GROUPS:
         input:
             run_files(GROUP_EXPERIMENTS[group], EVALUATE_FILES[:1], SEEDS),
             DATA_VERIFIED,
+
+
+# the study's seeds (adaptive seeding adds its further seeds through summarize)
+FINAL_TARGETS += run_files(EXPERIMENTS, EVALUATE_FILES[:1], SEEDS)
