@@ -172,7 +172,7 @@ ADAPTIVE_STUDY = {
 def test_adaptive_study_end_to_end(tmp_path):
     """Seeds go only to undecided comparisons, up to the cap; a rerun plans nothing; a changed
     recipe re-trains only its own sequence."""
-    from test_pipeline import copy_workflow, plan, snakemake, stage_jobs
+    from test_pipeline import copy_workflow, jobs_of, plan, snakemake, stage_jobs
 
     work = copy_workflow(tmp_path / "wf")
     (work / "adaptive.yaml").write_text(yaml.safe_dump(ADAPTIVE_STUDY, sort_keys=False))
@@ -218,18 +218,6 @@ def test_adaptive_study_end_to_end(tmp_path):
     assert trained == {("batch/b127", str(s)) for s in changed}
     assert changed[:3] == [0, 1, 2]
 
-
-
-def jobs_of(log: str) -> set[tuple[str, str | None, str | None]]:
-    """(rule, experiment, seed) of every job a Snakemake log announces."""
-    jobs: list[list] = []
-    for line in log.splitlines():
-        if match := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
-            jobs.append([match[1], None, None])
-        elif jobs and line.strip().startswith("wildcards:"):
-            wildcards = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
-            jobs[-1][1:] = [wildcards.get("experiment"), wildcards.get("seed")]
-    return {tuple(j) for j in jobs}
 
 
 def test_report_table_of_seeds_per_experiment():

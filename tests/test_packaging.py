@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_pipeline import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 # what setuptools needs to build the wheel: copied so the build leaves nothing in the checkout
@@ -25,14 +26,7 @@ def _offline_build() -> bool:
 
 def _build_wheel(tmp_path: Path) -> Path:
     """A wheel built by pip from a copy of the project (with this environment's setuptools when it can)."""
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in BUILD_INPUTS:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, project / name)
+    project = copy_workflow(tmp_path / "project", BUILD_INPUTS)
     isolation = ["--no-build-isolation"] if _offline_build() else []  # else pip fetches setuptools from the index
     pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", *isolation]
     proc = subprocess.run(

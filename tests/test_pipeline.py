@@ -36,19 +36,24 @@ def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.Com
     return subprocess.run(cmd, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def plan(workdir: Path, *args: str) -> list[tuple[str, str | None, str | None]]:
-    """Jobs of a dry run: sorted (rule, experiment, seed)."""
-    proc = snakemake(workdir, "-n", *args)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+def jobs_of(log: str) -> set[tuple[str, str | None, str | None]]:
+    """(rule, experiment, seed) of every job a Snakemake log (or dry run) announces."""
     jobs: list[list] = []
-    for line in out.splitlines():
+    for line in log.splitlines():
         if match := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
             jobs.append([match[1], None, None])
         elif jobs and line.strip().startswith("wildcards:"):
             wildcards = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
             jobs[-1][1:] = [wildcards.get("experiment"), wildcards.get("seed")]
-    return sorted(tuple(j) for j in jobs)
+    return {tuple(j) for j in jobs}
+
+
+def plan(workdir: Path, *args: str) -> list[tuple[str, str | None, str | None]]:
+    """Jobs of a dry run: sorted (rule, experiment, seed)."""
+    proc = snakemake(workdir, "-n", *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    return sorted(jobs_of(out))
 
 
 def stage_jobs(jobs) -> set:
@@ -56,10 +61,10 @@ def stage_jobs(jobs) -> set:
     return {j for j in jobs if j[0].startswith("train_") or j[0] in STAGES}
 
 
-def copy_workflow(dest: Path) -> Path:
-    """The workflow (COPIED) copied into ``dest``: a working directory of its own."""
+def copy_workflow(dest: Path, names=COPIED) -> Path:
+    """The workflow (``names`` of the repository, default COPIED) copied into ``dest``: a directory of its own."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
+    for name in names:
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
