@@ -38,18 +38,28 @@ def null_study(variants: int, seeds: int, max_seeds: int, step: int, alpha: floa
     looks = planned_looks(seeds, max_seeds, step)
     experiments = [{"id": "baseline", "group": "baseline", "reference": None}]
     experiments += [{"id": f"null/v{i}", "group": "null", "reference": "baseline"} for i in range(variants)]
-    return {"seeds": list(range(seeds)), "experiments": experiments,
-            "adaptive": {"max_seeds": max_seeds, "step": step, "looks": looks},
-            "statistics": {"alpha": alpha, "power": 0.8, "min_effect": min_effect, "looks": looks}}
+    return {
+        "seeds": list(range(seeds)),
+        "experiments": experiments,
+        "adaptive": {"max_seeds": max_seeds, "step": step, "looks": looks},
+        "statistics": {"alpha": alpha, "power": 0.8, "min_effect": min_effect, "looks": looks},
+    }
 
 
-def null_accuracy(study: dict, rng: np.random.Generator, max_seeds: int, mean: float = 0.95,
-                  seed_sd: float = 0.01, run_sd: float = 0.005) -> dict:
+def null_accuracy(
+    study: dict,
+    rng: np.random.Generator,
+    max_seeds: int,
+    mean: float = 0.95,
+    seed_sd: float = 0.01,
+    run_sd: float = 0.005,
+) -> dict:
     """``{experiment: {seed: accuracy}}`` for every seed a study can reach; no experiment differs."""
     seeds = range(max_seeds)
     shared = rng.normal(0.0, seed_sd, max_seeds)
-    return {e["id"]: {s: float(mean + shared[s] + rng.normal(0.0, run_sd)) for s in seeds}
-            for e in study["experiments"]}
+    return {
+        e["id"]: {s: float(mean + shared[s] + rng.normal(0.0, run_sd)) for s in seeds} for e in study["experiments"]
+    }
 
 
 def run_study(study: dict, accuracy: dict) -> dict:
@@ -61,8 +71,18 @@ def run_study(study: dict, accuracy: dict) -> dict:
     return result
 
 
-def simulate(studies: int, *, adaptive_design: bool, variants: int = 2, seeds: int = 3, max_seeds: int = 10,
-             step: int = 2, alpha: float = 0.05, min_effect: float = 0.002, rng_seed: int = 0) -> dict:
+def simulate(
+    studies: int,
+    *,
+    adaptive_design: bool,
+    variants: int = 2,
+    seeds: int = 3,
+    max_seeds: int = 10,
+    step: int = 2,
+    alpha: float = 0.05,
+    min_effect: float = 0.002,
+    rng_seed: int = 0,
+) -> dict:
     """False-positive rate (any "significant") over ``studies`` null studies, with its Monte-Carlo SE."""
     rng = np.random.default_rng(rng_seed)
     study = null_study(variants, seeds, max_seeds if adaptive_design else seeds, step, alpha, min_effect)
@@ -72,9 +92,14 @@ def simulate(studies: int, *, adaptive_design: bool, variants: int = 2, seeds: i
         false += any(v["verdict"] == "significant" for v in last["verdicts"].values())
         n_seeds += [len(s) for s in last["seeds"].values()]
     fpr = false / studies
-    return {"design": "adaptive" if adaptive_design else "fixed", "studies": studies, "fpr": fpr,
-            "se": math.sqrt(fpr * (1 - fpr) / studies), "looks": study["statistics"]["looks"],
-            "mean_seeds": float(np.mean(n_seeds))}
+    return {
+        "design": "adaptive" if adaptive_design else "fixed",
+        "studies": studies,
+        "fpr": fpr,
+        "se": math.sqrt(fpr * (1 - fpr) / studies),
+        "looks": study["statistics"]["looks"],
+        "mean_seeds": float(np.mean(n_seeds)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,10 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.05)
     args = parser.parse_args(argv)
     for design in (False, True):
-        r = simulate(args.studies, adaptive_design=design, variants=args.variants, seeds=args.seeds,
-                     max_seeds=args.max_seeds, step=args.step, alpha=args.alpha)
-        print(f"design={r['design']} studies={r['studies']} fpr={r['fpr']:.4f} se={r['se']:.4f} "
-              f"looks={r['looks']} mean_seeds={r['mean_seeds']:.2f}", flush=True)
+        r = simulate(
+            args.studies,
+            adaptive_design=design,
+            variants=args.variants,
+            seeds=args.seeds,
+            max_seeds=args.max_seeds,
+            step=args.step,
+            alpha=args.alpha,
+        )
+        print(
+            f"design={r['design']} studies={r['studies']} fpr={r['fpr']:.4f} se={r['se']:.4f} "
+            f"looks={r['looks']} mean_seeds={r['mean_seeds']:.2f}",
+            flush=True,
+        )
     return 0
 
 

@@ -43,11 +43,29 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ["torch", "torch._dynamo", "torch._inductor", "sympy", "kornia", "pandas", "numpy", "torchvision",
-         "matplotlib", "scipy", "sklearn", "mlflow", "sqlalchemy", "alembic", "PIL"]
-MARKERS = {"train": ("ablationlab.train", "train_epoch"), "train_evaluate": ("ablationlab.train", "train_epoch"),
-           "evaluate": ("ablationlab.evaluate", "predict"),
-           "track": ("ablationlab.tracking", "Tracker.call")}
+HEAVY = [
+    "torch",
+    "torch._dynamo",
+    "torch._inductor",
+    "sympy",
+    "kornia",
+    "pandas",
+    "numpy",
+    "torchvision",
+    "matplotlib",
+    "scipy",
+    "sklearn",
+    "mlflow",
+    "sqlalchemy",
+    "alembic",
+    "PIL",
+]
+MARKERS = {
+    "train": ("ablationlab.train", "train_epoch"),
+    "train_evaluate": ("ablationlab.train", "train_epoch"),
+    "evaluate": ("ablationlab.evaluate", "predict"),
+    "track": ("ablationlab.tracking", "Tracker.call"),
+}
 RECIPE = {"model": {"widths": [8, 16], "kernel_size": 3, "hidden": [32]}, "batch_size": 64}
 
 # Run in the job's process: import the job's module (as `python -m ablationlab` does), wrap
@@ -75,14 +93,46 @@ def job_args(job: str, work: Path, seed: int, epochs: int) -> list[str]:
     run = work / "runs" / f"seed{seed}"
     if job in ("train", "train_evaluate"):
         ckpt = work / "ckpt" / f"{seed}-{time.time_ns()}"
-        return ["train", "--data", str(work / "data"), "--recipe", json.dumps({**RECIPE, "epochs": epochs}),
-                "--seed", str(seed), "--out", str(run), "--checkpoint-dir", str(ckpt),
-                "--device", "cpu", "--threads", "1", *(["--evaluate"] if job == "train_evaluate" else [])]
+        return [
+            "train",
+            "--data",
+            str(work / "data"),
+            "--recipe",
+            json.dumps({**RECIPE, "epochs": epochs}),
+            "--seed",
+            str(seed),
+            "--out",
+            str(run),
+            "--checkpoint-dir",
+            str(ckpt),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *(["--evaluate"] if job == "train_evaluate" else []),
+        ]
     if job == "evaluate":
         return ["evaluate", "--data", str(work / "data"), "--run", str(run), "--device", "cpu"]
-    return ["track", "run", "--run", str(run), "--experiment", "baseline", "--group", "baseline",
-            "--dataset", "digits", "--study", "bench", "--uri", f"sqlite:///{work / 'mlflow.db'}",
-            "--mlflow-experiment", "bench", "--out", str(work / f"mlflow-{time.time_ns()}.json")]
+    return [
+        "track",
+        "run",
+        "--run",
+        str(run),
+        "--experiment",
+        "baseline",
+        "--group",
+        "baseline",
+        "--dataset",
+        "digits",
+        "--study",
+        "bench",
+        "--uri",
+        f"sqlite:///{work / 'mlflow.db'}",
+        "--mlflow-experiment",
+        "bench",
+        "--out",
+        str(work / f"mlflow-{time.time_ns()}.json"),
+    ]
 
 
 def env() -> dict[str, str]:
@@ -96,8 +146,13 @@ def timed(argv: list[str], job: str | None, work: Path) -> tuple[float, float, f
         argv = [sys.executable, "-c", CHILD, *MARKERS[job], *argv]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
-    subprocess.run(argv, check=True, env={**env(), "MARK_FILE": str(mark), "MARK_T0": repr(t0)},
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        argv,
+        check=True,
+        env={**env(), "MARK_FILE": str(mark), "MARK_T0": repr(t0)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     total = time.time() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
@@ -106,8 +161,14 @@ def timed(argv: list[str], job: str | None, work: Path) -> tuple[float, float, f
 
 def import_times(argv: list[str]) -> dict[str, float]:
     """{module: cumulative import seconds} of one ``python -X importtime`` run; ``imports`` = their sum at top level."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "ablationlab", *argv], env=env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ablationlab", *argv],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
     found: dict[str, float] = {"imports": 0.0}
     for line in proc.stderr.splitlines():
         match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$", line)
@@ -128,9 +189,12 @@ def measure(job: str, work: Path, repeats: int, epochs: int) -> dict[str, float 
         cpus.append(cpu)
         startups.append(startup)
         imports.append(import_times(job_args(job, work, rep % 3, epochs)))
-    result = {"startup_s": statistics.median(s for s in startups if s is not None) if any(startups) else None,
-              "total_s": statistics.median(totals), "cpu_s": statistics.median(cpus),
-              "imports_s": statistics.median(i["imports"] for i in imports)}
+    result = {
+        "startup_s": statistics.median(s for s in startups if s is not None) if any(startups) else None,
+        "total_s": statistics.median(totals),
+        "cpu_s": statistics.median(cpus),
+        "imports_s": statistics.median(i["imports"] for i in imports),
+    }
     for name in HEAVY:
         values = [i[name] for i in imports if name in i]
         result[name] = statistics.median(values) if values else None
@@ -148,18 +212,32 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="job_overhead-") as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-m", "ablationlab", "prepare", "--dataset", "digits", "--out",
-                        str(work / "data")], check=True, env=env(), stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "ablationlab", "prepare", "--dataset", "digits", "--out", str(work / "data")],
+            check=True,
+            env=env(),
+            stdout=subprocess.DEVNULL,
+        )
         bare = statistics.median(timed([sys.executable, "-c", "pass"], None, work)[0] for _ in range(args.repeats))
         print(f"job=python total_s={bare:.2f}", flush=True)
         for seed in range(3):  # the runs that evaluate and track read
-            subprocess.run([sys.executable, "-m", "ablationlab", *job_args("train", work, seed, args.epochs)],
-                           check=True, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "ablationlab", *job_args("train", work, seed, args.epochs)],
+                check=True,
+                env=env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         for job in ("train", "evaluate", "train_evaluate"):
             print(line(job, measure(job, work, args.repeats, args.epochs)), flush=True)
         for seed in range(3):  # track needs the evaluated runs
-            subprocess.run([sys.executable, "-m", "ablationlab", *job_args("evaluate", work, seed, args.epochs)],
-                           check=True, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "ablationlab", *job_args("evaluate", work, seed, args.epochs)],
+                check=True,
+                env=env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         print(line("track", measure("track", work, args.repeats, args.epochs)), flush=True)
 
 

@@ -10,8 +10,8 @@ import io
 import pickle
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -24,8 +24,9 @@ def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-def build_cifar10(path: Path, per_batch: int = 20, n_test: int = 20, seed: int = 0,
-                  extra_members: list[tarfile.TarInfo] = ()) -> dict:
+def build_cifar10(
+    path: Path, per_batch: int = 20, n_test: int = 20, seed: int = 0, extra_members: list[tarfile.TarInfo] = ()
+) -> dict:
     """Write ``cifar-10-python.tar.gz`` as the real one is laid out (pickled batches, protocol 2).
 
     Returns the arrays written: {"train": (x N×3×32×32, y), "test": (x, y)}.
@@ -36,8 +37,12 @@ def build_cifar10(path: Path, per_batch: int = 20, n_test: int = 20, seed: int =
         y = np.arange(n) % 10
         rng.shuffle(y)
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        return {"batch_label": label, "labels": [int(v) for v in y], "data": data,
-                "filenames": [f"img_{i}.png" for i in range(n)]}
+        return {
+            "batch_label": label,
+            "labels": [int(v) for v in y],
+            "data": data,
+            "filenames": [f"img_{i}.png" for i in range(n)],
+        }
 
     batches = {f"data_batch_{i}": batch(per_batch, f"training batch {i} of 5") for i in range(1, 6)}
     batches["test_batch"] = batch(n_test, "testing batch 1 of 1")
@@ -67,12 +72,22 @@ def build_cifar100(path: Path, per_class: int = 3, n_test: int = 100, seed: int 
 
     def split(n, label):
         y = np.arange(n) % 100
-        return {"filenames": [f"{i}.png" for i in range(n)], "batch_label": label, "fine_labels": [int(v) for v in y],
-                "coarse_labels": [int(v) // 5 for v in y], "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)}
+        return {
+            "filenames": [f"{i}.png" for i in range(n)],
+            "batch_label": label,
+            "fine_labels": [int(v) for v in y],
+            "coarse_labels": [int(v) // 5 for v in y],
+            "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        }
 
-    files = {"train": split(100 * per_class, "training batch 1 of 1"), "test": split(n_test, "testing batch 1 of 1"),
-             "meta": {"fine_label_names": [f"fine{i}" for i in range(100)],
-                      "coarse_label_names": [f"coarse{i}" for i in range(20)]}}
+    files = {
+        "train": split(100 * per_class, "training batch 1 of 1"),
+        "test": split(n_test, "testing batch 1 of 1"),
+        "meta": {
+            "fine_label_names": [f"fine{i}" for i in range(100)],
+            "coarse_label_names": [f"coarse{i}" for i in range(20)],
+        },
+    }
     with tarfile.open(path, "w:gz") as tar:
         for name, obj in files.items():
             _add_bytes(tar, f"cifar-100-python/{name}", pickle.dumps(obj, protocol=2))
@@ -108,16 +123,18 @@ def build_svhn(directory: Path, n_train: int = 40, n_test: int = 20, seed: int =
     for split, n in (("train", n_train), ("test", n_test)):
         x = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
         y = np.arange(n) % 10
-        scipy.io.savemat(directory / f"{split}_32x32.mat",
-                         {"X": x.transpose(2, 3, 1, 0), "y": np.where(y == 0, 10, y).reshape(-1, 1).astype(np.uint8)})
+        scipy.io.savemat(
+            directory / f"{split}_32x32.mat",
+            {"X": x.transpose(2, 3, 1, 0), "y": np.where(y == 0, 10, y).reshape(-1, 1).astype(np.uint8)},
+        )
         out[split] = (x, y.astype(np.int64))
     return out
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    truncate: set[str] = set()
+    truncate: set[str] = set()  # noqa: RUF012 (filled per instance)
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):
         name = self.path.lstrip("/")
         if name in self.truncate:
             payload = (Path(self.directory) / name).read_bytes()

@@ -95,7 +95,7 @@ def test_look_sequence_decides_a_large_effect_at_once_and_caps_the_rest():
     assert last["reasons"]["null/v0"] == ["3 initial"]
     assert last["per_look_alpha"] == pytest.approx(0.05 / 3) and last["procedure"] == adaptive.PROCEDURE
     for seeds in last["seeds"].values():
-        assert len(seeds) <= 7 and seeds == adaptive.seed_sequence([0, 1, 2], 7)[:len(seeds)]
+        assert len(seeds) <= 7 and seeds == adaptive.seed_sequence([0, 1, 2], 7)[: len(seeds)]
     if last["verdicts"]["null/v1"]["verdict"] == "undecided":
         assert len(last["seeds"]["null/v1"]) == 7 and last["reasons"]["null/v1"][-1].startswith("capped")
 
@@ -129,11 +129,14 @@ def test_enabled_study_table_carries_the_planned_looks():
     assert "adaptive" not in off and (off.get("statistics") or {}).get("looks", 1) == 1
 
 
-@pytest.mark.parametrize("block, message", [
-    ({"max_seeds": 2}, "adaptive.max_seeds: 2 is fewer than the 3 initial seeds"),
-    ({"step": 0}, "adaptive.step: 0 is less than the minimum of 1"),
-    ({"steps": 2}, "adaptive.steps: unknown key 'steps' (did you mean 'step'?)"),
-])
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ({"max_seeds": 2}, "adaptive.max_seeds: 2 is fewer than the 3 initial seeds"),
+        ({"step": 0}, "adaptive.step: 0 is less than the minimum of 1"),
+        ({"steps": 2}, "adaptive.steps: unknown key 'steps' (did you mean 'step'?)"),
+    ],
+)
 def test_bad_adaptive_settings_name_the_key(block, message):
     with pytest.raises(study.ConfigError, match=re.escape(message)):
         study.load(config(**block))
@@ -141,8 +144,10 @@ def test_bad_adaptive_settings_name_the_key(block, message):
 
 def test_seed_plan_gives_each_experiment_its_seeds():
     table = study.resolve(config())
-    plan = {"seeds": {e["id"]: [0, 1, 2, 3, 4] if e["id"] == "baseline" else [0, 1, 2] for e in table["experiments"]},
-            "reasons": {"baseline": ["3 initial", "+2 at look 1: ..."]}}
+    plan = {
+        "seeds": {e["id"]: [0, 1, 2, 3, 4] if e["id"] == "baseline" else [0, 1, 2] for e in table["experiments"]},
+        "reasons": {"baseline": ["3 initial", "+2 at look 1: ..."]},
+    }
     planned = with_seed_plan(table, plan)
     by_id = {e["id"]: e for e in planned["experiments"]}
     assert experiment_seeds(planned, by_id["baseline"]) == [0, 1, 2, 3, 4]
@@ -189,17 +194,34 @@ def test_adaptive_study_end_to_end(tmp_path):
             grown = len(result["seeds"][exp]) > len(before[exp])
             assert grown == (verdict["verdict"] not in ("significant", "no_effect") and len(before[exp]) < 5)
             if grown:
-                assert result["seeds"][exp] == result["seeds"]["baseline"][:len(result["seeds"][exp])]
+                assert result["seeds"][exp] == result["seeds"]["baseline"][: len(result["seeds"][exp])]
         before = result["seeds"]
     assert all(len(s) <= 5 for s in final["seeds"].values())
     assert final["seeds"]["learning_rate/lr=0.0001"] == [0, 1, 2]  # a large effect: decided at once
     assert final["seeds"]["batch/b127"] == final["seeds"]["baseline"] == [0, 1, 2, 3, 4]  # undecided: capped
     # the summary: each experiment's own seeds
     summary = work / "summary"
-    cli = subprocess.run([sys.executable, "-m", "ablationlab", "summarize", "--study", "results/study/experiments.json",
-                          "--runs", "results/runs", "--out", str(summary), "--seeds", "results/adaptive/seeds.json"],
-                         check=False, cwd=work, capture_output=True, text=True,
-                         env=os.environ | {"PYTHONPATH": str(work / "src")})
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ablationlab",
+            "summarize",
+            "--study",
+            "results/study/experiments.json",
+            "--runs",
+            "results/runs",
+            "--out",
+            str(summary),
+            "--seeds",
+            "results/adaptive/seeds.json",
+        ],
+        check=False,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(work / "src")},
+    )
     assert cli.returncode == 0, cli.stderr
     table = pd.read_csv(summary / "experiments.csv").set_index("experiment")
     assert {e: int(table.loc[e, "n"]) for e in final["seeds"]} == {e: len(s) for e, s in final["seeds"].items()}
@@ -219,21 +241,29 @@ def test_adaptive_study_end_to_end(tmp_path):
     assert changed[:3] == [0, 1, 2]
 
 
-
 def test_report_table_of_seeds_per_experiment():
     from ablationlab.report import seed_plan_table
 
     table = study.resolve(config(max_seeds=5))
     assert seed_plan_table(table, 3) is None  # no seed plan: no table
-    plan = {"seeds": {e["id"]: [0, 1, 2, 3, 4] if e["id"] != "batch_norm/bn" else [0, 1, 2]
-                      for e in table["experiments"]},
-            "reasons": {"dropout/p=0.5": ["3 initial", "+2 at look 1: dropout/p=0.5 vs baseline undecided"]},
-            "verdicts": {"batch_norm/bn": {"verdict": "significant"}, "dropout/p=0.5": {"verdict": "undecided"}},
-            "procedure": adaptive.PROCEDURE, "looks": 2, "look": 2, "per_look_alpha": 0.025}
+    plan = {
+        "seeds": {e["id"]: [0, 1, 2, 3, 4] if e["id"] != "batch_norm/bn" else [0, 1, 2] for e in table["experiments"]},
+        "reasons": {"dropout/p=0.5": ["3 initial", "+2 at look 1: dropout/p=0.5 vs baseline undecided"]},
+        "verdicts": {"batch_norm/bn": {"verdict": "significant"}, "dropout/p=0.5": {"verdict": "undecided"}},
+        "procedure": adaptive.PROCEDURE,
+        "looks": 2,
+        "look": 2,
+        "per_look_alpha": 0.025,
+    }
     shown = seed_plan_table(with_seed_plan(table, plan), 3)
     assert shown["procedure"] == "Bonferroni split over planned looks" and shown["table_number"] == 3
     assert shown["looks"] == 2 and shown["max_seeds"] == 5 and shown["step"] == 2
     rows = {r["experiment"]: r for r in shown["rows"]}
-    assert rows["batch_norm/bn"] == {"experiment": "batch_norm/bn", "n": 3, "seeds": "0, 1, 2", "reasons": [],
-                                     "verdict": "significant"}
+    assert rows["batch_norm/bn"] == {
+        "experiment": "batch_norm/bn",
+        "n": 3,
+        "seeds": "0, 1, 2",
+        "reasons": [],
+        "verdict": "significant",
+    }
     assert rows["dropout/p=0.5"]["n"] == 5 and rows["dropout/p=0.5"]["reasons"][-1].startswith("+2 at look 1")

@@ -12,11 +12,11 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from data_fixtures import build_cifar10, build_cifar100, build_mnist, build_svhn, http_server
 from PIL import Image
 
 from ablationlab import data
 from ablationlab.data import DataError
-from data_fixtures import build_cifar10, build_cifar100, build_mnist, build_svhn, http_server
 
 FILES = [f"{s}_{k}.pt" for s in data.SPLITS for k in "xy"]
 
@@ -83,14 +83,17 @@ def test_image_size_resizes_every_split(tmp_path):
     assert data.load_split(tmp_path / "d", "test")[0].shape[1:] == (1, 16, 16)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"val_size": 0}, "val_size must be a fraction"),
-    ({"val_size": 1.5}, "must be whole"),
-    ({"val_size": 5}, "cannot make a stratified validation split of 5 images"),
-    ({"val_size": 10_000}, "smaller than the training set"),
-    ({"image_size": 0}, "image_size must be a positive integer"),
-    ({"split_seed": "1"}, "split_seed must be a non-negative integer, got '1'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"val_size": 0}, "val_size must be a fraction"),
+        ({"val_size": 1.5}, "must be whole"),
+        ({"val_size": 5}, "cannot make a stratified validation split of 5 images"),
+        ({"val_size": 10_000}, "smaller than the training set"),
+        ({"image_size": 0}, "image_size must be a positive integer"),
+        ({"split_seed": "1"}, "split_seed must be a non-negative integer, got '1'"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(DataError, match=message):
         data.prepare("digits", tmp_path / "d", root=tmp_path, **kwargs)
@@ -206,8 +209,9 @@ def cifar_mirror(tmp_path):
 def test_cifar10_download_parse_and_cache(tmp_path, cifar_mirror):
     url, _, arrays, checksums = cifar_mirror
     raw = tmp_path / "raw"
-    meta = data.prepare("cifar10", tmp_path / "out", root=raw, val_size=0.2, split_seed=0,
-                        mirror=url, checksums=checksums)
+    meta = data.prepare(
+        "cifar10", tmp_path / "out", root=raw, val_size=0.2, split_seed=0, mirror=url, checksums=checksums
+    )
     assert meta["classes"][:2] == ["airplane", "automobile"] and meta["num_classes"] == 10
     assert meta["splits"] == {"train": 80, "val": 20, "test": 20}
     assert (meta["channels"], meta["height"], meta["width"]) == (3, 32, 32)
@@ -216,23 +220,35 @@ def test_cifar10_download_parse_and_cache(tmp_path, cifar_mirror):
     xva, yva = data.load_split(tmp_path / "out", "val")
     xte, yte = data.load_split(tmp_path / "out", "test")
     tr, va = data.split_train_val(arrays["train"][1], 0.2, 0)
-    assert torch.equal(xtr, torch.from_numpy(arrays["train"][0][tr])) and torch.equal(ytr, torch.from_numpy(arrays["train"][1][tr]))
+    assert torch.equal(xtr, torch.from_numpy(arrays["train"][0][tr])) and torch.equal(
+        ytr, torch.from_numpy(arrays["train"][1][tr])
+    )
     assert torch.equal(xva, torch.from_numpy(arrays["train"][0][va]))
     assert yva.bincount(minlength=10).tolist() == [2] * 10  # stratified
-    assert torch.equal(xte, torch.from_numpy(arrays["test"][0])) and torch.equal(yte, torch.from_numpy(arrays["test"][1]))
+    assert torch.equal(xte, torch.from_numpy(arrays["test"][0])) and torch.equal(
+        yte, torch.from_numpy(arrays["test"][1])
+    )
     assert meta["mean"] == pytest.approx((xtr.double() / 255).mean(dim=(0, 2, 3)).tolist(), abs=1e-7)
     assert sorted(p.name for p in (raw / "cifar10").iterdir()) == ["cifar-10-python.tar.gz"]  # extraction cleaned up
     # the verified archive is cached: no server needed, same bytes out
-    again = data.prepare("cifar10", tmp_path / "out2", root=raw, val_size=0.2, split_seed=0,
-                         mirror="http://127.0.0.1:9/", checksums=checksums)
+    again = data.prepare(
+        "cifar10",
+        tmp_path / "out2",
+        root=raw,
+        val_size=0.2,
+        split_seed=0,
+        mirror="http://127.0.0.1:9/",
+        checksums=checksums,
+    )
     assert again["sha256"] == meta["sha256"]
 
 
 def test_checksum_mismatch_keeps_nothing_and_next_run_downloads(tmp_path, cifar_mirror):
     url, _, _, checksums = cifar_mirror
     raw = tmp_path / "raw"
-    with pytest.raises(DataError, match="checksum mismatch for cifar-10-python.tar.gz .*expected "
-                                        "c58f30108f718f92721af3b95e74349a"):
+    with pytest.raises(
+        DataError, match="checksum mismatch for cifar-10-python.tar.gz .*expected c58f30108f718f92721af3b95e74349a"
+    ):
         data.prepare("cifar10", tmp_path / "out", root=raw, mirror=url)  # official md5
     assert list((raw / "cifar10").iterdir()) == []
     assert not (tmp_path / "out").exists()
@@ -274,8 +290,9 @@ def test_cifar100_fine_labels(tmp_path):
     arrays = build_cifar100(served / "cifar-100-python.tar.gz")
     checksums = {"cifar-100-python.tar.gz": sha256_bytes(served / "cifar-100-python.tar.gz")}
     with http_server(served) as (url, _):
-        meta = data.prepare("cifar100", tmp_path / "out", root=tmp_path / "raw", val_size=100,
-                            mirror=url, checksums=checksums)
+        meta = data.prepare(
+            "cifar100", tmp_path / "out", root=tmp_path / "raw", val_size=100, mirror=url, checksums=checksums
+        )
     assert meta["num_classes"] == 100 and meta["classes"][99] == "fine99"
     assert meta["splits"] == {"train": 200, "val": 100, "test": 100}
     _, yva = data.load_split(tmp_path / "out", "val")
@@ -289,8 +306,9 @@ def test_mnist_idx_download_and_parse(tmp_path):
     arrays = build_mnist(served)
     checksums = {p.name: sha256_bytes(p) for p in served.iterdir()}
     with http_server(served) as (url, _):
-        meta = data.prepare("fashion_mnist", tmp_path / "out", root=tmp_path / "raw", val_size=10,
-                            mirror=url, checksums=checksums)
+        meta = data.prepare(
+            "fashion_mnist", tmp_path / "out", root=tmp_path / "raw", val_size=10, mirror=url, checksums=checksums
+        )
     assert meta["classes"][0] == "T-shirt/top" and meta["splits"] == {"train": 40, "val": 10, "test": 20}
     xte, yte = data.load_split(tmp_path / "out", "test")
     assert xte.shape == (20, 1, 28, 28) and torch.equal(xte[:, 0], torch.from_numpy(arrays["test"][0]))
@@ -310,8 +328,9 @@ def test_svhn_mat_via_file_mirror(tmp_path):
     served = tmp_path / "served"
     arrays = build_svhn(served)
     checksums = {p.name: sha256_bytes(p) for p in served.iterdir()}
-    meta = data.prepare("svhn", tmp_path / "out", root=tmp_path / "raw", val_size=10,
-                        mirror=served.as_uri(), checksums=checksums)
+    meta = data.prepare(
+        "svhn", tmp_path / "out", root=tmp_path / "raw", val_size=10, mirror=served.as_uri(), checksums=checksums
+    )
     assert meta["splits"] == {"train": 30, "val": 10, "test": 20}
     xte, yte = data.load_split(tmp_path / "out", "test")
     assert torch.equal(xte, torch.from_numpy(arrays["test"][0]))
@@ -327,14 +346,20 @@ def _member(name, kind=tarfile.REGTYPE, linkname=""):
     return m
 
 
-@pytest.mark.parametrize("member, message", [
-    (_member("../evil"), "member '../evil' points outside"),
-    (_member("cifar-10-batches-py/../../evil"), "points outside"),
-    (_member("/tmp/evil-absolute"), "member '/tmp/evil-absolute' points outside"),
-    (_member("cifar-10-batches-py/link", tarfile.SYMTYPE, "../../../evil"), "unsafe member 'cifar-10-batches-py/link'"),
-    (_member("cifar-10-batches-py/abs", tarfile.SYMTYPE, "/etc/passwd"), "unsafe member 'cifar-10-batches-py/abs'"),
-    (_member("cifar-10-batches-py/hard", tarfile.LNKTYPE, "../evil"), "unsafe member"),
-])
+@pytest.mark.parametrize(
+    "member, message",
+    [
+        (_member("../evil"), "member '../evil' points outside"),
+        (_member("cifar-10-batches-py/../../evil"), "points outside"),
+        (_member("/tmp/evil-absolute"), "member '/tmp/evil-absolute' points outside"),
+        (
+            _member("cifar-10-batches-py/link", tarfile.SYMTYPE, "../../../evil"),
+            "unsafe member 'cifar-10-batches-py/link'",
+        ),
+        (_member("cifar-10-batches-py/abs", tarfile.SYMTYPE, "/etc/passwd"), "unsafe member 'cifar-10-batches-py/abs'"),
+        (_member("cifar-10-batches-py/hard", tarfile.LNKTYPE, "../evil"), "unsafe member"),
+    ],
+)
 def test_archive_path_traversal_refused(tmp_path, member, message):
     archive = tmp_path / "served" / "cifar-10-python.tar.gz"
     archive.parent.mkdir()
@@ -346,8 +371,13 @@ def test_archive_path_traversal_refused(tmp_path, member, message):
     assert not list(tmp_path.rglob("evil*"))
     # through prepare (file:// mirror): same refusal, raw dir holds only the verified archive
     with pytest.raises(DataError, match="refusing to extract"):
-        data.prepare("cifar10", tmp_path / "out", root=tmp_path / "raw", mirror=archive.parent.as_uri(),
-                     checksums={archive.name: sha256_bytes(archive)})
+        data.prepare(
+            "cifar10",
+            tmp_path / "out",
+            root=tmp_path / "raw",
+            mirror=archive.parent.as_uri(),
+            checksums={archive.name: sha256_bytes(archive)},
+        )
     assert [p.name for p in (tmp_path / "raw" / "cifar10").iterdir()] == [archive.name]
     assert not (tmp_path / "out" / "meta.json").exists()
 

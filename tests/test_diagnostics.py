@@ -13,25 +13,42 @@ from ablationlab import io
 
 def history(val_loss, val_acc, train_acc=None, train_loss=None) -> pd.DataFrame:
     n = len(val_loss)
-    return pd.DataFrame({"epoch": range(1, n + 1), "train_loss": train_loss or [1.0 / (e + 1) for e in range(n)],
-                         "train_acc": train_acc or [min(a + 0.02, 1.0) for a in val_acc], "val_loss": val_loss,
-                         "val_acc": val_acc, "lr": [0.1] * n, "seconds": [1.0] * n, "images_per_s": [100.0] * n})
+    return pd.DataFrame(
+        {
+            "epoch": range(1, n + 1),
+            "train_loss": train_loss or [1.0 / (e + 1) for e in range(n)],
+            "train_acc": train_acc or [min(a + 0.02, 1.0) for a in val_acc],
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": [0.1] * n,
+            "seconds": [1.0] * n,
+            "images_per_s": [100.0] * n,
+        }
+    )
 
 
 # converged: loss falls then flattens (≤ 1 % per epoch at the end), accuracy steady at ~90 %
 HEALTHY = history([1.0, 0.6, 0.45, 0.40, 0.39, 0.386], [0.70, 0.82, 0.87, 0.89, 0.895, 0.90])
 # overfitting: val-loss minimum at epoch 3 of 8, then it rises by 0.3; train accuracy 100 %
-OVERFIT = history([1.0, 0.6, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8], [0.7, 0.8, 0.84, 0.84, 0.84, 0.84, 0.84, 0.84],
-                  train_acc=[0.75, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0, 1.0])
+OVERFIT = history(
+    [1.0, 0.6, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8],
+    [0.7, 0.8, 0.84, 0.84, 0.84, 0.84, 0.84, 0.84],
+    train_acc=[0.75, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0, 1.0],
+)
 # unstable: val accuracy jumps ±10 pp between epochs, last epoch 12 pp below the best
-UNSTABLE = history([1.0, 0.8, 0.7, 0.69, 0.68, 0.675], [0.60, 0.72, 0.62, 0.74, 0.64, 0.62],
-                   train_acc=[0.62, 0.66, 0.68, 0.69, 0.70, 0.70])
+UNSTABLE = history(
+    [1.0, 0.8, 0.7, 0.69, 0.68, 0.675],
+    [0.60, 0.72, 0.62, 0.74, 0.64, 0.62],
+    train_acc=[0.62, 0.66, 0.68, 0.69, 0.70, 0.70],
+)
 # under-fitting: train accuracy 40 %, loss still falling fast
 UNDERFIT = history([2.2, 2.0, 1.8, 1.6], [0.20, 0.26, 0.32, 0.38], train_acc=[0.22, 0.28, 0.34, 0.40])
 
 
-@pytest.mark.parametrize("frame, expected", [(HEALTHY, []), (OVERFIT, ["overfitting"]), (UNSTABLE, ["unstable"]),
-                                             (UNDERFIT, ["underfitting"])])
+@pytest.mark.parametrize(
+    "frame, expected",
+    [(HEALTHY, []), (OVERFIT, ["overfitting"]), (UNSTABLE, ["unstable"]), (UNDERFIT, ["underfitting"])],
+)
 def test_each_flag_present_only_where_the_curve_shows_it(frame, expected):
     row = dg.experiment_row("x", [frame, frame], ["finished", "finished"])
     assert row["flags"] == ";".join(expected)
@@ -83,8 +100,13 @@ def test_diagnose_reads_the_run_dirs_in_runs_order(tmp_path):
     for exp, frame in (("baseline", HEALTHY), ("g/over", OVERFIT)):
         for seed in (0, 1):
             io.write_csv(tmp_path / exp / f"seed{seed}" / "history.csv", frame)
-    runs = pd.DataFrame({"experiment": ["baseline", "baseline", "g/over", "g/over", "g/none"],
-                         "seed": [0, 1, 0, 1, 0], "status": ["finished"] * 4 + ["missing"]})
+    runs = pd.DataFrame(
+        {
+            "experiment": ["baseline", "baseline", "g/over", "g/over", "g/none"],
+            "seed": [0, 1, 0, 1, 0],
+            "status": ["finished"] * 4 + ["missing"],
+        }
+    )
     table = dg.diagnose(runs, tmp_path)
     assert list(table.columns) == dg.COLUMNS
     assert list(table["experiment"]) == ["baseline", "g/over", "g/none"]

@@ -65,6 +65,6 @@ def test_python_version_claims_agree():
 def test_every_rule_uses_a_workflow_env():
     used = set()
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        used.update(re.findall(r'\.\./envs/([\w.-]+\.yaml)', smk.read_text()))
+        used.update(re.findall(r"\.\./envs/([\w.-]+\.yaml)", smk.read_text()))
         used.update(re.findall(r'^ENV = "\.\./envs/([\w.-]+\.yaml)"', smk.read_text(), flags=re.M))
     assert used and all((REPO / "workflow" / "envs" / name).is_file() for name in used)

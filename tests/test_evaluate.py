@@ -75,7 +75,9 @@ def test_activations_are_the_first_conv_of_test_image_0(digits_dir, run):
     x, _ = data.load_split(digits_dir, "test")
     with np.load(run_dir / "activations.npz", allow_pickle=False) as npz:
         image, conv1 = npz["image"], npz["conv1"]
-    expected_image = (x[0].float() / 255 - torch.tensor(meta["mean"]).view(-1, 1, 1)) / torch.tensor(meta["std"]).view(-1, 1, 1)
+    expected_image = (x[0].float() / 255 - torch.tensor(meta["mean"]).view(-1, 1, 1)) / torch.tensor(meta["std"]).view(
+        -1, 1, 1
+    )
     assert image.dtype == np.float32 and image.shape == (1, 8, 8)
     assert np.allclose(image, expected_image.numpy(), atol=1e-6)
     model = build_network(complete(RECIPE), meta)
@@ -94,8 +96,14 @@ def test_top5_is_null_with_five_classes_or_fewer(tmp_path):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     data.prepare("imagefolder", tmp_path / "data", root=tmp_path / "images", val_size=5)
-    train(tmp_path / "data", {**RECIPE, "epochs": 1, "batch_size": 5}, 0, tmp_path / "run",
-          checkpoint_dir=tmp_path / "ckpt", threads=1)
+    train(
+        tmp_path / "data",
+        {**RECIPE, "epochs": 1, "batch_size": 5},
+        0,
+        tmp_path / "run",
+        checkpoint_dir=tmp_path / "ckpt",
+        threads=1,
+    )
     metrics = evaluate(tmp_path / "data", tmp_path / "run", device="cpu")
     assert metrics["test_top5"] is None and metrics["n_test"] == 10
     assert list(metrics["per_class_acc"]) == [f"class{c}" for c in range(5)]

@@ -44,7 +44,6 @@ import pypdf
 import pytest
 import torch
 import yaml
-
 from test_pipeline import BIN, HOSTILE, _env, copy_workflow, hostile_text, plan, snakemake
 
 pytestmark = pytest.mark.slow
@@ -82,8 +81,11 @@ def _group(cfg: dict, gid: str) -> dict:
 
 def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
     """{relative path: (mtime_ns, sha256)} of every file under ``root``."""
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _run_files(work: Path, exp: str) -> Path:
@@ -92,15 +94,18 @@ def _run_files(work: Path, exp: str) -> Path:
 
 def _limit_file_size(limit: int):
     """preexec_fn: every write past ``limit`` bytes fails with EFBIG (Python ignores SIGXFSZ)."""
+
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
 def _snakemake_limited(work: Path, limit: int, overlay: str, *args: str, targets=()) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "snakemake"), "--cores", "2", *_config(overlay), *args, "--", *targets]
-    return subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True, timeout=900,
-                          preexec_fn=_limit_file_size(limit))
+    return subprocess.run(
+        cmd, cwd=work, env=_env(), capture_output=True, text=True, timeout=900, preexec_fn=_limit_file_size(limit)
+    )
 
 
 def _names_file(log: str, name: str) -> bool:
@@ -117,8 +122,13 @@ def study(tmp_path_factory) -> Path:
     """A complete smoke run with a diverging experiment (read-only: drills work on copies)."""
     work = copy_workflow(tmp_path_factory.mktemp("faults") / "study")
     cfg = yaml.safe_load((work / "presets" / "smoke.yaml").read_text())
-    cfg["ablations"].append({"id": "diverge", "title": "Far too high a learning rate",
-                             "variants": {"unstable": {"optimizer": {"lr": 1.0e4}}}})
+    cfg["ablations"].append(
+        {
+            "id": "diverge",
+            "title": "Far too high a learning rate",
+            "variants": {"unstable": {"optimizer": {"lr": 1.0e4}}},
+        }
+    )
     hostile_text(cfg)  # braces, LaTeX, quotes, newlines... in every free-text key: see test_hostile_text_...
     (work / OVERLAY).write_text(yaml.safe_dump(cfg, sort_keys=False))
     proc = _smk(work, OVERLAY)
@@ -173,8 +183,9 @@ def test_diverging_recipe_is_marked_everywhere_and_the_study_completes(study):
     assert any('<span class="status bad">diverged</span>' in row for row in rows)
     assert re.search(rf"Diverged runs.*?{re.escape(DIVERGED)} seed 0", html, flags=re.S)
     for exp in set(ids) - {DIVERGED}:  # the finished ones are not flagged (ranking table: rank, experiment, ...)
-        ranked = re.findall(rf"<tr\b[^>]*>\s*<td>\d+</td><td class=\"text\">{re.escape(exp)}</td>.*?</tr>", html,
-                            flags=re.S)
+        ranked = re.findall(
+            rf"<tr\b[^>]*>\s*<td>\d+</td><td class=\"text\">{re.escape(exp)}</td>.*?</tr>", html, flags=re.S
+        )
         assert len(ranked) == 1 and "diverged" not in ranked[0], ranked
         assert '<span class="status ok">finished</span>' in ranked[0]
 
@@ -189,7 +200,9 @@ def test_hostile_text_in_every_free_text_key_is_rendered_escaped(study, tmp_path
 
     report = json.loads((study / "results/study/report.json").read_text())
     assert report["title"] == f"report.title {HOSTILE}" and report["author"] == f"study.author {HOSTILE}"
-    assert [g["notes"] for g in report["groups"]] == [f"{g}.notes {HOSTILE}" for g in ("batch_norm", "dropout", "diverge")]
+    assert [g["notes"] for g in report["groups"]] == [
+        f"{g}.notes {HOSTILE}" for g in ("batch_norm", "dropout", "diverge")
+    ]
     html = (study / "reports/report.html").read_text(encoding="utf-8")
     assert f"<title>{escape(f'report.title {HOSTILE}')}</title>" in html
     for text in (f"study.author {HOSTILE}", f"batch_norm.title {HOSTILE}", f"dropout.title {HOSTILE}"):
@@ -201,7 +214,7 @@ def test_hostile_text_in_every_free_text_key_is_rendered_escaped(study, tmp_path
     # compared without whitespace: lines wrap anywhere; two-byte fonts extract with NULs
     text = "".join("".join(page.extract_text() for page in pdf.pages).replace("\x00", "").split())
     for key in ("report.title", "study.author", "batch_norm.title", "batch_norm.notes"):
-        assert f'{key}x{{word}}{{experiment}}{{seed}}$\\frac{{1}}{{2}}$"dq"\'sq\'\\back$HOME' in text, key
+        assert f"{key}x{{word}}{{experiment}}{{seed}}$\\frac{{1}}{{2}}$\"dq\"'sq'\\back$HOME" in text, key
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study / 'results/mlflow.db'}")
     assert client.get_experiment_by_name(f"tracking.experiment {HOSTILE}") is not None
     # Snakemake's own report: its figure categories are the group titles, or the ids of titles with braces
@@ -217,8 +230,13 @@ def test_failing_job_keeps_going_and_loses_nothing(work):
     (work / "garbage.pt").write_bytes(os.urandom(4096))  # exists (passes the config check), not a state_dict
 
     def change(cfg):
-        cfg["ablations"].append({"id": "transfer", "title": "Transfer",
-                                 "variants": {"bad": {"model": {"name": "resnet18", "weights": "garbage.pt"}}}})
+        cfg["ablations"].append(
+            {
+                "id": "transfer",
+                "title": "Transfer",
+                "variants": {"bad": {"model": {"name": "resnet18", "weights": "garbage.pt"}}},
+            }
+        )
         _group(cfg, "dropout")["sweep"]["values"] = [0.5, 0.25]  # a new experiment that must still be produced
 
     overlay = _study_overlay(work, "failing.yaml", change)
@@ -264,12 +282,13 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
     original = (data_dir / "train_x.pt").read_bytes()
     corrupt = bytearray(original)
     middle = len(corrupt) // 2
-    corrupt[middle:middle + 16] = bytes(b ^ 0xFF for b in corrupt[middle:middle + 16])  # same size, other pixels
+    corrupt[middle : middle + 16] = bytes(b ^ 0xFF for b in corrupt[middle : middle + 16])  # same size, other pixels
     (data_dir / "train_x.pt").write_bytes(bytes(corrupt))
     baseline_before = _snapshot(_run_files(work, "baseline"))
 
-    overlay = _study_overlay(work, "lr.yaml", lambda c: _group(c, "batch_norm")["variants"]["bn"].update(
-        optimizer={"lr": 0.02}))  # forces the batch_norm/bn train job
+    overlay = _study_overlay(
+        work, "lr.yaml", lambda c: _group(c, "batch_norm")["variants"]["bn"].update(optimizer={"lr": 0.02})
+    )  # forces the batch_norm/bn train job
     train_log = work / "results/logs/train" / BN / "seed0.log"
     found = r"results/data/digits/train_x\.pt is corrupted \(sha256 mismatch\)"
 
@@ -330,8 +349,13 @@ def test_disk_full_while_checkpointing_keeps_the_old_checkpoint_intact(work):
     # 22k parameters: weights_init.pt (~90 kB) fits under the limit, a checkpoint (weights + momentum
     # buffers, ~200 kB) does not; Snakemake's own files (its copy of the 21 kB config schema, logs) fit
     limit = 140_000
-    overlay = _study_overlay(work, "wide.yaml", lambda c: _group(c, "batch_norm")["variants"]["bn"].update(
-        model={"batch_norm": True, "widths": [128]}, optimizer={"name": "momentum", "lr": 0.03}))
+    overlay = _study_overlay(
+        work,
+        "wide.yaml",
+        lambda c: _group(c, "batch_norm")["variants"]["bn"].update(
+            model={"batch_norm": True, "widths": [128]}, optimizer={"name": "momentum", "lr": 0.03}
+        ),
+    )
     target = f"results/runs/{BN}/seed0/train.json"
     proc = _snakemake_limited(work, limit, overlay, targets=[target])
     out = proc.stdout + proc.stderr
@@ -375,8 +399,9 @@ def test_read_only_results_folder_is_one_error_line_and_nothing_is_lost(work):
         proc = _smk(work, OVERLAY, "--forcerun", "summarize", targets=target)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
-    assert ("[Errno 13] Folder not writable: 'results/summary': make it writable, then run the same command "
-            "again") in out and "Traceback" not in out, out[-3000:]
+    assert (
+        "[Errno 13] Folder not writable: 'results/summary': make it writable, then run the same command again"
+    ) in out and "Traceback" not in out, out[-3000:]
     assert _snapshot(work / "results") == before  # stopped before the first job: nothing touched
     proc = _smk(work, OVERLAY, "--forcerun", "summarize", targets=target)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -390,24 +415,28 @@ def _kill_tree(proc: subprocess.Popen) -> list[int]:
     parent = psutil.Process(proc.pid)
     tree = [parent] + parent.children(recursive=True)
     for p in tree:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(tree, timeout=30)
     return [p.pid for p in tree]
 
 
 def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_run(work, tmp_path):
     exp, epochs = "batch_norm/long", 40
-    overlay = _study_overlay(work, "long.yaml", lambda c: _group(c, "batch_norm")["variants"].update(
-        long={"model": {"batch_norm": True, "widths": [16, 32]}, "batch_size": 16, "epochs": epochs}))
+    overlay = _study_overlay(
+        work,
+        "long.yaml",
+        lambda c: _group(c, "batch_norm")["variants"].update(
+            long={"model": {"batch_norm": True, "widths": [16, 32]}, "batch_size": 16, "epochs": epochs}
+        ),
+    )
     target = f"results/runs/{exp}/seed0/metrics.json"
     ckpt = work / "results/checkpoints" / exp / "seed0" / "last.pt"
     cmd = [str(BIN / "snakemake"), "--cores", "2", *_config(overlay)]
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([*cmd, "--", target], cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [*cmd, "--", target], cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + 600
             while not ckpt.exists():  # the first epoch's checkpoint
@@ -441,13 +470,52 @@ def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_ru
     clean = tmp_path / "clean"
     lib = {"PYTHONPATH": str(work / "src")}
     train = subprocess.run(
-        [sys.executable, "-m", "ablationlab", "train", "--data", "results/data/digits", "--recipe",
-         str(run / "recipe.json"), "--seed", "0", "--out", str(clean), "--checkpoint-dir", str(tmp_path / "ck"),
-         "--device", "cpu", "--threads", "1"], cwd=work, env=_env() | lib, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "ablationlab",
+            "train",
+            "--data",
+            "results/data/digits",
+            "--recipe",
+            str(run / "recipe.json"),
+            "--seed",
+            "0",
+            "--out",
+            str(clean),
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ],
+        cwd=work,
+        env=_env() | lib,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     evaluate = subprocess.run(
-        [sys.executable, "-m", "ablationlab", "evaluate", "--data", "results/data/digits", "--run", str(clean),
-         "--device", "cpu"], cwd=work, env=_env() | lib, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "ablationlab",
+            "evaluate",
+            "--data",
+            "results/data/digits",
+            "--run",
+            str(clean),
+            "--device",
+            "cpu",
+        ],
+        cwd=work,
+        env=_env() | lib,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
 
     assert len(pd.read_csv(run / "history.csv")) == epochs
@@ -456,8 +524,10 @@ def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_ru
     assert resumed_weights.keys() == clean_weights.keys()
     assert all(torch.equal(resumed_weights[k], clean_weights[k]) for k in clean_weights)
     got, want = (json.loads((d / "metrics.json").read_text()) for d in (run, clean))
-    assert {k: got[k] for k in ("test_acc", "test_loss", "per_class_acc", "status")} == \
-        {k: want[k] for k in ("test_acc", "test_loss", "per_class_acc", "status")}
+    assert {k: got[k] for k in ("test_acc", "test_loss", "per_class_acc", "status")} == {
+        k: want[k] for k in ("test_acc", "test_loss", "per_class_acc", "status")
+    }
     got, want = (json.loads((d / "train.json").read_text()) for d in (run, clean))
-    assert {k: got[k] for k in ("status", "epochs_run", "best_epoch", "best_val_loss", "best_val_acc")} == \
-        {k: want[k] for k in ("status", "epochs_run", "best_epoch", "best_val_loss", "best_val_acc")}
+    assert {k: got[k] for k in ("status", "epochs_run", "best_epoch", "best_val_loss", "best_val_acc")} == {
+        k: want[k] for k in ("status", "epochs_run", "best_epoch", "best_val_loss", "best_val_acc")
+    }

@@ -6,11 +6,10 @@ import struct
 
 import pandas as pd
 import pytest
+from test_summarize import study_runs  # noqa: F401  (session fixture: a small real study)
 
 from ablationlab import figures, io, models
 from ablationlab.train import build_network
-
-from test_summarize import study_runs  # noqa: F401  (session fixture: a small real study)
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -39,9 +38,13 @@ def test_plan_follows_the_study(study_runs):  # noqa: F811
     for group in ("batch_norm", "dropout", "early_stopping", "augmentation", "optimizer"):
         assert {(group, "curves"), (group, "test_acc"), (group, "forest")} <= kinds
     assert ("baseline", "forest") not in kinds
-    assert {k for g, k in kinds if g == figures.STUDY_GROUP} == {"comparison", "best_filters", "confusion",
-                                                                  "misclassified"}
-    assert [i["group"] for i in plan][0] == "baseline"  # report order
+    assert {k for g, k in kinds if g == figures.STUDY_GROUP} == {
+        "comparison",
+        "best_filters",
+        "confusion",
+        "misclassified",
+    }
+    assert plan[0]["group"] == "baseline"  # report order
     assert len({i["file"] for i in plan}) == len(plan)
 
 
@@ -84,8 +87,10 @@ def test_best_experiment_and_params_table(drawn):
 def test_early_stopping_caption_reports_the_stop_epochs(drawn):
     root, _, _, manifest = drawn
     caption = next(m["caption"] for m in manifest["figures"] if m["kind"] == "early_stopping")
-    stops = [io.read_json(root / "runs" / "early_stopping/patience=1" / f"seed{s}" / "train.json")["epochs_run"]
-             for s in (0, 1)]
+    stops = [
+        io.read_json(root / "runs" / "early_stopping/patience=1" / f"seed{s}" / "train.json")["epochs_run"]
+        for s in (0, 1)
+    ]
     assert f"stopped at epoch {stops[0]}, {stops[1]}" in caption
 
 
@@ -100,22 +105,65 @@ def test_forest_plot_is_drawn_per_group(drawn):
 
 def test_forest_labels_say_each_verdict():
     nan = float("nan")
-    rows = pd.DataFrame([
-        dict(experiment="a", delta_acc=0.018, delta_ci_low=0.011, delta_ci_high=0.025, p_value_holm=0.004,
-             verdict="significant", status="finished"),
-        dict(experiment="b", delta_acc=0.002, delta_ci_low=-0.004, delta_ci_high=0.008, p_value_holm=0.7,
-             verdict="no_effect", status="finished"),
-        dict(experiment="c", delta_acc=-0.03, delta_ci_low=-0.09, delta_ci_high=0.03, p_value_holm=0.3,
-             verdict="undecided", status="finished"),
-        dict(experiment="d", delta_acc=-0.8, delta_ci_low=nan, delta_ci_high=nan, p_value_holm=nan, verdict=nan,
-             status="diverged"),
-        dict(experiment="e", delta_acc=nan, delta_ci_low=nan, delta_ci_high=nan, p_value_holm=nan, verdict=nan,
-             status="incomplete (0/2)")])
+    rows = pd.DataFrame(
+        [
+            dict(
+                experiment="a",
+                delta_acc=0.018,
+                delta_ci_low=0.011,
+                delta_ci_high=0.025,
+                p_value_holm=0.004,
+                verdict="significant",
+                status="finished",
+            ),
+            dict(
+                experiment="b",
+                delta_acc=0.002,
+                delta_ci_low=-0.004,
+                delta_ci_high=0.008,
+                p_value_holm=0.7,
+                verdict="no_effect",
+                status="finished",
+            ),
+            dict(
+                experiment="c",
+                delta_acc=-0.03,
+                delta_ci_low=-0.09,
+                delta_ci_high=0.03,
+                p_value_holm=0.3,
+                verdict="undecided",
+                status="finished",
+            ),
+            dict(
+                experiment="d",
+                delta_acc=-0.8,
+                delta_ci_low=nan,
+                delta_ci_high=nan,
+                p_value_holm=nan,
+                verdict=nan,
+                status="diverged",
+            ),
+            dict(
+                experiment="e",
+                delta_acc=nan,
+                delta_ci_low=nan,
+                delta_ci_high=nan,
+                p_value_holm=nan,
+                verdict=nan,
+                status="incomplete (0/2)",
+            ),
+        ]
+    )
     fig = figures.draw_forest(rows, {e: e for e in rows["experiment"]}, 0.01)
     ax = fig.axes[0]
     right = [t.get_text() for t in ax.child_axes[0].get_yticklabels()][::-1]
-    assert right == ["Holm p 0.004 · significant", "Holm p 0.700 · no effect", "Holm p 0.300 · undecided",
-                     "diverged", "no test"]
+    assert right == [
+        "Holm p 0.004 · significant",
+        "Holm p 0.700 · no effect",
+        "Holm p 0.300 · undecided",
+        "diverged",
+        "no test",
+    ]
     low, high = ax.get_xlim()
     assert low > -15 and high > 2.5  # the diverged −80 pp is drawn at the edge, not on the scale
     figures._plt().close(fig)

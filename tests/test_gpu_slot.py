@@ -21,9 +21,23 @@ def _holder(tmp_path: Path, count: int = 1, jobs_per_gpu: int = 1, gpus: str = "
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     env |= {"ABLATIONLAB_GPUS": gpus, "ABLATIONLAB_GPU_LOCKS": str(tmp_path / "locks")}
     script = "import os, time; print(os.environ.get('CUDA_VISIBLE_DEVICES', '-'), flush=True); time.sleep(600)"
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(count), "--jobs-per-gpu", str(jobs_per_gpu), "--",
-                             sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(count),
+            "--jobs-per-gpu",
+            str(jobs_per_gpu),
+            "--",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def _gpu(proc: subprocess.Popen) -> str:
@@ -99,21 +113,41 @@ def test_gpu_resource_counts_slots_locally(tmp_path):
     and gpu_slot.py gets the GPU count and jobs_per_gpu; without sharing nothing changes (gpu = GPUs)."""
     (tmp_path / "share.yaml").write_text(
         "device: cuda\nresources:\n  default: {jobs_per_gpu: 3}\n  dropout: {jobs_per_gpu: 2}\n"
-        "  batch_norm: {jobs_per_gpu: null}\n  transfer: {gpu: 1, jobs_per_gpu: 1}\n")
+        "  batch_norm: {jobs_per_gpu: null}\n  transfer: {gpu: 1, jobs_per_gpu: 1}\n"
+    )
     (tmp_path / "exclusive.yaml").write_text("device: cuda\n")
     found = {}
     for name in ("share", "exclusive"):
         proc = subprocess.run(
-            [str(Path(sys.executable).parent / "snakemake"), "-n", "-p", "--cores", "2", "--configfile",
-             "presets/smoke.yaml", str(tmp_path / f"{name}.yaml"), "--directory", str(tmp_path / name)],
-            cwd=REPO, capture_output=True, text=True, timeout=300)
+            [
+                str(Path(sys.executable).parent / "snakemake"),
+                "-n",
+                "-p",
+                "--cores",
+                "2",
+                "--configfile",
+                "presets/smoke.yaml",
+                str(tmp_path / f"{name}.yaml"),
+                "--directory",
+                str(tmp_path / name),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        blocks = re.findall(r"^rule (train_\w+):\n((?:    .*\n)+)Shell command: (.*)$",
-                            proc.stdout, re.M)
-        found[name] = {rule: (re.search(r"gpu=(\d+), .*jobs_per_gpu=(\d+)", block).groups(),
-                              re.search(r"gpu_slot\.py (\d+ --jobs-per-gpu \d+) --", shell).group(1))
-                       for rule, block, shell in blocks}
+        blocks = re.findall(r"^rule (train_\w+):\n((?:    .*\n)+)Shell command: (.*)$", proc.stdout, re.M)
+        found[name] = {
+            rule: (
+                re.search(r"gpu=(\d+), .*jobs_per_gpu=(\d+)", block).groups(),
+                re.search(r"gpu_slot\.py (\d+ --jobs-per-gpu \d+) --", shell).group(1),
+            )
+            for rule, block, shell in blocks
+        }
     # slots per GPU: lcm(3, 2, 3) = 6 (batch_norm inherits the default's 3)
-    assert found["share"] == {f"train_{group}": ((str(6 // jobs), str(jobs)), f"1 --jobs-per-gpu {jobs}")
-                              for group, jobs in (("baseline", 3), ("batch_norm", 3), ("dropout", 2))}
+    assert found["share"] == {
+        f"train_{group}": ((str(6 // jobs), str(jobs)), f"1 --jobs-per-gpu {jobs}")
+        for group, jobs in (("baseline", 3), ("batch_norm", 3), ("dropout", 2))
+    }
     assert set(found["exclusive"].values()) == {(("1", "1"), "1 --jobs-per-gpu 1")}

@@ -52,14 +52,17 @@ def _weights(path: Path, seed: int) -> None:
 def _study(cfg: dict) -> None:
     cfg["data"] = {"dataset": "imagefolder", "root": "images", "val_size": 4, "image_size": None}
     cfg["baseline"]["batch_size"] = 4
-    cfg["ablations"] = [{"id": "transfer", "title": "Transfer",
-                         "variants": {"file": {"model": {"name": "resnet18", "weights": "weights.pt",
-                                                         "train": "frozen"}}}}]
+    cfg["ablations"] = [
+        {
+            "id": "transfer",
+            "title": "Transfer",
+            "variants": {"file": {"model": {"name": "resnet18", "weights": "weights.pt", "train": "frozen"}}},
+        }
+    ]
 
 
 def _plan(work: Path, config: str) -> set:
-    return {j for j in plan(work, "--configfile", "presets/smoke.yaml", config, "--", *TARGETS)
-            if j[0] not in TARGETS}
+    return {j for j in plan(work, "--configfile", "presets/smoke.yaml", config, "--", *TARGETS) if j[0] not in TARGETS}
 
 
 def _run(work: Path, config: str) -> set[str]:

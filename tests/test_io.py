@@ -15,12 +15,20 @@ from ablationlab.__main__ import main
 def _write_under_file_size_limit(target, size: int, limit: int = 1000) -> str:
     """Write ``size`` bytes to ``target`` with ``io.write_text`` in a child process whose writes
     past ``limit`` bytes fail with EFBIG (Python ignores SIGXFSZ); return what it printed."""
-    code = ("import sys; from ablationlab import io\n"
-            "try:\n    io.write_text(sys.argv[1], 'x' * int(sys.argv[2]))\n"
-            "except OSError as exc:\n    print(type(exc).__name__, exc)")
+    code = (
+        "import sys; from ablationlab import io\n"
+        "try:\n    io.write_text(sys.argv[1], 'x' * int(sys.argv[2]))\n"
+        "except OSError as exc:\n    print(type(exc).__name__, exc)"
+    )
     limit_writes = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # noqa: E731
-    proc = subprocess.run([sys.executable, "-c", code, str(target), str(size)], capture_output=True, text=True,
-                          preexec_fn=limit_writes, timeout=120, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(target), str(size)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_writes,
+        timeout=120,
+        check=True,
+    )
     return proc.stdout.strip()
 
 
@@ -44,7 +52,8 @@ def test_unwritable_directory_names_the_target(tmp_path):
 def test_cli_reports_a_write_error_in_one_line(tmp_path, capsys):
     blocker = tmp_path / "out"
     blocker.write_text("")
-    assert main(["prepare", "--dataset", "digits", "--out", str(blocker / "digits"),
-                 "--root", str(tmp_path / "raw")]) != 0
+    assert (
+        main(["prepare", "--dataset", "digits", "--out", str(blocker / "digits"), "--root", str(tmp_path / "raw")]) != 0
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(blocker / "digits") in err, err

@@ -158,7 +158,7 @@ def test_init_reinitialises_weights_and_zeroes_biases(init):
         ({"name": "foo"}, "model.name: unknown model 'foo' (choose from simple_cnn, vgg_style, resnet18, vgg11_bn)"),
         (
             {"activation": "swish"},
-            "model.activation: unknown activation 'swish' (choose from relu, leaky_relu, elu, selu, gelu, tanh, sigmoid)",
+            "model.activation: unknown activation 'swish' (choose from relu, leaky_relu, elu, selu, gelu, tanh, sigmoid)",  # noqa: E501
         ),
         ({"init": "orthogonal"}, "model.init: unknown init 'orthogonal' (choose from default, kaiming, xavier)"),
         (
@@ -291,7 +291,8 @@ def test_pickle_with_a_payload_is_refused_and_never_runs(tmp_path, imagenet_shap
     assert str(err.value) == (
         f"model.weights: {evil} is not a plain state_dict (Trying to load unsupported GLOBAL posix.mkdir whose "
         "module posix is blocked.); a weights file holds only tensors by parameter name, as written by "
-        "torch.save(model.state_dict(), path)")
+        "torch.save(model.state_dict(), path)"
+    )
     torch.load(evil, weights_only=False)  # the payload is real: an unsafe load runs it
     assert marker.exists()
 
@@ -323,7 +324,7 @@ def test_mismatching_state_dict_names_the_keys(tmp_path, imagenet_shaped_resnet)
     with pytest.raises(
         WeightsError,
         match=re.escape(
-            f"model.weights: {path} does not match the model: shape mismatch (1): conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)"
+            f"model.weights: {path} does not match the model: shape mismatch (1): conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)"  # noqa: E501
         ),
     ):
         build_model({"name": "resnet18", "weights": str(path)}, 3, 32, 10)

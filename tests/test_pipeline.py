@@ -106,7 +106,8 @@ def test_smoke_run_outputs_exist_and_parse(done):
     for exp in ids:
         run = done / "results/runs" / exp / "seed0"
         assert json.loads((run / "recipe.json").read_text()) == next(
-            e["recipe"] for e in table["experiments"] if e["id"] == exp)
+            e["recipe"] for e in table["experiments"] if e["id"] == exp
+        )
         assert json.loads((run / "train.json").read_text())["status"] in ("finished", "early_stopped")
         metrics = json.loads((run / "metrics.json").read_text())
         assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["n_test"] == 360
@@ -141,9 +142,17 @@ def test_changed_learning_rate_reruns_exactly_that_experiment(done):
 
 @pytest.mark.slow
 def test_added_seed_runs_only_the_new_seed(done):
-    jobs = plan(done, "--configfile", "presets/smoke.yaml", overlay(done, "seeds.yaml", lambda c: c.update(seeds=[0, 1])))
-    expected = {(rule, exp, "1") for rule, exp in [("train_baseline", "baseline"), ("train_batch_norm", "batch_norm/bn"),
-                                                   ("train_dropout", "dropout/p=0.5")]}
+    jobs = plan(
+        done, "--configfile", "presets/smoke.yaml", overlay(done, "seeds.yaml", lambda c: c.update(seeds=[0, 1]))
+    )
+    expected = {
+        (rule, exp, "1")
+        for rule, exp in [
+            ("train_baseline", "baseline"),
+            ("train_batch_norm", "batch_norm/bn"),
+            ("train_dropout", "dropout/p=0.5"),
+        ]
+    }
     assert stage_jobs(jobs) == expected
     assert all(seed in (None, "1") for _, _, seed in jobs)
 
@@ -188,16 +197,21 @@ BAD = {
     "sweep over a missing key": (
         "ablations:\n  - {id: dropout, title: D, sweep: {key: model.dropuot, values: [0.5]}}\n",
         "invalid configuration: ablations[dropout].sweep.key: 'model.dropuot' does not exist in the recipe of base "
-        "experiment 'baseline'"),
+        "experiment 'baseline'",
+    ),
     "batch larger than the train split": (
         "baseline: {batch_size: 5000}\n",
         "invalid configuration: baseline.batch_size: batch_size 5000 is larger than the train split of digits "
-        "(1293 images)"),
+        "(1293 images)",
+    ),
     "NaN learning rate (YAML .nan)": (
-        "baseline: {optimizer: {lr: .nan}}\n", "invalid configuration: baseline.optimizer.lr: nan is not a finite number"),
+        "baseline: {optimizer: {lr: .nan}}\n",
+        "invalid configuration: baseline.optimizer.lr: nan is not a finite number",
+    ),
     "fractional val_size above 1": (
         "data: {val_size: 1.5}\n",
-        "invalid configuration: data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
+        "invalid configuration: data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1",
+    ),
 }
 
 
@@ -218,7 +232,7 @@ def test_invalid_config_stops_before_any_job(done, case):
 
 # braces (Snakemake wildcards: {seed} and {experiment} are real ones), LaTeX, quotes, a
 # backslash, shell syntax, HTML, non-ASCII and a newline: passed through verbatim everywhere
-HOSTILE = 'x {word} {experiment} {seed} $\\frac{1}{2}$ "dq" \'sq\' \\back $HOME `id` <b>é中</b>\nline 2'
+HOSTILE = "x {word} {experiment} {seed} $\\frac{1}{2}$ \"dq\" 'sq' \\back $HOME `id` <b>é中</b>\nline 2"
 
 
 def hostile_text(cfg: dict) -> dict:
@@ -234,14 +248,19 @@ def hostile_text(cfg: dict) -> dict:
 @pytest.mark.slow
 def test_text_with_braces_quotes_and_newlines_reaches_jobs_verbatim(tmp_path):
     work = copy_workflow(tmp_path / "work")
-    hostile = overlay(work, "hostile.yaml", lambda c: hostile_text(c)["data"].update(
-        root="raw {x} é", mirror="file:///mirror/{dataset}/"))
+    hostile = overlay(
+        work,
+        "hostile.yaml",
+        lambda c: hostile_text(c)["data"].update(root="raw {x} é", mirror="file:///mirror/{dataset}/"),
+    )
     proc = snakemake(work, "-n", "-p", "--configfile", "presets/smoke.yaml", hostile)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     # paths and names in shell commands: shell-quoted, never formatted ({dataset} is a wildcard of prepare_data)
     assert "--root 'raw {x} é' --mirror 'file:///mirror/{dataset}/'" in out
-    assert out.count("--mlflow-experiment 'tracking.experiment x {word} {experiment} {seed} ") == 1  # the single MLflow writer (track)
+    assert (
+        out.count("--mlflow-experiment 'tracking.experiment x {word} {experiment} {seed} ") == 1
+    )  # the single MLflow writer (track)
 
 
 @pytest.mark.slow
@@ -256,8 +275,10 @@ def test_unreachable_tracking_server_stops_before_any_job(tmp_path):
     proc = snakemake(work, "--configfile", "presets/smoke.yaml", refused, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and time.monotonic() - start < 60, out[-3000:]
-    assert (f"tracking.uri: MLflow server {uri} is not reachable ([Errno 111] Connection refused); start it, or "
-            "fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same command again") in out
+    assert (
+        f"tracking.uri: MLflow server {uri} is not reachable ([Errno 111] Connection refused); start it, or "
+        "fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same command again"
+    ) in out
     assert "Traceback" not in out and not (work / "results").exists()  # before the first job
     assert not list((work / ".snakemake" / "locks").glob("*"))  # and unlocked: fix it and run again
 
@@ -266,14 +287,21 @@ def test_unreachable_tracking_server_stops_before_any_job(tmp_path):
 
 
 def test_snakemake_lint_is_clean():
-    proc = subprocess.run([str(BIN / "snakemake"), "--lint", "--configfile", "presets/smoke.yaml"], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "--lint", "--configfile", "presets/smoke.yaml"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
 
 
 def test_snakefmt_is_clean():
-    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "."], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "."], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -281,12 +309,15 @@ def test_snakefmt_is_clean():
 
 
 def _slot(count: int, tmp_path: Path, seconds: float, **env) -> subprocess.Popen:
-    script = "import os, time; print(os.environ.get('CUDA_VISIBLE_DEVICES', '-'), flush=True); " \
-             f"time.sleep({seconds})"
+    script = f"import os, time; print(os.environ.get('CUDA_VISIBLE_DEVICES', '-'), flush=True); time.sleep({seconds})"
     full = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     full |= {"ABLATIONLAB_GPUS": "0,1,2", "ABLATIONLAB_GPU_LOCKS": str(tmp_path / "locks")} | env
-    return subprocess.Popen([sys.executable, str(REPO / "workflow/scripts/gpu_slot.py"), str(count), "--",
-                             sys.executable, "-c", script], env=full, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "workflow/scripts/gpu_slot.py"), str(count), "--", sys.executable, "-c", script],
+        env=full,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_concurrent_jobs_get_their_own_gpus(tmp_path):

@@ -8,12 +8,11 @@ from html.parser import HTMLParser
 import pandas as pd
 import pypdf
 import pytest
+from test_summarize import GROUPS, study_runs  # noqa: F401  (session fixture: a small real study)
 
 from ablationlab import figures, io, report
 from ablationlab.__main__ import main
 from ablationlab.summarize import read_summary
-
-from test_summarize import GROUPS, study_runs  # noqa: F401  (session fixture: a small real study)
 
 
 class _Collect(HTMLParser):
@@ -48,10 +47,20 @@ def rendered(study_runs, tmp_path_factory):  # noqa: F811
     figures.figures(root / "study" / "experiments.json", root / "summary", data_dir, root / "runs", out / "figures")
     bench = out / "benchmarks" / "train" / "baseline"
     bench.mkdir(parents=True)  # Snakemake's benchmark format
-    (bench / "seed0.tsv").write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-                                     "12.5\t0:00:12\t321.5\t900.1\t300.0\t310.0\t0.1\t0.2\t95.0\t11.9\n")
-    context = report.report(root / "study" / "report.json", root / "summary", out / "figures", out / "report.html",
-                            out / "report.pdf", data_dir=data_dir, benchmarks_dir=out / "benchmarks", commit="abc1234")
+    (bench / "seed0.tsv").write_text(
+        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+        "12.5\t0:00:12\t321.5\t900.1\t300.0\t310.0\t0.1\t0.2\t95.0\t11.9\n"
+    )
+    context = report.report(
+        root / "study" / "report.json",
+        root / "summary",
+        out / "figures",
+        out / "report.html",
+        out / "report.pdf",
+        data_dir=data_dir,
+        benchmarks_dir=out / "benchmarks",
+        commit="abc1234",
+    )
     return root, out, context
 
 
@@ -81,8 +90,8 @@ def test_every_group_has_its_section_table_and_figures(rendered):
     exps = pd.read_csv(root / "summary" / "experiments.csv")
     for gid, (title, *_rest) in GROUPS.items():
         assert f"sec-{gid}" in ids and title in plain
-        section = text[text.index(f'id="sec-{gid}"'):]
-        section = section[:section.index("</section>")]
+        section = text[text.index(f'id="sec-{gid}"') :]
+        section = section[: section.index("</section>")]
         assert "<table" in section and "<img" in section
         for exp in exps[exps["group"] == gid].itertuples():
             assert f"{exp.test_acc_mean * 100:.1f}" in section
@@ -91,8 +100,8 @@ def test_every_group_has_its_section_table_and_figures(rendered):
     assert "Digits <ablation> study" in plain and "&lt;ablation&gt;" in text  # the title is escaped
     # the best row of a group is highlighted, a diverged experiment is shown as such
     assert re.search(r'<tr class="best', text)
-    lr = text[text.index('id="sec-optimizer"'):]
-    assert 'class="status bad">diverged</span>' in lr[:lr.index("</section>")] and "diverged in 2 of 2 seeds" in plain
+    lr = text[text.index('id="sec-optimizer"') :]
+    assert 'class="status bad">diverged</span>' in lr[: lr.index("</section>")] and "diverged in 2 of 2 seeds" in plain
 
 
 def test_findings_sentence_matches_the_summary(rendered):
@@ -110,24 +119,88 @@ def test_findings_sentence_matches_the_summary(rendered):
 
 # hand-set statistics columns (the stats stage's contract) over the real study: one row per verdict
 VERDICTS = {
-    "batch_norm/bn": dict(delta_acc=0.018, delta_ci_low=0.011, delta_ci_high=0.025, test="paired_t", n_pairs=2,
-                          p_value=0.004, p_value_holm=0.004, holm_family=1, q_value=0.012, effect_size=3.2,
-                          effect_size_kind="d_z", prob_improvement=1.0, prob_improvement_ci_low=1.0,
-                          prob_improvement_ci_high=1.0, mde_acc=0.012, seeds_needed=2, verdict="significant",
-                          p_value_wilcoxon=0.031),
-    "dropout/p=0.2": dict(delta_acc=0.002, delta_ci_low=-0.004, delta_ci_high=0.008, test="paired_t", n_pairs=2,
-                          p_value=0.35, p_value_holm=0.7, holm_family=2, q_value=0.42, effect_size=0.3,
-                          effect_size_kind="d_z", prob_improvement=0.5, prob_improvement_ci_low=0.0,
-                          prob_improvement_ci_high=1.0, mde_acc=0.009, seeds_needed=40, verdict="no_effect"),
-    "dropout/p=0.5": dict(delta_acc=0.03, delta_ci_low=-0.05, delta_ci_high=0.11, test="welch", n_pairs=1,
-                          p_value=0.3, p_value_holm=0.6, holm_family=2, q_value=0.42, effect_size=0.9,
-                          effect_size_kind="hedges_g", prob_improvement=0.75, prob_improvement_ci_low=0.25,
-                          prob_improvement_ci_high=1.0, mde_acc=0.2, seeds_needed=11, verdict="undecided"),
-    "augmentation/hflip": dict(delta_acc=0.0, delta_ci_low=-0.1, delta_ci_high=0.1, test="paired_t", n_pairs=2,
-                               p_value=1.0, p_value_holm=1.0, holm_family=1, q_value=1.0, mde_acc=0.3,
-                               seeds_needed=float("nan"), verdict="undecided"),
-    "optimizer/lr=1000": dict(test="paired_t", n_pairs=2, p_value=0.08, p_value_holm=0.08, holm_family=1,
-                              q_value=0.16, verdict="undecided", seeds_needed=5),
+    "batch_norm/bn": dict(
+        delta_acc=0.018,
+        delta_ci_low=0.011,
+        delta_ci_high=0.025,
+        test="paired_t",
+        n_pairs=2,
+        p_value=0.004,
+        p_value_holm=0.004,
+        holm_family=1,
+        q_value=0.012,
+        effect_size=3.2,
+        effect_size_kind="d_z",
+        prob_improvement=1.0,
+        prob_improvement_ci_low=1.0,
+        prob_improvement_ci_high=1.0,
+        mde_acc=0.012,
+        seeds_needed=2,
+        verdict="significant",
+        p_value_wilcoxon=0.031,
+    ),
+    "dropout/p=0.2": dict(
+        delta_acc=0.002,
+        delta_ci_low=-0.004,
+        delta_ci_high=0.008,
+        test="paired_t",
+        n_pairs=2,
+        p_value=0.35,
+        p_value_holm=0.7,
+        holm_family=2,
+        q_value=0.42,
+        effect_size=0.3,
+        effect_size_kind="d_z",
+        prob_improvement=0.5,
+        prob_improvement_ci_low=0.0,
+        prob_improvement_ci_high=1.0,
+        mde_acc=0.009,
+        seeds_needed=40,
+        verdict="no_effect",
+    ),
+    "dropout/p=0.5": dict(
+        delta_acc=0.03,
+        delta_ci_low=-0.05,
+        delta_ci_high=0.11,
+        test="welch",
+        n_pairs=1,
+        p_value=0.3,
+        p_value_holm=0.6,
+        holm_family=2,
+        q_value=0.42,
+        effect_size=0.9,
+        effect_size_kind="hedges_g",
+        prob_improvement=0.75,
+        prob_improvement_ci_low=0.25,
+        prob_improvement_ci_high=1.0,
+        mde_acc=0.2,
+        seeds_needed=11,
+        verdict="undecided",
+    ),
+    "augmentation/hflip": dict(
+        delta_acc=0.0,
+        delta_ci_low=-0.1,
+        delta_ci_high=0.1,
+        test="paired_t",
+        n_pairs=2,
+        p_value=1.0,
+        p_value_holm=1.0,
+        holm_family=1,
+        q_value=1.0,
+        mde_acc=0.3,
+        seeds_needed=float("nan"),
+        verdict="undecided",
+    ),
+    "optimizer/lr=1000": dict(
+        test="paired_t",
+        n_pairs=2,
+        p_value=0.08,
+        p_value_holm=0.08,
+        holm_family=1,
+        q_value=0.16,
+        verdict="undecided",
+        seeds_needed=5,
+    ),
 }
 
 
@@ -144,26 +217,37 @@ def verdicts(rendered):
     diag.loc[diag["experiment"] == "dropout/p=0.5", ["flags", "reading"]] = ["unstable", "Unstable: it swings."]
     diag.loc[diag["experiment"] == "batch_norm/bn", ["flags", "reading"]] = [None, "Curves look healthy."]
     study = io.read_json(root / "study" / "experiments.json")
-    context = report.build_context(io.read_json(root / "study" / "report.json"), study, runs,
-                                   exps.reset_index(drop=True), report.read_manifest(out / "figures"), out / "figures",
-                                   diagnostics=diag)
+    context = report.build_context(
+        io.read_json(root / "study" / "report.json"),
+        study,
+        runs,
+        exps.reset_index(drop=True),
+        report.read_manifest(out / "figures"),
+        out / "figures",
+        diagnostics=diag,
+    )
     return context, report.render_html(context)
 
 
 def _section(html: str, anchor: str) -> str:
-    part = html[html.index(f'id="{anchor}"'):]
-    return part[:part.index("</section>")]
+    part = html[html.index(f'id="{anchor}"') :]
+    return part[: part.index("</section>")]
 
 
 def test_findings_are_verdicts_with_the_holm_p_value(verdicts):
     context, _ = verdicts
     texts = {s["id"]: [f["text"] for f in s["findings"]] for s in context["sections"]}
-    assert texts["batch_norm"][0].startswith("bn: +1.8 pp vs baseline (95 % CI +1.1…+2.5, paired t over 2 seeds, "
-                                             "Holm p = 0.004 of 1 comparison) — significant.")
-    assert texts["dropout"][0].endswith("Holm p = 0.700 of 2 comparisons) — no effect larger than 0.9 pp "
-                                        "(MDE at 80 % power).")
-    assert "Welch t over 2 seeds, Holm p = 0.600 of 2 comparisons) — undecided: too few seeds, 11 would be needed " \
-           "to tell." in texts["dropout"][1]
+    assert texts["batch_norm"][0].startswith(
+        "bn: +1.8 pp vs baseline (95 % CI +1.1…+2.5, paired t over 2 seeds, "
+        "Holm p = 0.004 of 1 comparison) — significant."
+    )
+    assert texts["dropout"][0].endswith(
+        "Holm p = 0.700 of 2 comparisons) — no effect larger than 0.9 pp (MDE at 80 % power)."
+    )
+    assert (
+        "Welch t over 2 seeds, Holm p = 0.600 of 2 comparisons) — undecided: too few seeds, 11 would be needed "
+        "to tell." in texts["dropout"][1]
+    )
     assert "undecided: too few seeds, and the observed Δ is too small" in texts["augmentation"][0]
     assert texts["optimizer"][0].startswith("lr=1000: diverged in 2 of 2 seeds")  # diverged stays flagged
     sig = {s["id"]: [f["significant"] for f in s["findings"]] for s in context["sections"]}
@@ -177,8 +261,10 @@ def test_verdict_table_per_group(verdicts):
     assert rows["batch_norm"][0]["effect_kind"] == "d_z" and rows["batch_norm"][0]["family"] == 1
     assert rows["optimizer"][0]["verdict"] == "diverged" and rows["dropout"][1]["test"] == "Welch t"
     bn = _section(html, "sec-batch_norm")
-    assert "Verdicts" in bn and 'class="results verdicts"' in bn and '<span class="verdict significant">significant' in bn
-    cells = re.sub(r"<[^>]+>", " ", bn[bn.index('class="results verdicts"'):])
+    assert (
+        "Verdicts" in bn and 'class="results verdicts"' in bn and '<span class="verdict significant">significant' in bn
+    )
+    cells = re.sub(r"<[^>]+>", " ", bn[bn.index('class="results verdicts"') :])
     for text in ("+1.8", "+1.1…+2.5", "paired t", "Wilcoxon p 0.031", "0.004", "(1)", "3.20", "1.00", "1.2", "2 seeds"):
         assert text in cells, text
     dropout = _section(html, "sec-dropout")
@@ -193,20 +279,21 @@ def test_verdict_table_per_group(verdicts):
 def test_diagnostics_in_the_findings_box(verdicts):
     _, html = verdicts
     box = _section(html, "sec-dropout")
-    box = box[box.index('class="finding"'):]
-    assert "Training curves" in box[:box.index("</div>")] and "Unstable: it swings." in box[:box.index("</div>")]
+    box = box[box.index('class="finding"') :]
+    assert "Training curves" in box[: box.index("</div>")] and "Unstable: it swings." in box[: box.index("</div>")]
     assert "Curves look healthy." not in html  # only readings with a flag are shown
 
 
 def test_significance_overview_lists_every_comparison_by_q(rendered, verdicts):
     context, html = verdicts
     sig = context["comparison"]["significance"]
-    compared = [e["id"] for e in io.read_json(rendered[0] / "study" / "experiments.json")["experiments"]
-                if e["reference"]]
+    compared = [
+        e["id"] for e in io.read_json(rendered[0] / "study" / "experiments.json")["experiments"] if e["reference"]
+    ]
     assert sorted(r["experiment"] for r in sig["rows"]) == sorted(compared)
     qs = [r["q"] for r in sig["rows"]]
     tested = [q for q in qs if q is not None]
-    assert tested == sorted(tested) and qs[:len(tested)] == tested  # sorted by q, untested last
+    assert tested == sorted(tested) and qs[: len(tested)] == tested  # sorted by q, untested last
     assert sig["n_below"] == 1 and sig["rows"][0]["experiment"] == "batch_norm/bn"
     table = _section(html, "sec-comparison")
     assert "Significance across the study" in table and "Benjamini–Hochberg" in table
@@ -218,8 +305,16 @@ def test_setup_explains_the_statistics_and_looks(rendered):
     root, _, context = rendered
     html = report.render_html(context)
     setup = _section(html, "sec-setup")
-    for ref in ("Colas et al. 2018", "Bouthillier et al. 2021", "Agarwal et al. 2021", "rliable", "paired t-test",
-                "Holm", "Benjamini–Hochberg", "minimum detectable effect"):
+    for ref in (
+        "Colas et al. 2018",
+        "Bouthillier et al. 2021",
+        "Agarwal et al. 2021",
+        "rliable",
+        "paired t-test",
+        "Holm",
+        "Benjamini–Hochberg",
+        "minimum detectable effect",
+    ):
         assert ref in setup, ref
     assert "Adaptive seeding" not in setup
     study = io.read_json(root / "study" / "experiments.json") | {"statistics": {"alpha": 0.05, "looks": 4}}
@@ -243,7 +338,7 @@ def test_user_text_is_escaped_never_executed(rendered):
 
 
 def test_reproducibility_appendix(rendered):
-    root, out, _ = rendered
+    _, out, _ = rendered
     text = (out / "report.html").read_text(encoding="utf-8")
     plain = "".join(_parse(text).text)
     assert 'href="http://127.0.0.1:5000/#/experiments/1/runs/abc123"' in text  # MLflow link from mlflow.json
@@ -273,10 +368,14 @@ def test_pdf_pages_text_and_toc(rendered):
 
 
 def test_markdown_is_safe_and_shifted():
-    out = str(report.markdown("# Title\n\n![pic](http://evil.example/x.png) [ok](https://example.org) "
-                              "[bad](vbscript:x) <b onclick=x>b</b>"))
+    out = str(
+        report.markdown(
+            "# Title\n\n![pic](http://evil.example/x.png) [ok](https://example.org) "
+            "[bad](vbscript:x) <b onclick=x>b</b>"
+        )
+    )
     assert "<h4>Title</h4>" in out and "<img" not in out and 'href="https://example.org"' in out
-    assert "vbscript" not in out.split("[bad]")[0] and "href=\"vbscript" not in out and "&lt;b onclick=x&gt;" in out
+    assert "vbscript" not in out.split("[bad]")[0] and 'href="vbscript' not in out and "&lt;b onclick=x&gt;" in out
     assert report.pp(0.018) == "+1.8" and report.pp(-0.0001) == "±0.0" and report.pvalue(0.0004) == "<0.001"
 
 
@@ -288,8 +387,17 @@ def test_pdf_refuses_external_resources(tmp_path):
 
 def test_cli_and_errors(rendered, tmp_path):
     root, out, _ = rendered
-    args = ["report", "--study-report", str(root / "study" / "report.json"), "--summary", str(root / "summary"),
-            "--figures", str(out / "figures"), "--out-html", str(tmp_path / "r.html")]
+    args = [
+        "report",
+        "--study-report",
+        str(root / "study" / "report.json"),
+        "--summary",
+        str(root / "summary"),
+        "--figures",
+        str(out / "figures"),
+        "--out-html",
+        str(tmp_path / "r.html"),
+    ]
     assert main(args) == 0 and (tmp_path / "r.html").exists() and not (tmp_path / "r.pdf").exists()
     with pytest.raises(SystemExit) as exc:
         main(args[:-4] + ["--figures", str(tmp_path), "--out-html", str(tmp_path / "r2.html")])
@@ -301,14 +409,29 @@ def test_cli_and_errors(rendered, tmp_path):
 def test_untestable_rows_say_why():
     row = {"n": 3, "delta_acc": 0.0, "test": "paired_t", "n_pairs": 3, "verdict": "undecided", "status": "finished"}
     assert report.finding(row, {"n": 3}, "p=0.1", "baseline") == (
-        "p=0.1: ±0.0 pp vs baseline (3 seeds; no spread between seeds for a test) — undecided.")
+        "p=0.1: ±0.0 pp vs baseline (3 seeds; no spread between seeds for a test) — undecided."
+    )
     row = {"n": 1, "delta_acc": 0.01, "test": "welch", "n_pairs": 1, "verdict": "undecided", "status": "finished"}
     assert report.finding(row, {"n": 1}, "p=0.1", "baseline") == (
-        "p=0.1: +1.0 pp vs baseline (1 seed; too few seeds for a test) — undecided.")
+        "p=0.1: +1.0 pp vs baseline (1 seed; too few seeds for a test) — undecided."
+    )
     looked = report.statistics_settings({"statistics": {"alpha": 0.05, "looks": 2}})
-    row = {"n": 4, "delta_acc": 0.02, "delta_ci_low": 0.001, "delta_ci_high": 0.039, "test": "paired_t", "n_pairs": 4,
-           "p_value": 0.02, "p_value_holm": 0.02, "holm_family": 1, "mde_acc": 0.03, "seeds_needed": 9,
-           "verdict": "undecided", "status": "finished"}
+    row = {
+        "n": 4,
+        "delta_acc": 0.02,
+        "delta_ci_low": 0.001,
+        "delta_ci_high": 0.039,
+        "test": "paired_t",
+        "n_pairs": 4,
+        "p_value": 0.02,
+        "p_value_holm": 0.02,
+        "holm_family": 1,
+        "mde_acc": 0.03,
+        "seeds_needed": 9,
+        "verdict": "undecided",
+        "status": "finished",
+    }
     assert report.finding(row, {"n": 4}, "bn", "baseline", looked) == (
         "bn: +2.0 pp vs baseline (97.5 % CI +0.1…+3.9, paired t over 4 seeds, Holm p = 0.020 of 1 comparison, "
-        "level 0.025 per look) — undecided: too few seeds, 9 would be needed to tell.")
+        "level 0.025 per look) — undecided: too few seeds, 9 would be needed to tell."
+    )

@@ -74,7 +74,8 @@ def sbatch_wrapper(installed, tmp_path_factory) -> Path:
         f"#!{sys.executable}\nimport json, os, sys\n"
         "with open(os.environ['ABLATIONLAB_SBATCH_LOG'], 'a') as log:\n"
         "    log.write(json.dumps(sys.argv[1:]) + '\\n')\n"
-        f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n")
+        f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n"
+    )
     (folder / "sbatch").chmod(0o755)
     return folder
 
@@ -124,16 +125,22 @@ def test_cluster_runs_and_cancels_batch_jobs(slurm, tmp_path):
 
     # a job step inside a batch job finds the cluster without SLURM_CONF (snakemake's jobstep drops it)
     out = tmp_path / "job.out"
-    job = slurm.run("sbatch", "--parsable", f"--output={out}", "--wrap",
-                    "echo job=$SLURM_JOB_ID on $(env -u SLURM_CONF srun --ntasks=1 hostname -s)",
-                    cwd=tmp_path).stdout.strip()
+    job = slurm.run(
+        "sbatch",
+        "--parsable",
+        f"--output={out}",
+        "--wrap",
+        "echo job=$SLURM_JOB_ID on $(env -u SLURM_CONF srun --ntasks=1 hostname -s)",
+        cwd=tmp_path,
+    ).stdout.strip()
     assert slurm.wait_job(job) == "COMPLETED", out.read_text() if out.exists() else slurm.logs()
     assert out.read_text().strip() == f"job={job} on {slurm.node}"
     assert slurm.jobs()[job] == "COMPLETED"  # MinJobAge keeps it visible to `squeue` (snakemake's status command)
 
     marker, sleeper = tmp_path / "started", f"sleep {300 + os.getpid() % 1000}.5"
-    long = slurm.run("sbatch", "--parsable", "--output=/dev/null", "--wrap", f"touch {marker}; exec {sleeper}",
-                     cwd=tmp_path).stdout.strip()
+    long = slurm.run(
+        "sbatch", "--parsable", "--output=/dev/null", "--wrap", f"touch {marker}; exec {sleeper}", cwd=tmp_path
+    ).stdout.strip()
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -161,20 +168,33 @@ OVERLAY_CONFIG = {"seeds": [0, 1], "resources": {GPU_GROUP: {"gpu": 1}}}
 CONFIGS = ["--configfile", SMOKE, OVERLAY]
 TO_GPU_PARTITION = ["--set-resources", f"train_{GPU_GROUP}:slurm_partition={GPU_PARTITION}"]
 # test-only: poll squeue every 2 s (not 40 s) and keep the sbatch logs of successful jobs as evidence
-FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
-             "--slurm-keep-successful-logs"]
+FAST_POLL = [
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+    "--seconds-between-status-checks",
+    "2",
+    "--slurm-keep-successful-logs",
+]
 PROFILE = ["--profile", "profiles/slurm", *FAST_POLL, *TO_GPU_PARTITION]
 JOB_BLOCK = re.compile(r"^(local)?(?:rule|checkpoint) (\S+):\n((?:    .*\n)+)", re.M)
 SUBMITTED = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", re.M)
-SUBMITTED_ARRAY = re.compile(r"^Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
-                             r"The individual task IDs are (\d+)-(\d+)\.$", re.M)
+SUBMITTED_ARRAY = re.compile(
+    r"^Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
+    r"The individual task IDs are (\d+)-(\d+)\.$",
+    re.M,
+)
 PASS = re.compile(r"^Execute \d+ jobs\.\.\.$", re.M)
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # not the timing columns
 
 
 def _copy_repo(dest: Path) -> Path:
-    shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "results", "reports", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache", "data"))
+    shutil.copytree(
+        REPO,
+        dest,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "results", "reports", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache", "data"
+        ),
+    )
     (dest / OVERLAY).write_text(yaml.safe_dump(OVERLAY_CONFIG))
     return dest
 
@@ -187,9 +207,14 @@ class Snakemake:
         self.workdir, self.log = workdir, workdir / f"snakemake-{name}.out"
         self.sbatch_log = workdir / f"sbatch-{name}.jsonl"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir,
-                                         env=dict(env, ABLATIONLAB_SBATCH_LOG=str(self.sbatch_log)),
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "snakemake", *args],
+                cwd=workdir,
+                env=dict(env, ABLATIONLAB_SBATCH_LOG=str(self.sbatch_log)),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait(self, timeout: float = 1800, ok: bool = True) -> str:
         try:
@@ -218,8 +243,12 @@ def _submission(argv: list[str]) -> dict:
         name, eq, value = arg.partition("=")
         options[name] = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
     rule = re.fullmatch(r"rule_(.+?)(?:_wildcards_.*)?", options["--comment"]).group(1)
-    return {"rule": rule, "array": options.get("--array"), "gpus": options.get("--gpus"),
-            "partition": options.get("-p", options.get("--partition"))}
+    return {
+        "rule": rule,
+        "array": options.get("--array"),
+        "gpus": options.get("--gpus"),
+        "partition": options.get("-p", options.get("--partition")),
+    }
 
 
 def _env(cluster, wrapper: Path) -> dict[str, str]:
@@ -239,8 +268,15 @@ def _jobs(log: str) -> list[dict]:
     for m in JOB_BLOCK.finditer(log):
         fields = dict(line.strip().split(": ", 1) for line in m.group(3).splitlines() if ": " in line)
         wildcards = dict(w.split("=", 1) for w in fields["wildcards"].split(", ")) if "wildcards" in fields else {}
-        jobs.append({"rule": m.group(2), "local": bool(m.group(1)), "wildcards": wildcards,
-                     "slurm": submitted.get(fields["jobid"]), "pass": sum(p < m.start() for p in passes)})
+        jobs.append(
+            {
+                "rule": m.group(2),
+                "local": bool(m.group(1)),
+                "wildcards": wildcards,
+                "slurm": submitted.get(fields["jobid"]),
+                "pass": sum(p < m.start() for p in passes),
+            }
+        )
     return jobs
 
 
@@ -340,15 +376,19 @@ def test_smoke_study_on_slurm_equals_local_run(slurm, smoke_on_slurm):
         _same_run(a, b)
 
     tracked = _mlflow_children(smoke_on_slurm["slurm"])
-    assert tracked == {(e["id"], str(s)): json.loads((smoke_on_slurm["slurm"] / "results/runs" / e["id"] /
-                                                      f"seed{s}/metrics.json").read_text())["test_acc"]
-                       for e in experiments["experiments"] for s in experiments["seeds"]}
+    assert tracked == {
+        (e["id"], str(s)): json.loads(
+            (smoke_on_slurm["slurm"] / "results/runs" / e["id"] / f"seed{s}/metrics.json").read_text()
+        )["test_acc"]
+        for e in experiments["experiments"]
+        for s in experiments["seeds"]
+    }
 
 
 def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
     """The GPU group's train jobs (which also evaluate) ask sbatch for a GPU in the GPU partition, SLURM
-    allocates one of the fake GPUs and sets CUDA_VISIBLE_DEVICES (gpu_slot.py writes it to the job's log); the CPU groups
-    ask for none, in the default partition."""
+    allocates one of the fake GPUs and sets CUDA_VISIBLE_DEVICES (gpu_slot.py writes it to the job's log);
+    the CPU groups ask for none, in the default partition."""
     workdir, calls = smoke_on_slurm["slurm"], smoke_on_slurm["calls"]
     gpu_rules = {f"train_{GPU_GROUP}"}
     assert gpu_rules <= {c["rule"] for c in calls}
@@ -360,8 +400,10 @@ def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
         shown = slurm.run("scontrol", "show", "job", job["slurm"]).stdout
         on_gpu = job["rule"] in gpu_rules
         assert (f"Partition={GPU_PARTITION}" in shown, "TresPerJob=gres:gpu:1" in shown) == (on_gpu, on_gpu), shown
-    logs = {p.relative_to(workdir / "results/logs/train"): p.read_text()  # the jobs' own logs
-            for p in (workdir / "results/logs/train").glob("**/seed*.log")}
+    logs = {
+        p.relative_to(workdir / "results/logs/train"): p.read_text()  # the jobs' own logs
+        for p in (workdir / "results/logs/train").glob("**/seed*.log")
+    }
     assert len(logs) == 6 and {p.parts[0] for p in logs} == {"baseline", "batch_norm", GPU_GROUP}
     for path, log in logs.items():
         if path.parts[0] == GPU_GROUP:
@@ -387,15 +429,19 @@ def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
     _check_arrays(remote, run.submissions())
     assert {j["wildcards"]["experiment"] for j in jobs if "experiment" in j["wildcards"]} == {changed}
     train = [j for j in remote if j["rule"].startswith("train_")]
-    assert sorted((j["rule"], j["wildcards"]["experiment"], j["wildcards"]["seed"]) for j in train) \
-        == [(f"train_{group['id']}", changed, "0"), (f"train_{group['id']}", changed, "1")]
+    assert sorted((j["rule"], j["wildcards"]["experiment"], j["wildcards"]["seed"]) for j in train) == [
+        (f"train_{group['id']}", changed, "0"),
+        (f"train_{group['id']}", changed, "1"),
+    ]
     assert [c["array"] for c in run.submissions() if c["rule"].startswith("train_")] == ["1-2"]
     assert _fingerprint(others) == before  # the other experiments' runs were not touched
     recipe = json.loads((workdir / "results/runs" / changed / "seed0" / "recipe.json").read_text())
     assert recipe["optimizer"]["lr"] == 0.1
     tracked = _mlflow_children(workdir)
-    assert tracked[(changed, "0")] == json.loads((workdir / "results/runs" / changed / "seed0/metrics.json")
-                                                  .read_text())["test_acc"]
+    assert (
+        tracked[(changed, "0")]
+        == json.loads((workdir / "results/runs" / changed / "seed0/metrics.json").read_text())["test_acc"]
+    )
     assert len(tracked) == len(_runs(workdir))
 
 
@@ -447,13 +493,15 @@ def test_scancel_mid_training_resumes_from_checkpoint(slurm, smoke_on_slurm):
     assert not (workdir / targets[int(seed)]).exists(), f"all {epochs} epochs were done before scancel landed"
     assert checkpoint.exists()
 
-    log = Snakemake(workdir, [*PROFILE, "--rerun-incomplete", *CONFIGS, "long.yaml", "--", *targets], env,
-                    "resumed").wait()
+    log = Snakemake(
+        workdir, [*PROFILE, "--rerun-incomplete", *CONFIGS, "long.yaml", "--", *targets], env, "resumed"
+    ).wait()
     trained = [j for j in _check_submitted(slurm, _jobs(log)) if j["rule"] == "train_baseline"]
     assert seed in {j["wildcards"]["seed"] for j in trained}
     assert all((workdir / t).exists() for t in targets)
-    resumed = re.search(r"resuming from epoch (\d+)",
-                        (workdir / f"results/logs/train/baseline/seed{seed}.log").read_text())
+    resumed = re.search(
+        r"resuming from epoch (\d+)", (workdir / f"results/logs/train/baseline/seed{seed}.log").read_text()
+    )
     assert resumed and 1 <= int(resumed.group(1)) < epochs, "the re-run did not resume from the checkpoint"
     reference.wait()
     run, ref = (d / f"results/runs/baseline/seed{seed}" for d in (workdir, local))

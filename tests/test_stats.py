@@ -21,8 +21,23 @@ from ablationlab import stats
 
 MOVIE_1 = [9, 7, 8, 9, 8, 9, 9, 10, 9, 9]  # Lakens (2013), Table 1
 MOVIE_2 = [9, 6, 7, 8, 7, 9, 8, 8, 8, 7]
-BH_1995 = [0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.3240, 0.4262, 0.5719,
-           0.6528, 0.7590, 1.000]
+BH_1995 = [
+    0.0001,
+    0.0004,
+    0.0019,
+    0.0095,
+    0.0201,
+    0.0278,
+    0.0298,
+    0.0344,
+    0.0459,
+    0.3240,
+    0.4262,
+    0.5719,
+    0.6528,
+    0.7590,
+    1.000,
+]
 
 
 def seeds(values, start=0):
@@ -132,8 +147,14 @@ def test_bootstrap_ci_is_reproducible_under_a_seed():
 
     assert ci(1) == ci(1) and ci(1, False) == ci(1, False)
     assert ci(1, False)[1:] != ci(2, False)[1:]  # the seed is what fixes it
-    res = st.bootstrap((v, r), lambda x, y, axis=-1: np.mean((x > y) + 0.5 * (x == y), axis=axis), paired=True,
-                       n_resamples=stats.N_RESAMPLES, rng=np.random.default_rng(1), method="BCa")
+    res = st.bootstrap(
+        (v, r),
+        lambda x, y, axis=-1: np.mean((x > y) + 0.5 * (x == y), axis=axis),
+        paired=True,
+        n_resamples=stats.N_RESAMPLES,
+        rng=np.random.default_rng(1),
+        method="BCa",
+    )
     assert ci(1)[1:] == pytest.approx((res.confidence_interval.low, res.confidence_interval.high))
 
 
@@ -178,15 +199,15 @@ def test_nan_is_left_out_of_the_family():
 def test_mde_and_seeds_needed_match_statsmodels(n):
     sd, delta = 0.02, 0.015
     mde, needed = stats.power_analysis(sd, delta, n)
-    assert mde == pytest.approx(TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8) * sd,
-                                rel=1e-5)
+    assert mde == pytest.approx(
+        TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8) * sd, rel=1e-5
+    )
     want = TTestPower().solve_power(effect_size=delta / sd, nobs=None, alpha=0.05, power=0.8)
     assert needed == math.ceil(want)
     mde_u, needed_u = stats.power_analysis(sd, delta, n, n + 2)
     ind = TTestIndPower().solve_power(effect_size=None, nobs1=n, ratio=(n + 2) / n, alpha=0.05, power=0.8)
     assert mde_u == pytest.approx(ind * sd, rel=1e-5)
-    assert needed_u == math.ceil(TTestIndPower().solve_power(effect_size=delta / sd, nobs1=None, alpha=0.05,
-                                                             power=0.8))
+    assert needed_u == math.ceil(TTestIndPower().solve_power(effect_size=delta / sd, nobs1=None, alpha=0.05, power=0.8))
 
 
 @pytest.mark.parametrize(("n", "alpha"), [(2, 0.05), (2, 0.01), (3, 0.001), (4, 0.0125)])
@@ -209,7 +230,8 @@ def test_seeds_needed_reach_the_power(delta):
     assert TTestPower().power(es, k, 0.05) >= 0.8
     assert k == 2 or TTestPower().power(es, k - 1, 0.05) < 0.8
     assert res["mde_acc"] == pytest.approx(
-        TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8) * np.std(v - r, ddof=1), rel=1e-5)
+        TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8) * np.std(v - r, ddof=1), rel=1e-5
+    )
 
 
 def test_power_is_undefined_without_spread_or_effect():
@@ -239,8 +261,10 @@ def test_one_seed_zero_spread_and_missing_reference_are_nan():
     assert all(math.isnan(one[k]) for k in ("p_value", "ci_low", "effect_size", "mde_acc", "seeds_needed"))
     flat = stats.compare({0: 0.9, 1: 0.9, 2: 0.9}, {0: 0.85, 1: 0.85, 2: 0.85})
     assert flat["test"] == "paired_t" and flat["delta"] == pytest.approx(0.05)
-    assert all(math.isnan(flat[k]) for k in ("p_value", "ci_low", "ci_high", "effect_size", "mde_acc",
-                                             "prob_improvement_ci_low"))
+    assert all(
+        math.isnan(flat[k])
+        for k in ("p_value", "ci_low", "ci_high", "effect_size", "mde_acc", "prob_improvement_ci_low")
+    )
     assert flat["prob_improvement"] == 1.0
     for missing in ({}, {0: math.nan, 1: None}):
         res = stats.compare({0: 0.9, 1: 0.91}, missing)

@@ -45,12 +45,30 @@ def test_default_study_resolves(default_config):
     ids = [e["id"] for e in exps]
     assert ids[0] == "baseline" and len(ids) == len(set(ids))
     assert s.experiments["dataset"] == "cifar10" and s.experiments["seeds"] == [0, 1, 2]
-    assert exps[0] == {"id": "baseline", "group": "baseline", "variant": "baseline", "reference": None, "sweep": None,
-                       "recipe": recipe.complete(default_config["baseline"])}
+    assert exps[0] == {
+        "id": "baseline",
+        "group": "baseline",
+        "variant": "baseline",
+        "reference": None,
+        "sweep": None,
+        "recipe": recipe.complete(default_config["baseline"]),
+    }
     groups = [g["id"] for g in default_config["ablations"]]
     assert [g["id"] for g in s.report["groups"]] == groups  # config order
-    assert {"batch_norm", "early_stopping", "augmentation", "dropout", "optimizer", "learning_rate", "batch_size",
-            "scheduler", "init", "loss", "transfer", "best_model"} <= set(groups)
+    assert {
+        "batch_norm",
+        "early_stopping",
+        "augmentation",
+        "dropout",
+        "optimizer",
+        "learning_rate",
+        "batch_size",
+        "scheduler",
+        "init",
+        "loss",
+        "transfer",
+        "best_model",
+    } <= set(groups)
     by_id = {e["id"]: e for e in exps}
     # a variant is its partial recipe deep-merged over the base; the rest is the baseline's
     bn = by_id["batch_norm/bn"]["recipe"]
@@ -59,7 +77,10 @@ def test_default_study_resolves(default_config):
     p3 = by_id["dropout/p=0.3"]
     assert p3["sweep"] == {"key": "model.dropout", "value": 0.3} and p3["recipe"]["model"]["dropout"] == 0.3
     assert [e for e in ids if e.startswith("learning_rate/")] == [
-        "learning_rate/lr=0.1", "learning_rate/lr=0.01", "learning_rate/lr=0.0001"]
+        "learning_rate/lr=0.1",
+        "learning_rate/lr=0.01",
+        "learning_rate/lr=0.0001",
+    ]
     # a group on another experiment: hflip p sweep over augmentation/hflip's augment list
     flip = by_id["hflip_probability/p=0.25"]
     assert flip["reference"] == "augmentation/hflip"
@@ -123,8 +144,9 @@ def test_report_redacts_tracking_passwords(smoke_config):
 
 def test_bases_resolve_in_any_order(smoke_config):
     cfg = copy.deepcopy(smoke_config)
-    cfg["ablations"].insert(0, {"id": "on_bn", "title": "On BN", "base": "batch_norm/bn",
-                                "variants": {"wide": {"model": {"widths": [8]}}}})
+    cfg["ablations"].insert(
+        0, {"id": "on_bn", "title": "On BN", "base": "batch_norm/bn", "variants": {"wide": {"model": {"widths": [8]}}}}
+    )
     exps = {e["id"]: e for e in study.resolve(cfg)["experiments"]}
     assert exps["on_bn/wide"]["reference"] == "batch_norm/bn"
     assert exps["on_bn/wide"]["recipe"]["model"]["batch_norm"] is True
@@ -140,104 +162,187 @@ def _variant(recipe_part):
 
 BAD = {
     "unknown top-level key": (lambda c: c.update(sedds=[1]), "sedds: unknown key 'sedds' (did you mean 'seeds'?)"),
-    "unknown recipe key": (lambda c: c["baseline"]["model"].update(batchnorm=True),
-                           "baseline.model.batchnorm: unknown key 'batchnorm' (did you mean 'batch_norm'?)"),
-    "unknown group key": (lambda c: c["ablations"][0].update(variant={}),
-                          "ablations[batch_norm].variant: unknown key 'variant' (did you mean 'variants'?)"),
+    "unknown recipe key": (
+        lambda c: c["baseline"]["model"].update(batchnorm=True),
+        "baseline.model.batchnorm: unknown key 'batchnorm' (did you mean 'batch_norm'?)",
+    ),
+    "unknown group key": (
+        lambda c: c["ablations"][0].update(variant={}),
+        "ablations[batch_norm].variant: unknown key 'variant' (did you mean 'variants'?)",
+    ),
     "wrong type": (lambda c: c["baseline"].update(epochs="ten"), "baseline.epochs: expected integer, got string 'ten'"),
-    "wrong type in a variant": (_variant({"optimizer": {"lr": "fast"}}),
-                                "ablations[batch_norm].variants.x.optimizer.lr: expected number, got string 'fast'"),
-    "unknown model": (_variant({"model": {"name": "resnet50"}}),
-                      "ablations[batch_norm].variants.x.model.name: unknown value 'resnet50' (did you mean 'resnet18'?); "
-                      "choose one of: simple_cnn, vgg_style, resnet18, vgg11_bn"),
-    "unknown optimizer": (_variant({"optimizer": {"name": "lbfgs"}}),
-                          "ablations[batch_norm].variants.x.optimizer.name: unknown value 'lbfgs'"),
-    "unknown scheduler": (_variant({"scheduler": {"name": "exponential"}}),
-                          "ablations[batch_norm].variants.x.scheduler.name: unknown value 'exponential'"),
-    "unknown loss": (_variant({"loss": {"name": "hinge"}}), "ablations[batch_norm].variants.x.loss.name: unknown value 'hinge'"),
-    "unknown augmentation": (_variant({"augment": [{"name": "mixup"}]}),
-                             "ablations[batch_norm].variants.x.augment[0].name: unknown value 'mixup'"),
-    "unknown augmentation key": (_variant({"augment": [{"name": "hflip", "degrees": 5}]}),
-                                 "ablations[batch_norm].variants.x.augment[0].degrees: unknown key 'degrees'; "
-                                 "allowed keys: name, p"),
-    "probability above 1": (_variant({"augment": [{"name": "hflip", "p": 1.5}]}),
-                            "ablations[batch_norm].variants.x.augment[0].p: 1.5 is greater than the maximum of 1"),
-    "dropout of 1": (_variant({"model": {"dropout": 1.0}}),
-                     "ablations[batch_norm].variants.x.model.dropout: 1.0 is greater than or equal to the maximum of 1"),
-    "even kernel": (_variant({"model": {"kernel_size": 4}}),
-                    "ablations[batch_norm].variants.x.model.kernel_size: must be odd, got 4"),
-    "sweep over a missing key": (lambda c: c["ablations"][1]["sweep"].update(key="model.dropuot"),
-                                 "ablations[dropout].sweep.key: 'model.dropuot' does not exist in the recipe of base "
-                                 "experiment 'baseline' (did you mean 'dropout'?)"),
-    "sweep past a list": (lambda c: c["ablations"][1]["sweep"].update(key="augment.0.p"),
-                          "ablations[dropout].sweep.key: 'augment.0.p' does not exist in the recipe of base experiment "
-                          "'baseline'; augment has 0 item(s)"),
-    "invalid sweep value": (lambda c: c["ablations"][1]["sweep"].update(values=[0.5, 2]),
-                            "ablations[dropout].sweep.values[1]: 2 is not a valid model.dropout"),
-    "unknown base": (lambda c: c["ablations"][1].update(base="batch_norm/nb"),
-                     "ablations[dropout].base: unknown experiment 'batch_norm/nb' (did you mean 'batch_norm/bn'?)"),
-    "cyclic base": (lambda c: (c["ablations"][0].update(base="dropout/p=0.5"),
-                               c["ablations"][1].update(base="batch_norm/bn")),
-                    "ablations[batch_norm].base: 'dropout/p=0.5' makes a cycle of bases: batch_norm -> dropout -> batch_norm"),
-    "base in its own group": (lambda c: c["ablations"][1].update(base="dropout/p=0.5"),
-                              "ablations[dropout].base: 'dropout/p=0.5' makes a cycle of bases: dropout -> dropout"),
-    "duplicate group": (lambda c: c["ablations"].append(copy.deepcopy(c["ablations"][0])),
-                        "ablations[2].id: duplicate group id 'batch_norm' (also ablations[0])"),
-    "duplicate variant": (lambda c: (c["ablations"][1].update(variants={"p=0.5": {"epochs": 2}})),
-                          "ablations[dropout].sweep.values[0]: duplicate experiment id 'dropout/p=0.5' "
-                          "(also ablations[dropout].variants.p=0.5)"),
-    "duplicate sweep value": (lambda c: c["ablations"][1]["sweep"].update(values=[0.5, 0.5]),
-                              "ablations[dropout].sweep.values[1]: duplicate experiment id 'dropout/p=0.5'"),
-    "reserved group id": (lambda c: c["ablations"][0].update(id="evaluate"), "ablations[evaluate].id: 'evaluate' is reserved"),
-    "group id of a rule's name": (lambda c: c["ablations"][0].update(id="train_x"),
-                                  "ablations[train_x].id: 'train_x' is reserved"),
-    "group without experiments": (lambda c: c["ablations"][0].pop("variants"),
-                                  "ablations[batch_norm]: group 'batch_norm' has no experiments; give it variants or a sweep"),
+    "wrong type in a variant": (
+        _variant({"optimizer": {"lr": "fast"}}),
+        "ablations[batch_norm].variants.x.optimizer.lr: expected number, got string 'fast'",
+    ),
+    "unknown model": (
+        _variant({"model": {"name": "resnet50"}}),
+        "ablations[batch_norm].variants.x.model.name: unknown value 'resnet50' (did you mean 'resnet18'?); "
+        "choose one of: simple_cnn, vgg_style, resnet18, vgg11_bn",
+    ),
+    "unknown optimizer": (
+        _variant({"optimizer": {"name": "lbfgs"}}),
+        "ablations[batch_norm].variants.x.optimizer.name: unknown value 'lbfgs'",
+    ),
+    "unknown scheduler": (
+        _variant({"scheduler": {"name": "exponential"}}),
+        "ablations[batch_norm].variants.x.scheduler.name: unknown value 'exponential'",
+    ),
+    "unknown loss": (
+        _variant({"loss": {"name": "hinge"}}),
+        "ablations[batch_norm].variants.x.loss.name: unknown value 'hinge'",
+    ),
+    "unknown augmentation": (
+        _variant({"augment": [{"name": "mixup"}]}),
+        "ablations[batch_norm].variants.x.augment[0].name: unknown value 'mixup'",
+    ),
+    "unknown augmentation key": (
+        _variant({"augment": [{"name": "hflip", "degrees": 5}]}),
+        "ablations[batch_norm].variants.x.augment[0].degrees: unknown key 'degrees'; allowed keys: name, p",
+    ),
+    "probability above 1": (
+        _variant({"augment": [{"name": "hflip", "p": 1.5}]}),
+        "ablations[batch_norm].variants.x.augment[0].p: 1.5 is greater than the maximum of 1",
+    ),
+    "dropout of 1": (
+        _variant({"model": {"dropout": 1.0}}),
+        "ablations[batch_norm].variants.x.model.dropout: 1.0 is greater than or equal to the maximum of 1",
+    ),
+    "even kernel": (
+        _variant({"model": {"kernel_size": 4}}),
+        "ablations[batch_norm].variants.x.model.kernel_size: must be odd, got 4",
+    ),
+    "sweep over a missing key": (
+        lambda c: c["ablations"][1]["sweep"].update(key="model.dropuot"),
+        "ablations[dropout].sweep.key: 'model.dropuot' does not exist in the recipe of base "
+        "experiment 'baseline' (did you mean 'dropout'?)",
+    ),
+    "sweep past a list": (
+        lambda c: c["ablations"][1]["sweep"].update(key="augment.0.p"),
+        "ablations[dropout].sweep.key: 'augment.0.p' does not exist in the recipe of base experiment "
+        "'baseline'; augment has 0 item(s)",
+    ),
+    "invalid sweep value": (
+        lambda c: c["ablations"][1]["sweep"].update(values=[0.5, 2]),
+        "ablations[dropout].sweep.values[1]: 2 is not a valid model.dropout",
+    ),
+    "unknown base": (
+        lambda c: c["ablations"][1].update(base="batch_norm/nb"),
+        "ablations[dropout].base: unknown experiment 'batch_norm/nb' (did you mean 'batch_norm/bn'?)",
+    ),
+    "cyclic base": (
+        lambda c: (c["ablations"][0].update(base="dropout/p=0.5"), c["ablations"][1].update(base="batch_norm/bn")),
+        "ablations[batch_norm].base: 'dropout/p=0.5' makes a cycle of bases: batch_norm -> dropout -> batch_norm",
+    ),
+    "base in its own group": (
+        lambda c: c["ablations"][1].update(base="dropout/p=0.5"),
+        "ablations[dropout].base: 'dropout/p=0.5' makes a cycle of bases: dropout -> dropout",
+    ),
+    "duplicate group": (
+        lambda c: c["ablations"].append(copy.deepcopy(c["ablations"][0])),
+        "ablations[2].id: duplicate group id 'batch_norm' (also ablations[0])",
+    ),
+    "duplicate variant": (
+        lambda c: c["ablations"][1].update(variants={"p=0.5": {"epochs": 2}}),
+        "ablations[dropout].sweep.values[0]: duplicate experiment id 'dropout/p=0.5' "
+        "(also ablations[dropout].variants.p=0.5)",
+    ),
+    "duplicate sweep value": (
+        lambda c: c["ablations"][1]["sweep"].update(values=[0.5, 0.5]),
+        "ablations[dropout].sweep.values[1]: duplicate experiment id 'dropout/p=0.5'",
+    ),
+    "reserved group id": (
+        lambda c: c["ablations"][0].update(id="evaluate"),
+        "ablations[evaluate].id: 'evaluate' is reserved",
+    ),
+    "group id of a rule's name": (
+        lambda c: c["ablations"][0].update(id="train_x"),
+        "ablations[train_x].id: 'train_x' is reserved",
+    ),
+    "group without experiments": (
+        lambda c: c["ablations"][0].pop("variants"),
+        "ablations[batch_norm]: group 'batch_norm' has no experiments; give it variants or a sweep",
+    ),
     "missing title": (lambda c: c["ablations"][0].pop("title"), "ablations[batch_norm]: missing required key 'title'"),
     "empty seeds": (lambda c: c.update(seeds=[]), "seeds: [] should be non-empty"),
     "duplicate seeds": (lambda c: c.update(seeds=[1, 1]), "seeds: [1, 1] has non-unique elements"),
-    "batch larger than the train split": (_variant({"batch_size": 2000}),
-                                          "ablations[batch_norm].variants.x.batch_size: batch_size 2000 is larger than "
-                                          "the train split of digits (1293 images) in experiment 'batch_norm/x'"),
-    "inherited batch too large": (lambda c: c["baseline"].update(batch_size=1294),
-                                  "baseline.batch_size: batch_size 1294 is larger than the train split of digits"),
-    "swept batch too large": (lambda c: c["ablations"][1].update(sweep={"key": "batch_size", "values": [64, 4096]}),
-                              "ablations[dropout].sweep.values[1]: batch_size 4096 is larger than the train split"),
-    "missing weights file": (_variant({"model": {"name": "resnet18", "weights": "weights/r18.pt"}}),
-                             "ablations[batch_norm].variants.x.model.weights: weights file 'weights/r18.pt' does not exist"),
-    "weights path with braces": (_variant({"model": {"name": "resnet18", "weights": "w/{seed}.pt"}}),
-                                 "ablations[batch_norm].variants.x.model.weights: weights file 'w/{seed}.pt' has "
-                                 "braces, which Snakemake reads as wildcards in an input path; rename the file"),
-    "missing image folder": (lambda c: c["data"].update(dataset="imagefolder", root="no/such/folder"),
-                             "data.root: image folder 'no/such/folder' does not exist"),
-    "unknown dataset": (lambda c: c["data"].update(dataset="imagenet"),
-                        "data.dataset: unknown value 'imagenet' (did you mean 'imagefolder'?); choose one of: cifar10"),
-    "unknown resource": (lambda c: c["resources"].update(transfer={"gpus": 1}),
-                         "resources.transfer.gpus: unknown key 'gpus' (did you mean 'gpu'?)"),
+    "batch larger than the train split": (
+        _variant({"batch_size": 2000}),
+        "ablations[batch_norm].variants.x.batch_size: batch_size 2000 is larger than "
+        "the train split of digits (1293 images) in experiment 'batch_norm/x'",
+    ),
+    "inherited batch too large": (
+        lambda c: c["baseline"].update(batch_size=1294),
+        "baseline.batch_size: batch_size 1294 is larger than the train split of digits",
+    ),
+    "swept batch too large": (
+        lambda c: c["ablations"][1].update(sweep={"key": "batch_size", "values": [64, 4096]}),
+        "ablations[dropout].sweep.values[1]: batch_size 4096 is larger than the train split",
+    ),
+    "missing weights file": (
+        _variant({"model": {"name": "resnet18", "weights": "weights/r18.pt"}}),
+        "ablations[batch_norm].variants.x.model.weights: weights file 'weights/r18.pt' does not exist",
+    ),
+    "weights path with braces": (
+        _variant({"model": {"name": "resnet18", "weights": "w/{seed}.pt"}}),
+        "ablations[batch_norm].variants.x.model.weights: weights file 'w/{seed}.pt' has "
+        "braces, which Snakemake reads as wildcards in an input path; rename the file",
+    ),
+    "missing image folder": (
+        lambda c: c["data"].update(dataset="imagefolder", root="no/such/folder"),
+        "data.root: image folder 'no/such/folder' does not exist",
+    ),
+    "unknown dataset": (
+        lambda c: c["data"].update(dataset="imagenet"),
+        "data.dataset: unknown value 'imagenet' (did you mean 'imagefolder'?); choose one of: cifar10",
+    ),
+    "unknown resource": (
+        lambda c: c["resources"].update(transfer={"gpus": 1}),
+        "resources.transfer.gpus: unknown key 'gpus' (did you mean 'gpu'?)",
+    ),
     "unknown device": (lambda c: c.update(device="tpu"), "device: unknown value 'tpu'"),
     # non-finite numbers (YAML .nan / .inf) anywhere: a recipe, a sweep, the data block
-    "NaN learning rate": (_variant({"optimizer": {"lr": float("nan")}}),
-                          "ablations[batch_norm].variants.x.optimizer.lr: nan is not a finite number"),
-    "infinite baseline key": (lambda c: c["baseline"].update(optimizer={"weight_decay": float("inf")}),
-                              "baseline.optimizer.weight_decay: inf is not a finite number"),
-    "infinite sweep value": (lambda c: c["ablations"][1]["sweep"].update(values=[0.5, float("-inf")]),
-                             "ablations[dropout].sweep.values[1]: -inf is not a finite number"),
-    "NaN augmentation probability": (_variant({"augment": [{"name": "hflip", "p": float("nan")}]}),
-                                     "ablations[batch_norm].variants.x.augment[0].p: nan is not a finite number"),
+    "NaN learning rate": (
+        _variant({"optimizer": {"lr": float("nan")}}),
+        "ablations[batch_norm].variants.x.optimizer.lr: nan is not a finite number",
+    ),
+    "infinite baseline key": (
+        lambda c: c["baseline"].update(optimizer={"weight_decay": float("inf")}),
+        "baseline.optimizer.weight_decay: inf is not a finite number",
+    ),
+    "infinite sweep value": (
+        lambda c: c["ablations"][1]["sweep"].update(values=[0.5, float("-inf")]),
+        "ablations[dropout].sweep.values[1]: -inf is not a finite number",
+    ),
+    "NaN augmentation probability": (
+        _variant({"augment": [{"name": "hflip", "p": float("nan")}]}),
+        "ablations[batch_norm].variants.x.augment[0].p: nan is not a finite number",
+    ),
     "NaN val_size": (lambda c: c["data"].update(val_size=float("nan")), "data.val_size: nan is not a finite number"),
-    "fractional val_size above 1": (lambda c: c["data"].update(val_size=1.5),
-                                    "data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
+    "fractional val_size above 1": (
+        lambda c: c["data"].update(val_size=1.5),
+        "data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1",
+    ),
     "fractional val_size of an image folder": (
         lambda c: c["data"].update(dataset="imagefolder", root=str(REPO / "src"), val_size=2.5),
-        "data.val_size: 2.5 must be a fraction in (0, 1) or a whole count of images >= 1"),
-    "alpha above one half": (lambda c: c.update(statistics={"alpha": 0.7}),
-                             "statistics.alpha: 0.7 is greater than the maximum of 0.5"),
-    "power of 1": (lambda c: c.update(statistics={"power": 1}),
-                   "statistics.power: 1 is greater than or equal to the maximum of 1"),
-    "unknown statistics key": (lambda c: c.update(statistics={"min_efect": 0.02}),
-                               "statistics.min_efect: unknown key 'min_efect' (did you mean 'min_effect'?)"),
-    "NaN in a new config block": (lambda c: c.update(statistics={"alpha": float("nan")}),
-                                  "statistics.alpha: nan is not a finite number"),
+        "data.val_size: 2.5 must be a fraction in (0, 1) or a whole count of images >= 1",
+    ),
+    "alpha above one half": (
+        lambda c: c.update(statistics={"alpha": 0.7}),
+        "statistics.alpha: 0.7 is greater than the maximum of 0.5",
+    ),
+    "power of 1": (
+        lambda c: c.update(statistics={"power": 1}),
+        "statistics.power: 1 is greater than or equal to the maximum of 1",
+    ),
+    "unknown statistics key": (
+        lambda c: c.update(statistics={"min_efect": 0.02}),
+        "statistics.min_efect: unknown key 'min_efect' (did you mean 'min_effect'?)",
+    ),
+    "NaN in a new config block": (
+        lambda c: c.update(statistics={"alpha": float("nan")}),
+        "statistics.alpha: nan is not a finite number",
+    ),
 }
 
 
@@ -264,8 +369,11 @@ def test_several_schema_errors_are_listed_together(smoke_config):
     cfg.update(device="quantum", threads=0)
     with pytest.raises(study.ConfigError) as err:
         study.load(cfg)
-    assert str(err.value).splitlines() == ["invalid configuration:", "  device: unknown value 'quantum'; choose one of: "
-                                           "auto, cpu, cuda, mps", "  threads: 0 is less than the minimum of 1"]
+    assert str(err.value).splitlines() == [
+        "invalid configuration:",
+        "  device: unknown value 'quantum'; choose one of: auto, cpu, cuda, mps",
+        "  threads: 0 is less than the minimum of 1",
+    ]
 
 
 def test_existing_weights_file_and_image_folder_pass(smoke_config, tmp_path, monkeypatch):
@@ -373,32 +481,70 @@ def test_schema_names_equal_the_library_names():
 # Recipe rules live in the schema (configs) and in the library (train's pre-flight: train.validate, then
 # train.setup, which builds the model, optimizer, scheduler, loss and augmentations). Both must agree.
 AUGMENT_CASES = [
-    {"name": "hflip"}, {"name": "hflip", "p": 1.5}, {"name": "hflip", "p": -0.1}, {"name": "crop", "padding": -1},
-    {"name": "crop", "padding": 2.5}, {"name": "rotation", "degrees": [-10, 30]}, {"name": "rotation", "degrees": 400},
-    {"name": "color_jitter", "hue": 0.6}, {"name": "blur", "kernel_size": 4}, {"name": "blur", "sigma": 1.0},
-    {"name": "blur", "sigma": [0.1, 2, 3]}, {"name": "erasing", "scale": [0.1, 1.5]}, {"name": "grayscale", "p": 1},
-    {"name": "vflip", "padding": 1}, {"name": "sharpen"}, {"p": 0.5},
+    {"name": "hflip"},
+    {"name": "hflip", "p": 1.5},
+    {"name": "hflip", "p": -0.1},
+    {"name": "crop", "padding": -1},
+    {"name": "crop", "padding": 2.5},
+    {"name": "rotation", "degrees": [-10, 30]},
+    {"name": "rotation", "degrees": 400},
+    {"name": "color_jitter", "hue": 0.6},
+    {"name": "blur", "kernel_size": 4},
+    {"name": "blur", "sigma": 1.0},
+    {"name": "blur", "sigma": [0.1, 2, 3]},
+    {"name": "erasing", "scale": [0.1, 1.5]},
+    {"name": "grayscale", "p": 1},
+    {"name": "vflip", "padding": 1},
+    {"name": "sharpen"},
+    {"p": 0.5},
 ]
 RECIPE_CASES = [{"augment": [item]} for item in AUGMENT_CASES] + [
-    {"model": {"name": "lenet"}}, {"model": {"name": "vgg_style", "widths": [8, 16]}}, {"model": {"widths": []}},
-    {"model": {"widths": [8, 0]}}, {"model": {"hidden": []}}, {"model": {"kernel_size": 0}},
-    {"model": {"kernel_size": 3}}, {"model": {"convs_per_block": 0}}, {"model": {"dropout": 1.0}},
-    {"model": {"dropout": 0.5, "dropout_where": "both"}}, {"model": {"dropout_where": "all"}},
-    {"model": {"activation": "swish"}}, {"model": {"activation": "gelu", "init": "kaiming"}},
-    {"model": {"init": "orthogonal"}}, {"model": {"batch_norm": "yes"}}, {"model": {"weights": "imagenet"}},
-    {"model": {"train": "frozen"}}, {"model": {"name": "resnet18", "train": "frozen"}, "input": {"resize": 32}},
-    {"model": {"name": "resnet18", "weights": ""}}, {"model": {"colour": 1}},
-    {"optimizer": {"name": "adamx"}}, {"optimizer": {"name": "adamw", "weight_decay": 0.05}},
-    {"optimizer": {"lr": 0}}, {"optimizer": {"lr": -1}}, {"optimizer": {"weight_decay": -0.1}},
-    {"optimizer": {"momentum": 1.0}}, {"optimizer": {"name": "momentum", "momentum": 0.5, "nesterov": True}},
-    {"scheduler": {"name": "cyclic"}}, {"scheduler": {"name": "step", "step_size": 0}},
-    {"scheduler": {"name": "step", "gamma": 0}}, {"scheduler": {"name": "plateau", "patience": -1}},
-    {"scheduler": {"name": "plateau", "patience": 0}}, {"scheduler": {"name": "onecycle"}},
-    {"loss": {"name": "hinge"}}, {"loss": {"name": "mse", "label_smoothing": 0.1}}, {"loss": {"label_smoothing": 1.0}},
-    {"batch_size": 0}, {"batch_size": 2.5}, {"epochs": 0}, {"epochs": 3},
-    {"early_stopping": {"monitor": "val_f1"}}, {"early_stopping": {"enabled": True, "monitor": "val_acc"}},
-    {"early_stopping": {"patience": 0}}, {"early_stopping": {"min_delta": -1}},
-    {"input": {"resize": 0}}, {"input": {"resize": 16, "standardize": False}},
+    {"model": {"name": "lenet"}},
+    {"model": {"name": "vgg_style", "widths": [8, 16]}},
+    {"model": {"widths": []}},
+    {"model": {"widths": [8, 0]}},
+    {"model": {"hidden": []}},
+    {"model": {"kernel_size": 0}},
+    {"model": {"kernel_size": 3}},
+    {"model": {"convs_per_block": 0}},
+    {"model": {"dropout": 1.0}},
+    {"model": {"dropout": 0.5, "dropout_where": "both"}},
+    {"model": {"dropout_where": "all"}},
+    {"model": {"activation": "swish"}},
+    {"model": {"activation": "gelu", "init": "kaiming"}},
+    {"model": {"init": "orthogonal"}},
+    {"model": {"batch_norm": "yes"}},
+    {"model": {"weights": "imagenet"}},
+    {"model": {"train": "frozen"}},
+    {"model": {"name": "resnet18", "train": "frozen"}, "input": {"resize": 32}},
+    {"model": {"name": "resnet18", "weights": ""}},
+    {"model": {"colour": 1}},
+    {"optimizer": {"name": "adamx"}},
+    {"optimizer": {"name": "adamw", "weight_decay": 0.05}},
+    {"optimizer": {"lr": 0}},
+    {"optimizer": {"lr": -1}},
+    {"optimizer": {"weight_decay": -0.1}},
+    {"optimizer": {"momentum": 1.0}},
+    {"optimizer": {"name": "momentum", "momentum": 0.5, "nesterov": True}},
+    {"scheduler": {"name": "cyclic"}},
+    {"scheduler": {"name": "step", "step_size": 0}},
+    {"scheduler": {"name": "step", "gamma": 0}},
+    {"scheduler": {"name": "plateau", "patience": -1}},
+    {"scheduler": {"name": "plateau", "patience": 0}},
+    {"scheduler": {"name": "onecycle"}},
+    {"loss": {"name": "hinge"}},
+    {"loss": {"name": "mse", "label_smoothing": 0.1}},
+    {"loss": {"label_smoothing": 1.0}},
+    {"batch_size": 0},
+    {"batch_size": 2.5},
+    {"epochs": 0},
+    {"epochs": 3},
+    {"early_stopping": {"monitor": "val_f1"}},
+    {"early_stopping": {"enabled": True, "monitor": "val_acc"}},
+    {"early_stopping": {"patience": 0}},
+    {"early_stopping": {"min_delta": -1}},
+    {"input": {"resize": 0}},
+    {"input": {"resize": 16, "standardize": False}},
 ]
 META = {"channels": 3, "height": 8, "width": 8, "num_classes": 10, "mean": [0.5] * 3, "std": [0.2] * 3}
 
@@ -429,8 +575,11 @@ def test_a_variant_that_breaks_a_cross_key_rule_is_refused(smoke_config):
     cfg = copy.deepcopy(smoke_config)
     cfg["baseline"]["model"] = {"name": "resnet18", "weights": "imagenet"}
     cfg["ablations"] = [{"id": "g", "title": "G", "variants": {"cnn": {"model": {"name": "simple_cnn"}}}}]
-    with pytest.raises(study.ConfigError, match=r"^baseline\.model\.weights: only resnet18 and vgg11_bn take "
-                       r"weights \(use none\), got 'imagenet' in experiment 'g/cnn'$"):
+    with pytest.raises(
+        study.ConfigError,
+        match=r"^baseline\.model\.weights: only resnet18 and vgg11_bn take "
+        r"weights \(use none\), got 'imagenet' in experiment 'g/cnn'$",
+    ):
         study.load(cfg)
 
 
@@ -464,16 +613,23 @@ def test_python_m_ablationlab_ends_fast_with_its_output_and_exit_code(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout: block-buffered
     env["PYTHONPATH"] = str(REPO / "src")
     smoke = [str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml")]
-    ok = subprocess.run([sys.executable, "-m", "ablationlab", "study", *smoke, "--out", str(tmp_path)],
-                        capture_output=True, text=True, env=env)
+    ok = subprocess.run(
+        [sys.executable, "-m", "ablationlab", "study", *smoke, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert ok.returncode == 0 and ok.stdout.rstrip().endswith("3 experiments x 1 seeds = 3 runs on digits")
     bad = tmp_path / "bad.yaml"
     bad.write_text("seeds: []\n")
-    failed = subprocess.run([sys.executable, "-m", "ablationlab", "study", smoke[0], str(bad)],
-                            capture_output=True, text=True, env=env)
+    failed = subprocess.run(
+        [sys.executable, "-m", "ablationlab", "study", smoke[0], str(bad)], capture_output=True, text=True, env=env
+    )
     assert failed.returncode == 1 and failed.stderr.strip() == "error: seeds: [] should be non-empty"
-    hook = ("import atexit, runpy, sys; atexit.register(lambda: print('atexit ran', file=sys.stderr)); "
-            "sys.argv = ['ablationlab', 'nonsense']; runpy.run_module('ablationlab', run_name='__main__')")
+    hook = (
+        "import atexit, runpy, sys; atexit.register(lambda: print('atexit ran', file=sys.stderr)); "
+        "sys.argv = ['ablationlab', 'nonsense']; runpy.run_module('ablationlab', run_name='__main__')"
+    )
     unknown = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and "usage: python -m ablationlab" in unknown.stdout
     assert "atexit ran" in unknown.stderr

@@ -20,24 +20,40 @@ from statsmodels.stats.power import TTestPower
 from ablationlab import evaluate, io, stats, summarize, train
 from ablationlab.recipe import complete, deep_merge
 
-XSS_NOTES = ("Does BN help? <script>alert(1)</script>\n\n<img src=x onerror=alert(1)>\n\n"
-             "[click](javascript:alert(1)) and **bold**")
+XSS_NOTES = (
+    "Does BN help? <script>alert(1)</script>\n\n<img src=x onerror=alert(1)>\n\n"
+    "[click](javascript:alert(1)) and **bold**"
+)
 
-BASE = {"model": {"widths": [8, 16], "hidden": [32], "kernel_size": 3}, "optimizer": {"name": "momentum", "lr": 0.05},
-        "batch_size": 64, "epochs": 2}
+BASE = {
+    "model": {"widths": [8, 16], "hidden": [32], "kernel_size": 3},
+    "optimizer": {"name": "momentum", "lr": 0.05},
+    "batch_size": 64,
+    "epochs": 2,
+}
 
 # group id -> (title, notes, [(variant, partial recipe, sweep or None)], sweep_key)
 GROUPS = {
     "batch_norm": ("Batch normalisation", XSS_NOTES, [("bn", {"model": {"batch_norm": True}}, None)], None),
-    "dropout": ("Dropout sweep", "Dropout in the head, **p** swept.",
-                [(f"p={p}", {"model": {"dropout": p}}, {"key": "model.dropout", "value": p}) for p in (0.2, 0.5)],
-                "model.dropout"),
-    "early_stopping": ("Early stopping", None,
-                       [("patience=1", {"epochs": 4, "early_stopping": {"enabled": True, "patience": 1,
-                                                                         "monitor": "val_acc"}}, None)], None),
+    "dropout": (
+        "Dropout sweep",
+        "Dropout in the head, **p** swept.",
+        [(f"p={p}", {"model": {"dropout": p}}, {"key": "model.dropout", "value": p}) for p in (0.2, 0.5)],
+        "model.dropout",
+    ),
+    "early_stopping": (
+        "Early stopping",
+        None,
+        [("patience=1", {"epochs": 4, "early_stopping": {"enabled": True, "patience": 1, "monitor": "val_acc"}}, None)],
+        None,
+    ),
     "augmentation": ("Augmentation", "", [("hflip", {"augment": [{"name": "hflip", "p": 0.5}]}, None)], None),
-    "optimizer": ("Learning rate too high", "lr 1000 must diverge.",
-                  [("lr=1000", {"optimizer": {"name": "sgd", "lr": 1000.0}}, None)], None),
+    "optimizer": (
+        "Learning rate too high",
+        "lr 1000 must diverge.",
+        [("lr=1000", {"optimizer": {"name": "sgd", "lr": 1000.0}}, None)],
+        None,
+    ),
 }
 
 
@@ -45,32 +61,74 @@ def make_study(root: Path, data_dir: Path, *, groups=GROUPS, seeds=(0, 1), base=
     """Write root/study/{experiments,report}.json and train + evaluate every run into root/runs."""
     root = Path(root)
     baseline = complete(base)
-    experiments = [{"id": "baseline", "group": "baseline", "variant": "baseline", "reference": None,
-                    "sweep": None, "recipe": baseline}]
+    experiments = [
+        {
+            "id": "baseline",
+            "group": "baseline",
+            "variant": "baseline",
+            "reference": None,
+            "sweep": None,
+            "recipe": baseline,
+        }
+    ]
     report_groups = []
     for gid, (title, notes, variants, sweep_key) in groups.items():
         ids = []
         for variant, partial, sweep in variants:
             exp_id = f"{gid}/{variant}"
             ids.append(exp_id)
-            experiments.append({"id": exp_id, "group": gid, "variant": variant, "reference": "baseline",
-                                "sweep": sweep, "recipe": deep_merge(baseline, partial)})
-        report_groups.append({"id": gid, "title": title, "notes": notes, "reference": "baseline",
-                              "sweep_key": sweep_key, "experiments": ids})
+            experiments.append(
+                {
+                    "id": exp_id,
+                    "group": gid,
+                    "variant": variant,
+                    "reference": "baseline",
+                    "sweep": sweep,
+                    "recipe": deep_merge(baseline, partial),
+                }
+            )
+        report_groups.append(
+            {
+                "id": gid,
+                "title": title,
+                "notes": notes,
+                "reference": "baseline",
+                "sweep_key": sweep_key,
+                "experiments": ids,
+            }
+        )
     study = {"dataset": "digits", "seeds": list(seeds), "experiments": experiments}
-    config = {"data": {"dataset": "digits"}, "seeds": list(seeds), "baseline": base,
-              "ablations": {g: {"title": t} for g, (t, *_rest) in groups.items()}}
-    report = {"name": "test-study", "title": "Digits <ablation> study", "dataset": "digits", "seeds": list(seeds),
-              "groups": report_groups, "config": config, "config_hash": "0" * 64,
-              "tracking": {"tracking_uri": "http://alice:s3cret@127.0.0.1:5000"}}
+    config = {
+        "data": {"dataset": "digits"},
+        "seeds": list(seeds),
+        "baseline": base,
+        "ablations": {g: {"title": t} for g, (t, *_rest) in groups.items()},
+    }
+    report = {
+        "name": "test-study",
+        "title": "Digits <ablation> study",
+        "dataset": "digits",
+        "seeds": list(seeds),
+        "groups": report_groups,
+        "config": config,
+        "config_hash": "0" * 64,
+        "tracking": {"tracking_uri": "http://alice:s3cret@127.0.0.1:5000"},
+    }
     io.write_json(root / "study" / "experiments.json", study)
     io.write_json(root / "study" / "report.json", report)
     if train_runs:
         for exp in experiments:
             for seed in seeds:
                 out = root / "runs" / exp["id"] / f"seed{seed}"
-                train.train(data_dir, exp["recipe"], seed, out, checkpoint_dir=root / "checkpoints" / exp["id"] / f"seed{seed}",
-                            device="cpu", threads=1)
+                train.train(
+                    data_dir,
+                    exp["recipe"],
+                    seed,
+                    out,
+                    checkpoint_dir=root / "checkpoints" / exp["id"] / f"seed{seed}",
+                    device="cpu",
+                    threads=1,
+                )
                 evaluate.evaluate(data_dir, out, device="cpu")
     return study
 
@@ -82,12 +140,33 @@ def study_runs(tmp_path_factory, digits_dir):
     make_study(root, digits_dir)
     summarize.summarize(root / "study" / "experiments.json", root / "runs", root / "summary")
     # the MLflow writer's record (ablationlab.tracking, after summarize): one tracked run, its parent
-    io.write_csv(root / "summary" / "mlflow.csv", pd.DataFrame([
-        {"experiment": "baseline", "seed": 0, "kind": "child", "mlflow_run_id": "abc123",
-         "mlflow_parent_run_id": "p1", "mlflow_experiment_id": "1", "mlflow_url": "#/experiments/1/runs/abc123",
-         "run_key": "k"},
-        {"experiment": "baseline", "seed": "", "kind": "parent", "mlflow_run_id": "p1", "mlflow_parent_run_id": "",
-         "mlflow_experiment_id": "1", "mlflow_url": "#/experiments/1/runs/p1", "run_key": "kp"}]))
+    io.write_csv(
+        root / "summary" / "mlflow.csv",
+        pd.DataFrame(
+            [
+                {
+                    "experiment": "baseline",
+                    "seed": 0,
+                    "kind": "child",
+                    "mlflow_run_id": "abc123",
+                    "mlflow_parent_run_id": "p1",
+                    "mlflow_experiment_id": "1",
+                    "mlflow_url": "#/experiments/1/runs/abc123",
+                    "run_key": "k",
+                },
+                {
+                    "experiment": "baseline",
+                    "seed": "",
+                    "kind": "parent",
+                    "mlflow_run_id": "p1",
+                    "mlflow_parent_run_id": "",
+                    "mlflow_experiment_id": "1",
+                    "mlflow_url": "#/experiments/1/runs/p1",
+                    "run_key": "kp",
+                },
+            ]
+        ),
+    )
     return root, digits_dir
 
 
@@ -146,19 +225,48 @@ def test_status_aggregation():
 def _synthetic(accs: dict, statistics: dict | None = None) -> tuple[dict, pd.DataFrame]:
     """A study table and its runs.csv frame from ``{experiment: {seed: test_acc}}`` (no training)."""
     refs = {"baseline": None, "a/x": "baseline", "a/y": "baseline", "b/z": "a/x"}
-    study = {"dataset": "digits", "seeds": [0, 1, 2, 3],
-             "experiments": [{"id": e, "group": e.split("/")[0], "variant": e.rpartition("/")[2], "reference": ref,
-                              "sweep": None, "recipe": {}} for e, ref in refs.items()]}
+    study = {
+        "dataset": "digits",
+        "seeds": [0, 1, 2, 3],
+        "experiments": [
+            {
+                "id": e,
+                "group": e.split("/")[0],
+                "variant": e.rpartition("/")[2],
+                "reference": ref,
+                "sweep": None,
+                "recipe": {},
+            }
+            for e, ref in refs.items()
+        ],
+    }
     if statistics:
         study["statistics"] = statistics
-    rows = [{"experiment": e, "group": e.split("/")[0], "seed": seed, "status": "finished" if seed in accs[e]
-             else "missing", "test_acc": accs[e].get(seed, math.nan), "test_loss": 0.3, "epochs_run": 2,
-             "best_epoch": 1, "params": 100, "wall_seconds": 1.0} for e in refs for seed in study["seeds"]]
+    rows = [
+        {
+            "experiment": e,
+            "group": e.split("/")[0],
+            "seed": seed,
+            "status": "finished" if seed in accs[e] else "missing",
+            "test_acc": accs[e].get(seed, math.nan),
+            "test_loss": 0.3,
+            "epochs_run": 2,
+            "best_epoch": 1,
+            "params": 100,
+            "wall_seconds": 1.0,
+        }
+        for e in refs
+        for seed in study["seeds"]
+    ]
     return study, pd.DataFrame(rows, columns=summarize.RUN_COLUMNS)
 
 
-SYNTHETIC = {"baseline": {0: 0.90, 1: 0.92, 2: 0.91, 3: 0.93}, "a/x": {0: 0.93, 1: 0.95, 2: 0.93, 3: 0.96},
-             "a/y": {0: 0.90, 1: 0.93, 2: 0.90, 3: 0.94}, "b/z": {0: 0.94, 1: 0.95, 2: 0.95}}
+SYNTHETIC = {
+    "baseline": {0: 0.90, 1: 0.92, 2: 0.91, 3: 0.93},
+    "a/x": {0: 0.93, 1: 0.95, 2: 0.93, 3: 0.96},
+    "a/y": {0: 0.90, 1: 0.93, 2: 0.90, 3: 0.94},
+    "b/z": {0: 0.94, 1: 0.95, 2: 0.95},
+}
 
 
 def test_comparisons_are_paired_by_seed_and_corrected_per_group():
@@ -175,7 +283,8 @@ def test_comparisons_are_paired_by_seed_and_corrected_per_group():
         assert row["test"] == "paired_t" and row["n_pairs"] == len(shared) and row["effect_size_kind"] == "d_z"
         assert row["p_value"] == pytest.approx(t.pvalue)
         assert (row["delta_acc"], row["delta_ci_low"], row["delta_ci_high"]) == pytest.approx(
-            (np.mean(v) - np.mean(r), ci.low, ci.high))
+            (np.mean(v) - np.mean(r), ci.low, ci.high)
+        )
         sd = np.std(np.subtract(v, r), ddof=1)
         mde = TTestPower().solve_power(effect_size=None, nobs=len(shared), alpha=0.05, power=0.9) * sd
         assert row["mde_acc"] == pytest.approx(mde, rel=1e-5)
@@ -187,8 +296,7 @@ def test_comparisons_are_paired_by_seed_and_corrected_per_group():
     assert list(exps.loc[["a/x", "a/y", "b/z"], "q_value"]) == pytest.approx(list(q))
     for e in pairs:
         row = exps.loc[e]
-        assert row["verdict"] == stats.verdict(row["p_value_holm"], row["mde_acc"], alpha=0.1, looks=2,
-                                               min_effect=0.02)
+        assert row["verdict"] == stats.verdict(row["p_value_holm"], row["mde_acc"], alpha=0.1, looks=2, min_effect=0.02)
     assert exps.loc["a/x", "verdict"] == "significant"  # +2.75 pp on every seed
     base = exps.loc["baseline"]
     assert pd.isna(base["test"]) or base["test"] == ""
@@ -219,9 +327,22 @@ def test_summary_files_from_real_runs(study_runs):
     study = io.read_json(root / "study" / "experiments.json")
     runs = pd.read_csv(root / "summary" / "runs.csv")
     exps = pd.read_csv(root / "summary" / "experiments.csv", keep_default_na=False, na_values=[""])
-    assert list(runs.columns[:14]) == ["experiment", "group", "seed", "status", "test_acc", "test_loss", "test_top5",
-                                       "epochs_run", "best_epoch", "best_val_acc", "best_val_loss", "params",
-                                       "wall_seconds", "device"]
+    assert list(runs.columns[:14]) == [
+        "experiment",
+        "group",
+        "seed",
+        "status",
+        "test_acc",
+        "test_loss",
+        "test_top5",
+        "epochs_run",
+        "best_epoch",
+        "best_val_acc",
+        "best_val_loss",
+        "params",
+        "wall_seconds",
+        "device",
+    ]
     assert list(runs.columns) == summarize.RUN_COLUMNS  # the MLflow ids are the writer's (mlflow.csv)
     assert list(exps.columns) == summarize.EXPERIMENT_COLUMNS
     assert len(runs) == len(study["experiments"]) * 2 and len(exps) == len(study["experiments"])
@@ -273,7 +394,7 @@ def test_csv_holm_and_bh_are_exact_over_the_p_values(study_runs):
     tested = exps[exps["p_value"].notna()]
     assert len(tested) >= 3
     assert list(tested["q_value"]) == pytest.approx(list(st.false_discovery_control(tested["p_value"])))
-    for group, rows in tested.groupby("group"):
+    for _group, rows in tested.groupby("group"):
         assert list(rows["p_value_holm"]) == pytest.approx(list(multipletests(rows["p_value"], method="holm")[1]))
         assert set(rows["holm_family"]) == {len(rows)}
     assert exps["p_value_holm"].isna().equals(exps["p_value"].isna())
@@ -312,7 +433,19 @@ def test_cli(study_runs, tmp_path):
     from ablationlab.__main__ import main
 
     root, _ = study_runs
-    assert main(["summarize", "--study", str(root / "study" / "experiments.json"), "--runs", str(root / "runs"),
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "summarize",
+                "--study",
+                str(root / "study" / "experiments.json"),
+                "--runs",
+                str(root / "runs"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "runs.csv").read_text() == (root / "summary" / "runs.csv").read_text()
     assert (tmp_path / "experiments.csv").read_text() == (root / "summary" / "experiments.csv").read_text()

@@ -25,19 +25,51 @@ def make_run(run_dir: Path, recipe: dict, seed: int, *, epochs: int = 3, status:
     torch.manual_seed(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     io.write_json(run_dir / "recipe.json", recipe)
-    rows = [{"epoch": e, "train_loss": 1.0 / e + seed, "train_acc": 0.5 + 0.1 * e, "val_loss": 1.1 / e + seed,
-             "val_acc": 0.4 + 0.1 * e, "lr": 0.05, "seconds": 0.5, "images_per_s": 1000.0 + e}
-            for e in range(1, epochs + 1)]
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / e + seed,
+            "train_acc": 0.5 + 0.1 * e,
+            "val_loss": 1.1 / e + seed,
+            "val_acc": 0.4 + 0.1 * e,
+            "lr": 0.05,
+            "seconds": 0.5,
+            "images_per_s": 1000.0 + e,
+        }
+        for e in range(1, epochs + 1)
+    ]
     if status == "diverged":
         rows[-1]["train_loss"] = float("nan")
     io.write_csv(run_dir / "history.csv", pd.DataFrame(rows))
-    io.write_json(run_dir / "train.json", {
-        "status": status, "epochs_run": epochs, "best_epoch": epochs, "best_val_loss": 1.1 / epochs + seed,
-        "best_val_acc": 0.4 + 0.1 * epochs, "stop_reason": None, "params": 33, "params_total": 33,
-        "device": "cpu", "torch_version": torch.__version__, "wall_seconds": 1.5, "seed": seed, "message": ""})
-    io.write_json(run_dir / "metrics.json", {
-        "test_loss": 0.7 + 0.01 * seed, "test_acc": 0.8 + 0.01 * seed, "test_top5": None,
-        "per_class_acc": {c: 0.8 for c in CLASSES}, "n_test": 30, "status": status})
+    io.write_json(
+        run_dir / "train.json",
+        {
+            "status": status,
+            "epochs_run": epochs,
+            "best_epoch": epochs,
+            "best_val_loss": 1.1 / epochs + seed,
+            "best_val_acc": 0.4 + 0.1 * epochs,
+            "stop_reason": None,
+            "params": 33,
+            "params_total": 33,
+            "device": "cpu",
+            "torch_version": torch.__version__,
+            "wall_seconds": 1.5,
+            "seed": seed,
+            "message": "",
+        },
+    )
+    io.write_json(
+        run_dir / "metrics.json",
+        {
+            "test_loss": 0.7 + 0.01 * seed,
+            "test_acc": 0.8 + 0.01 * seed,
+            "test_top5": None,
+            "per_class_acc": {c: 0.8 for c in CLASSES},
+            "n_test": 30,
+            "status": status,
+        },
+    )
     io.write_csv(run_dir / "confusion.csv", pd.DataFrame({"true": CLASSES, **{c: [10, 0, 0] for c in CLASSES}}))
     io.save_torch(run_dir / "weights.pt", torch.nn.Linear(10, 3).state_dict())
     return run_dir
@@ -50,7 +82,7 @@ IDENT = {"study": "unit", "dataset": "digits"}
 def empty_db(tmp_path_factory) -> Path:
     """An initialised, empty SQLite store (creating the schema takes seconds: done once)."""
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.Tracker(f"sqlite:///{path}", "template").client
+    tracking.Tracker(f"sqlite:///{path}", "template").client  # noqa: B018 (creates the store)
     return path
 
 
@@ -83,8 +115,11 @@ def all_runs(store):
 
 def write_table(tmp_path: Path, experiments: dict[str, dict], seeds) -> Path:
     """The study table (results/study/experiments.json) of ``experiments``."""
-    table = {"dataset": "digits", "seeds": list(seeds),
-             "experiments": [{"id": e, "group": e.split("/")[0], "recipe": r} for e, r in experiments.items()]}
+    table = {
+        "dataset": "digits",
+        "seeds": list(seeds),
+        "experiments": [{"id": e, "group": e.split("/")[0], "recipe": r} for e, r in experiments.items()],
+    }
     path = tmp_path / "study" / "experiments.json"
     io.write_json(path, table)
     return path
@@ -100,9 +135,17 @@ def track_all(tmp_path, store, experiments: dict[str, dict], seeds=(0, 1), *, ma
             log = tmp_path / "logs" / exp_id / f"seed{s}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(f"train log of {exp_id} seed {s}\n")
-    return tracking.track_study(dirs, study_table=write_table(tmp_path, experiments, seeds), runs_root=tmp_path / "runs",
-                                study="unit", out=tmp_path / "mlflow.json", record=tmp_path / "summary" / "mlflow.csv",
-                                summary_dir=tmp_path / "summary", logs_dir=tmp_path / "logs", **store)
+    return tracking.track_study(
+        dirs,
+        study_table=write_table(tmp_path, experiments, seeds),
+        runs_root=tmp_path / "runs",
+        study="unit",
+        out=tmp_path / "mlflow.json",
+        record=tmp_path / "summary" / "mlflow.csv",
+        summary_dir=tmp_path / "summary",
+        logs_dir=tmp_path / "logs",
+        **store,
+    )
 
 
 def record(tmp_path) -> dict:
@@ -130,8 +173,7 @@ def test_credentials_move_to_mlflow_env_vars(tmp_path, monkeypatch):
     t = tracking.Tracker("https://alice:s3cret@mlflow.example.org", "x", lock=tmp_path / "l.lock")
     assert t.uri == "https://mlflow.example.org" and t.redacted == "https://***@mlflow.example.org"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
-    info = t.run_info(type("R", (), {"info": type("I", (), {"experiment_id": "1", "run_id": "r",
-                                                             "run_name": "n"})})())
+    info = t.run_info(type("R", (), {"info": type("I", (), {"experiment_id": "1", "run_id": "r", "run_name": "n"})})())
     assert "s3cret" not in json.dumps(info)
     assert info["ui_url"] == "https://***@mlflow.example.org/#/experiments/1/runs/r?workflowType=machine_learning"
 
@@ -140,13 +182,20 @@ def test_run_key_and_mlflow_params():
     recipe = complete({"augment": [{"name": "hflip", "p": 0.5}]})
     key = tracking.run_key("baseline", "digits", recipe, 0)
     assert key == tracking.run_key("baseline", "digits", json.loads(json.dumps(recipe)), 0)
-    others = {tracking.run_key("baseline", "digits", recipe, 1), tracking.run_key("dropout/p=0.3", "digits", recipe, 0),
-              tracking.run_key("baseline", "digits", complete({"epochs": 2}), 0),
-              tracking.run_key("baseline", "digits", recipe)}
+    others = {
+        tracking.run_key("baseline", "digits", recipe, 1),
+        tracking.run_key("dropout/p=0.3", "digits", recipe, 0),
+        tracking.run_key("baseline", "digits", complete({"epochs": 2}), 0),
+        tracking.run_key("baseline", "digits", recipe),
+    }
     assert key not in others and len(others) == 4
     flat = tracking.mlflow_params(recipe)
     assert flat["optimizer.lr"] == "0.05" and flat["model.batch_norm"] == "false"
-    assert json.loads(flat["augment"]) == [{"name": "hflip", "p": 0.5}] and json.loads(flat["model.widths"]) == [32, 64, 128]
+    assert json.loads(flat["augment"]) == [{"name": "hflip", "p": 0.5}] and json.loads(flat["model.widths"]) == [
+        32,
+        64,
+        128,
+    ]
     assert flat["input.resize"] == "null"
 
 
@@ -158,7 +207,9 @@ def test_sqlite_memory_store_rejected():
 # ----------------------------------------------------------------------------- runs
 def test_writer_logs_parents_children_params_metrics_artifacts(tmp_path, store):
     base = complete({"epochs": 3})
-    info = track_all(tmp_path, store, {"baseline": base, "dropout/p=0.3": complete({"epochs": 3, "model": {"dropout": 0.3}})})
+    info = track_all(
+        tmp_path, store, {"baseline": base, "dropout/p=0.3": complete({"epochs": 3, "model": {"dropout": 0.3}})}
+    )
     assert info["logged"] == {"children": 4, "parents": 2}
     runs = all_runs(store)
     kids = [r for r in runs if r.data.tags["kind"] == "child"]
@@ -169,7 +220,17 @@ def test_writer_logs_parents_children_params_metrics_artifacts(tmp_path, store):
     c = client(store)
     for kid in kids:
         tags = kid.data.tags
-        assert {"run_key", "experiment", "group", "seed", "study", "dataset", "device", "status", "files_sha256"} <= set(tags)
+        assert {
+            "run_key",
+            "experiment",
+            "group",
+            "seed",
+            "study",
+            "dataset",
+            "device",
+            "status",
+            "files_sha256",
+        } <= set(tags)
         assert tags["status"] == "finished" and tags["superseded"] == "false" and tags["dataset"] == "digits"
         parent = by_id[tags["mlflow.parentRunId"]]
         assert parent.data.tags["experiment"] == tags["experiment"]
@@ -188,12 +249,23 @@ def test_writer_logs_parents_children_params_metrics_artifacts(tmp_path, store):
         assert not any(k.startswith("test_class") for k in kid.data.metrics)  # per class: metrics.json
     kid = next(k for k in kids if k.data.tags["experiment"] == "baseline" and k.data.tags["seed"] == "0")
     names = {a.path for a in c.list_artifacts(kid.info.run_id)}
-    assert names == {"history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.json", "train.log"}
+    assert names == {
+        "history.csv",
+        "metrics.json",
+        "confusion.csv",
+        "weights.pt",
+        "recipe.json",
+        "train.json",
+        "train.log",
+    }
     local = c.download_artifacts(kid.info.run_id, "weights.pt", str(tmp_path / "dl"))
     state = torch.load(local, weights_only=True)
     assert set(state) == {"weight", "bias"} and state["weight"].shape == (3, 10)
-    assert Path(c.download_artifacts(kid.info.run_id, "train.log", str(tmp_path / "dl"))).read_text().startswith(
-        "train log of baseline seed 0")
+    assert (
+        Path(c.download_artifacts(kid.info.run_id, "train.log", str(tmp_path / "dl")))
+        .read_text()
+        .startswith("train log of baseline seed 0")
+    )
     # parent: seed aggregates computed from the run dirs
     rec = record(tmp_path)
     parent = by_id[rec[("baseline", "")]["mlflow_run_id"]]
@@ -207,7 +279,10 @@ def test_writer_logs_parents_children_params_metrics_artifacts(tmp_path, store):
     assert set(rec) == {(e, s) for e in ("baseline", "dropout/p=0.3") for s in ("0", "1", "")}
     row = rec[("baseline", "0")]
     assert row["mlflow_run_id"] == kid.info.run_id and row["kind"] == "child"
-    assert row["mlflow_url"] == f"#/experiments/{kid.info.experiment_id}/runs/{kid.info.run_id}?workflowType=machine_learning"
+    assert (
+        row["mlflow_url"]
+        == f"#/experiments/{kid.info.experiment_id}/runs/{kid.info.run_id}?workflowType=machine_learning"
+    )
     assert row["mlflow_parent_run_id"] == parent.info.run_id and row["run_key"] == kid.data.tags["run_key"]
     assert io.read_json(tmp_path / "mlflow.json") == {**info, "experiment_id": kid.info.experiment_id}
     assert info["tracking_uri"] == store["uri"] and info["experiment_name"] == store["name"]
@@ -219,37 +294,76 @@ def test_parent_runs_carry_the_summary_statistics_and_diagnostics(tmp_path, stor
     import pandas as pd
 
     exps = {"baseline": complete({"epochs": 3}), "bn/on": complete({"epochs": 3, "model": {"batch_norm": True}})}
-    stats = {"experiment": ["baseline", "bn/on"], "reference": ["", "baseline"], "test_acc_ci_low": [0.7, 0.8],
-             "delta_acc": [None, 0.018], "delta_ci_low": [None, 0.011], "delta_ci_high": [None, 0.025],
-             "test": ["", "paired_t"], "p_value": [None, 0.004], "p_value_holm": [None, 0.01], "q_value": [None, 0.02],
-             "effect_size": [None, 2.5], "effect_size_kind": ["", "d_z"], "prob_improvement": [None, 1.0],
-             "mde_acc": [None, 0.009], "seeds_needed": [None, 3], "verdict": ["", "significant"]}
+    stats = {
+        "experiment": ["baseline", "bn/on"],
+        "reference": ["", "baseline"],
+        "test_acc_ci_low": [0.7, 0.8],
+        "delta_acc": [None, 0.018],
+        "delta_ci_low": [None, 0.011],
+        "delta_ci_high": [None, 0.025],
+        "test": ["", "paired_t"],
+        "p_value": [None, 0.004],
+        "p_value_holm": [None, 0.01],
+        "q_value": [None, 0.02],
+        "effect_size": [None, 2.5],
+        "effect_size_kind": ["", "d_z"],
+        "prob_improvement": [None, 1.0],
+        "mde_acc": [None, 0.009],
+        "seeds_needed": [None, 3],
+        "verdict": ["", "significant"],
+    }
     io.write_csv(tmp_path / "summary" / "experiments.csv", pd.DataFrame(stats))  # no diagnostics.csv yet
     track_all(tmp_path, store, exps)
     parents = {r.data.tags["experiment"]: r for r in all_runs(store) if r.data.tags["kind"] == "parent"}
     bn = parents["bn/on"]
-    expected = {"delta_acc": 0.018, "delta_ci_low": 0.011, "delta_ci_high": 0.025, "p_value": 0.004,
-                "p_value_holm": 0.01, "q_value": 0.02, "effect_size": 2.5, "prob_improvement": 1.0, "mde_acc": 0.009,
-                "seeds_needed": 3, "test_acc_ci_low": 0.8}
+    expected = {
+        "delta_acc": 0.018,
+        "delta_ci_low": 0.011,
+        "delta_ci_high": 0.025,
+        "p_value": 0.004,
+        "p_value_holm": 0.01,
+        "q_value": 0.02,
+        "effect_size": 2.5,
+        "prob_improvement": 1.0,
+        "mde_acc": 0.009,
+        "seeds_needed": 3,
+        "test_acc_ci_low": 0.8,
+    }
     assert {k: bn.data.metrics[k] for k in expected} == pytest.approx(expected)
     assert {k: bn.data.tags[k] for k in ("test", "effect_size_kind", "verdict", "reference")} == {
-        "test": "paired_t", "effect_size_kind": "d_z", "verdict": "significant", "reference": "baseline"}
+        "test": "paired_t",
+        "effect_size_kind": "d_z",
+        "verdict": "significant",
+        "reference": "baseline",
+    }
     assert "paired_t" in bn.data.tags["mlflow.note.content"] and "significant" in bn.data.tags["mlflow.note.content"]
     base = parents["baseline"]  # empty cells: no metric, no tag (not NaN, not "")
     assert "delta_acc" not in base.data.metrics and "verdict" not in base.data.tags
     assert "q_value_holm" not in bn.data.metrics and "p_value_wilcoxon" not in bn.data.metrics  # absent columns
     # the curves' diagnostics arrive: only the parents are updated, no child is logged again
-    io.write_csv(tmp_path / "summary" / "diagnostics.csv", pd.DataFrame({
-        "experiment": ["baseline", "bn/on"], "val_loss_min_epoch": [3, 2], "last_epoch": [3, 3],
-        "overfit_gap": [0.0, 0.05], "val_acc_swing": [0.01, 0.02], "flags": ["", "overfitting"],
-        "reading": ["", "The validation loss is lowest at epoch 2 of 3."]}))
+    io.write_csv(
+        tmp_path / "summary" / "diagnostics.csv",
+        pd.DataFrame(
+            {
+                "experiment": ["baseline", "bn/on"],
+                "val_loss_min_epoch": [3, 2],
+                "last_epoch": [3, 3],
+                "overfit_gap": [0.0, 0.05],
+                "val_acc_swing": [0.01, 0.02],
+                "flags": ["", "overfitting"],
+                "reading": ["", "The validation loss is lowest at epoch 2 of 3."],
+            }
+        ),
+    )
     info = track_all(tmp_path, store, exps, make=False)
     assert info["logged"] == {"children": 0, "parents": 2}
     bn = next(r for r in all_runs(store) if r.data.tags["kind"] == "parent" and r.data.tags["experiment"] == "bn/on")
     assert bn.data.metrics["overfit_gap"] == pytest.approx(0.05) and bn.data.metrics["val_loss_min_epoch"] == 2
     assert bn.data.tags["diagnostics.flags"] == "overfitting"
-    assert "lowest at epoch 2" in bn.data.tags["diagnostics.reading"] and "lowest at epoch 2" in bn.data.tags[
-        "mlflow.note.content"]
+    assert (
+        "lowest at epoch 2" in bn.data.tags["diagnostics.reading"]
+        and "lowest at epoch 2" in bn.data.tags["mlflow.note.content"]
+    )
     assert len(client(store).get_metric_history(bn.info.run_id, "delta_acc")) == 1  # unchanged value: no new point
 
 
@@ -291,7 +405,8 @@ def test_writer_logs_only_new_or_changed_runs_and_supersedes(tmp_path, store):
     assert all(r.data.tags["superseded"] == "false" for r in runs if r.info.run_id in baseline)
     assert metric_points(store, baseline) == {k: points[k] for k in baseline}
     assert {(e, s) for (e, s), row in record(tmp_path).items() if row["mlflow_run_id"] not in before} == {
-        ("dropout/p=0.3", s) for s in ("0", "1", "")}
+        ("dropout/p=0.3", s) for s in ("0", "1", "")
+    }
     # changing it back re-activates the old runs (same files: nothing to log) instead of creating more
     for seed in (0, 1):
         make_run(tmp_path / "runs" / "dropout/p=0.3" / f"seed{seed}", exps["dropout/p=0.3"], seed)
@@ -308,10 +423,15 @@ def test_missing_run_file_names_it(tmp_path, fresh_store):
         track_all(tmp_path, fresh_store, {"baseline": complete()}, seeds=(0,), make=False)
     assert not Path(fresh_store["uri"].removeprefix("sqlite:///")).exists()  # failed before touching MLflow
     with pytest.raises(tracking.TrackingError, match="'other' is not in the study table"):
-        tracking.track_study([make_run(tmp_path / "runs" / "other" / "seed0", complete(), 0)],
-                             study_table=write_table(tmp_path, {"baseline": complete()}, [0]),
-                             runs_root=tmp_path / "runs", study="unit", out=tmp_path / "o.json",
-                             record=tmp_path / "r.csv", **fresh_store)
+        tracking.track_study(
+            [make_run(tmp_path / "runs" / "other" / "seed0", complete(), 0)],
+            study_table=write_table(tmp_path, {"baseline": complete()}, [0]),
+            runs_root=tmp_path / "runs",
+            study="unit",
+            out=tmp_path / "o.json",
+            record=tmp_path / "r.csv",
+            **fresh_store,
+        )
 
 
 def test_diverged_run_logs_nan_and_status(tmp_path, store):
@@ -339,11 +459,17 @@ def test_eight_parallel_live_loggers_on_fresh_store_then_one_writer(tmp_path, fr
     jobs = []
     for s in range(4):
         for e, r in exps.items():
-            spec = tracking.live_spec(uri=store["uri"], mlflow_experiment=store["name"], experiment=e,
-                                      group=e.split("/")[0], live=True, **IDENT)
+            spec = tracking.live_spec(
+                uri=store["uri"],
+                mlflow_experiment=store["name"],
+                experiment=e,
+                group=e.split("/")[0],
+                live=True,
+                **IDENT,
+            )
             jobs.append((make_run(tmp_path / "runs" / e / f"seed{s}", r, s, epochs=2), e, r, s, spec))
     assert not Path(store["uri"].removeprefix("sqlite:///")).exists()  # no init: jobs race to create it
-    tracking.Tracker("sqlite:///" + str(tmp_path / "warm.db"), "warm").client  # imports once, before fork
+    tracking.Tracker("sqlite:///" + str(tmp_path / "warm.db"), "warm").client  # noqa: B018 (imports once, before fork)
     with multiprocessing.get_context("fork").Pool(8) as pool:
         pool.map(_live_one, jobs)
     kids = [r for r in all_runs(store) if r.data.tags["kind"] == "child"]
@@ -363,8 +489,15 @@ def test_eight_parallel_live_loggers_on_fresh_store_then_one_writer(tmp_path, fr
 
 def test_live_hook_then_track_completes_same_run(tmp_path, store):
     recipe = complete({"epochs": 3})
-    spec = tracking.live_spec(uri=store["uri"], mlflow_experiment=store["name"], experiment="baseline",
-                              group="baseline", live=True, system_metrics=True, **IDENT)
+    spec = tracking.live_spec(
+        uri=store["uri"],
+        mlflow_experiment=store["name"],
+        experiment="baseline",
+        group="baseline",
+        live=True,
+        system_metrics=True,
+        **IDENT,
+    )
     spec = json.dumps({**json.loads(spec), "system_metrics_interval": 0.2})
     run = make_run(tmp_path / "runs" / "baseline" / "seed0", recipe, 0)
     import pandas as pd
@@ -386,8 +519,9 @@ def test_live_hook_then_track_completes_same_run(tmp_path, store):
     c = client(store)
     assert sorted(m.step for m in c.get_metric_history(kids[0].info.run_id, "val_acc")) == [1, 2, 3]
     assert any(k.startswith("system/cpu_utilization") for k in kids[0].data.metrics)
-    off = tracking.LiveSpec(uri=store["uri"], mlflow_experiment=store["name"], experiment="baseline",
-                            group="baseline", live=False, **IDENT)
+    off = tracking.LiveSpec(
+        uri=store["uri"], mlflow_experiment=store["name"], experiment="baseline", group="baseline", live=False, **IDENT
+    )
     assert not isinstance(off, str) and f"{off}" == ""  # Snakemake does not compare non-builtin params
     with tracking.live_run(str(off), recipe=recipe, seed=0) as on_epoch:
         assert on_epoch is None
@@ -415,9 +549,25 @@ def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, 
     for key in tracking.HTTP_LIMITS:
         monkeypatch.delenv(key, raising=False)
     # the job's own check: one error line, exit 2
-    job = ["study", "--uri", uri, "--mlflow-experiment", "x", "--study", "s", "--study-table", str(tmp_path / "t.json"),
-           "--runs", str(tmp_path), "--run", str(tmp_path / "r"), "--out", str(tmp_path / "i.json"),
-           "--record", str(tmp_path / "m.csv")]
+    job = [
+        "study",
+        "--uri",
+        uri,
+        "--mlflow-experiment",
+        "x",
+        "--study",
+        "s",
+        "--study-table",
+        str(tmp_path / "t.json"),
+        "--runs",
+        str(tmp_path),
+        "--run",
+        str(tmp_path / "r"),
+        "--out",
+        str(tmp_path / "i.json"),
+        "--record",
+        str(tmp_path / "m.csv"),
+    ]
     assert tracking.cli(job) == 2
     assert capsys.readouterr().err.strip() == f"error: {problem}"
     start = time.monotonic()  # MLflow's own client, with the bounded retries (MLflow's default: about 4 minutes)

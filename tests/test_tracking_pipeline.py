@@ -39,10 +39,23 @@ def _free_port() -> int:
 def mlflow_server(tmp_path):
     """A real `mlflow server` on a free localhost port (SQLite backend, proxied artifacts)."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-           "--artifacts-destination", str(tmp_path / "server-artifacts")]
-    log = open(tmp_path / "server.log", "w")
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "server-artifacts"),
+    ]
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (the server keeps it open)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -91,8 +104,20 @@ def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> str:
     if path.exists():
         configs.append(str(path))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
-           "--configfile", *configs, "--until", "track", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--cores",
+        "2",
+        "--configfile",
+        *configs,
+        "--until",
+        "track",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -153,7 +178,8 @@ def test_smoke_logs_one_parent_per_experiment_and_one_child_per_seed(workdir, st
     assert all("seed" not in r.data.tags for r in parents)
     assert len(children) == len(experiments) * len(seeds)
     assert {(r.data.tags["experiment"], int(r.data.tags["seed"])) for r in children} == {
-        (e, s) for e in experiments for s in seeds}
+        (e, s) for e in experiments for s in seeds
+    }
     by_id = {r.info.run_id: r for r in all_runs}
     from mlflow import MlflowClient
 
@@ -180,10 +206,22 @@ def test_smoke_logs_one_parent_per_experiment_and_one_child_per_seed(workdir, st
     summary = pd.read_csv(workdir / "results/summary/experiments.csv", keep_default_na=False, na_values=[""])
     for parent in parents:
         exp = parent.data.tags["experiment"]
-        assert record(workdir)[(exp, "")]["mlflow_run_id"] == parent.info.run_id and "test_acc_mean" in parent.data.metrics
+        assert (
+            record(workdir)[(exp, "")]["mlflow_run_id"] == parent.info.run_id and "test_acc_mean" in parent.data.metrics
+        )
         row = summary.set_index("experiment").loc[exp]  # the summary's statistics, where defined
-        for column in ("delta_acc", "delta_ci_low", "delta_ci_high", "p_value", "p_value_holm", "q_value",
-                       "effect_size", "prob_improvement", "mde_acc", "seeds_needed"):
+        for column in (
+            "delta_acc",
+            "delta_ci_low",
+            "delta_ci_high",
+            "p_value",
+            "p_value_holm",
+            "q_value",
+            "effect_size",
+            "prob_improvement",
+            "mde_acc",
+            "seeds_needed",
+        ):
             if column in row.index and pd.notna(row[column]):
                 assert parent.data.metrics[column] == pytest.approx(row[column]), (exp, column)
         if exp == "baseline":
@@ -246,15 +284,20 @@ def test_tracking_server_gets_the_study_without_retraining(workdir, study, mlflo
     out = snakemake(workdir, overlay={"tracking": {"uri": server.replace("http://", f"http://alice:{secret}@")}})
     assert mtimes(workdir) == weights  # a new tracking store re-tracks, it does not re-train
     info = io.read_json(workdir / "results/mlflow.json")
-    found = _post(f"{server}/api/2.0/mlflow/runs/search",
-                  {"experiment_ids": [info["experiment_id"]], "max_results": 1000})["runs"]
+    found = _post(
+        f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [info["experiment_id"]], "max_results": 1000}
+    )["runs"]
     n_exp = len(study["experiments"])
     assert len(found) == n_exp * (1 + len(study["seeds"]))
     tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in found]
-    assert sorted(t["experiment"] for t in tags if t["kind"] == "parent") == sorted(e["id"] for e in study["experiments"])
+    assert sorted(t["experiment"] for t in tags if t["kind"] == "parent") == sorted(
+        e["id"] for e in study["experiments"]
+    )
     for run, tag in zip(found, tags):
         metrics = {m["key"] for m in run["data"].get("metrics", [])}
-        assert {"test_acc_mean", "n_seeds"} <= metrics if tag["kind"] == "parent" else {"test_acc", "val_acc"} <= metrics
+        assert (
+            {"test_acc_mean", "n_seeds"} <= metrics if tag["kind"] == "parent" else {"test_acc", "val_acc"} <= metrics
+        )
     child = record(workdir)[("baseline", "0")]
     child["run_id"] = child["mlflow_run_id"]
     history = _get(f"{server}/api/2.0/mlflow/metrics/get-history?run_id={child['run_id']}&metric_key=val_loss")

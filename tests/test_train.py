@@ -18,13 +18,20 @@ import pandas as pd
 import pytest
 import torch
 
-from ablationlab import data
+from ablationlab import data, io
 from ablationlab import device as devices
-from ablationlab import io
 from ablationlab.evaluate import evaluate
 from ablationlab.recipe import complete
-from ablationlab.train import (HISTORY_COLUMNS, OPTIMIZERS, TIMING_COLUMNS, cli, make_optimizer, make_scheduler,
-                               setup, train)
+from ablationlab.train import (
+    HISTORY_COLUMNS,
+    OPTIMIZERS,
+    TIMING_COLUMNS,
+    cli,
+    make_optimizer,
+    make_scheduler,
+    setup,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # Every piece of state a resume must restore: adam moments, a per-batch schedule, dropout
@@ -76,7 +83,12 @@ def test_baseline_cnn_reaches_95_percent_on_digits(digits_dir, tmp_path):
 
 def test_outputs_follow_the_contract(reference):
     assert sorted(p.name for p in reference.iterdir()) == [
-        "history.csv", "recipe.json", "train.json", "weights.pt", "weights_init.pt"]
+        "history.csv",
+        "recipe.json",
+        "train.json",
+        "weights.pt",
+        "weights_init.pt",
+    ]
     assert not list(reference.glob(".*"))  # no temp files left
     history = pd.read_csv(reference / "history.csv")
     assert list(history.columns) == HISTORY_COLUMNS
@@ -96,8 +108,9 @@ def test_outputs_follow_the_contract(reference):
 
 
 def test_stop_after_then_resume_is_bit_identical(digits_dir, reference, tmp_path, caplog):
-    stopped = train(digits_dir, RESUME_RECIPE, SEED, tmp_path / "run", checkpoint_dir=tmp_path / "ckpt",
-                    threads=1, stop_after=2)
+    stopped = train(
+        digits_dir, RESUME_RECIPE, SEED, tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", threads=1, stop_after=2
+    )
     assert stopped == {"status": "stopped", "epochs_run": 2}
     assert (tmp_path / "ckpt" / "last.pt").is_file() and not (tmp_path / "run" / "train.json").exists()
     with caplog.at_level("INFO", logger="ablationlab.train"):
@@ -108,9 +121,26 @@ def test_stop_after_then_resume_is_bit_identical(digits_dir, reference, tmp_path
 
 def test_sigkill_mid_training_then_rerun_resumes_and_matches(digits_dir, reference, tmp_path, caplog):
     ckpt, run = tmp_path / "ckpt", tmp_path / "run"
-    cmd = [sys.executable, "-m", "ablationlab", "train", "--data", str(digits_dir),
-           "--recipe", json.dumps(RESUME_RECIPE), "--seed", str(SEED), "--out", str(run),
-           "--checkpoint-dir", str(ckpt), "--threads", "1", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ablationlab",
+        "train",
+        "--data",
+        str(digits_dir),
+        "--recipe",
+        json.dumps(RESUME_RECIPE),
+        "--seed",
+        str(SEED),
+        "--out",
+        str(run),
+        "--checkpoint-dir",
+        str(ckpt),
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -142,9 +172,28 @@ def test_evaluate_killed_after_training_resumes_at_the_end_and_matches(digits_di
     train(digits_dir, RESUME_RECIPE, SEED, run, checkpoint_dir=ckpt, threads=1)
     shutil.rmtree(run)
     with caplog.at_level("INFO"):
-        assert cli(["--data", str(digits_dir), "--recipe", json.dumps(RESUME_RECIPE), "--seed", str(SEED),
-                    "--out", str(run), "--checkpoint-dir", str(ckpt), "--threads", "1", "--device", "cpu",
-                    "--evaluate"]) == 0
+        assert (
+            cli(
+                [
+                    "--data",
+                    str(digits_dir),
+                    "--recipe",
+                    json.dumps(RESUME_RECIPE),
+                    "--seed",
+                    str(SEED),
+                    "--out",
+                    str(run),
+                    "--checkpoint-dir",
+                    str(ckpt),
+                    "--threads",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--evaluate",
+                ]
+            )
+            == 0
+        )
     assert "resuming from epoch 6" in caplog.text and "epoch 6/6" not in caplog.text
     _assert_same_run(reference, run)
     separate = shutil.copytree(reference, tmp_path / "separate")
@@ -167,8 +216,22 @@ def test_checkpoint_of_another_seed_is_not_resumed(digits_dir, tmp_path, caplog)
 
 def test_divergence_is_a_result_not_a_crash(digits_dir, tmp_path, capsys):
     recipe = json.dumps({"optimizer": {"name": "sgd", "lr": 1e4}, "epochs": 3})
-    code = cli(["--data", str(digits_dir), "--recipe", recipe, "--seed", "0", "--out", str(tmp_path / "run"),
-                "--checkpoint-dir", str(tmp_path / "ckpt"), "--threads", "1"])
+    code = cli(
+        [
+            "--data",
+            str(digits_dir),
+            "--recipe",
+            recipe,
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "run"),
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     meta = io.read_json(tmp_path / "run" / "train.json")
     assert meta["status"] == "diverged" and meta["stop_reason"] == "non_finite_loss"
@@ -187,8 +250,11 @@ def test_divergence_is_a_result_not_a_crash(digits_dir, tmp_path, capsys):
 
 def test_early_stopping_restores_the_best_weights(digits_dir, tmp_path):
     # min_delta so large that nothing improves after epoch 1: stop after 1 + patience epochs
-    recipe = {"model": {"widths": [8, 16, 32]}, "epochs": 10,
-              "early_stopping": {"enabled": True, "monitor": "val_loss", "patience": 2, "min_delta": 100.0}}
+    recipe = {
+        "model": {"widths": [8, 16, 32]},
+        "epochs": 10,
+        "early_stopping": {"enabled": True, "monitor": "val_loss", "patience": 2, "min_delta": 100.0},
+    }
     result = train(digits_dir, recipe, 0, tmp_path / "es", checkpoint_dir=tmp_path / "c1", threads=1)
     assert result["status"] == "early_stopped" and result["epochs_run"] == 3 and result["best_epoch"] == 1
     assert result["stop_reason"] == "early_stopping" and "best epoch 1" in result["message"]
@@ -199,9 +265,13 @@ def test_early_stopping_restores_the_best_weights(digits_dir, tmp_path):
 
 
 def test_mse_loss_and_step_scheduler(digits_dir, tmp_path):
-    recipe = {"model": {"widths": [8, 16, 32], "batch_norm": True}, "loss": {"name": "mse"}, "epochs": 3,
-              "optimizer": {"name": "momentum", "lr": 0.5, "nesterov": True},
-              "scheduler": {"name": "step", "step_size": 1, "gamma": 0.5}}
+    recipe = {
+        "model": {"widths": [8, 16, 32], "batch_norm": True},
+        "loss": {"name": "mse"},
+        "epochs": 3,
+        "optimizer": {"name": "momentum", "lr": 0.5, "nesterov": True},
+        "scheduler": {"name": "step", "step_size": 1, "gamma": 0.5},
+    }
     result = train(digits_dir, recipe, 0, tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", threads=1)
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert result["status"] == "finished"
@@ -223,8 +293,9 @@ def test_every_optimizer_steps(name):
 def test_schedulers():
     def lrs(sched, epochs=4, steps=3, metric=None):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        s = make_scheduler(opt, complete({"scheduler": sched})["scheduler"], lr=1.0, epochs=epochs,
-                           steps_per_epoch=steps)
+        s = make_scheduler(
+            opt, complete({"scheduler": sched})["scheduler"], lr=1.0, epochs=epochs, steps_per_epoch=steps
+        )
         out = []
         for _ in range(epochs):
             out.append(opt.param_groups[0]["lr"])
@@ -252,17 +323,20 @@ def test_frozen_transfer_only_optimizes_the_head():
     assert sum(p.numel() for p in optimized) == 512 * 10 + 10
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"optimizer": {"name": "adamx"}}, "optimizer.name: unknown optimizer 'adamx'"),
-    ({"optimizer": {"lr": -1}}, "optimizer.lr"),
-    ({"scheduler": {"name": "cyclic"}}, "scheduler.name: unknown scheduler 'cyclic'"),
-    ({"loss": {"name": "hinge"}}, "loss.name: unknown loss 'hinge'"),
-    ({"early_stopping": {"monitor": "val_f1"}}, "early_stopping.monitor: unknown metric 'val_f1'"),
-    ({"epochs": 0}, "epochs: expected a positive integer"),
-    ({"batch_size": 5000}, "batch_size: 5000 is larger than the training split (1293 images)"),
-    ({"model": {"name": "lenet"}}, "model.name"),
-    ({"augment": [{"name": "mixup"}]}, "mixup"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"optimizer": {"name": "adamx"}}, "optimizer.name: unknown optimizer 'adamx'"),
+        ({"optimizer": {"lr": -1}}, "optimizer.lr"),
+        ({"scheduler": {"name": "cyclic"}}, "scheduler.name: unknown scheduler 'cyclic'"),
+        ({"loss": {"name": "hinge"}}, "loss.name: unknown loss 'hinge'"),
+        ({"early_stopping": {"monitor": "val_f1"}}, "early_stopping.monitor: unknown metric 'val_f1'"),
+        ({"epochs": 0}, "epochs: expected a positive integer"),
+        ({"batch_size": 5000}, "batch_size: 5000 is larger than the training split (1293 images)"),
+        ({"model": {"name": "lenet"}}, "model.name"),
+        ({"augment": [{"name": "mixup"}]}, "mixup"),
+    ],
+)
 def test_bad_recipe_fails_before_training(digits_dir, tmp_path, override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         train(digits_dir, override, 0, tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", threads=1)
@@ -278,14 +352,39 @@ def test_corrupted_data_is_refused_before_training(digits_dir, tmp_path, caplog)
     with pytest.raises(data.DataError, match="train_x.pt is corrupted"):
         train(corrupt, {}, 0, tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", threads=1)
     assert not (tmp_path / "run").exists() and not (tmp_path / "ckpt" / "last.pt").exists()
-    assert cli(["--data", str(corrupt), "--recipe", "{}", "--seed", "0", "--out", str(tmp_path / "run"),
-                "--checkpoint-dir", str(tmp_path / "ckpt")]) == 2
+    assert (
+        cli(
+            [
+                "--data",
+                str(corrupt),
+                "--recipe",
+                "{}",
+                "--seed",
+                "0",
+                "--out",
+                str(tmp_path / "run"),
+                "--checkpoint-dir",
+                str(tmp_path / "ckpt"),
+            ]
+        )
+        == 2
+    )
     assert "train_x.pt is corrupted" in caplog.text
 
 
 def test_cli_reports_bad_recipe_and_reads_recipe_files(digits_dir, tmp_path, caplog):
-    args = ["--data", str(digits_dir), "--seed", "0", "--out", str(tmp_path / "run"),
-            "--checkpoint-dir", str(tmp_path / "ckpt"), "--threads", "1"]
+    args = [
+        "--data",
+        str(digits_dir),
+        "--seed",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--threads",
+        "1",
+    ]
     assert cli([*args, "--recipe", '{"optimizer": {"name": "adamx"}}']) == 2
     assert "optimizer.name: unknown optimizer 'adamx'" in caplog.text
     assert cli([*args, "--recipe", str(tmp_path / "missing.json")]) == 2
@@ -303,8 +402,17 @@ def test_cli_help_lists_options(capsys):
         main(["train", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--data", "--recipe", "--seed", "--out", "--checkpoint-dir", "--device", "--threads",
-                   "--stop-after", "--compile"):
+    for option in (
+        "--data",
+        "--recipe",
+        "--seed",
+        "--out",
+        "--checkpoint-dir",
+        "--device",
+        "--threads",
+        "--stop-after",
+        "--compile",
+    ):
         assert option in out
 
 

@@ -42,8 +42,10 @@ def seed_sequence(seeds: list[int], max_seeds: int) -> list[int]:
 def assess(study: Mapping[str, Any], accuracy: Mapping[str, Mapping[int, float]]) -> list[dict[str, Any]]:
     """Every comparison on the accuracies so far, exactly as experiments.csv has it (stats.compare,
     Holm within each group, stats.verdict at alpha/looks): one row per experiment with a reference."""
-    rows = [{"experiment": e["id"], "reference": e["reference"], "group": e["group"],
-             "n": len(accuracy.get(e["id"], {}))} for e in study["experiments"]]
+    rows = [
+        {"experiment": e["id"], "reference": e["reference"], "group": e["group"], "n": len(accuracy.get(e["id"], {}))}
+        for e in study["experiments"]
+    ]
     summarize.add_comparisons(rows, study, {e["id"]: dict(accuracy.get(e["id"], {})) for e in study["experiments"]})
     return [row for row in rows if row["reference"]]
 
@@ -60,8 +62,16 @@ def why_undecided(row: Mapping[str, Any], min_effect: float) -> str:
     return f"{head} undecided (MDE {_pp(row['mde_acc'])} > {_pp(min_effect)})"
 
 
-def next_seeds(seeds: Mapping[str, list[int]], rows: list[dict[str, Any]], *, sequence: list[int],
-               step: int, max_seeds: int, look_number: int, min_effect: float) -> tuple[dict, dict]:
+def next_seeds(
+    seeds: Mapping[str, list[int]],
+    rows: list[dict[str, Any]],
+    *,
+    sequence: list[int],
+    step: int,
+    max_seeds: int,
+    look_number: int,
+    min_effect: float,
+) -> tuple[dict, dict]:
     """Seeds after a look, and the reasons of every addition or cap (``{experiment: [text]}``).
 
     Each undecided comparison below ``max_seeds`` takes both sides to ``n + step`` seeds
@@ -75,8 +85,7 @@ def next_seeds(seeds: Mapping[str, list[int]], rows: list[dict[str, Any]], *, se
         variant, reference = row["experiment"], row["reference"]
         n = len(seeds[variant])
         if n >= max_seeds:
-            why.setdefault(variant, []).append(
-                f"capped at max_seeds ({max_seeds}): {why_undecided(row, min_effect)}")
+            why.setdefault(variant, []).append(f"capped at max_seeds ({max_seeds}): {why_undecided(row, min_effect)}")
             continue
         target = min(n + step, max_seeds)
         for exp in (variant, reference):
@@ -93,8 +102,12 @@ def next_seeds(seeds: Mapping[str, list[int]], rows: list[dict[str, Any]], *, se
     return new, reasons
 
 
-def look(study: Mapping[str, Any], accuracy: Mapping[str, Mapping[int, float]], number: int,
-         previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def look(
+    study: Mapping[str, Any],
+    accuracy: Mapping[str, Mapping[int, float]],
+    number: int,
+    previous: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """One look: the verdicts on the current seeds and the seeds (with reasons) for the next look.
 
     ``previous`` is the last look's result (None at look 1); ``done`` when no seed was added.
@@ -107,18 +120,37 @@ def look(study: Mapping[str, Any], accuracy: Mapping[str, Mapping[int, float]], 
         seeds, reasons = previous["seeds"], {e: list(r) for e, r in previous["reasons"].items()}
     have = {e: {s: a for s, a in accuracy.get(e, {}).items() if s in seeds[e]} for e in seeds}
     rows = assess(study, have)
-    new, added = next_seeds(seeds, rows, sequence=seed_sequence(study["seeds"], adaptive["max_seeds"]),
-                            step=adaptive["step"], max_seeds=adaptive["max_seeds"], look_number=number,
-                            min_effect=settings["min_effect"])
+    new, added = next_seeds(
+        seeds,
+        rows,
+        sequence=seed_sequence(study["seeds"], adaptive["max_seeds"]),
+        step=adaptive["step"],
+        max_seeds=adaptive["max_seeds"],
+        look_number=number,
+        min_effect=settings["min_effect"],
+    )
     for exp, text in added.items():
         if not (text.startswith("capped") and any(r.startswith("capped") for r in reasons[exp])):  # said once
             reasons[exp].append(text)
-    return {"look": number, "looks": settings["looks"], "procedure": PROCEDURE,
-            "per_look_alpha": settings["alpha"] / settings["looks"], "done": new == seeds,
-            "seeds": new, "reasons": reasons,
-            "verdicts": {r["experiment"]: {"verdict": r["verdict"], "n": r["n"], "delta": r["delta_acc"],
-                                           "p_value_holm": r["p_value_holm"], "mde_acc": r["mde_acc"]}
-                         for r in rows}}
+    return {
+        "look": number,
+        "looks": settings["looks"],
+        "procedure": PROCEDURE,
+        "per_look_alpha": settings["alpha"] / settings["looks"],
+        "done": new == seeds,
+        "seeds": new,
+        "reasons": reasons,
+        "verdicts": {
+            r["experiment"]: {
+                "verdict": r["verdict"],
+                "n": r["n"],
+                "delta": r["delta_acc"],
+                "p_value_holm": r["p_value_holm"],
+                "mde_acc": r["mde_acc"],
+            }
+            for r in rows
+        },
+    }
 
 
 def read_accuracy(study: Mapping[str, Any], runs_dir: str | Path, seeds: Mapping[str, list[int]]) -> dict:
@@ -135,8 +167,10 @@ def read_accuracy(study: Mapping[str, Any], runs_dir: str | Path, seeds: Mapping
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablationlab adaptive",
-                                     description="One look of adaptive seeding: verdicts so far and the next seeds.")
+    parser = argparse.ArgumentParser(
+        prog="python -m ablationlab adaptive",
+        description="One look of adaptive seeding: verdicts so far and the next seeds.",
+    )
     parser.add_argument("--study", required=True, help="results/study/experiments.json (with its adaptive block)")
     parser.add_argument("--runs", required=True, help="results/runs")
     parser.add_argument("--look", required=True, type=int, help="the look's number (1 = the initial seeds)")

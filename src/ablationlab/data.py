@@ -33,13 +33,17 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ablationlab import io
+
+if TYPE_CHECKING:  # torch is imported lazily (planning imports this module)
+    import torch
 
 # torch is imported where tensors are made or read: the workflow verifies a prepared
 # directory (verify, corruption) while it parses, and that must stay fast.
@@ -66,8 +70,12 @@ class Source:
     source: str
 
 
-_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 SOURCES: dict[str, Source] = {
     "cifar10": Source(
@@ -82,28 +90,55 @@ SOURCES: dict[str, Source] = {
     ),
     "mnist": Source(
         ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-        dict(zip(_MNIST_FILES, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-                                "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))),
+        dict(
+            zip(
+                _MNIST_FILES,
+                (
+                    "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                    "d53e105ee54ea40749a09fcbcd1e9432",
+                    "9fb629c4189551a2d022fa330f9573f3",
+                    "ec29112dd5afa0611ce80d1b7f02629c",
+                ),
+            )
+        ),
         "MNIST (LeCun et al.), idx files; official t10k test set",
     ),
     "fashion_mnist": Source(
         ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        dict(zip(_MNIST_FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                                "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
+        dict(
+            zip(
+                _MNIST_FILES,
+                (
+                    "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                    "25c81989df183df01b3e8a0aad5dffbe",
+                    "bef4ecab320f06d8554ea6380940ec79",
+                    "bb300cfdad3c16e7a12a480ee83cd310",
+                ),
+            )
+        ),
         "Fashion-MNIST (Xiao et al. 2017), idx files; official t10k test set",
     ),
     "svhn": Source(
         ("http://ufldl.stanford.edu/housenumbers/",),
-        {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
-         "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"},
+        {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"},
         "SVHN cropped digits 32x32 (Netzer et al. 2011), train + test (not extra); label 10 mapped to 0",
     ),
 }
 
 DATASETS = (*SOURCES, "imagefolder", "digits")
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 # --------------------------------------------------------------------------- download
@@ -149,12 +184,16 @@ def download(url: str, dest: str | os.PathLike, checksum: str, *, timeout: float
                     got += len(block)
                     bar.update(len(block))
             if expected_len is not None and got != expected_len:
-                raise DataError(f"download of {dest.name} from {url} is truncated: got {got} of "
-                                f"{expected_len} bytes; nothing was kept, run prepare again")
+                raise DataError(
+                    f"download of {dest.name} from {url} is truncated: got {got} of "
+                    f"{expected_len} bytes; nothing was kept, run prepare again"
+                )
             if h.hexdigest() != checksum.lower():
-                raise DataError(f"checksum mismatch for {dest.name} from {url}: expected "
-                                f"{checksum.lower()}, got {h.hexdigest()}; the file was discarded "
-                                "(a mirror with other bytes needs checksums={name: digest})")
+                raise DataError(
+                    f"checksum mismatch for {dest.name} from {url}: expected "
+                    f"{checksum.lower()}, got {h.hexdigest()}; the file was discarded "
+                    "(a mirror with other bytes needs checksums={name: digest})"
+                )
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         raise DataError(f"cannot download {dest.name} from {url}: {exc}") from exc
     return dest
@@ -166,8 +205,9 @@ def _progress(name: str, total: int | None):
     return tqdm(total=total, desc=name, unit="B", unit_scale=True, disable=None, file=sys.stderr)
 
 
-def fetch(dataset: str, root: str | os.PathLike, *, mirror: str | None = None,
-          checksums: Mapping[str, str] | None = None) -> dict[str, Path]:
+def fetch(
+    dataset: str, root: str | os.PathLike, *, mirror: str | None = None, checksums: Mapping[str, str] | None = None
+) -> dict[str, Path]:
     """Make sure every raw file of ``dataset`` is in ``{root}/{dataset}/`` with its checksum."""
     src = SOURCES[dataset]
     checksums = dict(checksums or {})
@@ -208,12 +248,14 @@ def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
             for m in tar.getmembers():  # all-or-nothing: refuse before writing anything
                 parts = PurePosixPath(m.name).parts
                 if m.name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-                    raise DataError(f"refusing to extract {archive.name}: member {m.name!r} "
-                                    "points outside the extraction directory")
+                    raise DataError(
+                        f"refusing to extract {archive.name}: member {m.name!r} points outside the extraction directory"
+                    )
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as exc:
-        raise DataError(f"refusing to extract {archive.name}: unsafe member "
-                        f"{getattr(exc.tarinfo, 'name', '?')!r} ({exc})") from exc
+        raise DataError(
+            f"refusing to extract {archive.name}: unsafe member {getattr(exc.tarinfo, 'name', '?')!r} ({exc})"
+        ) from exc
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"cannot extract {archive.name}: {exc}") from exc
     return dest
@@ -225,8 +267,13 @@ def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickler for CIFAR batches: numpy arrays, lists, dicts, strings; nothing else."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    ALLOWED = {  # noqa: RUF012 (read-only allow-list)
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
@@ -240,7 +287,7 @@ def _unpickle(path: Path) -> dict:
             return _ArrayUnpickler(fh, encoding="latin1").load()
     except FileNotFoundError as exc:
         raise DataError(f"{path.name} is missing from the archive") from exc
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a corrupt file
+    except Exception as exc:
         raise DataError(f"cannot read CIFAR batch {path.name}: {exc}") from exc
 
 
@@ -279,7 +326,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
         raise DataError(f"{path.name} is not an idx file of {ndim}-d unsigned bytes")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(data) - header != int(np.prod(shape)):
         raise DataError(f"{path.name}: header says {shape} but holds {len(data) - header} bytes")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
@@ -305,7 +352,7 @@ def _svhn(dataset: str, files: dict[str, Path]):
             mat = scipy.io.loadmat(files[name])
             x = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)), dtype=np.uint8)
             y = mat["y"].astype(np.int64).reshape(-1) % 10
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is a corrupt file
+        except Exception as exc:
             raise DataError(f"cannot read {name}: {exc}") from exc
         return x, y
 
@@ -319,8 +366,7 @@ def _digits():
     d = load_digits()
     x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     y = d.target.astype(np.int64)
-    tr, te = train_test_split(np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=y,
-                              random_state=DIGITS_TEST_SEED)
+    tr, te = train_test_split(np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=y, random_state=DIGITS_TEST_SEED)
     tr, te = np.sort(tr), np.sort(te)
     return (x[tr], y[tr]), (x[te], y[te]), [str(i) for i in range(10)]
 
@@ -335,10 +381,15 @@ def _refuse_outside_links(root: Path, paths: list[Path]) -> None:
     inside = root.resolve()
     for path in paths:
         if not path.resolve().is_relative_to(inside):
-            link = next(p for p in [*reversed(path.parents), path] if p.is_symlink() and
-                        p.is_relative_to(root) and not p.resolve().is_relative_to(inside))
-            raise DataError(f"imagefolder: {link} is a symbolic link to {link.resolve()}, outside {root}; "
-                            "images must lie inside data.root: copy them in, or make their folder data.root")
+            link = next(
+                p
+                for p in [*reversed(path.parents), path]
+                if p.is_symlink() and p.is_relative_to(root) and not p.resolve().is_relative_to(inside)
+            )
+            raise DataError(
+                f"imagefolder: {link} is a symbolic link to {link.resolve()}, outside {root}; "
+                "images must lie inside data.root: copy them in, or make their folder data.root"
+            )
 
 
 def _imagefolder(root: Path, image_size: int | None):
@@ -357,8 +408,9 @@ def _imagefolder(root: Path, image_size: int | None):
             raise DataError(f"imagefolder: {d} has no classes (no sub-directories)")
         listing[split] = {}
         for c in classes:
-            paths = sorted(p for p in (d / c).rglob("*") if p.is_file() and not p.name.startswith(".")
-                           and p.suffix.lower() in exts)
+            paths = sorted(
+                p for p in (d / c).rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
+            )
             if not paths:
                 raise DataError(f"imagefolder: class {c!r} in {d} has no images")
             _refuse_outside_links(root, paths)
@@ -366,7 +418,9 @@ def _imagefolder(root: Path, image_size: int | None):
     if set(listing["train"]) != set(listing["test"]):
         only_tr = sorted(set(listing["train"]) - set(listing["test"]))
         only_te = sorted(set(listing["test"]) - set(listing["train"]))
-        raise DataError(f"imagefolder: train and test classes differ (only in train: {only_tr}, only in test: {only_te})")
+        raise DataError(
+            f"imagefolder: train and test classes differ (only in train: {only_tr}, only in test: {only_te})"
+        )
     classes = sorted(listing["train"])
 
     # Pass 1: headers only (cheap), to pick the mode and check sizes before decoding.
@@ -383,8 +437,10 @@ def _imagefolder(root: Path, image_size: int | None):
                     raise DataError(f"imagefolder: {p} is corrupt or not an image ({exc})") from exc
     if image_size is None and len(sizes) > 1:
         (s1, p1), (s2, p2) = list(sizes.items())[:2]
-        raise DataError(f"imagefolder: images differ in size ({p1} is {s1[0]}x{s1[1]}, {p2} is "
-                        f"{s2[0]}x{s2[1]}); set image_size to resize them")
+        raise DataError(
+            f"imagefolder: images differ in size ({p1} is {s1[0]}x{s1[1]}, {p2} is "
+            f"{s2[0]}x{s2[1]}); set image_size to resize them"
+        )
     mode = "L" if gray else "RGB"
     w, h = (image_size, image_size) if image_size else next(iter(sizes))
 
@@ -455,12 +511,12 @@ def _resize(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
 
     if x.shape[-2:] == (size, size):
         return x
-    return torch.cat([TF.resize(x[i:i + chunk], [size, size], antialias=True)
-                      for i in range(0, len(x), chunk)])
+    return torch.cat([TF.resize(x[i : i + chunk], [size, size], antialias=True) for i in range(0, len(x), chunk)])
 
 
-def _check_prepare_args(dataset: str, val_size: float, split_seed: int, image_size: int | None,
-                        checksums: Mapping[str, str] | None) -> None:
+def _check_prepare_args(
+    dataset: str, val_size: float, split_seed: int, image_size: int | None, checksums: Mapping[str, str] | None
+) -> None:
     """DataError for a bad argument of :func:`prepare`, before any download."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -473,20 +529,28 @@ def _check_prepare_args(dataset: str, val_size: float, split_seed: int, image_si
     _val_count(val_size, 2**62)  # type check before any download
 
 
-def _read_source(dataset: str, root: Path, image_size: int | None, mirror: str | None,
-                 checksums: Mapping[str, str] | None) -> tuple:
+def _read_source(
+    dataset: str, root: Path, image_size: int | None, mirror: str | None, checksums: Mapping[str, str] | None
+) -> tuple:
     """``(train, test, classes, source text)`` of ``dataset``, fetched (and verified) if it is downloaded."""
     if dataset == "digits":
         train, test, classes = _digits()
-        source = (f"scikit-learn load_digits (8x8, 0..16 scaled to 0..255); no official test split: "
-                  f"stratified {DIGITS_TEST_SIZE:.0%} test split with seed {DIGITS_TEST_SEED}")
+        source = (
+            f"scikit-learn load_digits (8x8, 0..16 scaled to 0..255); no official test split: "
+            f"stratified {DIGITS_TEST_SIZE:.0%} test split with seed {DIGITS_TEST_SEED}"
+        )
     elif dataset == "imagefolder":
         train, test, classes = _imagefolder(root, image_size)
         source = f"image folder {root.resolve()} (train/ and test/ sub-directories)"
     else:
         files = fetch(dataset, root, mirror=mirror, checksums=checksums)
-        parser: Callable = {"cifar10": _cifar, "cifar100": _cifar, "mnist": _mnist,
-                            "fashion_mnist": _mnist, "svhn": _svhn}[dataset]
+        parser: Callable = {
+            "cifar10": _cifar,
+            "cifar100": _cifar,
+            "mnist": _mnist,
+            "fashion_mnist": _mnist,
+            "svhn": _svhn,
+        }[dataset]
         train, test, classes = parser(dataset, files)
         source = SOURCES[dataset].source + (f"; fetched from mirror {mirror}" if mirror else "")
     return train, test, classes, source
@@ -508,9 +572,17 @@ def _write_splits(out_dir: Path, tensors: dict) -> dict[str, str]:
     return digests
 
 
-def prepare(dataset: str, out_dir: str | os.PathLike, *, root: str | os.PathLike, val_size: float = 0.1,
-            split_seed: int = 0, mirror: str | None = None, image_size: int | None = None,
-            checksums: Mapping[str, str] | None = None) -> dict:
+def prepare(
+    dataset: str,
+    out_dir: str | os.PathLike,
+    *,
+    root: str | os.PathLike,
+    val_size: float = 0.1,
+    split_seed: int = 0,
+    mirror: str | None = None,
+    image_size: int | None = None,
+    checksums: Mapping[str, str] | None = None,
+) -> dict:
     """Fetch ``dataset`` and write ``out_dir/{train,val,test}_{x,y}.pt`` + ``meta.json`` (last).
 
     ``root``: raw-file cache (``{root}/{dataset}/``), or the image folder for
@@ -546,7 +618,7 @@ def prepare(dataset: str, out_dir: str | os.PathLike, *, root: str | os.PathLike
         "channels": int(x.shape[1]),
         "height": int(x.shape[2]),
         "width": int(x.shape[3]),
-        "splits": {s: int(len(t[1])) for s, t in tensors.items()},
+        "splits": {s: len(t[1]) for s, t in tensors.items()},
         "mean": mean,
         "std": std,
         "val_size": val_size,
@@ -586,8 +658,7 @@ def _check(data_dir: Path, meta: dict, names) -> None:
         if not path.is_file():
             raise DataError(f"{path} is missing; delete {data_dir} or re-run prepare to rebuild it")
         if io.sha256(path) != expected:
-            raise DataError(f"{path} is corrupted (sha256 mismatch); delete {data_dir} "
-                            "or re-run prepare to rebuild it")
+            raise DataError(f"{path} is corrupted (sha256 mismatch); delete {data_dir} or re-run prepare to rebuild it")
 
 
 def verify(data_dir: str | os.PathLike) -> dict:
@@ -625,7 +696,7 @@ def load_split(data_dir: str | os.PathLike, split: str, *, verify: bool = True) 
         _check(data_dir, meta, names)
     try:
         x, y = (io.load_torch(data_dir / n) for n in names)
-    except Exception as exc:  # noqa: BLE001 - unreadable tensor file
+    except Exception as exc:
         raise DataError(f"cannot load {split} tensors from {data_dir} ({exc}); re-run prepare") from exc
     if x.dtype != torch.uint8 or x.ndim != 4 or y.dtype != torch.int64 or len(x) != len(y):
         raise DataError(f"{data_dir}: {split} tensors have unexpected dtype/shape; re-run prepare")
@@ -678,8 +749,10 @@ def data_digest(meta: dict, splits=SPLITS) -> str:
     splits' tensor digests and sizes."""
     names = {f"{s}_{k}.pt" for s in splits for k in "xy"}
     seen = {k: v for k, v in meta.items() if k != "source"}
-    seen.update(sha256={n: d for n, d in meta.get("sha256", {}).items() if n in names},
-                splits={s: n for s, n in meta.get("splits", {}).items() if s in splits})
+    seen.update(
+        sha256={n: d for n, d in meta.get("sha256", {}).items() if n in names},
+        splits={s: n for s, n in meta.get("splits", {}).items() if s in splits},
+    )
     return hashlib.sha256(io.canonical_json(seen).encode()).hexdigest()
 
 
@@ -702,38 +775,66 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ablationlab prepare",
         description="Download a dataset (checksum-verified) and write uint8 tensors + meta.json: "
-                    "{train,val,test}_{x,y}.pt in --out, meta.json last.",
+        "{train,val,test}_{x,y}.pt in --out, meta.json last.",
         epilog="Raw files are cached in ROOT/DATASET/. Example: python -m ablationlab prepare "
-               "--dataset cifar10 --out results/data/cifar10 --root data/raw --val-size 0.1",
+        "--dataset cifar10 --out results/data/cifar10 --root data/raw --val-size 0.1",
     )
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--out", required=True, help="output directory (e.g. results/data/cifar10)")
-    parser.add_argument("--root", default="data/raw",
-                        help="raw-file cache (ROOT/DATASET/...); for imagefolder: the folder holding "
-                             "train/<class>/* and test/<class>/* (default: %(default)s)")
-    parser.add_argument("--val-size", type=_val_arg, default=0.1,
-                        help="validation split from the training set: fraction < 1 or image count >= 1 "
-                             "(stratified; default: %(default)s)")
+    parser.add_argument(
+        "--root",
+        default="data/raw",
+        help="raw-file cache (ROOT/DATASET/...); for imagefolder: the folder holding "
+        "train/<class>/* and test/<class>/* (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--val-size",
+        type=_val_arg,
+        default=0.1,
+        help="validation split from the training set: fraction < 1 or image count >= 1 "
+        "(stratified; default: %(default)s)",
+    )
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split (default: 0)")
-    parser.add_argument("--mirror", default=None,
-                        help="base URL replacing the official host, e.g. https://host/datasets/ or file:///shared/raw/")
-    parser.add_argument("--checksum", type=_checksum_arg, action="append", default=[], metavar="FILE=DIGEST",
-                        help="expected md5/sha256 of a raw file, overriding the official one (repeatable)")
+    parser.add_argument(
+        "--mirror",
+        default=None,
+        help="base URL replacing the official host, e.g. https://host/datasets/ or file:///shared/raw/",
+    )
+    parser.add_argument(
+        "--checksum",
+        type=_checksum_arg,
+        action="append",
+        default=[],
+        metavar="FILE=DIGEST",
+        help="expected md5/sha256 of a raw file, overriding the official one (repeatable)",
+    )
     parser.add_argument("--image-size", type=int, default=None, help="resize images to N×N")
-    parser.add_argument("--verify-only", action="store_true",
-                        help="do not prepare: check --out against its meta.json (exit 1 if corrupted)")
+    parser.add_argument(
+        "--verify-only",
+        action="store_true",
+        help="do not prepare: check --out against its meta.json (exit 1 if corrupted)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.verify_only:
             verify(args.out)
             print(f"{args.out}: ok")
             return 0
-        meta = prepare(args.dataset, args.out, root=args.root, val_size=args.val_size,
-                       split_seed=args.split_seed, mirror=args.mirror, image_size=args.image_size,
-                       checksums=dict(args.checksum) or None)
+        meta = prepare(
+            args.dataset,
+            args.out,
+            root=args.root,
+            val_size=args.val_size,
+            split_seed=args.split_seed,
+            mirror=args.mirror,
+            image_size=args.image_size,
+            checksums=dict(args.checksum) or None,
+        )
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {meta['dataset']} {meta['channels']}x{meta['height']}x{meta['width']}, "
-          f"{meta['num_classes']} classes, splits {meta['splits']}")
+    print(
+        f"{args.out}: {meta['dataset']} {meta['channels']}x{meta['height']}x{meta['width']}, "
+        f"{meta['num_classes']} classes, splits {meta['splits']}"
+    )
     return 0

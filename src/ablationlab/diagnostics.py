@@ -20,11 +20,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["experiment", "val_loss_min_epoch", "last_epoch", "overfit_gap", "train_val_acc_gap",
-           "val_acc_swing", "last_vs_best_acc", "flags", "reading"]
+COLUMNS = [
+    "experiment",
+    "val_loss_min_epoch",
+    "last_epoch",
+    "overfit_gap",
+    "train_val_acc_gap",
+    "val_acc_swing",
+    "last_vs_best_acc",
+    "flags",
+    "reading",
+]
 FLAGS = ("overfitting", "unstable", "underfitting", "diverged")
-NUMBERS = ("val_loss_min_epoch", "last_epoch", "overfit_gap", "overfit_rise", "train_val_acc_gap", "val_acc_swing",
-           "last_vs_best_acc", "train_acc_last", "val_loss_last_drop")
+NUMBERS = (
+    "val_loss_min_epoch",
+    "last_epoch",
+    "overfit_gap",
+    "overfit_rise",
+    "train_val_acc_gap",
+    "val_acc_swing",
+    "last_vs_best_acc",
+    "train_acc_last",
+    "val_loss_last_drop",
+)
 
 # Thresholds (accuracies as fractions, losses in the loss's own units)
 OVERFIT_MIN_EPOCHS_AFTER = 2  # a validation-loss minimum only 1 epoch before the end is noise, not a trend
@@ -64,7 +82,8 @@ def run_numbers(history: pd.DataFrame) -> dict[str, float]:
         "overfit_rise": float((loss[-1] - low) / low) if low > 0 else math.nan,
         "train_val_acc_gap": float(last["train_acc"] - last["val_acc"]),
         "val_acc_swing": float((np.abs(np.diff(acc)).sum() - abs(acc[-1] - acc[0])) / (len(acc) - 1))
-        if len(acc) > 1 else math.nan,
+        if len(acc) > 1
+        else math.nan,
         "last_vs_best_acc": float(acc.max() - acc[-1]),
         "train_acc_last": float(last["train_acc"]),
         "val_loss_last_drop": float((loss[-2] - loss[-1]) / loss[-2]) if len(loss) > 1 and loss[-2] > 0 else math.nan,
@@ -80,8 +99,9 @@ def flags(numbers: dict[str, float], n_diverged: int = 0) -> list[str]:
     """The flags the (seed-mean) ``numbers`` raise, in :data:`FLAGS` order."""
     out = []
     after = numbers["last_epoch"] - numbers["val_loss_min_epoch"]
-    if after >= OVERFIT_MIN_EPOCHS_AFTER and (numbers["overfit_rise"] >= OVERFIT_LOSS_RISE
-                                              or numbers["train_val_acc_gap"] >= OVERFIT_ACC_GAP):
+    if after >= OVERFIT_MIN_EPOCHS_AFTER and (
+        numbers["overfit_rise"] >= OVERFIT_LOSS_RISE or numbers["train_val_acc_gap"] >= OVERFIT_ACC_GAP
+    ):
         out.append("overfitting")
     if numbers["val_acc_swing"] >= UNSTABLE_SWING or numbers["last_vs_best_acc"] >= UNSTABLE_LAST_VS_BEST:
         out.append("unstable")
@@ -104,37 +124,54 @@ def reading(numbers: dict[str, float], found: Sequence[str], n_diverged: int = 0
     """Plain sentences with the numbers behind each flag and what it means for the verdict."""
     parts = []
     if "diverged" in found:
-        parts.append(f"Diverged in {n_diverged} of {n_seeds} seeds (non-finite loss): their test accuracy is that of "
-                     f"the last finite weights, so " + ("Δ measures the failure, not the change." if n_diverged == n_seeds
-                     else "Δ mixes failed and working runs; the numbers here are those of the other seeds."))
+        parts.append(
+            f"Diverged in {n_diverged} of {n_seeds} seeds (non-finite loss): their test accuracy is that of "
+            f"the last finite weights, so "
+            + (
+                "Δ measures the failure, not the change."
+                if n_diverged == n_seeds
+                else "Δ mixes failed and working runs; the numbers here are those of the other seeds."
+            )
+        )
     if math.isnan(numbers["last_epoch"]):
         return " ".join(parts) or "No finite training curve to diagnose."
     end = _epoch(numbers["last_epoch"])
     if "overfitting" in found:
-        parts.append(f"Overfitting: the validation loss reaches its minimum around epoch "
-                     f"{_epoch(numbers['val_loss_min_epoch'])} of {end} and then rises by {numbers['overfit_gap']:.3g}"
-                     f" (train–val accuracy gap {_pp(numbers['train_val_acc_gap'])}); the last-epoch weights compared "
-                     f"here are past their best, so early stopping could change this verdict.")
+        parts.append(
+            f"Overfitting: the validation loss reaches its minimum around epoch "
+            f"{_epoch(numbers['val_loss_min_epoch'])} of {end} and then rises by {numbers['overfit_gap']:.3g}"
+            f" (train–val accuracy gap {_pp(numbers['train_val_acc_gap'])}); the last-epoch weights compared "
+            f"here are past their best, so early stopping could change this verdict."
+        )
     if "unstable" in found:
-        parts.append(f"Unstable: validation accuracy swings back and forth by {_pp(numbers['val_acc_swing'])} per "
-                     f"epoch on average and ends {_pp(numbers['last_vs_best_acc'])} below its best; last-epoch accuracy is a "
-                     f"noisy estimate here: compare best-epoch accuracy or use early stopping.")
+        parts.append(
+            f"Unstable: validation accuracy swings back and forth by {_pp(numbers['val_acc_swing'])} per "
+            f"epoch on average and ends {_pp(numbers['last_vs_best_acc'])} below its best; last-epoch accuracy is a "
+            f"noisy estimate here: compare best-epoch accuracy or use early stopping."
+        )
     if "underfitting" in found and numbers["train_acc_last"] < UNDERFIT_TRAIN_ACC:
-        parts.append(f"Under-fitting: training accuracy ends at only {numbers['train_acc_last'] * 100:.1f} %; more "
-                     f"epochs or capacity could change the verdict.")
+        parts.append(
+            f"Under-fitting: training accuracy ends at only {numbers['train_acc_last'] * 100:.1f} %; more "
+            f"epochs or capacity could change the verdict."
+        )
     elif "underfitting" in found:
-        parts.append(f"Still improving at the end: the validation loss fell by {numbers['val_loss_last_drop'] * 100:.0f}"
-                     f" % in the last epoch (training accuracy {numbers['train_acc_last'] * 100:.1f} %); the verdict "
-                     f"holds for this training budget, more epochs could change it.")
+        parts.append(
+            f"Still improving at the end: the validation loss fell by {numbers['val_loss_last_drop'] * 100:.0f}"
+            f" % in the last epoch (training accuracy {numbers['train_acc_last'] * 100:.1f} %); the verdict "
+            f"holds for this training budget, more epochs could change it."
+        )
     if not parts:
-        parts.append(f"Curves look healthy: validation loss lowest at epoch {_epoch(numbers['val_loss_min_epoch'])} of "
-                     f"{end}, validation accuracy swings back and forth by {_pp(numbers['val_acc_swing'])} per epoch; the "
-                     f"last-epoch accuracy is a fair estimate.")
+        parts.append(
+            f"Curves look healthy: validation loss lowest at epoch {_epoch(numbers['val_loss_min_epoch'])} of "
+            f"{end}, validation accuracy swings back and forth by {_pp(numbers['val_acc_swing'])} per epoch; the "
+            f"last-epoch accuracy is a fair estimate."
+        )
     return " ".join(parts)
 
 
-def experiment_row(experiment: str, histories: Sequence[pd.DataFrame | None],
-                   statuses: Sequence[str]) -> dict[str, Any]:
+def experiment_row(
+    experiment: str, histories: Sequence[pd.DataFrame | None], statuses: Sequence[str]
+) -> dict[str, Any]:
     """One ``diagnostics.csv`` row: seed means of :func:`run_numbers` (over the seeds that did not diverge, when
     there are any), flags and reading. ``histories`` (None: the run has none) and ``statuses`` are per seed, in
     the same order."""
@@ -144,8 +181,12 @@ def experiment_row(experiment: str, histories: Sequence[pd.DataFrame | None],
     numbers = {k: _mean(n[k] for n in per_seed) for k in NUMBERS}
     n_diverged = sum(str(s) == "diverged" for s in statuses)
     found = flags(numbers, n_diverged) if healthy or not n_diverged else ["diverged"]  # no healthy curve to read
-    return {"experiment": experiment, **{k: numbers[k] for k in COLUMNS[1:7]}, "flags": ";".join(found),
-            "reading": reading(numbers, found, n_diverged, len(statuses))}
+    return {
+        "experiment": experiment,
+        **{k: numbers[k] for k in COLUMNS[1:7]},
+        "flags": ";".join(found),
+        "reading": reading(numbers, found, n_diverged, len(statuses)),
+    }
 
 
 def diagnose(runs: pd.DataFrame, runs_dir: str | Path) -> pd.DataFrame:
@@ -157,4 +198,3 @@ def diagnose(runs: pd.DataFrame, runs_dir: str | Path) -> pd.DataFrame:
         histories = [pd.read_csv(p) if p.exists() else None for p in paths]
         rows.append(experiment_row(str(experiment), histories, list(mine["status"])))
     return pd.DataFrame(rows, columns=COLUMNS)
-

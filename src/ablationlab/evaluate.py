@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, device as devices, io, models
+from . import data, io, models
+from . import device as devices
 from .recipe import complete
 from .train import Preprocess, build_network, configure_logging, make_loss, predict
 
@@ -43,9 +44,8 @@ MISCLASSIFIED_SAMPLE = 16
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    with io.atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def first_conv_activation(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,9 @@ def evaluate(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *, device:
     try:
         model.load_state_dict(io.load_torch(run_dir / "weights.pt"))
     except RuntimeError as exc:
-        raise ValueError(f"{run_dir / 'weights.pt'} does not match the model of {run_dir / 'recipe.json'}: {exc}") from exc
+        raise ValueError(
+            f"{run_dir / 'weights.pt'} does not match the model of {run_dir / 'recipe.json'}: {exc}"
+        ) from exc
     model.to(device=dev, memory_format=devices.memory_format(dev)).eval()
     preprocess = Preprocess(meta, recipe, dev)
 
@@ -96,8 +98,15 @@ def evaluate(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *, device:
         for i, name in enumerate(classes)
     }
 
-    predictions = pd.DataFrame({"index": np.arange(len(y)), "label": y.numpy(), "pred": pred.numpy(),
-                                "confidence": confidence.numpy(), "correct": correct.numpy()})
+    predictions = pd.DataFrame(
+        {
+            "index": np.arange(len(y)),
+            "label": y.numpy(),
+            "pred": pred.numpy(),
+            "confidence": confidence.numpy(),
+            "correct": correct.numpy(),
+        }
+    )
     io.write_csv(run_dir / "predictions.csv", predictions)
     wrong = predictions.loc[~predictions["correct"], ["index", "label", "pred", "confidence"]]
     io.write_csv(run_dir / "misclassified.csv", wrong.head(MISCLASSIFIED_SAMPLE))
@@ -110,11 +119,18 @@ def evaluate(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *, device:
         conv1 = first_conv_activation(model, image)
     _write_npz(run_dir / "activations.npz", image=image[0].float().cpu().numpy(), conv1=conv1.numpy())
 
-    metrics = {"test_loss": loss, "test_acc": correct.float().mean().item(), "test_top5": top5,
-               "per_class_acc": per_class, "n_test": len(y), "status": status}
+    metrics = {
+        "test_loss": loss,
+        "test_acc": correct.float().mean().item(),
+        "test_top5": top5,
+        "per_class_acc": per_class,
+        "n_test": len(y),
+        "status": status,
+    }
     io.write_json(run_dir / "metrics.json", metrics)
-    log.info("test_acc %.4f test_loss %.4f on %d images (%s); wrote %s", metrics["test_acc"], loss, len(y),
-             status, run_dir)
+    log.info(
+        "test_acc %.4f test_loss %.4f on %d images (%s); wrote %s", metrics["test_acc"], loss, len(y), status, run_dir
+    )
     return metrics
 
 
@@ -122,8 +138,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ablationlab evaluate",
         description="Evaluate a trained run (recipe.json + weights.pt in --run) on the test split of --data; "
-                    "writes metrics.json, confusion.csv, predictions.csv, misclassified.csv and "
-                    "activations.npz into the run directory.",
+        "writes metrics.json, confusion.csv, predictions.csv, misclassified.csv and "
+        "activations.npz into the run directory.",
     )
     parser.add_argument("--data", required=True, help="prepared data directory (from `prepare`)")
     parser.add_argument("--run", required=True, help="run directory written by `train`")

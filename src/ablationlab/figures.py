@@ -27,12 +27,16 @@ import functools
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ablationlab import io
 from ablationlab.keypath import lookup
+
+if TYPE_CHECKING:  # imported lazily: planning imports this module
+    import pandas as pd
+    import torch
 
 # matplotlib, pandas, torch and the model/augmentation/data modules are imported where they are
 # used: the workflow calls plan() while it parses, and that must stay fast.
@@ -103,8 +107,12 @@ def _new_augmentations(exps: list[dict[str, Any]], study: dict[str, Any]) -> lis
     def key(item: dict[str, Any]) -> str:
         return io.canonical_json({k: v for k, v in item.items() if k != "p"})
 
-    known = {key(a) for exp in exps if exp["reference"] in index
-             for a in index[exp["reference"]]["recipe"].get("augment", [])}
+    known = {
+        key(a)
+        for exp in exps
+        if exp["reference"] in index
+        for a in index[exp["reference"]]["recipe"].get("augment", [])
+    }
     found: dict[str, dict[str, Any]] = {}
     for exp in exps:
         for item in exp["recipe"].get("augment", []):
@@ -226,8 +234,12 @@ def _mean_band(frames: list[pd.DataFrame], column: str) -> tuple[np.ndarray, np.
 
     table = pd.concat([f.set_index("epoch")[column].rename(i) for i, f in enumerate(frames)], axis=1)
     table = table.sort_index()
-    return (table.index.to_numpy(), table.mean(axis=1).to_numpy(), table.min(axis=1).to_numpy(),
-            table.max(axis=1).to_numpy())
+    return (
+        table.index.to_numpy(),
+        table.mean(axis=1).to_numpy(),
+        table.min(axis=1).to_numpy(),
+        table.max(axis=1).to_numpy(),
+    )
 
 
 def draw_curves(series: list[dict[str, Any]]):
@@ -244,8 +256,16 @@ def draw_curves(series: list[dict[str, Any]]):
         for ax, metric, scale in ((axes[0], "loss", 1.0), (axes[1], "acc", 100.0)):
             for split, style in (("train", "--"), ("val", "-")):
                 epochs, mean, low, high = _mean_band(frames, f"{split}_{metric}")
-                ax.plot(epochs, mean * scale, style, color=color, lw=1.2, marker="o" if len(epochs) <= 3 else None,
-                        ms=3, label=f"{_label(s['label'])} ({split})" if metric == "loss" else None)
+                ax.plot(
+                    epochs,
+                    mean * scale,
+                    style,
+                    color=color,
+                    lw=1.2,
+                    marker="o" if len(epochs) <= 3 else None,
+                    ms=3,
+                    label=f"{_label(s['label'])} ({split})" if metric == "loss" else None,
+                )
                 if len(frames) > 1:
                     ax.fill_between(epochs, low * scale, high * scale, color=color, alpha=0.15, lw=0)
                 if metric == "loss" and np.isfinite(high).any():
@@ -265,8 +285,14 @@ def draw_curves(series: list[dict[str, Any]]):
     return fig
 
 
-def _points(ax, rows: pd.DataFrame, per_seed: dict[str, list[float]], labels: dict[str, str],
-            reference: str | None, colors: dict[str, Any] | None = None) -> None:
+def _points(
+    ax,
+    rows: pd.DataFrame,
+    per_seed: dict[str, list[float]],
+    labels: dict[str, str],
+    reference: str | None,
+    colors: dict[str, Any] | None = None,
+) -> None:
     """Horizontal point chart: mean ± 95 % CI per experiment, seeds as dots (top = first row)."""
     n = len(rows)
     for i, (_, row) in enumerate(rows.iterrows()):
@@ -277,15 +303,30 @@ def _points(ax, rows: pd.DataFrame, per_seed: dict[str, list[float]], labels: di
             color = REFERENCE_COLOR
         mean = row["test_acc_mean"] * 100
         if not np.isnan(row["test_acc_ci_low"]):
-            ax.errorbar(mean, y, xerr=[[mean - row["test_acc_ci_low"] * 100], [row["test_acc_ci_high"] * 100 - mean]],
-                        fmt="o", color=color, ms=5, capsize=3, lw=1.2, zorder=3)
+            ax.errorbar(
+                mean,
+                y,
+                xerr=[[mean - row["test_acc_ci_low"] * 100], [row["test_acc_ci_high"] * 100 - mean]],
+                fmt="o",
+                color=color,
+                ms=5,
+                capsize=3,
+                lw=1.2,
+                zorder=3,
+            )
         else:
             ax.plot(mean, y, "o", color=color, ms=5, zorder=3)
         seeds = per_seed.get(row["experiment"], [])
         ax.plot(np.asarray(seeds) * 100, [y] * len(seeds), "o", mfc="none", mec=color, ms=3.5, alpha=0.8, zorder=2)
         if diverged:
-            ax.annotate(_label(row["status"]), (mean, y), xytext=(6, 4), textcoords="offset points",
-                        color=DIVERGED_COLOR, fontsize=7)
+            ax.annotate(
+                _label(row["status"]),
+                (mean, y),
+                xytext=(6, 4),
+                textcoords="offset points",
+                color=DIVERGED_COLOR,
+                fontsize=7,
+            )
     if reference is not None and reference in set(rows["experiment"]):
         ref = rows.loc[rows["experiment"] == reference, "test_acc_mean"].iloc[0] * 100
         ax.axvline(ref, color=REFERENCE_COLOR, ls=":", lw=1)
@@ -310,8 +351,7 @@ def _acc_limits(values: list[float]) -> tuple[float, float]:
     return max(lo - pad, -1.0), min(hi + pad, 101.0)
 
 
-def draw_test_acc(rows: pd.DataFrame, per_seed: dict[str, list[float]], labels: dict[str, str],
-                  reference: str | None):
+def draw_test_acc(rows: pd.DataFrame, per_seed: dict[str, list[float]], labels: dict[str, str], reference: str | None):
     fig, ax = _plt().subplots(figsize=(WIDTH, 0.9 + 0.3 * len(rows)))
     _points(ax, rows, per_seed, labels, reference)
     fig.tight_layout()
@@ -353,8 +393,16 @@ def draw_forest(rows: pd.DataFrame, labels: dict[str, str], min_effect: float | 
         color = VERDICT_COLORS.get(str(row.get("verdict") or ""), "0.65")
         low, high = row.get("delta_ci_low"), row.get("delta_ci_high")
         if not (_absent(low) or _absent(high)):
-            ax.errorbar(delta * 100, y, xerr=[[(delta - low) * 100], [(high - delta) * 100]], fmt="none",
-                        ecolor=color, capsize=3, lw=1.4, zorder=2)
+            ax.errorbar(
+                delta * 100,
+                y,
+                xerr=[[(delta - low) * 100], [(high - delta) * 100]],
+                fmt="none",
+                ecolor=color,
+                capsize=3,
+                lw=1.4,
+                zorder=2,
+            )
             shown += [low * 100, high * 100]
         filled = row.get("verdict") == "significant"
         ax.plot(delta * 100, y, "o", ms=6, color=color, mfc=color if filled else "white", mew=1.4, zorder=3)
@@ -366,8 +414,15 @@ def draw_forest(rows: pd.DataFrame, labels: dict[str, str], min_effect: float | 
         inside = min(max(x, lo), hi)
         ax.plot(inside, y, "<" if x < lo else ">" if x > hi else "o", ms=6, color=DIVERGED_COLOR, zorder=3)
         if inside != x:
-            ax.annotate(f"{x:+.1f}", (inside, y), xytext=(8 if x < lo else -8, 4), textcoords="offset points",
-                        ha="left" if x < lo else "right", color=DIVERGED_COLOR, fontsize=7)
+            ax.annotate(
+                f"{x:+.1f}",
+                (inside, y),
+                xytext=(8 if x < lo else -8, 4),
+                textcoords="offset points",
+                ha="left" if x < lo else "right",
+                color=DIVERGED_COLOR,
+                fontsize=7,
+            )
     if min_effect:
         ax.axvspan(-min_effect * 100, min_effect * 100, color="0.85", alpha=0.6, lw=0, zorder=0)
     ax.axvline(0, color=REFERENCE_COLOR, ls=":", lw=1)
@@ -377,8 +432,9 @@ def draw_forest(rows: pd.DataFrame, labels: dict[str, str], min_effect: float | 
     ax.set_ylim(-0.7, n - 0.3)
     right = ax.secondary_yaxis("right")
     right.set_yticks(range(n))
-    right.set_yticklabels([_verdict_note(r) if not _absent(r.get("delta_acc")) else "no test"
-                           for _, r in rows.iterrows()][::-1])
+    right.set_yticklabels(
+        [_verdict_note(r) if not _absent(r.get("delta_acc")) else "no test" for _, r in rows.iterrows()][::-1]
+    )
     right.tick_params(length=0)
     right.spines["right"].set_visible(False)
     ax.set_xlabel("Δ test accuracy vs the reference (pp)")
@@ -415,8 +471,14 @@ def draw_sweep(key: str, points: list[tuple[Any, Any, list[float]]], reference: 
         for x, row, acc in zip(xs, rows, seeds):
             ax.plot([x] * len(acc), np.asarray(acc) * 100, "o", mfc="none", mec=color, ms=3.5, alpha=0.7)
             if str(row["status"]).startswith("diverged"):
-                ax.annotate(_label(row["status"]), (x, row["test_acc_mean"] * 100), xytext=(4, -10),
-                            textcoords="offset points", color=DIVERGED_COLOR, fontsize=7)
+                ax.annotate(
+                    _label(row["status"]),
+                    (x, row["test_acc_mean"] * 100),
+                    xytext=(4, -10),
+                    textcoords="offset points",
+                    color=DIVERGED_COLOR,
+                    fontsize=7,
+                )
         shown.extend([*means / 100, *bounds.ravel() / 100, *(v for acc in seeds for v in acc)])
 
     draw(xs, [p[1] for p in points], [p[2] for p in points], "C0", "o-", "mean ± 95% CI")
@@ -469,8 +531,11 @@ def draw_early_stopping(panels: list[dict[str, Any]]):
                 ax.axvline(stop, color=color, ls="--", lw=1)
             if best and best in set(frame["epoch"]):
                 ax.plot(best, frame.loc[frame["epoch"] == best, metric].iloc[0] * scale, "*", color=color, ms=8)
-        ax.set(title=_label(panel["title"]), xlabel="epoch",
-               ylabel=metric.replace("_", " ") + (" (%)" if scale == 100 else ""))
+        ax.set(
+            title=_label(panel["title"]),
+            xlabel="epoch",
+            ylabel=metric.replace("_", " ") + (" (%)" if scale == 100 else ""),
+        )
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(frameon=False, fontsize=6)
     for ax in list(axes.flat)[n:]:
@@ -489,7 +554,7 @@ def _mosaic(maps: np.ndarray, cols: int) -> np.ndarray:
         lo, hi = np.nanmin(m), np.nanmax(m)
         m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
         r, c = divmod(i, cols)
-        out[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = m
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = m
     return out
 
 
@@ -552,8 +617,15 @@ def draw_confusion(matrix: np.ndarray, classes: list[str], title: str):
         for i in range(k):
             for j in range(k):
                 if matrix[i, j]:
-                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=6 if k > 10 else 7,
-                            color="white" if rates[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(matrix[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=6 if k > 10 else 7,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
         ax.set_xticks(range(k))
         ax.set_yticks(range(k))
         ax.set_xticklabels([_label(c) for c in classes], rotation=45, ha="right")
@@ -579,8 +651,11 @@ def draw_misclassified(images: torch.Tensor, rows: pd.DataFrame, classes: list[s
             ax.imshow(img.transpose(1, 2, 0))
         else:
             ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{_label(classes[int(row['label'])])} → {_label(classes[int(row['pred'])])}\n"
-                     f"({row['confidence'] * 100:.0f}%)", fontsize=6.5)
+        ax.set_title(
+            f"{_label(classes[int(row['label'])])} → {_label(classes[int(row['pred'])])}\n"
+            f"({row['confidence'] * 100:.0f}%)",
+            fontsize=6.5,
+        )
     fig.tight_layout()
     return fig
 
@@ -647,20 +722,35 @@ class _Stage:
 
 def _fig_curves(st: _Stage, group: str):
     ref, ids, members = st.members(group)
-    series = [{"label": st.label(i, ids), "histories": st.runs.histories(i), "reference": i == ref,
-               "diverged": int(st.rows.loc[i, "n_diverged"] or 0) > 0} for i in members]
+    series = [
+        {
+            "label": st.label(i, ids),
+            "histories": st.runs.histories(i),
+            "reference": i == ref,
+            "diverged": int(st.rows.loc[i, "n_diverged"] or 0) > 0,
+        }
+        for i in members
+    ]
     counts = sorted({len(st.runs.seeds(i)) for i in members})
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    caption = (f"Training (dashed) and validation (solid) loss and accuracy per epoch: mean over "
-               f"{n} seeds, band = min–max over seeds.")
+    caption = (
+        f"Training (dashed) and validation (solid) loss and accuracy per epoch: mean over "
+        f"{n} seeds, band = min–max over seeds."
+    )
     return draw_curves(series), caption, members
 
 
 def _fig_test_acc(st: _Stage, group: str):
     ref, ids, members = st.members(group)
     fig = draw_test_acc(st.rows.loc[members], st.per_seed, {i: st.label(i, ids) for i in members}, ref)
-    return fig, ("Test accuracy: mean (filled) with 95% t-interval over seeds, single seeds as open dots; "
-                 "dotted line: the reference."), members
+    return (
+        fig,
+        (
+            "Test accuracy: mean (filled) with 95% t-interval over seeds, single seeds as open dots; "
+            "dotted line: the reference."
+        ),
+        members,
+    )
 
 
 def _fig_forest(st: _Stage, group: str):
@@ -668,10 +758,16 @@ def _fig_forest(st: _Stage, group: str):
     compared = [i for i in ids if i != ref]
     level = 1 - st.alpha / st.looks
     fig = draw_forest(st.rows.loc[compared], {i: st.labels[i] for i in compared}, st.min_effect)
-    return fig, (f"Δ test accuracy against {ref or 'the reference'} with its {level * 100:g}% confidence interval "
-                 f"(paired t over shared seeds, else Welch); filled: significant after Holm, open: not; colour = "
-                 f"verdict (green significant, grey no effect, orange undecided, red diverged); grey band: "
-                 f"± the smallest effect worth detecting."), compared
+    return (
+        fig,
+        (
+            f"Δ test accuracy against {ref or 'the reference'} with its {level * 100:g}% confidence interval "
+            f"(paired t over shared seeds, else Welch); filled: significant after Holm, open: not; colour = "
+            f"verdict (green significant, grey no effect, orange undecided, red diverged); grey band: "
+            f"± the smallest effect worth detecting."
+        ),
+        compared,
+    )
 
 
 def _fig_sweep(st: _Stage, group: str):
@@ -684,8 +780,11 @@ def _fig_sweep(st: _Stage, group: str):
         found, ref_value = lookup(st.index[ref]["recipe"], key)
         ref_value = ref_value if found else ref
         reference = (ref_value, st.rows.loc[ref], st.per_seed.get(ref, []))
-    return (draw_sweep(key, points, reference),
-            f"Test accuracy over {key} (mean ± 95% t-interval, seeds as open dots).", [e["id"] for e in swept])
+    return (
+        draw_sweep(key, points, reference),
+        f"Test accuracy over {key} (mean ± 95% t-interval, seeds as open dots).",
+        [e["id"] for e in swept],
+    )
 
 
 def _es(exp: dict[str, Any]) -> dict[str, Any]:
@@ -695,20 +794,36 @@ def _es(exp: dict[str, Any]) -> dict[str, Any]:
 def _fig_early_stopping(st: _Stage, group: str):
     _, _, members = st.members(group)
     stopped = [e for e in st.groups[group] if _es(e).get("enabled")]
-    full = max((st.index[i] for i in members if not _es(st.index[i]).get("enabled")),
-               key=lambda e: e["recipe"].get("epochs", 0), default=None)
+    full = max(
+        (st.index[i] for i in members if not _es(st.index[i]).get("enabled")),
+        key=lambda e: e["recipe"].get("epochs", 0),
+        default=None,
+    )
     panels, stops = [], []
     for e in stopped:
         trained = st.runs.train_json(e["id"])
-        panels.append({
-            "title": f"{st.labels[e['id']]}: patience {_es(e).get('patience')}, max {e['recipe'].get('epochs')} epochs",
-            "monitor": _es(e).get("monitor", "val_loss"), "histories": st.runs.histories(e["id"]), "train": trained,
-            "full": st.runs.histories(full["id"]) if full else [], "full_label": full["id"] if full else "",
-        })
-        stops.append(f"{st.labels[e['id']]}: stopped at epoch " + ", ".join(str(t.get("epochs_run")) for t in trained)
-                     + " (best " + ", ".join(str(t.get("best_epoch")) for t in trained) + ")")
-    caption = ("Early stopping: the monitored validation curve of each seed, dashed line where it stopped, star at "
-               "its best epoch" + (f", over the full run {full['id']} (grey)" if full else "") + f". {'; '.join(stops)}.")
+        panels.append(
+            {
+                "title": f"{st.labels[e['id']]}: patience {_es(e).get('patience')}, "
+                f"max {e['recipe'].get('epochs')} epochs",
+                "monitor": _es(e).get("monitor", "val_loss"),
+                "histories": st.runs.histories(e["id"]),
+                "train": trained,
+                "full": st.runs.histories(full["id"]) if full else [],
+                "full_label": full["id"] if full else "",
+            }
+        )
+        stops.append(
+            f"{st.labels[e['id']]}: stopped at epoch "
+            + ", ".join(str(t.get("epochs_run")) for t in trained)
+            + " (best "
+            + ", ".join(str(t.get("best_epoch")) for t in trained)
+            + ")"
+        )
+    caption = (
+        "Early stopping: the monitored validation curve of each seed, dashed line where it stopped, star at "
+        "its best epoch" + (f", over the full run {full['id']} (grey)" if full else "") + f". {'; '.join(stops)}."
+    )
     return draw_early_stopping(panels), caption, [e["id"] for e in stopped] + ([full["id"]] if full else [])
 
 
@@ -720,8 +835,11 @@ def _fig_augment(st: _Stage, group: str):
     x, y = st.split("train")
     picks = [int(torch.nonzero(y == c)[0]) for c in range(st.meta["num_classes"]) if (y == c).any()][:6]
     fig = augment.preview(x[picks], _new_augmentations(st.groups[group], st.study), seed=0)
-    return fig, ("Each augmentation alone (applied with p=1 for display) on the same training images; "
-                 "top row: the originals."), [e["id"] for e in st.groups[group]]
+    return (
+        fig,
+        ("Each augmentation alone (applied with p=1 for display) on the same training images; top row: the originals."),
+        [e["id"] for e in st.groups[group]],
+    )
 
 
 def _first_conv_weights(st: _Stage, exp_id: str) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -746,9 +864,14 @@ def _first_conv_weights(st: _Stage, exp_id: str) -> tuple[int, torch.Tensor, tor
 
 def _filters(st: _Stage, exp_id: str):
     seed, before, after = _first_conv_weights(st, exp_id)
-    return draw_filters(before, after), (
-        f"First convolutional layer of {exp_id} (seed {seed}): {before.shape[0]} filters of "
-        f"{before.shape[2]}×{before.shape[3]}, before and after training (each filter scaled to its own range)."), [exp_id]
+    return (
+        draw_filters(before, after),
+        (
+            f"First convolutional layer of {exp_id} (seed {seed}): {before.shape[0]} filters of "
+            f"{before.shape[2]}×{before.shape[3]}, before and after training (each filter scaled to its own range)."
+        ),
+        [exp_id],
+    )
 
 
 def _fig_filters(st: _Stage, group: str):
@@ -767,9 +890,14 @@ def _fig_activations(st: _Stage, group: str):
     seed, d = found
     with np.load(d / "activations.npz") as npz:
         image, conv1 = npz["image"], npz["conv1"]
-    return draw_activations(image, conv1), (
-        f"Feature maps of the first convolutional layer of {exp_id} (seed {seed}) for test image 0 "
-        f"({min(len(conv1), 32)} of {len(conv1)} maps, each scaled to its own range)."), [exp_id]
+    return (
+        draw_activations(image, conv1),
+        (
+            f"Feature maps of the first convolutional layer of {exp_id} (seed {seed}) for test image 0 "
+            f"({min(len(conv1), 32)} of {len(conv1)} maps, each scaled to its own range)."
+        ),
+        [exp_id],
+    )
 
 
 def _fig_comparison(st: _Stage, group: str):
@@ -778,11 +906,23 @@ def _fig_comparison(st: _Stage, group: str):
     names = list(dict.fromkeys(exps["group"]))
     palette = dict(zip(names, _colors(len(names))))
     fig, ax = _plt().subplots(figsize=(WIDTH, min(9.0, 0.9 + 0.24 * len(ranked))))
-    _points(ax, ranked, st.per_seed, {e: e for e in ranked["experiment"]},
-            "baseline" if "baseline" in st.index else None, {r.experiment: palette[r.group] for r in ranked.itertuples()})
+    _points(
+        ax,
+        ranked,
+        st.per_seed,
+        {e: e for e in ranked["experiment"]},
+        "baseline" if "baseline" in st.index else None,
+        {r.experiment: palette[r.group] for r in ranked.itertuples()},
+    )
     fig.tight_layout()
-    return fig, ("All experiments ranked by mean test accuracy (95% t-interval, seeds as open dots, colour = group; "
-                 "dotted line: the baseline)."), list(ranked["experiment"])
+    return (
+        fig,
+        (
+            "All experiments ranked by mean test accuracy (95% t-interval, seeds as open dots, colour = group; "
+            "dotted line: the baseline)."
+        ),
+        list(ranked["experiment"]),
+    )
 
 
 def _fig_confusion(st: _Stage, group: str):
@@ -797,9 +937,14 @@ def _fig_confusion(st: _Stage, group: str):
             used.append(seed)
     if total is None:
         raise FigureError(f"{st.runs.runs_dir}: no run of {st.best!r} has confusion.csv")
-    return draw_confusion(total, st.classes, f"{st.best}: {len(used)} seed(s)"), (
-        f"Confusion matrix of the best experiment, {st.best}, summed over seeds {', '.join(map(str, used))} "
-        f"(counts; colour = share of the true class)."), [st.best]
+    return (
+        draw_confusion(total, st.classes, f"{st.best}: {len(used)} seed(s)"),
+        (
+            f"Confusion matrix of the best experiment, {st.best}, summed over seeds {', '.join(map(str, used))} "
+            f"(counts; colour = share of the true class)."
+        ),
+        [st.best],
+    )
 
 
 def _fig_misclassified(st: _Stage, group: str):
@@ -811,19 +956,40 @@ def _fig_misclassified(st: _Stage, group: str):
     seed, d = found
     wrong = pd.read_csv(d / "misclassified.csv")
     x, _ = st.split("test")
-    return draw_misclassified(x, wrong, st.classes), (
-        f"Misclassified test images of {st.best} (seed {seed}; the {len(wrong)} lowest test indices): "
-        f"true → predicted class (confidence)."), [st.best]
+    return (
+        draw_misclassified(x, wrong, st.classes),
+        (
+            f"Misclassified test images of {st.best} (seed {seed}; the {len(wrong)} lowest test indices): "
+            f"true → predicted class (confidence)."
+        ),
+        [st.best],
+    )
 
 
-_DRAW = {"curves": _fig_curves, "test_acc": _fig_test_acc, "forest": _fig_forest, "sweep": _fig_sweep, "early_stopping": _fig_early_stopping,
-         "augment": _fig_augment, "filters": _fig_filters, "activations": _fig_activations,
-         "comparison": _fig_comparison, "best_filters": _fig_best_filters, "confusion": _fig_confusion,
-         "misclassified": _fig_misclassified}
+_DRAW = {
+    "curves": _fig_curves,
+    "test_acc": _fig_test_acc,
+    "forest": _fig_forest,
+    "sweep": _fig_sweep,
+    "early_stopping": _fig_early_stopping,
+    "augment": _fig_augment,
+    "filters": _fig_filters,
+    "activations": _fig_activations,
+    "comparison": _fig_comparison,
+    "best_filters": _fig_best_filters,
+    "confusion": _fig_confusion,
+    "misclassified": _fig_misclassified,
+}
 
 
-def figures(study: str | Path | dict[str, Any], summary_dir: str | Path, data_dir: str | Path,
-            runs_dir: str | Path, out_dir: str | Path, seed_plan: str | Path | None = None) -> dict[str, Any]:
+def figures(
+    study: str | Path | dict[str, Any],
+    summary_dir: str | Path,
+    data_dir: str | Path,
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    seed_plan: str | Path | None = None,
+) -> dict[str, Any]:
     """Draw every figure of :func:`plan` into ``out_dir``; write and return ``figures.json``."""
     from ablationlab import data
     from ablationlab.summarize import SummaryError, load_study, read_summary
@@ -843,15 +1009,20 @@ def figures(study: str | Path | dict[str, Any], summary_dir: str | Path, data_di
                 table = params_table(st.groups[item["group"]][0]["recipe"], st.meta)
                 with io.atomic_path(out_dir / item["file"]) as tmp:
                     table.to_csv(tmp, index=False)
-                manifest.append({**item, "caption": "Parameters per layer of the baseline model.",
-                                 "experiments": [st.groups[item["group"]][0]["id"]], "width_in": WIDTH})
+                manifest.append(
+                    {
+                        **item,
+                        "caption": "Parameters per layer of the baseline model.",
+                        "experiments": [st.groups[item["group"]][0]["id"]],
+                        "width_in": WIDTH,
+                    }
+                )
                 continue
             fig, caption, exps = _DRAW[item["kind"]](st, item["group"])
             width = round(min(WIDTH, fig.get_figwidth()), 2)
             _save(fig, out_dir / item["file"])
             manifest.append({**item, "caption": caption, "experiments": exps, "width_in": width})
-    result = {"best_experiment": st.best, "dataset": st.meta.get("dataset"), "classes": st.classes,
-              "figures": manifest}
+    result = {"best_experiment": st.best, "dataset": st.meta.get("dataset"), "classes": st.classes, "figures": manifest}
     io.write_json(out_dir / "figures.json", result)
     return result
 

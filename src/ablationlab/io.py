@@ -14,8 +14,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 
 def _umask() -> int:
@@ -77,8 +78,10 @@ def unwritable(paths: Iterable[str | os.PathLike]) -> str | None:
         if folder not in folders:
             folders.add(folder)
             if not os.access(folder, os.W_OK | os.X_OK):
-                return (f"{OSError(errno.EACCES, 'Folder not writable', str(folder))}: make it writable, "
-                        "then run the same command again")
+                return (
+                    f"{OSError(errno.EACCES, 'Folder not writable', str(folder))}: make it writable, "
+                    "then run the same command again"
+                )
     return None
 
 

@@ -25,8 +25,9 @@ configurations work on small images (e.g. 8×8 digits).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import torch

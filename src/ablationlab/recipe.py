@@ -8,7 +8,8 @@ base; :func:`complete` fills whatever a partial recipe leaves out.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "model": {

@@ -22,9 +22,10 @@ import math
 import os
 import platform
 import re
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
@@ -105,8 +106,10 @@ def value_text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
-        return ", ".join(v["name"] + "(" + ", ".join(f"{k}={value_text(w)}" for k, w in v.items() if k != "name") + ")"
-                         for v in value)
+        return ", ".join(
+            v["name"] + "(" + ", ".join(f"{k}={value_text(w)}" for k, w in v.items() if k != "name") + ")"
+            for v in value
+        )
     if isinstance(value, list):
         return "[" + ", ".join(value_text(v) for v in value) + "]" if value else "[]"
     return str(value)
@@ -157,8 +160,11 @@ def changes(recipe: dict[str, Any], reference: dict[str, Any] | None) -> list[di
     if reference is None:
         return []
     new, old = flatten(recipe), flatten(reference)
-    return [{"key": k, "before": value_text(old[k]) if k in old else "—", "after": value_text(new[k]) if k in new else "—"}
-            for k in sorted(set(new) | set(old)) if new.get(k, _ABSENT) != old.get(k, _ABSENT)]
+    return [
+        {"key": k, "before": value_text(old[k]) if k in old else "—", "after": value_text(new[k]) if k in new else "—"}
+        for k in sorted(set(new) | set(old))
+        if new.get(k, _ABSENT) != old.get(k, _ABSENT)
+    ]
 
 
 def read_benchmarks(bench_dir: str | Path | None) -> list[dict[str, Any]]:
@@ -173,9 +179,13 @@ def read_benchmarks(bench_dir: str | Path | None) -> list[dict[str, Any]]:
             continue
         if "s" not in frame.columns or frame.empty:
             continue
-        rows.append({"job": str(path.relative_to(bench_dir).with_suffix("")),
-                     "seconds": float(frame["s"].iloc[-1]),
-                     "max_rss": float(frame["max_rss"].iloc[-1]) if "max_rss" in frame else math.nan})
+        rows.append(
+            {
+                "job": str(path.relative_to(bench_dir).with_suffix("")),
+                "seconds": float(frame["s"].iloc[-1]),
+                "max_rss": float(frame["max_rss"].iloc[-1]) if "max_rss" in frame else math.nan,
+            }
+        )
     return rows
 
 
@@ -192,12 +202,15 @@ def read_diagnostics(summary_dir: str | Path) -> pd.DataFrame:
     path = Path(summary_dir) / "diagnostics.csv"
     if not path.exists():
         raise ReportError(f"{path}: not found (re-run `python -m ablationlab summarize`)")
-    return pd.read_csv(path, dtype={"experiment": str, "flags": str, "reading": str}, keep_default_na=False,
-                       na_values=[""])
+    return pd.read_csv(
+        path, dtype={"experiment": str, "flags": str, "reading": str}, keep_default_na=False, na_values=[""]
+    )
 
 
 def _image_uri(path: Path) -> str:
-    mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower())
+    mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(
+        path.suffix.lower()
+    )
     if mime is None:
         raise ReportError(f"{path}: unsupported figure format {path.suffix!r}")
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
@@ -248,23 +261,29 @@ def verdict_text(row: dict[str, Any], settings: dict[str, Any]) -> str:
     if verdict == "significant":
         return "significant"
     if verdict == "no_effect":
-        return (f"no effect larger than {pct(row.get('mde_acc'))} pp "
-                f"(MDE at {settings['power'] * 100:g} % power)")
+        return f"no effect larger than {pct(row.get('mde_acc'))} pp (MDE at {settings['power'] * 100:g} % power)"
     needed = row.get("seeds_needed")
     if _missing(needed) or not math.isfinite(float(needed)):
         return "undecided: too few seeds, and the observed Δ is too small to say how many would tell"
     return f"undecided: too few seeds, {integer(needed)} would be needed to tell"
 
 
-def finding(row: dict[str, Any], reference: dict[str, Any] | None, label: str, ref_label: str,
-            settings: dict[str, Any] | None = None) -> str:
+def finding(
+    row: dict[str, Any],
+    reference: dict[str, Any] | None,
+    label: str,
+    ref_label: str,
+    settings: dict[str, Any] | None = None,
+) -> str:
     """One sentence: the effect vs the reference, its interval, the test and the Holm-adjusted p-value it is
     judged by, and the verdict (significant / no effect above the MDE / undecided)."""
     settings = settings or statistics_settings({})
     n = row.get("n") or 0
     if str(row.get("status", "")).startswith("diverged"):
-        return (f"{label}: diverged in {row.get('n_diverged')} of {row.get('n_seeds')} seeds; "
-                f"mean test accuracy {pct(row.get('test_acc_mean'))} %.")
+        return (
+            f"{label}: diverged in {row.get('n_diverged')} of {row.get('n_seeds')} seeds; "
+            f"mean test accuracy {pct(row.get('test_acc_mean'))} %."
+        )
     if reference is None or _missing(row.get("delta_acc")):
         return f"{label}: {pct(row.get('test_acc_mean'))} % test accuracy ({_plural(n, 'seed')})."
     seeds = seeds_text(row, reference)
@@ -272,16 +291,23 @@ def finding(row: dict[str, Any], reference: dict[str, Any] | None, label: str, r
     if _missing(row.get("p_value")) or _missing(row.get("p_value_holm")):
         few = min(n, reference.get("n") or 0) < 2 and (_missing(row.get("n_pairs")) or row["n_pairs"] < 2)
         reason = "too few seeds for a test" if few else "no spread between seeds for a test"
-        return f"{head} ({seeds}; {reason})" + (
-            " — undecided." if row.get("verdict") == "undecided" else ".")
+        return f"{head} ({seeds}; {reason})" + (" — undecided." if row.get("verdict") == "undecided" else ".")
     level = f", level {settings['per_look']:.3g} per look" if settings["looks"] > 1 else ""
-    return (f"{head} ({settings['ci']} % CI {pp(row['delta_ci_low'])}…{pp(row['delta_ci_high'])}, "
-            f"{TEST_NAMES.get(row.get('test'), row.get('test'))} over {seeds}, Holm p {_p_equals(row['p_value_holm'])}"
-            f" of {_plural(row.get('holm_family'), 'comparison')}{level}) — {verdict_text(row, settings)}.")
+    return (
+        f"{head} ({settings['ci']} % CI {pp(row['delta_ci_low'])}…{pp(row['delta_ci_high'])}, "
+        f"{TEST_NAMES.get(row.get('test'), row.get('test'))} over {seeds}, Holm p {_p_equals(row['p_value_holm'])}"
+        f" of {_plural(row.get('holm_family'), 'comparison')}{level}) — {verdict_text(row, settings)}."
+    )
 
 
-def group_findings(ids: list[str], ref: str | None, rows: dict[str, dict[str, Any]], recipes: dict[str, Any],
-                   label: Any, settings: dict[str, Any]) -> list[dict[str, Any]]:
+def group_findings(
+    ids: list[str],
+    ref: str | None,
+    rows: dict[str, dict[str, Any]],
+    recipes: dict[str, Any],
+    label: Any,
+    settings: dict[str, Any],
+) -> list[dict[str, Any]]:
     """The findings of a group: one verdict sentence per experiment (plus model size and early stopping)."""
     findings = []
     for e in ids:
@@ -294,10 +320,17 @@ def group_findings(ids: list[str], ref: str | None, rows: dict[str, dict[str, An
             text += f" Model size {integer(p_rows[1])} → {integer(p_rows[0])} parameters."
         es = recipes[e]["recipe"].get("early_stopping") or {}
         if es.get("enabled") and not _missing(rows[e].get("epochs_mean")):
-            text += (f" Training ran {number_text(rows[e]['epochs_mean'])} of {recipes[e]['recipe'].get('epochs')}"
-                     f" epochs on average (best epoch {number_text(rows[e].get('best_epoch_mean'))}).")
-        findings.append({"text": text, "significant": rows[e].get("verdict") == "significant"
-                         and not str(rows[e].get("status", "")).startswith("diverged")})
+            text += (
+                f" Training ran {number_text(rows[e]['epochs_mean'])} of {recipes[e]['recipe'].get('epochs')}"
+                f" epochs on average (best epoch {number_text(rows[e].get('best_epoch_mean'))})."
+            )
+        findings.append(
+            {
+                "text": text,
+                "significant": rows[e].get("verdict") == "significant"
+                and not str(rows[e].get("status", "")).startswith("diverged"),
+            }
+        )
     return findings
 
 
@@ -310,16 +343,28 @@ def verdict_rows(ids: list[str], ref: str | None, rows: dict[str, dict[str, Any]
             continue
         diverged = str(r.get("status", "")).startswith("diverged")
         verdict = "diverged" if diverged else VERDICT_NAMES.get(r.get("verdict"), "no test")
-        out.append({
-            "label": label(e), "verdict": verdict, "verdict_class": verdict.replace(" ", "-"),
-            "delta": r.get("delta_acc"), "ci_low": r.get("delta_ci_low"), "ci_high": r.get("delta_ci_high"),
-            "test": TEST_NAMES.get(r.get("test"), "–"), "p_holm": r.get("p_value_holm"),
-            "family": r.get("holm_family"), "effect_size": r.get("effect_size"),
-            "effect_kind": EFFECT_KINDS.get(r.get("effect_size_kind"), ""), "prob": r.get("prob_improvement"),
-            "prob_low": r.get("prob_improvement_ci_low"), "prob_high": r.get("prob_improvement_ci_high"),
-            "mde": r.get("mde_acc"), "seeds": seeds_text(r, rows.get(r["reference"])),
-            "seeds_needed": r.get("seeds_needed"), "p_wilcoxon": r.get("p_value_wilcoxon"),
-        })
+        out.append(
+            {
+                "label": label(e),
+                "verdict": verdict,
+                "verdict_class": verdict.replace(" ", "-"),
+                "delta": r.get("delta_acc"),
+                "ci_low": r.get("delta_ci_low"),
+                "ci_high": r.get("delta_ci_high"),
+                "test": TEST_NAMES.get(r.get("test"), "–"),
+                "p_holm": r.get("p_value_holm"),
+                "family": r.get("holm_family"),
+                "effect_size": r.get("effect_size"),
+                "effect_kind": EFFECT_KINDS.get(r.get("effect_size_kind"), ""),
+                "prob": r.get("prob_improvement"),
+                "prob_low": r.get("prob_improvement_ci_low"),
+                "prob_high": r.get("prob_improvement_ci_high"),
+                "mde": r.get("mde_acc"),
+                "seeds": seeds_text(r, rows.get(r["reference"])),
+                "seeds_needed": r.get("seeds_needed"),
+                "p_wilcoxon": r.get("p_value_wilcoxon"),
+            }
+        )
     return out
 
 
@@ -338,13 +383,30 @@ def significance_overview(experiments: list[dict[str, Any]], settings: dict[str,
     last), with the number below the level."""
     compared = [r for r in experiments if not _missing(r.get("reference"))]
     ranked = sorted(compared, key=lambda r: (_missing(r.get("q_value")), r.get("q_value") or 0.0))
-    rows = [{"experiment": r["experiment"], "reference": r["reference"], "delta": r.get("delta_acc"),
-             "test": TEST_NAMES.get(r.get("test"), "–"), "p": r.get("p_value"), "p_holm": r.get("p_value_holm"),
-             "q": r.get("q_value"), "below": not _missing(r.get("q_value")) and r["q_value"] < settings["alpha"],
-             "verdict": ("diverged" if str(r.get("status", "")).startswith("diverged")
-                         else VERDICT_NAMES.get(r.get("verdict"), "no test"))} for r in ranked]
-    return {"rows": rows, "n": len(rows), "n_tested": sum(not _missing(r["q"]) for r in rows),
-            "n_below": sum(r["below"] for r in rows)}
+    rows = [
+        {
+            "experiment": r["experiment"],
+            "reference": r["reference"],
+            "delta": r.get("delta_acc"),
+            "test": TEST_NAMES.get(r.get("test"), "–"),
+            "p": r.get("p_value"),
+            "p_holm": r.get("p_value_holm"),
+            "q": r.get("q_value"),
+            "below": not _missing(r.get("q_value")) and r["q_value"] < settings["alpha"],
+            "verdict": (
+                "diverged"
+                if str(r.get("status", "")).startswith("diverged")
+                else VERDICT_NAMES.get(r.get("verdict"), "no test")
+            ),
+        }
+        for r in ranked
+    ]
+    return {
+        "rows": rows,
+        "n": len(rows),
+        "n_tested": sum(not _missing(r["q"]) for r in rows),
+        "n_below": sum(r["below"] for r in rows),
+    }
 
 
 # --------------------------------------------------------------------------- context
@@ -353,8 +415,15 @@ def significance_overview(experiments: list[dict[str, Any]], settings: dict[str,
 class _Sections:
     """Builds the report's sections in document order; figures and tables are numbered as they are built."""
 
-    def __init__(self, study: dict[str, Any], runs: pd.DataFrame, experiments: pd.DataFrame,
-                 manifest: dict[str, Any], figures_dir: Path, diagnostics: pd.DataFrame | None):
+    def __init__(
+        self,
+        study: dict[str, Any],
+        runs: pd.DataFrame,
+        experiments: pd.DataFrame,
+        manifest: dict[str, Any],
+        figures_dir: Path,
+        diagnostics: pd.DataFrame | None,
+    ):
         self.settings = statistics_settings(study)
         self.diag = {r["experiment"]: r for r in _records(diagnostics)} if diagnostics is not None else {}
         self.recipes = {e["id"]: e for e in study["experiments"]}
@@ -393,30 +462,45 @@ class _Sections:
         rows = self.rows
         candidates = [i for i in ids if rows[i]["status"] != "diverged" and rows[i]["test_acc_mean"] is not None]
         best = max(candidates, key=lambda i: rows[i]["test_acc_mean"], default=None)
-        return [{**rows[i], "label": self.label(i), "is_reference": i == reference,
-                 "is_best": i == best and len(ids) > 1, "diverged": str(rows[i]["status"]).startswith("diverged")}
-                for i in ids]
+        return [
+            {
+                **rows[i],
+                "label": self.label(i),
+                "is_reference": i == reference,
+                "is_best": i == best and len(ids) > 1,
+                "diverged": str(rows[i]["status"]).startswith("diverged"),
+            }
+            for i in ids
+        ]
 
     def setup(self, study_report: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, Any]:
         baseline = self.recipes.get("baseline")
         runs = self.runs
-        splits = {k: (meta or {}).get("splits", {})[k] for k in ("train", "val", "test")
-                  if k in (meta or {}).get("splits", {})}
+        splits = {
+            k: (meta or {}).get("splits", {})[k]
+            for k in ("train", "val", "test")
+            if k in (meta or {}).get("splits", {})
+        }
         return {
-            "anchor": "sec-setup", "title": "Setup",
+            "anchor": "sec-setup",
+            "title": "Setup",
             "dataset": study_report.get("dataset") or self.study.get("dataset"),
-            "meta": meta, "splits": splits,
+            "meta": meta,
+            "splits": splits,
             "classes": (meta or {}).get("classes") or self.manifest.get("classes") or [],
-            "recipe": ([{"key": k, "value": value_text(v)} for k, v in flatten(baseline["recipe"]).items()]
-                       if baseline else []),
+            "recipe": (
+                [{"key": k, "value": value_text(v)} for k, v in flatten(baseline["recipe"]).items()] if baseline else []
+            ),
             "data_table_number": self.next_table() if splits else None,
             "recipe_table_number": self.next_table() if baseline else None,
             "seeds": study_report.get("seeds") or self.study.get("seeds"),
             "seed_plan": seed_plan_table(self.study, self.next_table()) if self.study.get("seed_plan") else None,
             "devices": sorted({str(d) for d in runs["device"].dropna()}),
-            "torch_versions": (sorted({str(v) for v in runs["torch_version"].dropna()})
-                               if "torch_version" in runs else []),
-            "n_experiments": len(self.recipes), "n_runs": len(runs),
+            "torch_versions": (
+                sorted({str(v) for v in runs["torch_version"].dropna()}) if "torch_version" in runs else []
+            ),
+            "n_experiments": len(self.recipes),
+            "n_runs": len(runs),
         }
 
     def baseline(self, groups: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -424,18 +508,23 @@ class _Sections:
             return None
         info = next((g for g in groups if g["id"] == "baseline"), {})
         section = {
-            "anchor": "sec-baseline", "title": info.get("title") or "Baseline",
-            "notes": markdown(info.get("notes")), "table_number": self.next_table(),
-            "rows": self.table_rows(["baseline"], None), "params": self.params_table,
+            "anchor": "sec-baseline",
+            "title": info.get("title") or "Baseline",
+            "notes": markdown(info.get("notes")),
+            "table_number": self.next_table(),
+            "rows": self.table_rows(["baseline"], None),
+            "params": self.params_table,
             "params_table_number": self.next_table() if self.params_table else None,
-            "figures": self.figures_for("baseline"), "finding": None,
+            "figures": self.figures_for("baseline"),
+            "finding": None,
             "diagnostics": diagnostic_notes(["baseline"], self.diag, self.label),
         }
         row = self.rows["baseline"]
         section["finding"] = (
             f"Baseline: {pct(row['test_acc_mean'])} % ± {pct(row['test_acc_std'])} test accuracy "
             f"(95% CI {pct(row['test_acc_ci_low'])}–{pct(row['test_acc_ci_high'])} %, {row['n']} seeds), "
-            f"{integer(row['params'])} trainable parameters.")
+            f"{integer(row['params'])} trainable parameters."
+        )
         return section
 
     def group(self, g: dict[str, Any]) -> dict[str, Any]:
@@ -448,39 +537,57 @@ class _Sections:
         shown = ([ref] if ref and ref not in ids and ref in rows else []) + ids
         trows = self.table_rows(shown, ref)
         return {
-            "anchor": f"sec-{re.sub(r'[^A-Za-z0-9_-]+', '-', g['id'])}", "id": g["id"],
-            "title": g.get("title") or g["id"], "notes": markdown(g.get("notes")),
-            "reference": ref, "sweep_key": g.get("sweep_key"),
-            "changes": [{"label": self.label(e), "changes": changes(recipes[e]["recipe"],
-                                                                    recipes[recipes[e]["reference"]]["recipe"]
-                                                                    if recipes[e]["reference"] in recipes else None)}
-                        for e in ids if e != ref],
-            "table_number": self.next_table(), "rows": trows,
+            "anchor": f"sec-{re.sub(r'[^A-Za-z0-9_-]+', '-', g['id'])}",
+            "id": g["id"],
+            "title": g.get("title") or g["id"],
+            "notes": markdown(g.get("notes")),
+            "reference": ref,
+            "sweep_key": g.get("sweep_key"),
+            "changes": [
+                {
+                    "label": self.label(e),
+                    "changes": changes(
+                        recipes[e]["recipe"],
+                        recipes[recipes[e]["reference"]]["recipe"] if recipes[e]["reference"] in recipes else None,
+                    ),
+                }
+                for e in ids
+                if e != ref
+            ],
+            "table_number": self.next_table(),
+            "rows": trows,
             "findings": group_findings(ids, ref, rows, recipes, self.label, self.settings),
-            "verdict_table_number": self.next_table(), "verdicts": verdict_rows(ids, ref, rows, self.label),
+            "verdict_table_number": self.next_table(),
+            "verdicts": verdict_rows(ids, ref, rows, self.label),
             "forest": self.figures_for(g["id"], ["forest"]),
             "diagnostics": diagnostic_notes(ids, self.diag, self.label),
-            "best": next((r for r in trows if r["is_best"]), None), "figures": self.figures_for(g["id"]),
+            "best": next((r for r in trows if r["is_best"]), None),
+            "figures": self.figures_for(g["id"]),
         }
 
     def comparison(self) -> dict[str, Any]:
-        ranked = sorted([r for r in _records(self.experiments) if r["test_acc_mean"] is not None],
-                        key=lambda r: -r["test_acc_mean"])
+        ranked = sorted(
+            [r for r in _records(self.experiments) if r["test_acc_mean"] is not None], key=lambda r: -r["test_acc_mean"]
+        )
         base_mean = self.rows.get("baseline", {}).get("test_acc_mean")
         for i, r in enumerate(ranked, 1):
             r["rank"] = i
-            r["delta_baseline"] = (None if base_mean is None or r["experiment"] == "baseline"
-                                   else r["test_acc_mean"] - base_mean)
+            r["delta_baseline"] = (
+                None if base_mean is None or r["experiment"] == "baseline" else r["test_acc_mean"] - base_mean
+            )
             r["diverged"] = str(r["status"]).startswith("diverged")
         best_id = self.manifest.get("best_experiment")
         return {
-            "anchor": "sec-comparison", "title": "Comparison of all experiments",
-            "table_number": self.next_table(), "rows": ranked,
+            "anchor": "sec-comparison",
+            "title": "Comparison of all experiments",
+            "table_number": self.next_table(),
+            "rows": ranked,
             "untested": [r for r in _records(self.experiments) if r["test_acc_mean"] is None],
             "figures": self.figures_for("study", ["comparison"]),
             "significance": significance_overview(_records(self.experiments), self.settings),
             "significance_table_number": self.next_table(),
-            "best": self.rows.get(best_id), "best_label": best_id,
+            "best": self.rows.get(best_id),
+            "best_label": best_id,
             "best_figures": self.figures_for("study", ["best_filters", "confusion", "misclassified"]),
         }
 
@@ -491,12 +598,26 @@ def seed_plan_table(study: dict[str, Any], table_number: int) -> dict[str, Any] 
     if not plan:
         return None
     verdicts = plan.get("verdicts", {})
-    rows = [{"experiment": e["id"], "n": len(e["seeds"]), "seeds": ", ".join(map(str, e["seeds"])),
-             "reasons": e.get("seed_reasons", []), "verdict": verdicts.get(e["id"], {}).get("verdict", "")}
-            for e in study["experiments"]]
-    return {"table_number": table_number, "procedure": plan.get("procedure"), "looks": plan.get("looks"),
-            "looks_run": plan.get("look"), "per_look_alpha": plan.get("per_look_alpha"), "rows": rows,
-            "initial": study.get("seeds"), **study.get("adaptive", {})}
+    rows = [
+        {
+            "experiment": e["id"],
+            "n": len(e["seeds"]),
+            "seeds": ", ".join(map(str, e["seeds"])),
+            "reasons": e.get("seed_reasons", []),
+            "verdict": verdicts.get(e["id"], {}).get("verdict", ""),
+        }
+        for e in study["experiments"]
+    ]
+    return {
+        "table_number": table_number,
+        "procedure": plan.get("procedure"),
+        "looks": plan.get("looks"),
+        "looks_run": plan.get("look"),
+        "per_look_alpha": plan.get("per_look_alpha"),
+        "rows": rows,
+        "initial": study.get("seeds"),
+        **study.get("adaptive", {}),
+    }
 
 
 def _read_figures(manifest: dict[str, Any], figures_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], Any]:
@@ -509,15 +630,20 @@ def _read_figures(manifest: dict[str, Any], figures_dir: Path) -> tuple[dict[str
             raise ReportError(f"{path}: listed in figures.json but missing (re-run figures)")
         if item["kind"] == "params":
             frame = pd.read_csv(path, keep_default_na=False)
-            params_table = {"rows": frame.to_dict("records"), "caption": item["caption"],
-                            "trainable": int(frame["trainable"].sum()), "total": int(frame["params"].sum())}
+            params_table = {
+                "rows": frame.to_dict("records"),
+                "caption": item["caption"],
+                "trainable": int(frame["trainable"].sum()),
+                "total": int(frame["params"].sum()),
+            }
             continue
         by_group.setdefault(item["group"], []).append({**item, "src": _image_uri(path)})
     return by_group, params_table
 
 
-def _appendix(study_report: dict[str, Any], runs: pd.DataFrame,
-              benchmarks: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _appendix(
+    study_report: dict[str, Any], runs: pd.DataFrame, benchmarks: list[dict[str, Any]] | None
+) -> dict[str, Any]:
     """Reproducibility: config, packages, platform, tracking (URIs redacted), runs and benchmarks."""
     tracking = dict(study_report.get("tracking") or {})
     for key in list(tracking):
@@ -531,7 +657,9 @@ def _appendix(study_report: dict[str, Any], runs: pd.DataFrame,
         "config_hash": study_report.get("config_hash"),
         "packages": package_versions(),
         "platform": platform.platform(),
-        "tracking": tracking, "runs": run_rows, "benchmarks": benchmarks or [],
+        "tracking": tracking,
+        "runs": run_rows,
+        "benchmarks": benchmarks or [],
         "has_mlflow": any(r.get("mlflow_run_id") for r in run_rows),
         "local_ui": any((r.get("link") or "").startswith(MLFLOW_UI) for r in run_rows),
     }
@@ -542,15 +670,25 @@ def _number_and_list(chapters: list[dict[str, Any] | None]) -> list[dict[str, An
     present = [c for c in chapters if c is not None]
     for number, chapter in enumerate(present, 1):
         chapter["number"] = number
-    return ([{"anchor": c["anchor"], "number": c["number"], "title": c["title"]} for c in present]
-            + [{"anchor": "sec-appendix", "number": "A", "title": "Reproducibility"}])
+    return [{"anchor": c["anchor"], "number": c["number"], "title": c["title"]} for c in present] + [
+        {"anchor": "sec-appendix", "number": "A", "title": "Reproducibility"}
+    ]
 
 
-def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.DataFrame,
-                  experiments: pd.DataFrame, manifest: dict[str, Any], figures_dir: str | Path, *,
-                  meta: dict[str, Any] | None = None, benchmarks: list[dict[str, Any]] | None = None,
-                  commit: str | None = None, date: str | None = None,
-                  diagnostics: pd.DataFrame | None = None) -> dict[str, Any]:
+def build_context(
+    study_report: dict[str, Any],
+    study: dict[str, Any],
+    runs: pd.DataFrame,
+    experiments: pd.DataFrame,
+    manifest: dict[str, Any],
+    figures_dir: str | Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    benchmarks: list[dict[str, Any]] | None = None,
+    commit: str | None = None,
+    date: str | None = None,
+    diagnostics: pd.DataFrame | None = None,
+) -> dict[str, Any]:
     """Everything the template shows, as plain data (numbers still raw; the template formats them)."""
     build = _Sections(study, runs, experiments, manifest, Path(figures_dir), diagnostics)
     groups = study_report.get("groups", [])
@@ -564,16 +702,31 @@ def build_context(study_report: dict[str, Any], study: dict[str, Any], runs: pd.
         "author": study_report.get("author"),
         "date": date or _today(),
         "commit": commit,
-        "setup": setup, "baseline": baseline, "sections": sections, "comparison": comparison,
+        "setup": setup,
+        "baseline": baseline,
+        "sections": sections,
+        "comparison": comparison,
         "toc": _number_and_list([setup, baseline, *sections, comparison]),
         "diverged_runs": _records(runs[runs["status"] == "diverged"]),
         "appendix": _appendix(study_report, runs, benchmarks),
-        "alpha": build.settings["alpha"], "statistics": build.settings,
+        "alpha": build.settings["alpha"],
+        "statistics": build.settings,
     }
 
 
-CONFIG_ORDER = ("study", "data", "seeds", "device", "threads", "compile", "tracking", "report", "resources",
-                "baseline", "ablations")
+CONFIG_ORDER = (
+    "study",
+    "data",
+    "seeds",
+    "device",
+    "threads",
+    "compile",
+    "tracking",
+    "report",
+    "resources",
+    "baseline",
+    "ablations",
+)
 
 
 def config_yaml(config: dict[str, Any]) -> str:
@@ -584,7 +737,7 @@ def config_yaml(config: dict[str, Any]) -> str:
 
 def _today() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch else dt.datetime.now(dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(int(epoch), dt.UTC) if epoch else dt.datetime.now(dt.UTC)
     return when.strftime("%Y-%m-%d")
 
 
@@ -593,10 +746,23 @@ def _today() -> str:
 
 def environment() -> jinja2.Environment:
     """The report's Jinja2 environment: package templates, autoescape on, strict undefined."""
-    env = jinja2.Environment(loader=jinja2.PackageLoader("ablationlab", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=pct, pp=pp, pvalue=pvalue, integer=integer, number=number, seconds=seconds,
-                       formula=formula, value_text=value_text)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("ablationlab", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        pct=pct,
+        pp=pp,
+        pvalue=pvalue,
+        integer=integer,
+        number=number,
+        seconds=seconds,
+        formula=formula,
+        value_text=value_text,
+    )
     return env
 
 
@@ -608,7 +774,6 @@ def render_html(context: dict[str, Any]) -> str:
 def write_pdf(html: str, path: str | Path) -> None:
     """Render ``html`` with WeasyPrint into ``path`` (atomically). The HTML must be self-contained."""
     import weasyprint
-
     from weasyprint.urls import FatalURLFetchingError
 
     # a self-contained report never fetches anything: only data: URIs, and a failure is an error
@@ -621,10 +786,19 @@ def write_pdf(html: str, path: str | Path) -> None:
         document.write_pdf(tmp)
 
 
-def report(study_report: str | Path, summary_dir: str | Path, figures_dir: str | Path, out_html: str | Path,
-           out_pdf: str | Path | None = None, *, study: str | Path | None = None, data_dir: str | Path | None = None,
-           benchmarks_dir: str | Path | None = None, commit: str | None = None,
-           seed_plan: str | Path | None = None) -> dict[str, Any]:
+def report(
+    study_report: str | Path,
+    summary_dir: str | Path,
+    figures_dir: str | Path,
+    out_html: str | Path,
+    out_pdf: str | Path | None = None,
+    *,
+    study: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    benchmarks_dir: str | Path | None = None,
+    commit: str | None = None,
+    seed_plan: str | Path | None = None,
+) -> dict[str, Any]:
     """Render ``out_html`` (and ``out_pdf``) from the study files; return the template context."""
     study_report = Path(study_report)
     if not study_report.exists():
@@ -643,9 +817,18 @@ def report(study_report: str | Path, summary_dir: str | Path, figures_dir: str |
         if not meta_path.exists():
             raise ReportError(f"{meta_path}: not found (prepare the data first)")
         meta = io.read_json(meta_path)
-    context = build_context(info, study_table, runs, experiments, manifest, figures_dir, meta=meta,
-                            benchmarks=read_benchmarks(benchmarks_dir), diagnostics=read_diagnostics(summary_dir),
-                            commit=commit if commit is not None else git_commit())
+    context = build_context(
+        info,
+        study_table,
+        runs,
+        experiments,
+        manifest,
+        figures_dir,
+        meta=meta,
+        benchmarks=read_benchmarks(benchmarks_dir),
+        diagnostics=read_diagnostics(summary_dir),
+        commit=commit if commit is not None else git_commit(),
+    )
     html = render_html(context)
     io.write_text(out_html, html)
     if out_pdf is not None:
@@ -667,8 +850,18 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--seeds", help="adaptive seeding's results/adaptive/seeds.json: each experiment's seeds")
     args = parser.parse_args(argv)
     try:
-        report(args.study_report, args.summary, args.figures, args.out_html, args.out_pdf, study=args.study,
-               data_dir=args.data, benchmarks_dir=args.benchmarks, commit=args.commit, seed_plan=args.seeds)
+        report(
+            args.study_report,
+            args.summary,
+            args.figures,
+            args.out_html,
+            args.out_pdf,
+            study=args.study,
+            data_dir=args.data,
+            benchmarks_dir=args.benchmarks,
+            commit=args.commit,
+            seed_plan=args.seeds,
+        )
     except (ReportError, SummaryError) as exc:
         parser.exit(2, f"report: error: {exc}\n")
     print(f"wrote {args.out_html}" + (f" and {args.out_pdf}" if args.out_pdf else ""))

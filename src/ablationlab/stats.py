@@ -60,8 +60,7 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     samples have at least two finite values and their pooled standard error is non-zero.
     """
     x, y = _array(a), _array(b)
-    out = {"delta": mean(x) - mean(y), "ci_low": math.nan, "ci_high": math.nan,
-           "p_value": math.nan, "df": math.nan}
+    out = {"delta": mean(x) - mean(y), "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "df": math.nan}
     if x.size < 2 or y.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
         return out
     se = math.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
@@ -120,8 +119,9 @@ def _paired_t(x: np.ndarray, y: np.ndarray, confidence: float) -> dict[str, floa
         warnings.simplefilter("ignore", RuntimeWarning)
         res = _st.ttest_rel(x, y)
         ci = res.confidence_interval(confidence)
-    out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(res.pvalue),
-               effect_size=float(diff.mean()) / sd)
+    out.update(
+        ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(res.pvalue), effect_size=float(diff.mean()) / sd
+    )
     return out
 
 
@@ -165,8 +165,9 @@ def _improved_cross(v, r, axis=-1):
     return np.mean((diff > 0) + 0.5 * (diff == 0), axis=(-2, -1))
 
 
-def prob_improvement(v: Sequence[float], r: Sequence[float], *, paired: bool, confidence: float = CONFIDENCE,
-                     seed: int = 0) -> tuple[float, float, float]:
+def prob_improvement(
+    v: Sequence[float], r: Sequence[float], *, paired: bool, confidence: float = CONFIDENCE, seed: int = 0
+) -> tuple[float, float, float]:
     """P(variant > reference) over seed pairs and its BCa bootstrap CI (scipy.stats.bootstrap, ``rng=seed``).
 
     Paired: over the pairs (v[i], r[i]); unpaired: over all cross pairs. The CI is nan for fewer than two
@@ -181,8 +182,16 @@ def prob_improvement(v: Sequence[float], r: Sequence[float], *, paired: bool, co
         return point, math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = _st.bootstrap((x, y), func, paired=paired, vectorized=True, n_resamples=N_RESAMPLES,
-                            confidence_level=confidence, method="BCa", rng=np.random.default_rng(seed))
+        res = _st.bootstrap(
+            (x, y),
+            func,
+            paired=paired,
+            vectorized=True,
+            n_resamples=N_RESAMPLES,
+            confidence_level=confidence,
+            method="BCa",
+            rng=np.random.default_rng(seed),
+        )
     return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -216,8 +225,9 @@ def _power(es: float, n: float, n_ref: float | None, alpha: float) -> float:
     return value if math.isfinite(value) else float(_st.nct.sf(_st.t.isf(alpha / 2, df), df, nc))
 
 
-def power_analysis(sd: float, delta: float, n: int, n_ref: int | None = None, *, alpha: float = 0.05,
-                   power: float = 0.8) -> tuple[float, float]:
+def power_analysis(
+    sd: float, delta: float, n: int, n_ref: int | None = None, *, alpha: float = 0.05, power: float = 0.8
+) -> tuple[float, float]:
     """``(mde, seeds_needed)`` of a two-sided t-test at level ``alpha`` and ``power``.
 
     Paired (``n_ref`` None): ``sd`` is the SD of the differences, ``n`` pairs (statsmodels TTestPower).
@@ -239,13 +249,33 @@ def power_analysis(sd: float, delta: float, n: int, n_ref: int | None = None, *,
 
 def _empty_comparison() -> dict[str, Any]:
     nan = math.nan
-    return {"test": "", "n_pairs": 0, "delta": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
-            "p_value_wilcoxon": nan, "effect_size": nan, "effect_size_kind": "", "prob_improvement": nan,
-            "prob_improvement_ci_low": nan, "prob_improvement_ci_high": nan, "mde_acc": nan, "seeds_needed": nan}
+    return {
+        "test": "",
+        "n_pairs": 0,
+        "delta": nan,
+        "ci_low": nan,
+        "ci_high": nan,
+        "p_value": nan,
+        "p_value_wilcoxon": nan,
+        "effect_size": nan,
+        "effect_size_kind": "",
+        "prob_improvement": nan,
+        "prob_improvement_ci_low": nan,
+        "prob_improvement_ci_high": nan,
+        "mde_acc": nan,
+        "seeds_needed": nan,
+    }
 
 
-def compare(variant: Mapping[int, float], reference: Mapping[int, float], *, alpha: float = 0.05,
-            power: float = 0.8, looks: int = 1, seed: int = 0) -> dict[str, Any]:
+def compare(
+    variant: Mapping[int, float],
+    reference: Mapping[int, float],
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    looks: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Compare a variant with its reference from their per-seed accuracies (``seed -> accuracy``).
 
     Paired t-test on the seeds both sides share when there are at least two (the seed fixes data order
@@ -272,8 +302,15 @@ def compare(variant: Mapping[int, float], reference: Mapping[int, float], *, alp
     else:
         x, y = _array(list(v.values())), _array(list(r.values()))
         w = welch(x, y, confidence)
-        out.update(test="welch", delta=w["delta"], ci_low=w["ci_low"], ci_high=w["ci_high"], p_value=w["p_value"],
-                   effect_size=hedges_g(x, y), effect_size_kind="hedges_g")
+        out.update(
+            test="welch",
+            delta=w["delta"],
+            ci_low=w["ci_low"],
+            ci_high=w["ci_high"],
+            p_value=w["p_value"],
+            effect_size=hedges_g(x, y),
+            effect_size_kind="hedges_g",
+        )
         sd, n_ref = pooled_sd(x, y), y.size
     p, low, high = prob_improvement(x, y, paired=n_ref is None, confidence=confidence, seed=seed)
     out.update(prob_improvement=p, prob_improvement_ci_low=low, prob_improvement_ci_high=high)
@@ -303,8 +340,9 @@ def bh(pvalues: Sequence[float]) -> list[float]:
     return _adjust(pvalues, lambda p: _st.false_discovery_control(p, method="bh"))
 
 
-def verdict(p_value_holm: float | None, mde_acc: float, *, alpha: float = 0.05, looks: int = 1,
-            min_effect: float = 0.01) -> str:
+def verdict(
+    p_value_holm: float | None, mde_acc: float, *, alpha: float = 0.05, looks: int = 1, min_effect: float = 0.01
+) -> str:
     """``significant`` when the Holm p-value < alpha/looks; else ``no_effect`` when the minimum detectable
     effect is <= ``min_effect``; else ``undecided`` (also when both are nan: too few seeds to tell).
     ``""`` when ``p_value_holm`` is None (no comparison: an experiment without a reference)."""

@@ -20,10 +20,11 @@ import difflib
 import hashlib
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jsonschema
 import yaml
@@ -38,8 +39,23 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # Group ids that would clash with the baseline's experiment id or a rule name.
 RESERVED_IDS = frozenset(
-    {"all", "baseline", "study", "data", "prepare_data", "train", "evaluate", "summarize", "track", "figures",
-     "report", "mlflow_init", "track_experiment", "adaptive_look", "adaptive_seeds"}
+    {
+        "all",
+        "baseline",
+        "study",
+        "data",
+        "prepare_data",
+        "train",
+        "evaluate",
+        "summarize",
+        "track",
+        "figures",
+        "report",
+        "mlflow_init",
+        "track_experiment",
+        "adaptive_look",
+        "adaptive_seeds",
+    }
 )
 RESERVED_PREFIXES = ("train_", "evaluate_")  # the per-group rules train_<id>, evaluate_<id>
 
@@ -56,8 +72,15 @@ TRAIN_POOL = {
 
 NAMED_WEIGHTS = ("imagenet", "none")
 
-_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
-               type(None): "null"}
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    type(None): "null",
+}
 
 
 class ConfigError(ValueError):
@@ -133,11 +156,15 @@ def _message(error: jsonschema.ValidationError, root: Any, prefix: list) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         unknown = [k for k in instance if k not in allowed]
         key = unknown[0] if unknown else "?"
-        return (f"{keypath(path + [key], root)}: unknown key {key!r}{_hint(key, allowed)}; "
-                f"allowed keys: {', '.join(allowed)}")
+        return (
+            f"{keypath(path + [key], root)}: unknown key {key!r}{_hint(key, allowed)}; "
+            f"allowed keys: {', '.join(allowed)}"
+        )
     where = keypath(path, root)
     if kind == "enum":
-        return f"{where}: unknown value {instance!r}{_hint(instance, value)}; choose one of: {', '.join(map(str, value))}"
+        return (
+            f"{where}: unknown value {instance!r}{_hint(instance, value)}; choose one of: {', '.join(map(str, value))}"
+        )
     if kind == "type":
         wanted = " or ".join(value) if isinstance(value, list) else value
         got = _JSON_TYPES.get(type(instance), type(instance).__name__)
@@ -235,18 +262,25 @@ class _Resolver:
             gid = group["id"]
             where = keypath(["ablations", index], config)
             if gid in RESERVED_IDS or gid.startswith(RESERVED_PREFIXES):
-                raise ConfigError(f"{where}.id: {gid!r} is reserved (it names a rule or the baseline); "
-                                  f"reserved: {', '.join(sorted(RESERVED_IDS))} and ids starting with "
-                                  f"{' or '.join(RESERVED_PREFIXES)}")
+                raise ConfigError(
+                    f"{where}.id: {gid!r} is reserved (it names a rule or the baseline); "
+                    f"reserved: {', '.join(sorted(RESERVED_IDS))} and ids starting with "
+                    f"{' or '.join(RESERVED_PREFIXES)}"
+                )
             if gid in self.groups:
-                raise ConfigError(f"ablations[{index}].id: duplicate group id {gid!r} "
-                                  f"(also ablations[{self.groups[gid][0]}]); experiment ids must be unique")
+                raise ConfigError(
+                    f"ablations[{index}].id: duplicate group id {gid!r} "
+                    f"(also ablations[{self.groups[gid][0]}]); experiment ids must be unique"
+                )
             if not group.get("variants") and "sweep" not in group:
                 raise ConfigError(f"{where}: group {gid!r} has no experiments; give it variants or a sweep")
             self.groups[gid] = (index, group)
         baseline = recipes.complete(config["baseline"])
-        self.experiments = {"baseline": _Experiment("baseline", "baseline", "baseline", None, None, baseline,
-                                                    "baseline", config["baseline"])}
+        self.experiments = {
+            "baseline": _Experiment(
+                "baseline", "baseline", "baseline", None, None, baseline, "baseline", config["baseline"]
+            )
+        }
         self.by_group: dict[str, list[_Experiment]] = {}
         for gid in self.groups:
             self._group(gid, [])
@@ -260,7 +294,7 @@ class _Resolver:
         index, group = self.groups[gid]
         where = keypath(["ablations", index], self.config)
         if gid in stack:
-            cycle = " -> ".join(stack[stack.index(gid):] + [gid])
+            cycle = " -> ".join(stack[stack.index(gid) :] + [gid])
             raise ConfigError(f"{where}.base: {group['base']!r} makes a cycle of bases: {cycle}")
         base = group["base"]
         if base != "baseline":
@@ -269,13 +303,25 @@ class _Resolver:
                 self._group(base_group, stack + [gid])
             if base not in self.experiments:
                 known = list(self.experiments)
-                raise ConfigError(f"{where}.base: unknown experiment {base!r}{_hint(base, known)}; "
-                                  f"known: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}")
+                raise ConfigError(
+                    f"{where}.base: unknown experiment {base!r}{_hint(base, known)}; "
+                    f"known: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}"
+                )
         parent = self.experiments[base]
         made: list[_Experiment] = []
         for name, partial in (group.get("variants") or {}).items():
-            made.append(_Experiment(f"{gid}/{name}", gid, name, base, None,
-                                    recipes.deep_merge(parent.recipe, partial), f"{where}.variants.{name}", partial))
+            made.append(
+                _Experiment(
+                    f"{gid}/{name}",
+                    gid,
+                    name,
+                    base,
+                    None,
+                    recipes.deep_merge(parent.recipe, partial),
+                    f"{where}.variants.{name}",
+                    partial,
+                )
+            )
         if "sweep" in group:
             made.extend(self._sweep(gid, where, group["sweep"], parent))
         seen: dict[str, str] = {}
@@ -290,8 +336,10 @@ class _Resolver:
         key, parts = sweep["key"], split_key(sweep["key"])
         found, _ = lookup(parent.recipe, parts)
         if not found:
-            raise ConfigError(f"{where}.sweep.key: {key!r} does not exist in the recipe of base experiment "
-                              f"{parent.id!r}{self._key_hint(parent.recipe, parts)}")
+            raise ConfigError(
+                f"{where}.sweep.key: {key!r} does not exist in the recipe of base experiment "
+                f"{parent.id!r}{self._key_hint(parent.recipe, parts)}"
+            )
         label = sweep.get("label") or next(str(p) for p in reversed(parts) if isinstance(p, str))
         made = []
         for j, value in enumerate(sweep["values"]):
@@ -304,19 +352,31 @@ class _Resolver:
                 raise ConfigError(f"{origin}: {value!r} is not a valid {key} ({exc})") from None
             name = f"{label}={_value_name(value)}"
             if not all(c.isalnum() or c in "_.=+-" for c in name):
-                raise ConfigError(f"{origin}: value {value!r} gives the experiment name {name!r}, which is not "
-                                  "usable in a file path; sweep over a scalar key instead")
-            made.append(_Experiment(f"{gid}/{name}", gid, name, parent.id, {"key": key, "value": value}, rec,
-                                    origin, _nested(parts, value)))
+                raise ConfigError(
+                    f"{origin}: value {value!r} gives the experiment name {name!r}, which is not "
+                    "usable in a file path; sweep over a scalar key instead"
+                )
+            made.append(
+                _Experiment(
+                    f"{gid}/{name}",
+                    gid,
+                    name,
+                    parent.id,
+                    {"key": key, "value": value},
+                    rec,
+                    origin,
+                    _nested(parts, value),
+                )
+            )
         return made
 
     @staticmethod
     def _key_hint(tree: dict, parts: list) -> str:
         node, done = tree, []
         for part in parts:
-            if isinstance(node, dict) and part in node:
-                node, done = node[part], done + [part]
-            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            if (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and part < len(node)
+            ):
                 node, done = node[part], done + [part]
             else:
                 break
@@ -365,23 +425,31 @@ def _check_variant(resolver: _Resolver, exp: _Experiment) -> None:
 def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[_Experiment]) -> None:
     data = config["data"]
     if data["dataset"] == "imagefolder" and not Path(data["root"]).is_dir():
-        raise ConfigError(f"data.root: image folder {data['root']!r} does not exist (dataset imagefolder; "
-                          "expected root/train/<class>/* and root/test/<class>/*)")
+        raise ConfigError(
+            f"data.root: image folder {data['root']!r} does not exist (dataset imagefolder; "
+            "expected root/train/<class>/* and root/test/<class>/*)"
+        )
     n_train = _train_size(data)
     for exp in experiments:
         if exp.reference is not None and exp.sweep is None:  # a variant (sweep values are checked as they are made)
             _check_variant(resolver, exp)
         batch = exp.recipe["batch_size"]
         if n_train is not None and batch > n_train:
-            raise ConfigError(f"{resolver.origin(exp, ['batch_size'])}: batch_size {batch} is larger than the "
-                              f"train split of {data['dataset']} ({n_train} images) in experiment {exp.id!r}")
+            raise ConfigError(
+                f"{resolver.origin(exp, ['batch_size'])}: batch_size {batch} is larger than the "
+                f"train split of {data['dataset']} ({n_train} images) in experiment {exp.id!r}"
+            )
         weights = exp.recipe["model"]["weights"]
         if weights not in NAMED_WEIGHTS and ("{" in weights or "}" in weights):  # a Snakemake input: a pattern
-            raise ConfigError(f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} has braces, "
-                              "which Snakemake reads as wildcards in an input path; rename the file")
+            raise ConfigError(
+                f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} has braces, "
+                "which Snakemake reads as wildcards in an input path; rename the file"
+            )
         if weights not in NAMED_WEIGHTS and not Path(weights).is_file():
-            raise ConfigError(f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} does not "
-                              f"exist (experiment {exp.id!r}; use imagenet, none or the path of a state_dict file)")
+            raise ConfigError(
+                f"{resolver.origin(exp, ['model', 'weights'])}: weights file {weights!r} does not "
+                f"exist (experiment {exp.id!r}; use imagenet, none or the path of a state_dict file)"
+            )
 
 
 def planned_looks(n_seeds: int, max_seeds: int, step: int) -> int:
@@ -395,10 +463,15 @@ def _adaptive(config: dict) -> dict | None:
     if not adaptive["enabled"]:
         return None
     if adaptive["max_seeds"] < n_seeds:
-        raise ConfigError(f"adaptive.max_seeds: {adaptive['max_seeds']} is fewer than the {n_seeds} initial seeds "
-                          f"(seeds: {config['seeds']}); max_seeds must be at least len(seeds)")
-    return {"max_seeds": adaptive["max_seeds"], "step": adaptive["step"],
-            "looks": planned_looks(n_seeds, adaptive["max_seeds"], adaptive["step"])}
+        raise ConfigError(
+            f"adaptive.max_seeds: {adaptive['max_seeds']} is fewer than the {n_seeds} initial seeds "
+            f"(seeds: {config['seeds']}); max_seeds must be at least len(seeds)"
+        )
+    return {
+        "max_seeds": adaptive["max_seeds"],
+        "step": adaptive["step"],
+        "looks": planned_looks(n_seeds, adaptive["max_seeds"], adaptive["step"]),
+    }
 
 
 def statistics_settings(config: Mapping[str, Any]) -> dict:
@@ -420,8 +493,14 @@ def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> St
         "seeds": list(full["seeds"]),
         "statistics": statistics_settings(full),
         "experiments": [
-            {"id": e.id, "group": e.group, "variant": e.variant, "reference": e.reference, "sweep": e.sweep,
-             "recipe": e.recipe}
+            {
+                "id": e.id,
+                "group": e.group,
+                "variant": e.variant,
+                "reference": e.reference,
+                "sweep": e.sweep,
+                "recipe": e.recipe,
+            }
             for e in experiments
         ],
     }
@@ -437,9 +516,14 @@ def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> St
         "dataset": table["dataset"],
         "seeds": table["seeds"],
         "groups": [
-            {"id": gid, "title": group["title"], "notes": group["notes"], "reference": group["base"],
-             "sweep_key": group["sweep"]["key"] if "sweep" in group else None,
-             "experiments": [e.id for e in resolver.by_group[gid]]}
+            {
+                "id": gid,
+                "title": group["title"],
+                "notes": group["notes"],
+                "reference": group["base"],
+                "sweep_key": group["sweep"]["key"] if "sweep" in group else None,
+                "experiments": [e.id for e in resolver.by_group[gid]],
+            }
             for gid, (_, group) in resolver.groups.items()
         ],
         "config": shown,
@@ -475,8 +559,13 @@ def cli(argv: list[str] | None = None) -> int:
         description="Validate a study configuration and list its experiments (what the pipeline would run).",
         epilog="Example: python -m ablationlab study config.yaml presets/quick.yaml --out results/study",
     )
-    parser.add_argument("configs", nargs="*", default=["config.yaml"], metavar="CONFIG",
-                        help="config.yaml, then overlays merged over it like --configfile (default: config.yaml)")
+    parser.add_argument(
+        "configs",
+        nargs="*",
+        default=["config.yaml"],
+        metavar="CONFIG",
+        help="config.yaml, then overlays merged over it like --configfile (default: config.yaml)",
+    )
     parser.add_argument("--schema", default=None, help=f"schema file (default: {SCHEMA_PATH})")
     parser.add_argument("--out", default=None, help="write experiments.json and report.json into this directory")
     args = parser.parse_args(argv)
@@ -491,6 +580,8 @@ def cli(argv: list[str] | None = None) -> int:
     experiments, seeds = study.experiments["experiments"], study.experiments["seeds"]
     for exp in experiments:
         print(f"{exp['id']:<40} reference={exp['reference'] or '-':<24} epochs={exp['recipe']['epochs']}")
-    print(f"{len(experiments)} experiments x {len(seeds)} seeds = {len(experiments) * len(seeds)} runs "
-          f"on {study.experiments['dataset']}")
+    print(
+        f"{len(experiments)} experiments x {len(seeds)} seeds = {len(experiments) * len(seeds)} runs "
+        f"on {study.experiments['dataset']}"
+    )
     return 0

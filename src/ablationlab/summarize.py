@@ -88,29 +88,85 @@ import pandas as pd
 from ablationlab import diagnostics, io, stats
 
 RUN_COLUMNS = [
-    "experiment", "group", "seed", "status", "test_acc", "test_loss", "test_top5",
-    "epochs_run", "best_epoch", "best_val_acc", "best_val_loss", "params", "wall_seconds",
-    "device", "stop_reason", "params_total", "torch_version",
+    "experiment",
+    "group",
+    "seed",
+    "status",
+    "test_acc",
+    "test_loss",
+    "test_top5",
+    "epochs_run",
+    "best_epoch",
+    "best_val_acc",
+    "best_val_loss",
+    "params",
+    "wall_seconds",
+    "device",
+    "stop_reason",
+    "params_total",
+    "torch_version",
 ]
 MLFLOW_COLUMNS = ["mlflow_run_id", "mlflow_experiment_id", "mlflow_url"]  # read_summary: from mlflow.csv
 # The statistics of each comparison with its reference, after p_value (stats.compare, Holm, BH, verdict).
 COMPARISON_COLUMNS = [
-    "test", "n_pairs", "p_value_wilcoxon", "p_value_holm", "holm_family", "q_value", "effect_size",
-    "effect_size_kind", "prob_improvement", "prob_improvement_ci_low", "prob_improvement_ci_high", "mde_acc",
-    "seeds_needed", "verdict",
+    "test",
+    "n_pairs",
+    "p_value_wilcoxon",
+    "p_value_holm",
+    "holm_family",
+    "q_value",
+    "effect_size",
+    "effect_size_kind",
+    "prob_improvement",
+    "prob_improvement_ci_low",
+    "prob_improvement_ci_high",
+    "mde_acc",
+    "seeds_needed",
+    "verdict",
 ]
 EXPERIMENT_COLUMNS = [
-    "experiment", "group", "variant", "reference", "sweep_key", "sweep_value", "n",
-    "test_acc_mean", "test_acc_std", "test_acc_ci_low", "test_acc_ci_high",
-    "test_acc_min", "test_acc_max", "test_loss_mean", "test_loss_std", "test_loss_min",
-    "test_loss_max", "delta_acc", "delta_ci_low", "delta_ci_high", "p_value",
+    "experiment",
+    "group",
+    "variant",
+    "reference",
+    "sweep_key",
+    "sweep_value",
+    "n",
+    "test_acc_mean",
+    "test_acc_std",
+    "test_acc_ci_low",
+    "test_acc_ci_high",
+    "test_acc_min",
+    "test_acc_max",
+    "test_loss_mean",
+    "test_loss_std",
+    "test_loss_min",
+    "test_loss_max",
+    "delta_acc",
+    "delta_ci_low",
+    "delta_ci_high",
+    "p_value",
     *COMPARISON_COLUMNS,
-    "epochs_mean", "best_epoch_mean", "params", "train_seconds_mean", "status",
-    "n_diverged", "n_early_stopped", "n_seeds",
+    "epochs_mean",
+    "best_epoch_mean",
+    "params",
+    "train_seconds_mean",
+    "status",
+    "n_diverged",
+    "n_early_stopped",
+    "n_seeds",
 ]
 _INT_RUN_COLUMNS = ["seed", "epochs_run", "best_epoch", "params", "params_total"]
-_INT_EXPERIMENT_COLUMNS = ["n", "params", "n_diverged", "n_early_stopped", "n_seeds", "n_pairs", "holm_family",
-                           "seeds_needed"]
+_INT_EXPERIMENT_COLUMNS = [
+    "n",
+    "params",
+    "n_diverged",
+    "n_early_stopped",
+    "n_seeds",
+    "n_pairs",
+    "holm_family",
+    "seeds_needed",
+]
 _EXPERIMENT_KEYS = ("id", "group", "variant", "reference", "sweep", "recipe")
 
 
@@ -133,8 +189,10 @@ def with_seed_plan(study: dict[str, Any], plan: dict[str, Any], where: Any = "se
     missing = [e["id"] for e in study["experiments"] if e["id"] not in plan.get("seeds", {})]
     if missing:
         raise SummaryError(f"{where}: no seeds for experiments {missing} (re-run the adaptive looks)")
-    experiments = [{**e, "seeds": plan["seeds"][e["id"]], "seed_reasons": plan["reasons"].get(e["id"], [])}
-                   for e in study["experiments"]]
+    experiments = [
+        {**e, "seeds": plan["seeds"][e["id"]], "seed_reasons": plan["reasons"].get(e["id"], [])}
+        for e in study["experiments"]
+    ]
     return {**study, "experiments": experiments, "seed_plan": plan}
 
 
@@ -252,7 +310,6 @@ def _first(series: pd.Series) -> Any:
     return values.iloc[0] if len(values) else None
 
 
-
 def _settings(study: dict[str, Any]) -> dict[str, Any]:
     """The study table's ``statistics`` block (alpha, power, min_effect, looks), defaults for missing keys."""
     return {**stats.DEFAULT_SETTINGS, **(study.get("statistics") or {})}
@@ -260,11 +317,14 @@ def _settings(study: dict[str, Any]) -> dict[str, Any]:
 
 def _comparison(variant: dict[int, float], reference: dict[int, float], settings: dict[str, Any]) -> dict[str, Any]:
     """One row's comparison columns (Holm, BH and verdict are filled in later, over families)."""
-    res = stats.compare(variant, reference, alpha=settings["alpha"], power=settings["power"],
-                        looks=settings["looks"])
-    return {"delta_acc": res["delta"], "delta_ci_low": _clip(res["ci_low"], -1.0, 1.0),
-            "delta_ci_high": _clip(res["ci_high"], -1.0, 1.0), "p_value": res["p_value"],
-            **{k: res[k] for k in COMPARISON_COLUMNS if k in res}}
+    res = stats.compare(variant, reference, alpha=settings["alpha"], power=settings["power"], looks=settings["looks"])
+    return {
+        "delta_acc": res["delta"],
+        "delta_ci_low": _clip(res["ci_low"], -1.0, 1.0),
+        "delta_ci_high": _clip(res["ci_high"], -1.0, 1.0),
+        "p_value": res["p_value"],
+        **{k: res[k] for k in COMPARISON_COLUMNS if k in res},
+    }
 
 
 def add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
@@ -274,8 +334,11 @@ def add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[
     compared = [row for row, exp in zip(rows, study["experiments"]) if exp["reference"]]
     for row, exp in zip(rows, study["experiments"]):
         ref = exp["reference"]
-        row.update(_comparison(per_seed_acc[exp["id"]], per_seed_acc[ref], settings) if ref
-                   else {"test": "", "effect_size_kind": "", "verdict": ""})
+        row.update(
+            _comparison(per_seed_acc[exp["id"]], per_seed_acc[ref], settings)
+            if ref
+            else {"test": "", "effect_size_kind": "", "verdict": ""}
+        )
     for group in dict.fromkeys(row["group"] for row in compared):
         family = [row for row in compared if row["group"] == group]
         size = sum(not math.isnan(row["p_value"]) for row in family)
@@ -283,8 +346,13 @@ def add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[
             row.update(p_value_holm=p, holm_family=size)
     for row, q in zip(compared, stats.bh([row["p_value"] for row in compared])):
         row["q_value"] = q
-        row["verdict"] = stats.verdict(row["p_value_holm"], row["mde_acc"], alpha=settings["alpha"],
-                                       looks=settings["looks"], min_effect=settings["min_effect"])
+        row["verdict"] = stats.verdict(
+            row["p_value_holm"],
+            row["mde_acc"],
+            alpha=settings["alpha"],
+            looks=settings["looks"],
+            min_effect=settings["min_effect"],
+        )
 
 
 def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
@@ -297,27 +365,29 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
         per_seed_acc[exp["id"]] = dict(zip(tested["seed"].astype(int), tested["test_acc"]))
         sweep = exp.get("sweep") or {}
         statuses = mine["status"].tolist()
-        rows.append({
-            "experiment": exp["id"],
-            "group": exp["group"],
-            "variant": exp["variant"],
-            "reference": exp["reference"],
-            "sweep_key": sweep.get("key"),
-            "sweep_value": _sweep_value(sweep.get("value")),
-            "n": acc["n"],
-            **{f"test_acc_{k}": acc[k] for k in ("mean", "std", "min", "max")},
-            "test_acc_ci_low": _clip(acc["ci_low"], 0.0, 1.0),
-            "test_acc_ci_high": _clip(acc["ci_high"], 0.0, 1.0),
-            **{f"test_loss_{k}": loss[k] for k in ("mean", "std", "min", "max")},
-            "epochs_mean": stats.mean(mine["epochs_run"].dropna()),
-            "best_epoch_mean": stats.mean(mine["best_epoch"].dropna()),
-            "params": _first(mine["params"]),
-            "train_seconds_mean": stats.mean(mine["wall_seconds"].dropna()),
-            "status": _status(statuses),
-            "n_diverged": statuses.count("diverged"),
-            "n_early_stopped": statuses.count("early_stopped"),
-            "n_seeds": len(statuses),
-        })
+        rows.append(
+            {
+                "experiment": exp["id"],
+                "group": exp["group"],
+                "variant": exp["variant"],
+                "reference": exp["reference"],
+                "sweep_key": sweep.get("key"),
+                "sweep_value": _sweep_value(sweep.get("value")),
+                "n": acc["n"],
+                **{f"test_acc_{k}": acc[k] for k in ("mean", "std", "min", "max")},
+                "test_acc_ci_low": _clip(acc["ci_low"], 0.0, 1.0),
+                "test_acc_ci_high": _clip(acc["ci_high"], 0.0, 1.0),
+                **{f"test_loss_{k}": loss[k] for k in ("mean", "std", "min", "max")},
+                "epochs_mean": stats.mean(mine["epochs_run"].dropna()),
+                "best_epoch_mean": stats.mean(mine["best_epoch"].dropna()),
+                "params": _first(mine["params"]),
+                "train_seconds_mean": stats.mean(mine["wall_seconds"].dropna()),
+                "status": _status(statuses),
+                "n_diverged": statuses.count("diverged"),
+                "n_early_stopped": statuses.count("early_stopped"),
+                "n_seeds": len(statuses),
+            }
+        )
     add_comparisons(rows, study, per_seed_acc)
     frame = pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)
     for col in _INT_EXPERIMENT_COLUMNS:
@@ -325,8 +395,9 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def summarize(study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir: str | Path,
-              seed_plan: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def summarize(
+    study: str | Path | dict[str, Any], runs_dir: str | Path, out_dir: str | Path, seed_plan: str | Path | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``out_dir/runs.csv``, ``out_dir/experiments.csv`` and ``out_dir/diagnostics.csv`` (the curves'
     reading, :mod:`ablationlab.diagnostics`); return the first two tables."""
     if not isinstance(study, dict):
@@ -349,10 +420,22 @@ def read_summary(summary_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         path = summary_dir / name
         if not path.exists():
             raise SummaryError(f"{path}: summary file not found (run `python -m ablationlab summarize` first)")
-        out.append(pd.read_csv(path, dtype={"experiment": str, "group": str, "variant": str,
-                                            "reference": str, "sweep_value": str, "mlflow_run_id": str,
-                                            "mlflow_experiment_id": str}, keep_default_na=False,
-                               na_values=[""]))
+        out.append(
+            pd.read_csv(
+                path,
+                dtype={
+                    "experiment": str,
+                    "group": str,
+                    "variant": str,
+                    "reference": str,
+                    "sweep_value": str,
+                    "mlflow_run_id": str,
+                    "mlflow_experiment_id": str,
+                },
+                keep_default_na=False,
+                na_values=[""],
+            )
+        )
     return _with_mlflow(out[0], summary_dir / "mlflow.csv"), out[1]
 
 

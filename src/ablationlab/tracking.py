@@ -33,8 +33,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ablationlab import io
@@ -59,28 +60,61 @@ EPOCH_METRICS = {  # history.csv column -> MLflow metric (step = epoch)
 EXPERIMENT_TAGS = {  # the UI opens a training experiment on its runs table, not on GenAI traces
     "mlflow.experimentKind": "custom_model_development",
     "mlflow.note.content": "ablationlab study: one parent run per experiment (mean/std over seeds), "
-                           "one child run per seed nested under it. Current runs: `tags.superseded = 'false'`.",
+    "one child run per seed nested under it. Current runs: `tags.superseded = 'false'`.",
 }
 UI_QUERY = "workflowType=machine_learning"  # MLflow 3's UI otherwise opens in its GenAI mode
 DIGEST_FILES = ("recipe.json", "train.json", "history.csv", "metrics.json", "confusion.csv")
 # parent-run statistics: results/summary/experiments.csv columns (metrics; {column: tag}) and
 # results/summary/diagnostics.csv (the curves' reading); absent columns are skipped
-STAT_METRICS = ("test_acc_ci_low", "test_acc_ci_high", "delta_acc", "delta_ci_low", "delta_ci_high", "p_value",
-                "p_value_wilcoxon", "p_value_holm", "holm_family", "q_value", "n_pairs", "effect_size",
-                "prob_improvement", "prob_improvement_ci_low", "prob_improvement_ci_high", "mde_acc", "seeds_needed")
+STAT_METRICS = (
+    "test_acc_ci_low",
+    "test_acc_ci_high",
+    "delta_acc",
+    "delta_ci_low",
+    "delta_ci_high",
+    "p_value",
+    "p_value_wilcoxon",
+    "p_value_holm",
+    "holm_family",
+    "q_value",
+    "n_pairs",
+    "effect_size",
+    "prob_improvement",
+    "prob_improvement_ci_low",
+    "prob_improvement_ci_high",
+    "mde_acc",
+    "seeds_needed",
+)
 STAT_TAGS = {"reference": "reference", "test": "test", "effect_size_kind": "effect_size_kind", "verdict": "verdict"}
-DIAGNOSTIC_METRICS = ("val_loss_min_epoch", "last_epoch", "overfit_gap", "train_val_acc_gap", "val_acc_swing",
-                      "last_vs_best_acc")
+DIAGNOSTIC_METRICS = (
+    "val_loss_min_epoch",
+    "last_epoch",
+    "overfit_gap",
+    "train_val_acc_gap",
+    "val_acc_swing",
+    "last_vs_best_acc",
+)
 DIAGNOSTIC_TAGS = {"flags": "diagnostics.flags", "reading": "diagnostics.reading"}
-RECORD_COLUMNS = ("experiment", "seed", "kind", "mlflow_run_id", "mlflow_parent_run_id", "mlflow_experiment_id",
-                  "mlflow_url", "run_key")
+RECORD_COLUMNS = (
+    "experiment",
+    "seed",
+    "kind",
+    "mlflow_run_id",
+    "mlflow_parent_run_id",
+    "mlflow_experiment_id",
+    "mlflow_url",
+    "run_key",
+)
 RUN_FILES = ("recipe.json", "train.json", "history.csv", "metrics.json", "confusion.csv", "weights.pt")
 ARTIFACTS = ("history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.json")
 # MLflow's HTTP client retries a refused connection 7 times with exponential backoff (about
 # 4 minutes) and waits up to 120 s per request; jobs give up within seconds instead (a setting
 # already in the environment wins)
-HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 class TrackingError(ValueError):
@@ -124,16 +158,22 @@ def server_problem(uri: str, timeout: float = 10.0) -> str | None:
     except urllib.error.HTTPError:
         return None  # it answered (401 without credentials, 404 behind a proxy): reachable
     except (OSError, ValueError) as exc:  # refused, unknown host, timed out, malformed
-        return (f"tracking.uri: MLflow server {redact(uri)} is not reachable ({getattr(exc, 'reason', None) or exc}); "
-                "start it, or fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same "
-                "command again")
+        return (
+            f"tracking.uri: MLflow server {redact(uri)} is not reachable ({getattr(exc, 'reason', None) or exc}); "
+            "start it, or fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same "
+            "command again"
+        )
     return None
 
 
 def run_key(experiment: str, dataset: str, recipe: Mapping[str, Any], seed: int | None = None) -> str:
     """sha256 of the canonical (experiment, dataset, recipe, seed); ``seed=None`` keys the parent."""
-    ident = {"experiment": experiment, "dataset": dataset, "recipe": recipe,
-             "seed": "parent" if seed is None else int(seed)}
+    ident = {
+        "experiment": experiment,
+        "dataset": dataset,
+        "recipe": recipe,
+        "seed": "parent" if seed is None else int(seed),
+    }
     return hashlib.sha256(io.canonical_json(ident).encode()).hexdigest()
 
 
@@ -179,8 +219,7 @@ def _retry(fn: Callable, *args, attempts: int = 12, **kwargs):
 class Tracker:
     """An MLflow store + experiment, with the lock that makes create-if-absent safe."""
 
-    def __init__(self, uri: str = DEFAULT_URI, name: str = "ablationlab", *,
-                 lock: str | os.PathLike | None = None):
+    def __init__(self, uri: str = DEFAULT_URI, name: str = "ablationlab", *, lock: str | os.PathLike | None = None):
         from filelock import FileLock
 
         if not name:
@@ -195,8 +234,11 @@ class Tracker:
         self.name = name
         self.sqlite_path = _sqlite_path(clean)
         if lock is None:
-            lock = (f"{self.sqlite_path}.lock" if self.sqlite_path
-                    else Path("results") / f".mlflow-{hashlib.sha256(clean.encode()).hexdigest()[:12]}.lock")
+            lock = (
+                f"{self.sqlite_path}.lock"
+                if self.sqlite_path
+                else Path("results") / f".mlflow-{hashlib.sha256(clean.encode()).hexdigest()[:12]}.lock"
+            )
         Path(lock).parent.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(lock))
         self._client = None
@@ -224,9 +266,9 @@ class Tracker:
         return _retry(getattr(self.client, method), *args, **kwargs)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator["Tracker"]:
+    def session(self) -> Iterator[Tracker]:
         """Hold the lock for a SQLite store (one writer at a time); no-op for servers."""
-        self.client  # connect (seconds of imports) before taking the lock
+        self.client  # connect (seconds of imports) before taking the lock  # noqa: B018 (a property with an effect)
         with self.lock if self.sqlite_path else contextlib.nullcontext():
             yield self
 
@@ -256,8 +298,14 @@ class Tracker:
         query = " AND ".join(f"tags.{k} = {_quote(v)}" for k, v in filters.items())
         runs, token = [], None
         while True:  # every page: a study can hold more runs than one page
-            page = self.call("search_runs", [self.experiment_id], filter_string=query, max_results=1000,
-                             order_by=["attributes.start_time ASC"], page_token=token)
+            page = self.call(
+                "search_runs",
+                [self.experiment_id],
+                filter_string=query,
+                max_results=1000,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
             runs.extend(page)
             token = page.token
             if not token:
@@ -270,15 +318,20 @@ class Tracker:
             if runs:
                 return runs[0], False
             tags = {**tags, "run_key": key}
-            return self.call("create_run", self.experiment_id, tags=tags, run_name=name,
-                             start_time=start_time), True
+            return self.call("create_run", self.experiment_id, tags=tags, run_name=name, start_time=start_time), True
 
     def run_info(self, run, **extra) -> dict[str, Any]:
         """The ``mlflow.json`` record of ``run`` (URIs redacted)."""
         eid, rid = run.info.experiment_id, run.info.run_id
-        info = {"run_id": rid, "experiment_id": eid, "experiment_name": self.name,
-                "tracking_uri": self.redacted, "run_name": run.info.run_name,
-                "url": f"#/experiments/{eid}/runs/{rid}?{UI_QUERY}", "ui_url": None}
+        info = {
+            "run_id": rid,
+            "experiment_id": eid,
+            "experiment_name": self.name,
+            "tracking_uri": self.redacted,
+            "run_name": run.info.run_name,
+            "url": f"#/experiments/{eid}/runs/{rid}?{UI_QUERY}",
+            "ui_url": None,
+        }
         if self.uri.startswith(("http://", "https://")):
             info["ui_url"] = f"{self.redacted.rstrip('/')}/{info['url']}"
         return {**info, **extra}
@@ -288,8 +341,10 @@ def _sqlite_path(uri: str) -> str | None:
     if not uri.startswith("sqlite:"):
         return None
     if not uri.startswith("sqlite:///") or uri == "sqlite:///" or ":memory:" in uri:
-        raise TrackingError(f"tracking uri {uri!r}: an in-memory SQLite store is not shared "
-                            "between jobs; use sqlite:///path/to/mlflow.db")
+        raise TrackingError(
+            f"tracking uri {uri!r}: an in-memory SQLite store is not shared "
+            "between jobs; use sqlite:///path/to/mlflow.db"
+        )
     return uri.removeprefix("sqlite:///").split("?", 1)[0]
 
 
@@ -301,16 +356,23 @@ def _log(tracker: Tracker, run, *, params=None, tags=None, metrics=None, history
     rid, now = run.info.run_id, _now_ms()
     have_params = run.data.params
     batch_params = [Param(k, v) for k, v in (params or {}).items() if k not in have_params]
-    batch_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()
-                  if v is not None and run.data.tags.get(k) != str(v)]
-    batch_metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
-                     if v is not None and not (k in run.data.metrics and _same(run.data.metrics[k], float(v)))]
+    batch_tags = [
+        RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None and run.data.tags.get(k) != str(v)
+    ]
+    batch_metrics = [
+        Metric(k, float(v), now, 0)
+        for k, v in (metrics or {}).items()
+        if v is not None and not (k in run.data.metrics and _same(run.data.metrics[k], float(v)))
+    ]
     for key, steps in (history or {}).items():
         logged = {}
         if key in run.data.metrics:
             logged = {m.step: m.value for m in tracker.call("get_metric_history", rid, key)}
-        batch_metrics += [Metric(key, float(v), now, int(step)) for step, v in steps.items()
-                          if not (step in logged and _same(logged[step], float(v)))]
+        batch_metrics += [
+            Metric(key, float(v), now, int(step))
+            for step, v in steps.items()
+            if not (step in logged and _same(logged[step], float(v)))
+        ]
     if batch_params or batch_tags or batch_metrics:
         tracker.call("log_batch", rid, metrics=batch_metrics, params=batch_params, tags=batch_tags)
 
@@ -342,16 +404,20 @@ def _history(path: Path) -> dict[str, dict[int, float]]:
     missing = [c for c in ["epoch", *EPOCH_METRICS] if c not in frame.columns]
     if missing:
         raise TrackingError(f"{path}: missing column(s) {', '.join(missing)}")
-    return {metric: {int(e): float(v) for e, v in zip(frame["epoch"], frame[col]) if not pd.isna(e)}
-            for col, metric in EPOCH_METRICS.items()}
+    return {
+        metric: {int(e): float(v) for e, v in zip(frame["epoch"], frame[col]) if not pd.isna(e)}
+        for col, metric in EPOCH_METRICS.items()
+    }
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing:
         raise TrackingError(f"run {run_dir}: missing {', '.join(missing)}")
-    data = {name.removesuffix(".json"): io.read_json(run_dir / name)
-            for name in ("recipe.json", "train.json", "metrics.json")}
+    data = {
+        name.removesuffix(".json"): io.read_json(run_dir / name)
+        for name in ("recipe.json", "train.json", "metrics.json")
+    }
     if "seed" not in data["train"]:
         raise TrackingError(f"{run_dir / 'train.json'}: missing key 'seed'")
     data["history"] = _history(run_dir / "history.csv")
@@ -367,20 +433,34 @@ def _base_tags(*, study: str, experiment: str, group: str, dataset: str, kind: s
     return tags
 
 
-def open_runs(tracker: Tracker, *, recipe: Mapping[str, Any], seed: int, study: str,
-              experiment: str, group: str, dataset: str, start_time: int | None = None):
+def open_runs(
+    tracker: Tracker,
+    *,
+    recipe: Mapping[str, Any],
+    seed: int,
+    study: str,
+    experiment: str,
+    group: str,
+    dataset: str,
+    start_time: int | None = None,
+):
     """``(parent, child, created)`` for one seed, both created if absent (new runs start at
     ``start_time``, ms since the epoch, default now: the parent when its first seed started
     training, roughly); params logged."""
     tags = _base_tags(study=study, experiment=experiment, group=group, dataset=dataset, kind="parent")
     params = mlflow_params(recipe)
-    parent, created = tracker.ensure_run(run_key(experiment, dataset, recipe), name=experiment, tags=tags,
-                                         start_time=start_time)
+    parent, created = tracker.ensure_run(
+        run_key(experiment, dataset, recipe), name=experiment, tags=tags, start_time=start_time
+    )
     if created:
         _log(tracker, parent, params=params)
     child_tags = {**tags, "kind": "child", "seed": str(seed), "mlflow.parentRunId": parent.info.run_id}
-    child, created = tracker.ensure_run(run_key(experiment, dataset, recipe, seed),
-                                        name=f"{experiment}/seed{seed}", tags=child_tags, start_time=start_time)
+    child, created = tracker.ensure_run(
+        run_key(experiment, dataset, recipe, seed),
+        name=f"{experiment}/seed{seed}",
+        tags=child_tags,
+        start_time=start_time,
+    )
     if created:
         _log(tracker, child, params=params)
         child = tracker.call("get_run", child.info.run_id)
@@ -390,8 +470,12 @@ def open_runs(tracker: Tracker, *, recipe: Mapping[str, Any], seed: int, study: 
 def init(tracker: Tracker) -> dict[str, Any]:
     """The MLflow experiment's record (``results/mlflow.json``), creating it if absent."""
     eid = tracker.experiment_id
-    return {"experiment_id": eid, "experiment_name": tracker.name, "tracking_uri": tracker.redacted,
-            "url": f"#/experiments/{eid}?{UI_QUERY}"}
+    return {
+        "experiment_id": eid,
+        "experiment_name": tracker.name,
+        "tracking_uri": tracker.redacted,
+        "url": f"#/experiments/{eid}?{UI_QUERY}",
+    }
 
 
 def files_digest(run_dir: Path) -> str:
@@ -418,12 +502,22 @@ def log_child(tracker: Tracker, data: Mapping[str, Any], ident: Mapping[str, str
     start_ms = end_ms - int(1000 * float(train.get("wall_seconds") or 0))
     _, child, _ = open_runs(tracker, recipe=data["recipe"], seed=seed, start_time=start_ms, **ident)
     final = {f"test_{k}": metrics.get(f"test_{k}") for k in ("loss", "acc", "top5")}
-    final.update({k: train.get(k) for k in ("best_val_loss", "best_val_acc", "best_epoch",
-                                            "epochs_run", "wall_seconds")})
-    final.update({"params_trainable": train.get("params"), "params_total": train.get("params_total"),
-                  "n_test": metrics.get("n_test")})
-    tags = {"status": metrics.get("status") or train.get("status"), "device": train.get("device"),
-            "torch_version": train.get("torch_version"), "stop_reason": train.get("stop_reason")}
+    final.update(
+        {k: train.get(k) for k in ("best_val_loss", "best_val_acc", "best_epoch", "epochs_run", "wall_seconds")}
+    )
+    final.update(
+        {
+            "params_trainable": train.get("params"),
+            "params_total": train.get("params_total"),
+            "n_test": metrics.get("n_test"),
+        }
+    )
+    tags = {
+        "status": metrics.get("status") or train.get("status"),
+        "device": train.get("device"),
+        "torch_version": train.get("torch_version"),
+        "stop_reason": train.get("stop_reason"),
+    }
     _log(tracker, child, params=mlflow_params(data["recipe"]), tags=tags, metrics=final, history=data["history"])
     files = {name: run_dir / name for name in ARTIFACTS}
     if data.get("log") is not None:
@@ -438,14 +532,20 @@ def _aggregate(experiment: str, runs: Sequence[Mapping[str, Any]]) -> tuple[dict
     """Seed-aggregated ``(metrics, history)`` of one experiment's runs (same recipe, distinct seeds)."""
     for data in runs[1:]:
         if data["recipe"] != runs[0]["recipe"]:
-            raise TrackingError(f"experiment {experiment}: {data['dir']}/recipe.json differs from "
-                                f"{runs[0]['dir']}/recipe.json")
+            raise TrackingError(
+                f"experiment {experiment}: {data['dir']}/recipe.json differs from {runs[0]['dir']}/recipe.json"
+            )
     seeds = [int(d["train"]["seed"]) for d in runs]
     if len(set(seeds)) != len(seeds):
         raise TrackingError(f"experiment {experiment}: duplicate seeds {seeds}")
     metrics: dict[str, float] = {"n_seeds": len(runs)}
-    columns = {"test_acc": "metrics", "test_loss": "metrics", "best_val_acc": "train",
-               "best_val_loss": "train", "epochs_run": "train"}
+    columns = {
+        "test_acc": "metrics",
+        "test_loss": "metrics",
+        "best_val_acc": "train",
+        "best_val_loss": "train",
+        "epochs_run": "train",
+    }
     for key, source in columns.items():
         values = [float(d[source][key]) for d in runs if d[source].get(key) is not None]
         if values:
@@ -457,8 +557,9 @@ def _aggregate(experiment: str, runs: Sequence[Mapping[str, Any]]) -> tuple[dict
     history = {}
     for metric in ("train_loss", "train_acc", "val_loss", "val_acc"):
         epochs = sorted({e for d in runs for e in d["history"][metric]})
-        history[metric] = {e: seed_stats.mean([d["history"][metric][e] for d in runs
-                                              if e in d["history"][metric]]) for e in epochs}
+        history[metric] = {
+            e: seed_stats.mean([d["history"][metric][e] for d in runs if e in d["history"][metric]]) for e in epochs
+        }
     return metrics, history
 
 
@@ -471,19 +572,29 @@ def _note(experiment: str, metrics: Mapping[str, float], seeds: list[int], stats
     lines = [f"**{experiment}**: test accuracy {acc:.4f} ± {std:.4f} over {len(seeds)} seed(s) {seeds}"]
     m, tags = stats.get("metrics", {}), stats.get("tags", {})
     if "delta_acc" in m:
-        ci = (f" (CI {m['delta_ci_low']:+.4f} … {m['delta_ci_high']:+.4f})"
-              if "delta_ci_low" in m and "delta_ci_high" in m else "")
+        ci = (
+            f" (CI {m['delta_ci_low']:+.4f} … {m['delta_ci_high']:+.4f})"
+            if "delta_ci_low" in m and "delta_ci_high" in m
+            else ""
+        )
         holm = f", Holm p = {m['p_value_holm']:.3g}" if "p_value_holm" in m else ""
-        lines.append(f"Δ vs {tags.get('reference', 'reference')}: {m['delta_acc']:+.4f}{ci}"
-                     f"{', ' + tags['test'] if tags.get('test') else ''}{holm}"
-                     f"{' — ' + tags['verdict'] if tags.get('verdict') else ''}")
+        lines.append(
+            f"Δ vs {tags.get('reference', 'reference')}: {m['delta_acc']:+.4f}{ci}"
+            f"{', ' + tags['test'] if tags.get('test') else ''}{holm}"
+            f"{' — ' + tags['verdict'] if tags.get('verdict') else ''}"
+        )
     if tags.get("diagnostics.reading"):
         lines.append(tags["diagnostics.reading"])
     return "\n\n".join(lines)
 
 
-def log_parent(tracker: Tracker, runs: Sequence[Mapping[str, Any]], ident: Mapping[str, str],
-               stats: Mapping[str, Any], existing: Mapping[str, Any]):
+def log_parent(
+    tracker: Tracker,
+    runs: Sequence[Mapping[str, Any]],
+    ident: Mapping[str, str],
+    stats: Mapping[str, Any],
+    existing: Mapping[str, Any],
+):
     """Log (or update) the parent run of one experiment from its runs (each with its child
     ``run``): seed aggregates plus ``stats`` (``{"metrics", "tags"}`` from the summary). Skipped
     when its ``inputs_sha256`` tag says nothing changed; return ``(parent run, logged)``."""
@@ -491,9 +602,16 @@ def log_parent(tracker: Tracker, runs: Sequence[Mapping[str, Any]], ident: Mappi
     runs = sorted(runs, key=lambda d: int(d["train"]["seed"]))
     metrics, history = _aggregate(experiment, runs)
     recipe, seeds = runs[0]["recipe"], [int(d["train"]["seed"]) for d in runs]
-    seeds_rows = [{"seed": s, "run_id": d["run"].info.run_id, "status": d["metrics"].get("status"),
-                   "test_acc": d["metrics"].get("test_acc"), "test_loss": d["metrics"].get("test_loss")}
-                  for s, d in zip(seeds, runs)]
+    seeds_rows = [
+        {
+            "seed": s,
+            "run_id": d["run"].info.run_id,
+            "status": d["metrics"].get("status"),
+            "test_acc": d["metrics"].get("test_acc"),
+            "test_loss": d["metrics"].get("test_loss"),
+        }
+        for s, d in zip(seeds, runs)
+    ]
     key = run_key(experiment, ident["dataset"], recipe)
     digest = _content_digest(ident, recipe, metrics, history, seeds_rows, stats)
     parent = existing.get(key)
@@ -502,10 +620,21 @@ def log_parent(tracker: Tracker, runs: Sequence[Mapping[str, Any]], ident: Mappi
     tags = _base_tags(kind="parent", **ident)
     parent, _ = tracker.ensure_run(key, name=experiment, tags=tags)
     statuses = sorted({str(d["metrics"].get("status") or d["train"].get("status")) for d in runs})
-    _log(tracker, parent, params=mlflow_params(recipe), metrics={**metrics, **stats.get("metrics", {})},
-         history=history, tags={**tags, **stats.get("tags", {}), "seeds": json.dumps(seeds),
-                                "n_seeds": len(seeds), "status": ",".join(statuses),
-                                "mlflow.note.content": _note(experiment, metrics, seeds, stats)})
+    _log(
+        tracker,
+        parent,
+        params=mlflow_params(recipe),
+        metrics={**metrics, **stats.get("metrics", {})},
+        history=history,
+        tags={
+            **tags,
+            **stats.get("tags", {}),
+            "seeds": json.dumps(seeds),
+            "n_seeds": len(seeds),
+            "status": ",".join(statuses),
+            "mlflow.note.content": _note(experiment, metrics, seeds, stats),
+        },
+    )
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "seeds.json"
         table.write_text(json.dumps(seeds_rows, indent=2))
@@ -568,8 +697,9 @@ def read_statistics(summary_dir: str | os.PathLike | None) -> dict[str, dict[str
     return out
 
 
-def _load_runs(run_dirs: Sequence[str | os.PathLike], runs_root: Path, table: Mapping[str, Any],
-               logs_dir: Path | None) -> dict[str, list[dict[str, Any]]]:
+def _load_runs(
+    run_dirs: Sequence[str | os.PathLike], runs_root: Path, table: Mapping[str, Any], logs_dir: Path | None
+) -> dict[str, list[dict[str, Any]]]:
     """Every run directory read and checked (before MLflow is touched), by experiment id."""
     known = {e["id"] for e in table["experiments"]}
     by_experiment: dict[str, list[dict[str, Any]]] = {}
@@ -582,24 +712,43 @@ def _load_runs(run_dirs: Sequence[str | os.PathLike], runs_root: Path, table: Ma
             raise TrackingError(f"run {run_dir}: experiment {experiment!r} is not in the study table")
         data = _read_run(run_dir)
         log_file = logs_dir / experiment / f"{run_dir.name}.log" if logs_dir is not None else None
-        data.update(dir=run_dir, digest=files_digest(run_dir),
-                    log=log_file if log_file is not None and log_file.is_file() else None)
+        data.update(
+            dir=run_dir,
+            digest=files_digest(run_dir),
+            log=log_file if log_file is not None and log_file.is_file() else None,
+        )
         by_experiment.setdefault(experiment, []).append(data)
     return by_experiment
 
 
 def _record_row(tracker: Tracker, run, experiment: str, seed: int | str) -> dict[str, Any]:
     info = tracker.run_info(run)
-    return {"experiment": experiment, "seed": seed, "kind": "child" if seed != "" else "parent",
-            "mlflow_run_id": info["run_id"], "mlflow_parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
-            "mlflow_experiment_id": info["experiment_id"], "mlflow_url": info["ui_url"] or info["url"],
-            "run_key": run.data.tags.get("run_key", "")}
+    return {
+        "experiment": experiment,
+        "seed": seed,
+        "kind": "child" if seed != "" else "parent",
+        "mlflow_run_id": info["run_id"],
+        "mlflow_parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
+        "mlflow_experiment_id": info["experiment_id"],
+        "mlflow_url": info["ui_url"] or info["url"],
+        "run_key": run.data.tags.get("run_key", ""),
+    }
 
 
-def track_study(run_dirs: Sequence[str | os.PathLike], *, study_table: str | os.PathLike,
-                runs_root: str | os.PathLike, study: str, out: str | os.PathLike, record: str | os.PathLike,
-                summary_dir: str | os.PathLike | None = None, logs_dir: str | os.PathLike | None = None,
-                uri: str = DEFAULT_URI, name: str = "ablationlab", lock=None) -> dict[str, Any]:
+def track_study(
+    run_dirs: Sequence[str | os.PathLike],
+    *,
+    study_table: str | os.PathLike,
+    runs_root: str | os.PathLike,
+    study: str,
+    out: str | os.PathLike,
+    record: str | os.PathLike,
+    summary_dir: str | os.PathLike | None = None,
+    logs_dir: str | os.PathLike | None = None,
+    uri: str = DEFAULT_URI,
+    name: str = "ablationlab",
+    lock=None,
+) -> dict[str, Any]:
     """The study's one MLflow writer: log the child runs of ``run_dirs`` that are new or
     changed (by ``run_key`` and ``files_sha256``), update every parent run (seed aggregates and
     the summary's statistics), tag superseded runs; write ``out`` (the MLflow experiment) and
@@ -631,8 +780,14 @@ def track_study(run_dirs: Sequence[str | os.PathLike], *, study_table: str | os.
     _write_record(record, rows)
     info.update(logged=logged, superseded=superseded)
     io.write_json(out, info)
-    log.info("MLflow %s: logged %d child and %d parent runs of %d; %d newly superseded",
-             tracker.redacted, logged["children"], logged["parents"], len(rows), superseded)
+    log.info(
+        "MLflow %s: logged %d child and %d parent runs of %d; %d newly superseded",
+        tracker.redacted,
+        logged["children"],
+        logged["parents"],
+        len(rows),
+        superseded,
+    )
     return info
 
 
@@ -660,31 +815,44 @@ class LiveRun:
         self.monitor = None
         self.logged: set[int] = set()
 
-    def __enter__(self) -> "LiveRun":
+    def __enter__(self) -> LiveRun:
         uri = self.spec.get("uri") or DEFAULT_URI
         if os.environ.get("SLURM_JOB_ID") and uri.startswith("sqlite:"):
             # a SQLite file written from compute nodes over a shared file system corrupts
-            log.warning("live MLflow logging disabled in a SLURM job: %s is a SQLite store; use a "
-                        "tracking server (tracking.uri: http://...) to watch cluster runs live", redact(uri))
+            log.warning(
+                "live MLflow logging disabled in a SLURM job: %s is a SQLite store; use a "
+                "tracking server (tracking.uri: http://...) to watch cluster runs live",
+                redact(uri),
+            )
             return self
         try:
             spec = self.spec
             self.tracker = Tracker(spec.get("uri") or DEFAULT_URI, spec["mlflow_experiment"], lock=spec.get("lock"))
             with self.tracker.session():
-                _, self.run, _ = open_runs(self.tracker, recipe=self.recipe, seed=self.seed,
-                                           study=spec["study"], experiment=spec["experiment"],
-                                           group=spec["group"], dataset=spec["dataset"])
+                _, self.run, _ = open_runs(
+                    self.tracker,
+                    recipe=self.recipe,
+                    seed=self.seed,
+                    study=spec["study"],
+                    experiment=spec["experiment"],
+                    group=spec["group"],
+                    dataset=spec["dataset"],
+                )
                 if self.run.info.status != "RUNNING":
                     self.tracker.call("update_run", self.run.info.run_id, status="RUNNING")
                 if "val_loss" in self.run.data.metrics:
-                    self.logged = {m.step for m in self.tracker.call(
-                        "get_metric_history", self.run.info.run_id, "val_loss")}
+                    self.logged = {
+                        m.step for m in self.tracker.call("get_metric_history", self.run.info.run_id, "val_loss")
+                    }
             if spec.get("system_metrics"):
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
                 self.monitor = SystemMetricsMonitor(
-                    self.run.info.run_id, sampling_interval=float(spec.get("system_metrics_interval", 10)),
-                    resume_logging=True, tracking_uri=self.tracker.uri)
+                    self.run.info.run_id,
+                    sampling_interval=float(spec.get("system_metrics_interval", 10)),
+                    resume_logging=True,
+                    tracking_uri=self.tracker.uri,
+                )
                 self.monitor.start()
         except Exception as exc:
             log.warning("live MLflow logging disabled: %s", redact(str(exc)))
@@ -707,8 +875,12 @@ class LiveRun:
                 self.tracker.call("log_batch", self.run.info.run_id, metrics=batch)
             self.logged.add(epoch)
         except Exception as exc:  # stop trying: a down server would cost every epoch its retries
-            log.warning("live MLflow logging of epoch %d failed, stopped for this run (the track job logs every "
-                        "epoch later): %s", epoch, redact(str(exc)))
+            log.warning(
+                "live MLflow logging of epoch %d failed, stopped for this run (the track job logs every "
+                "epoch later): %s",
+                epoch,
+                redact(str(exc)),
+            )
             self.run = None
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -720,8 +892,9 @@ class LiveRun:
 
 
 @contextlib.contextmanager
-def live_run(spec: str | Mapping[str, Any] | None, *, recipe: Mapping[str, Any],
-             seed: int) -> Iterator[Callable[[Mapping[str, Any]], None] | None]:
+def live_run(
+    spec: str | Mapping[str, Any] | None, *, recipe: Mapping[str, Any], seed: int
+) -> Iterator[Callable[[Mapping[str, Any]], None] | None]:
     """Yield an ``on_epoch`` callback for ``train.train`` (None when ``spec`` is empty/off).
 
     ``spec`` is a dict or its JSON text (the train CLI's ``--track`` option)."""
@@ -734,14 +907,33 @@ def live_run(spec: str | Mapping[str, Any] | None, *, recipe: Mapping[str, Any],
         yield hook.on_epoch
 
 
-def live_spec(*, uri: str, mlflow_experiment: str, study: str, experiment: str, group: str,
-              dataset: str, live: bool, system_metrics: bool = False) -> str:
+def live_spec(
+    *,
+    uri: str,
+    mlflow_experiment: str,
+    study: str,
+    experiment: str,
+    group: str,
+    dataset: str,
+    live: bool,
+    system_metrics: bool = False,
+) -> str:
     """The JSON text the pipeline passes to ``train --track`` ("" when live logging is off)."""
     if not (live or system_metrics):
         return ""
-    return json.dumps({"uri": uri, "mlflow_experiment": mlflow_experiment, "study": study,
-                       "experiment": experiment, "group": group, "dataset": dataset,
-                       "live": bool(live), "system_metrics": bool(system_metrics)}, sort_keys=True)
+    return json.dumps(
+        {
+            "uri": uri,
+            "mlflow_experiment": mlflow_experiment,
+            "study": study,
+            "experiment": experiment,
+            "group": group,
+            "dataset": dataset,
+            "live": bool(live),
+            "system_metrics": bool(system_metrics),
+        },
+        sort_keys=True,
+    )
 
 
 class LiveSpec:
@@ -770,8 +962,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True, help="study name (tag)")
     p.add_argument("--study-table", required=True, help="results/study/experiments.json")
     p.add_argument("--runs", required=True, help="the runs' root folder, results/runs")
-    p.add_argument("--run", required=True, nargs="+", action="extend", metavar="DIR",
-                   help="run directories to track, results/runs/{experiment}/seed{n}")
+    p.add_argument(
+        "--run",
+        required=True,
+        nargs="+",
+        action="extend",
+        metavar="DIR",
+        help="run directories to track, results/runs/{experiment}/seed{n}",
+    )
     p.add_argument("--summary", default=None, help="folder with experiments.csv [and diagnostics.csv]")
     p.add_argument("--logs", default=None, help="train logs, {logs}/{experiment}/seed{n}.log (attached)")
     p.add_argument("--out", required=True, help="the MLflow experiment's record, results/mlflow.json")
@@ -786,9 +984,19 @@ def cli(argv: list[str]) -> int:
         problem = server_problem(export_credentials(args.uri))  # one clear line, not minutes of retries
         if problem:
             raise TrackingError(problem)
-        info = track_study(args.run, study_table=args.study_table, runs_root=args.runs, study=args.study,
-                           out=args.out, record=args.record, summary_dir=args.summary, logs_dir=args.logs,
-                           uri=args.uri, name=args.mlflow_experiment, lock=args.lock)
+        info = track_study(
+            args.run,
+            study_table=args.study_table,
+            runs_root=args.runs,
+            study=args.study,
+            out=args.out,
+            record=args.record,
+            summary_dir=args.summary,
+            logs_dir=args.logs,
+            uri=args.uri,
+            name=args.mlflow_experiment,
+            lock=args.lock,
+        )
     except TrackingError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2

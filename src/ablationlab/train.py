@@ -39,9 +39,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment, data, device as devices, io, models
+from . import augment, data, io, models
+from . import device as devices
 from .recipe import complete
 
 log = logging.getLogger("ablationlab.train")
@@ -158,9 +160,11 @@ def make_loss(loss: Mapping[str, Any], num_classes: int) -> Callable[[torch.Tens
     if loss["name"] == "cross_entropy":
         return lambda logits, y: F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
     if loss["name"] == "mse":
+
         def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             target = F.one_hot(y, num_classes).float() * (1.0 - smoothing) + smoothing / num_classes
             return F.mse_loss(logits.float().softmax(dim=1), target)
+
         return mse
     raise ValueError(f"loss.name: unknown loss {loss['name']!r} (choose from {_names(LOSSES)})")
 
@@ -210,8 +214,9 @@ def build_network(recipe: Mapping[str, Any], meta: Mapping[str, Any], *, pretrai
     spec = dict(recipe["model"])
     if not pretrained:
         spec["weights"] = "none"
-    return models.build_model(spec, in_channels=meta["channels"], image_size=input_size(recipe, meta),
-                              num_classes=meta["num_classes"])
+    return models.build_model(
+        spec, in_channels=meta["channels"], image_size=input_size(recipe, meta), num_classes=meta["num_classes"]
+    )
 
 
 @dataclass
@@ -235,8 +240,9 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size + (1 if n % batch_size > 1 else 0)
 
 
-def setup(recipe: Mapping[str, Any], meta: Mapping[str, Any], n_train: int, device: torch.device,
-          *, compile: bool = False) -> Engine:
+def setup(
+    recipe: Mapping[str, Any], meta: Mapping[str, Any], n_train: int, device: torch.device, *, compile: bool = False
+) -> Engine:
     """Build model, optimizer, scheduler, loss and preprocessing for ``recipe`` on ``device``."""
     model = build_network(recipe, meta).to(device=device, memory_format=devices.memory_format(device))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -244,19 +250,27 @@ def setup(recipe: Mapping[str, Any], meta: Mapping[str, Any], n_train: int, devi
         raise ValueError("model: no trainable parameters (model.train: frozen left nothing to learn)")
     optimizer = make_optimizer(params, recipe["optimizer"])
     steps = steps_per_epoch(n_train, recipe["batch_size"])
-    scheduler = make_scheduler(optimizer, recipe["scheduler"], lr=recipe["optimizer"]["lr"],
-                               epochs=recipe["epochs"], steps_per_epoch=steps)
+    scheduler = make_scheduler(
+        optimizer, recipe["scheduler"], lr=recipe["optimizer"]["lr"], epochs=recipe["epochs"], steps_per_epoch=steps
+    )
     net = model
     if compile:
         if device.type == "cuda":
             net = torch.compile(model)
         else:
             log.info("--compile is used on CUDA only; running eagerly on %s", device.type)
-    return Engine(model=model, net=net, optimizer=optimizer, scheduler=scheduler,
-                  loss_fn=make_loss(recipe["loss"], meta["num_classes"]),
-                  preprocess=Preprocess(meta, recipe, device), scaler=devices.grad_scaler(device),
-                  device=device, batch_size=recipe["batch_size"],
-                  step_scheduler_per_batch=recipe["scheduler"]["name"] == "onecycle")
+    return Engine(
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=make_loss(recipe["loss"], meta["num_classes"]),
+        preprocess=Preprocess(meta, recipe, device),
+        scaler=devices.grad_scaler(device),
+        device=device,
+        batch_size=recipe["batch_size"],
+        step_scheduler_per_batch=recipe["scheduler"]["name"] == "onecycle",
+    )
 
 
 def train_step(engine: Engine, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,8 +288,9 @@ def train_step(engine: Engine, inputs: torch.Tensor, targets: torch.Tensor) -> t
     return loss.detach().float() * n, (logits.detach().argmax(dim=1) == targets).sum()
 
 
-def train_epoch(engine: Engine, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
-                on_step: Callable[[], None] | None = None) -> dict[str, float]:
+def train_epoch(
+    engine: Engine, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, on_step: Callable[[], None] | None = None
+) -> dict[str, float]:
     """One pass over ``x``/``y`` (uint8 and labels on the device) in the order ``order`` (indices on the device)."""
     engine.model.train()
     loss_sum = torch.zeros((), device=engine.device)
@@ -283,7 +298,7 @@ def train_epoch(engine: Engine, x: torch.Tensor, y: torch.Tensor, order: torch.T
     seen = 0
     start = time.perf_counter()
     for step in range(steps_per_epoch(len(order), engine.batch_size)):
-        idx = order[step * engine.batch_size:(step + 1) * engine.batch_size]
+        idx = order[step * engine.batch_size : (step + 1) * engine.batch_size]
         batch_loss, batch_correct = train_step(engine, engine.preprocess(x[idx], train=True), y[idx])
         loss_sum += batch_loss
         correct += batch_correct
@@ -292,17 +307,26 @@ def train_epoch(engine: Engine, x: torch.Tensor, y: torch.Tensor, order: torch.T
             on_step()
     train_loss, train_correct = loss_sum.item(), correct.item()  # one device sync per epoch
     seconds = time.perf_counter() - start
-    return {"train_loss": train_loss / seen, "train_acc": train_correct / seen,
-            "train_seconds": seconds, "images_per_s": seen / seconds}
+    return {
+        "train_loss": train_loss / seen,
+        "train_acc": train_correct / seen,
+        "train_seconds": seconds,
+        "images_per_s": seen / seconds,
+    }
 
 
 @torch.no_grad()
-def predict(net: Callable[[torch.Tensor], torch.Tensor], preprocess: Preprocess, x: torch.Tensor,
-            device: torch.device, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+def predict(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    preprocess: Preprocess,
+    x: torch.Tensor,
+    device: torch.device,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> torch.Tensor:
     """float32 logits of ``net`` (in eval mode) for uint8 images ``x``, no augmentation; on ``device``."""
     outputs = []
     for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size].to(device, non_blocking=True)
+        batch = x[start : start + batch_size].to(device, non_blocking=True)
         with devices.autocast(device):
             outputs.append(net(preprocess(batch, train=False)).float())
     return torch.cat(outputs)
@@ -405,10 +429,19 @@ def _progress(epoch: int, epochs: int, total: int):
     return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, file=sys.stderr)
 
 
-def train(data_dir: str | os.PathLike, recipe: Mapping[str, Any], seed: int, out_dir: str | os.PathLike, *,
-          checkpoint_dir: str | os.PathLike, device: str = "auto", threads: int | None = None,
-          stop_after: int | None = None, compile: bool = False,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def train(
+    data_dir: str | os.PathLike,
+    recipe: Mapping[str, Any],
+    seed: int,
+    out_dir: str | os.PathLike,
+    *,
+    checkpoint_dir: str | os.PathLike,
+    device: str = "auto",
+    threads: int | None = None,
+    stop_after: int | None = None,
+    compile: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train ``recipe`` on the prepared data in ``data_dir`` with ``seed``; write the run files to ``out_dir``.
 
     Resumes from ``{checkpoint_dir}/last.pt`` when it belongs to the same recipe, seed and
@@ -445,8 +478,18 @@ def train(data_dir: str | os.PathLike, recipe: Mapping[str, Any], seed: int, out
     ckpt = load_checkpoint(ckpt_path, key)
     if ckpt is None:
         io.save_torch(init_path, cpu_state(engine.model))
-        state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "bad_epochs": 0, "best_state": None,
-                 "status": None, "stop_reason": None, "message": None, "wall_seconds": 0.0}
+        state = {
+            "epoch": 0,
+            "history": [],
+            "best": None,
+            "best_epoch": 0,
+            "bad_epochs": 0,
+            "best_state": None,
+            "status": None,
+            "stop_reason": None,
+            "message": None,
+            "wall_seconds": 0.0,
+        }
     else:
         engine.model.load_state_dict(ckpt["model"])
         engine.optimizer.load_state_dict(ckpt["optimizer"])
@@ -454,13 +497,33 @@ def train(data_dir: str | os.PathLike, recipe: Mapping[str, Any], seed: int, out
             engine.scheduler.load_state_dict(ckpt["scheduler"])
         engine.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        state = {k: ckpt[k] for k in ("epoch", "history", "best", "best_epoch", "bad_epochs", "best_state",
-                                      "status", "stop_reason", "message", "wall_seconds")}
+        state = {
+            k: ckpt[k]
+            for k in (
+                "epoch",
+                "history",
+                "best",
+                "best_epoch",
+                "bad_epochs",
+                "best_state",
+                "status",
+                "stop_reason",
+                "message",
+                "wall_seconds",
+            )
+        }
         log.info("resuming from epoch %d (checkpoint %s)", state["epoch"], ckpt_path)
     wall_before = state["wall_seconds"]
-    log.info("training %s on %s (%d train / %d val images), seed %d, device %s, %d trainable parameters",
-             recipe["model"]["name"], meta.get("dataset", data_dir), len(y_train), len(y_val), seed,
-             devices.describe(dev), trainable)
+    log.info(
+        "training %s on %s (%d train / %d val images), seed %d, device %s, %d trainable parameters",
+        recipe["model"]["name"],
+        meta.get("dataset", data_dir),
+        len(y_train),
+        len(y_val),
+        seed,
+        devices.describe(dev),
+        trainable,
+    )
 
     while state["status"] is None and state["epoch"] < epochs:
         if stop_after is not None and state["epoch"] >= stop_after:
@@ -471,18 +534,32 @@ def train(data_dir: str | os.PathLike, recipe: Mapping[str, Any], seed: int, out
         lr = engine.optimizer.param_groups[0]["lr"]
         bar = _progress(epoch, epochs, steps_per_epoch(len(y_train), engine.batch_size))
         tic = time.perf_counter()
-        row = train_epoch(engine, x_train, y_train, epoch_order(len(y_train), seed, epoch, dev),
-                          on_step=bar.update if bar is not None else None)
+        row = train_epoch(
+            engine,
+            x_train,
+            y_train,
+            epoch_order(len(y_train), seed, epoch, dev),
+            on_step=bar.update if bar is not None else None,
+        )
         row.update(validate_epoch(engine, x_val, y_val))
         seconds = time.perf_counter() - tic
-        row = {"epoch": epoch, "train_loss": row["train_loss"], "train_acc": row["train_acc"],
-               "val_loss": row["val_loss"], "val_acc": row["val_acc"], "lr": lr, "seconds": seconds,
-               "images_per_s": row["images_per_s"]}
+        row = {
+            "epoch": epoch,
+            "train_loss": row["train_loss"],
+            "train_acc": row["train_acc"],
+            "val_loss": row["val_loss"],
+            "val_acc": row["val_acc"],
+            "lr": lr,
+            "seconds": seconds,
+            "images_per_s": row["images_per_s"],
+        }
         state["history"].append(row)
         state["epoch"] = epoch
-        summary = (f"epoch {epoch}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
-                   f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} lr {lr:.3g} "
-                   f"{seconds:.1f}s {row['images_per_s']:.0f} img/s")
+        summary = (
+            f"epoch {epoch}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
+            f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} lr {lr:.3g} "
+            f"{seconds:.1f}s {row['images_per_s']:.0f} img/s"
+        )
         if bar is not None:
             bar.set_postfix_str(summary.split(" ", 2)[2])
             bar.close()
@@ -492,9 +569,12 @@ def train(data_dir: str | os.PathLike, recipe: Mapping[str, Any], seed: int, out
         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
             which = "train" if not math.isfinite(row["train_loss"]) else "validation"
             engine.model.load_state_dict(last_finite)
-            state.update(status="diverged", stop_reason="non_finite_loss",
-                         message=f"non-finite {which} loss in epoch {epoch} (learning rate {lr:g} too high?); "
-                                 f"kept the weights of {'epoch ' + str(epoch - 1) if epoch > 1 else 'initialisation'}")
+            state.update(
+                status="diverged",
+                stop_reason="non_finite_loss",
+                message=f"non-finite {which} loss in epoch {epoch} (learning rate {lr:g} too high?); "
+                f"kept the weights of {'epoch ' + str(epoch - 1) if epoch > 1 else 'initialisation'}",
+            )
             log.warning("diverged: %s", state["message"])
         else:
             value = row[monitor]
@@ -510,18 +590,29 @@ def train(data_dir: str | os.PathLike, recipe: Mapping[str, Any], seed: int, out
                 else:
                     engine.scheduler.step()
             if es["enabled"] and state["bad_epochs"] >= es["patience"]:
-                state.update(status="early_stopped", stop_reason="early_stopping",
-                             message=f"{monitor} did not improve by more than {es['min_delta']:g} for "
-                                     f"{es['patience']} epochs; best epoch {state['best_epoch']}")
+                state.update(
+                    status="early_stopped",
+                    stop_reason="early_stopping",
+                    message=f"{monitor} did not improve by more than {es['min_delta']:g} for "
+                    f"{es['patience']} epochs; best epoch {state['best_epoch']}",
+                )
                 log.info("early stopping: %s", state["message"])
 
         state["wall_seconds"] = wall_before + time.perf_counter() - started
-        io.save_torch(ckpt_path, {
-            "version": CHECKPOINT_VERSION, "key": key, "seed": seed, **state,
-            "model": engine.model.state_dict(), "optimizer": engine.optimizer.state_dict(),
-            "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None,
-            "scaler": engine.scaler.state_dict(), "rng": rng_state(),
-        })
+        io.save_torch(
+            ckpt_path,
+            {
+                "version": CHECKPOINT_VERSION,
+                "key": key,
+                "seed": seed,
+                **state,
+                "model": engine.model.state_dict(),
+                "optimizer": engine.optimizer.state_dict(),
+                "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None,
+                "scaler": engine.scaler.state_dict(),
+                "rng": rng_state(),
+            },
+        )
         if on_epoch is not None:
             on_epoch(row)
 
@@ -531,19 +622,33 @@ def train(data_dir: str | os.PathLike, recipe: Mapping[str, Any], seed: int, out
         engine.model.load_state_dict(state["best_state"])  # early_stopping.restore_best
     best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] else None
     result = {
-        "status": state["status"], "epochs_run": state["epoch"], "best_epoch": state["best_epoch"] or None,
-        "best_val_loss": best["val_loss"] if best else None, "best_val_acc": best["val_acc"] if best else None,
-        "stop_reason": state["stop_reason"], "message": state["message"], "params": trainable,
-        "params_total": total, "device": devices.describe(dev), "torch_version": torch.__version__,
-        "wall_seconds": wall_before + time.perf_counter() - started, "seed": seed,
+        "status": state["status"],
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"] or None,
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_acc": best["val_acc"] if best else None,
+        "stop_reason": state["stop_reason"],
+        "message": state["message"],
+        "params": trainable,
+        "params_total": total,
+        "device": devices.describe(dev),
+        "torch_version": torch.__version__,
+        "wall_seconds": wall_before + time.perf_counter() - started,
+        "seed": seed,
     }
     io.write_json(out_dir / "recipe.json", recipe)
     io.write_csv(out_dir / "history.csv", pd.DataFrame(state["history"], columns=HISTORY_COLUMNS))
     io.save_torch(out_dir / "weights_init.pt", io.load_torch(init_path))
     io.save_torch(out_dir / "weights.pt", cpu_state(engine.model))
     io.write_json(out_dir / "train.json", result)
-    log.info("%s after %d epochs: %s (best epoch %s); wrote %s", result["status"], result["epochs_run"],
-             result["message"], result["best_epoch"], out_dir)
+    log.info(
+        "%s after %d epochs: %s (best epoch %s); wrote %s",
+        result["status"],
+        result["epochs_run"],
+        result["message"],
+        result["best_epoch"],
+        out_dir,
+    )
     return result
 
 
@@ -568,8 +673,7 @@ def load_recipe(text: str) -> dict[str, Any]:
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _live_tracking(spec: str, recipe: Mapping[str, Any], seed: int):
@@ -588,38 +692,64 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ablationlab train",
         description="Train one experiment (a recipe) for one seed on prepared data. Writes recipe.json, "
-                    "history.csv, train.json, weights_init.pt and weights.pt to --out; checkpoints every epoch "
-                    "to --checkpoint-dir/last.pt and resumes from it when re-run with the same recipe and seed. "
-                    "A diverging run (non-finite loss) is a result: status 'diverged', exit code 0.",
+        "history.csv, train.json, weights_init.pt and weights.pt to --out; checkpoints every epoch "
+        "to --checkpoint-dir/last.pt and resumes from it when re-run with the same recipe and seed. "
+        "A diverging run (non-finite loss) is a result: status 'diverged', exit code 0.",
     )
     parser.add_argument("--data", required=True, help="prepared data directory (from `prepare`)")
-    parser.add_argument("--recipe", required=True,
-                        help="recipe as inline JSON or a JSON file; missing keys take the defaults "
-                             "(docs/contracts.md)")
+    parser.add_argument(
+        "--recipe",
+        required=True,
+        help="recipe as inline JSON or a JSON file; missing keys take the defaults (docs/contracts.md)",
+    )
     parser.add_argument("--seed", type=int, required=True, help="random seed (weights init, shuffling, augmentation)")
     parser.add_argument("--out", required=True, help="run directory to write the outputs to")
     parser.add_argument("--checkpoint-dir", required=True, help="directory for last.pt (resume point)")
-    parser.add_argument("--device", default="auto",
-                        help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps; GPUs are those in "
-                             "CUDA_VISIBLE_DEVICES (default: auto)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps; GPUs are those in "
+        "CUDA_VISIBLE_DEVICES (default: auto)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="K",
-                        help="stop once K epochs are done, leaving the checkpoint (for testing resume)")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="K",
+        help="stop once K epochs are done, leaving the checkpoint (for testing resume)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
-    parser.add_argument("--track", default="", metavar="SPEC",
-                        help="live MLflow logging of every epoch: the JSON of ablationlab.tracking.live_spec "
-                             "(the pipeline passes it when tracking.live or tracking.system_metrics is on)")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="then evaluate the run on the test split in this process, as `python -m ablationlab "
-                             "evaluate --run OUT` does (one process start per run instead of two)")
+    parser.add_argument(
+        "--track",
+        default="",
+        metavar="SPEC",
+        help="live MLflow logging of every epoch: the JSON of ablationlab.tracking.live_spec "
+        "(the pipeline passes it when tracking.live or tracking.system_metrics is on)",
+    )
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="then evaluate the run on the test split in this process, as `python -m ablationlab "
+        "evaluate --run OUT` does (one process start per run instead of two)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     try:
         recipe = load_recipe(args.recipe)
         with _live_tracking(args.track, recipe, args.seed) as on_epoch:
-            result = train(args.data, recipe, args.seed, args.out, checkpoint_dir=args.checkpoint_dir,
-                           device=args.device, threads=args.threads, stop_after=args.stop_after,
-                           compile=args.compile, on_epoch=on_epoch)
+            result = train(
+                args.data,
+                recipe,
+                args.seed,
+                args.out,
+                checkpoint_dir=args.checkpoint_dir,
+                device=args.device,
+                threads=args.threads,
+                stop_after=args.stop_after,
+                compile=args.compile,
+                on_epoch=on_epoch,
+            )
         if args.evaluate and result["status"] != "stopped":
             _evaluate(args.data, args.out, device=args.device)
     except (ValueError, data.DataError) as exc:

@@ -123,8 +123,9 @@ def install(timeout: float = 900) -> float:
     if not missing_binaries():
         return 0.0
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        raise ClusterUnavailable(f"SLURM binaries {missing_binaries()} missing and not root: "
-                                 f"cannot apt-get install {' '.join(PACKAGES)}")
+        raise ClusterUnavailable(
+            f"SLURM binaries {missing_binaries()} missing and not root: cannot apt-get install {' '.join(PACKAGES)}"
+        )
     if shutil.which("apt-get") is None:
         raise ClusterUnavailable("SLURM binaries missing and no apt-get on this machine")
     start = time.monotonic()
@@ -135,16 +136,22 @@ def install(timeout: float = 900) -> float:
         policy.write_text("#!/bin/sh\n# tests/slurm/cluster.py: no daemon starts during apt-get install\nexit 101\n")
         policy.chmod(0o755)
     try:
-        for cmd in (["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
+        for cmd in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
+        ):
             try:
-                proc = subprocess.run([*cmd[:1], "-o", "DPkg::Lock::Timeout=600", *cmd[1:]], env=env,
-                                      capture_output=True, text=True, timeout=timeout)
+                proc = subprocess.run(
+                    [*cmd[:1], "-o", "DPkg::Lock::Timeout=600", *cmd[1:]],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
             except subprocess.TimeoutExpired:
                 raise ClusterUnavailable(f"`{' '.join(cmd)}` took over {timeout:.0f} s") from None
             if proc.returncode != 0:
-                raise ClusterUnavailable(
-                    f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+                raise ClusterUnavailable(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     finally:
         if own_policy:
             policy.unlink(missing_ok=True)
@@ -208,15 +215,16 @@ class Cluster:
         os.replace(tmp, self.root / STATE_FILE)
 
     @classmethod
-    def load(cls, root: Path) -> "Cluster":
+    def load(cls, root: Path) -> Cluster:
         state = json.loads((Path(root) / STATE_FILE).read_text())
         return cls(Path(root), state["pids"], state["node"], state["startup_seconds"])
 
     def _start(self, name: str, cmd: list[str]) -> None:
-        log = open(self.root / "log" / f"{name}.out", "ab")
+        log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 (the daemon keeps it open)
         with log:
-            proc = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
         self.pids[name] = proc.pid
         self._procs[name] = proc
         self.save()
@@ -235,8 +243,12 @@ class Cluster:
     def down(self, remove: bool = False) -> None:
         """Cancel this cluster's jobs, stop the daemons it started (by pid), optionally delete its directory."""
         if self.pids.get("slurmctld") and self._ours("slurmctld", self.pids["slurmctld"]):
-            subprocess.run(["scancel", "--full", "--quiet", "--user", str(os.getuid())], env=self.env,
-                           capture_output=True, timeout=30)
+            subprocess.run(
+                ["scancel", "--full", "--quiet", "--user", str(os.getuid())],
+                env=self.env,
+                capture_output=True,
+                timeout=30,
+            )
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
                 try:
@@ -294,7 +306,7 @@ def _system_conf_owner() -> Path | None:
         first = SYSTEM_CONF.read_text().split("\n", 1)[0]
     except OSError:
         return None
-    return Path(first[len(MARK):]) if first.startswith(MARK) else None
+    return Path(first[len(MARK) :]) if first.startswith(MARK) else None
 
 
 def _claim_system_conf(cluster: Cluster) -> None:
@@ -303,8 +315,10 @@ def _claim_system_conf(cluster: Cluster) -> None:
     if owner is not None and owner != cluster.root and (owner / STATE_FILE).exists():
         other = Cluster.load(owner)
         if any(other._ours(name, pid) for name, pid in other.pids.items()):
-            raise ClusterError(f"another test cluster ({owner}) is running and owns {SYSTEM_CONF}: "
-                               f"`python tests/slurm/cluster.py down --dir {owner}` first")
+            raise ClusterError(
+                f"another test cluster ({owner}) is running and owns {SYSTEM_CONF}: "
+                f"`python tests/slurm/cluster.py down --dir {owner}` first"
+            )
     if owner is None and SYSTEM_CONF.exists():
         if SYSTEM_CONF_SAVED.exists():
             raise ClusterError(f"both {SYSTEM_CONF} and {SYSTEM_CONF_SAVED} exist: keep one, then retry")
@@ -338,8 +352,15 @@ def _wait(what: str, check, cluster: Cluster, timeout: float) -> None:
     raise ClusterError(f"timed out after {timeout} s waiting for {what}\n{cluster.logs()}")
 
 
-def up(root: Path = DEFAULT_DIR, *, partitions: tuple[str, ...] = ("debug",), cpus: int | None = None,
-       memory_mb: int | None = None, gpus: int = 0, timeout: float = 60) -> Cluster:
+def up(
+    root: Path = DEFAULT_DIR,
+    *,
+    partitions: tuple[str, ...] = ("debug",),
+    cpus: int | None = None,
+    memory_mb: int | None = None,
+    gpus: int = 0,
+    timeout: float = 60,
+) -> Cluster:
     """Start munged, slurmctld and slurmd in ``root`` (created, must be empty or absent); wait until
     the node is idle and ``srun`` runs a job. ``partitions`` all hold the one node, the first is the
     default. ``gpus`` fake GPUs (``FAKE_GPU_FILES``) are declared as the node's gres. Needs root and
@@ -366,22 +387,45 @@ def up(root: Path = DEFAULT_DIR, *, partitions: tuple[str, ...] = ("debug",), cp
     cpus = cpus or len(os.sched_getaffinity(0))
     memory_mb = memory_mb or max(total_mb - max(512, total_mb // 10), 256)
     ctld_port, slurmd_port = _free_ports(2)
-    partition_lines = [f"PartitionName={name} Nodes={host} Default={'YES' if not i else 'NO'} MaxTime=INFINITE State=UP"
-                       for i, name in enumerate(dict.fromkeys(partitions))]
-    (root / "slurm.conf").write_text(SLURM_CONF.format(
-        mark=MARK, host=host, root=root, ctld_port=ctld_port, slurmd_port=slurmd_port, cpus=cpus, memory=memory_mb,
-        partitions="\n".join(partition_lines), gres_types="GresTypes=gpu\n" if gpus else "",
-        gres=f" Gres=gpu:{gpus}" if gpus else ""))
+    partition_lines = [
+        f"PartitionName={name} Nodes={host} Default={'YES' if not i else 'NO'} MaxTime=INFINITE State=UP"
+        for i, name in enumerate(dict.fromkeys(partitions))
+    ]
+    (root / "slurm.conf").write_text(
+        SLURM_CONF.format(
+            mark=MARK,
+            host=host,
+            root=root,
+            ctld_port=ctld_port,
+            slurmd_port=slurmd_port,
+            cpus=cpus,
+            memory=memory_mb,
+            partitions="\n".join(partition_lines),
+            gres_types="GresTypes=gpu\n" if gpus else "",
+            gres=f" Gres=gpu:{gpus}" if gpus else "",
+        )
+    )
     if gpus:  # slurmd reads gres.conf next to its slurm.conf
-        (root / "gres.conf").write_text(GRES_CONF.format(lines="\n".join(
-            f"NodeName={host} Name=gpu File={f}" for f in FAKE_GPU_FILES[:gpus])))
+        (root / "gres.conf").write_text(
+            GRES_CONF.format(lines="\n".join(f"NodeName={host} Name=gpu File={f}" for f in FAKE_GPU_FILES[:gpus]))
+        )
     cluster = Cluster(root, node=host)
     try:
         _claim_system_conf(cluster)
         sock = root / "munge" / "munge.socket"
-        cluster._start("munged", ["munged", "--foreground", f"--key-file={key}", f"--socket={sock}",
-                                  f"--pid-file={root}/munge/munged.pid", f"--seed-file={root}/munge/munged.seed",
-                                  f"--log-file={root}/log/munged.log", "--num-threads=2"])
+        cluster._start(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                f"--key-file={key}",
+                f"--socket={sock}",
+                f"--pid-file={root}/munge/munged.pid",
+                f"--seed-file={root}/munge/munged.seed",
+                f"--log-file={root}/log/munged.log",
+                "--num-threads=2",
+            ],
+        )
         _wait("munged's socket", sock.exists, cluster, timeout)
         cluster._start("slurmctld", ["slurmctld", "-D", "-i", "-f", str(cluster.conf)])
         cluster._start("slurmd", ["slurmd", "-D", "-f", str(cluster.conf)])
@@ -413,8 +457,12 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cluster directory [{DEFAULT_DIR}]")
-    parser.add_argument("--partition", action="append", default=None,
-                        help="partition name (repeatable; the first is the default) [debug]")
+    parser.add_argument(
+        "--partition",
+        action="append",
+        default=None,
+        help="partition name (repeatable; the first is the default) [debug]",
+    )
     args = parser.parse_args(argv)
     try:
         if args.action == "up":
