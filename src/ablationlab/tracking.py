@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ablationlab import io
+from ablationlab import diagnostics, io
 from ablationlab import stats as seed_stats
 from ablationlab.credentials import redact
 from ablationlab.keypath import flatten
@@ -86,15 +86,8 @@ STAT_METRICS = (
     "seeds_needed",
 )
 STAT_TAGS = {"reference": "reference", "test": "test", "effect_size_kind": "effect_size_kind", "verdict": "verdict"}
-DIAGNOSTIC_METRICS = (
-    "val_loss_min_epoch",
-    "last_epoch",
-    "overfit_gap",
-    "train_val_acc_gap",
-    "val_acc_swing",
-    "last_vs_best_acc",
-)
 DIAGNOSTIC_TAGS = {"flags": "diagnostics.flags", "reading": "diagnostics.reading"}
+DIAGNOSTIC_METRICS = tuple(c for c in diagnostics.COLUMNS if c != "experiment" and c not in DIAGNOSTIC_TAGS)
 RECORD_COLUMNS = (
     "experiment",
     "seed",
