@@ -760,6 +760,8 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(data_dir: str, run_dir: str, *, device: str) -> dict[str, Any]:
-    """``ablationlab.evaluate.evaluate`` (``--evaluate``), imported by name: evaluate imports this
-    module (no import cycle), and the pipeline declares evaluate's code as the job's input itself."""
-    return importlib.import_module("ablationlab.evaluate").evaluate(data_dir, run_dir, device=device)
+    """``ablationlab.evaluate.evaluate`` (``--evaluate``), imported here because evaluate imports this
+    module; the workflow's import scan sees it, so evaluate's code is an input of the train jobs."""
+    from ablationlab import evaluate
+
+    return evaluate.evaluate(data_dir, run_dir, device=device)
