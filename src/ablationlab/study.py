@@ -1,8 +1,8 @@
 """Stage ``study``: validate a study configuration and resolve its experiments.
 
 A configuration (``config.yaml``, optionally overlaid with presets) is checked against
-``schemas/config.schema.yaml`` (package data; the same file Snakemake's ``validate`` uses, with
-its defaults filled in), then resolved into the experiment table: the baseline (a full
+``schemas/config.schema.yaml`` (:mod:`ablationlab.schema`; the same file Snakemake's ``validate``
+uses, with its defaults filled in), then resolved into the experiment table: the baseline (a full
 recipe) and, per ablation group in config order, one experiment per variant (a partial
 recipe deep-merged over the group's base) and per sweep value (the base's recipe with one
 key set). Anything wrong raises :class:`ConfigError` whose message starts with the key
@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import difflib
 import hashlib
 import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +31,17 @@ from ablationlab import io
 from ablationlab import recipe as recipes
 from ablationlab.credentials import redact
 from ablationlab.keypath import lookup, split_key
-
-# Shipped inside the package (package data), so an installed wheel validates without the repository.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+from ablationlab.schema import (
+    SCHEMA_PATH,
+    ConfigError,
+    check,
+    check_finite,
+    hint,
+    keypath,
+    load_schema,
+    message,
+    recipe_schema,
+)
 
 # Group ids that would clash with the baseline's experiment id or a rule name.
 RESERVED_IDS = frozenset(
@@ -72,20 +78,6 @@ TRAIN_POOL = {
 
 NAMED_WEIGHTS = ("imagenet", "none")
 
-_JSON_TYPES = {
-    dict: "object",
-    list: "array",
-    str: "string",
-    bool: "boolean",
-    int: "integer",
-    float: "number",
-    type(None): "null",
-}
-
-
-class ConfigError(ValueError):
-    """An invalid study configuration; the message starts with the offending key path."""
-
 
 @dataclass(frozen=True)
 class Study:
@@ -99,118 +91,13 @@ class Study:
 # --------------------------------------------------------------------------- schema
 
 
-@lru_cache(maxsize=4)
-def _schema(path: str) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
-
-
-def load_schema(path: str | Path | None = None) -> dict:
-    """The configuration schema (a fresh copy)."""
-    return copy.deepcopy(_schema(str(Path(path or SCHEMA_PATH).resolve())))
-
-
-def _filling_validator():
-    """Draft 2020-12 validator that fills in ``default`` values (copies) as it descends."""
-    base = jsonschema.Draft202012Validator
-    check_properties = base.VALIDATORS["properties"]
-
-    def properties(validator, props, instance, schema):
-        if validator.is_type(instance, "object"):
-            for key, sub in props.items():
-                if key not in instance and isinstance(sub, dict) and "default" in sub:
-                    instance[key] = copy.deepcopy(sub["default"])
-        yield from check_properties(validator, props, instance, schema)
-
-    return jsonschema.validators.extend(base, {"properties": properties})
-
-
-def keypath(parts, config: Any = None) -> str:
-    """``['ablations', 3, 'sweep', 'key']`` -> ``ablations[dropout].sweep.key`` (group ids for list items)."""
-    text, node = "", config
-    for part in parts:
-        if isinstance(part, int):
-            label = str(part)
-            if text == "ablations" and isinstance(node, list) and part < len(node):
-                gid = node[part].get("id") if isinstance(node[part], dict) else None
-                label = gid if isinstance(gid, str) and gid else label
-            text += f"[{label}]"
-        else:
-            text += f".{part}" if text else str(part)
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            node = None
-    return text or "(top level)"
-
-
-def _hint(word: Any, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _message(error: jsonschema.ValidationError, root: Any, prefix: list) -> str:
-    path = prefix + list(error.absolute_path)
-    kind, value, instance = error.validator, error.validator_value, error.instance
-    if kind == "additionalProperties" and isinstance(instance, dict):
-        allowed = sorted(error.schema.get("properties", {}))
-        unknown = [k for k in instance if k not in allowed]
-        key = unknown[0] if unknown else "?"
-        return (
-            f"{keypath(path + [key], root)}: unknown key {key!r}{_hint(key, allowed)}; "
-            f"allowed keys: {', '.join(allowed)}"
-        )
-    where = keypath(path, root)
-    if kind == "enum":
-        return (
-            f"{where}: unknown value {instance!r}{_hint(instance, value)}; choose one of: {', '.join(map(str, value))}"
-        )
-    if kind == "type":
-        wanted = " or ".join(value) if isinstance(value, list) else value
-        got = _JSON_TYPES.get(type(instance), type(instance).__name__)
-        return f"{where}: expected {wanted}, got {got} {instance!r}"
-    if kind == "required":
-        missing = [k for k in value if k not in instance]
-        return f"{where}: missing required key {missing[0]!r}"
-    if kind == "not" and value == {"multipleOf": 2}:
-        return f"{where}: must be odd, got {instance!r}"
-    if kind == "const":
-        return f"{where}: {error.schema.get('description') or f'must be {value!r}'}, got {instance!r}"
-    if kind == "pattern":
-        return f"{where}: {instance!r} is not a valid name (must match {value})"
-    if kind == "propertyNames":
-        return f"{where}: invalid name: {error.message}"
-    return f"{where}: {error.message}"
-
-
-def _check(instance: Any, schema: dict, *, root: Any = None, prefix: list | None = None, fill: bool = True) -> None:
-    """Validate ``instance`` (filling defaults in place); ConfigError listing every problem."""
-    validator_cls = _filling_validator() if fill else jsonschema.Draft202012Validator
-    errors = list(validator_cls(schema).iter_errors(instance))
-    if errors:
-        messages = sorted({_message(e, instance if root is None else root, prefix or []) for e in errors})
-        raise ConfigError(messages[0] if len(messages) == 1 else "\n  ".join(["invalid configuration:", *messages]))
-
-
-def _check_finite(node: Any, root: Any, parts: list) -> None:
-    """ConfigError naming the first NaN or infinite number anywhere in ``node`` (YAML's .nan, .inf)."""
-    if isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"{keypath(parts, root)}: {node} is not a finite number")
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            _check_finite(value, root, parts + [key])
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            _check_finite(value, root, parts + [index])
-
-
 def validate(config: Mapping[str, Any], schema_path: str | Path | None = None) -> dict:
     """A copy of ``config`` checked against the schema, with every default filled in."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"(top level): the configuration must be a mapping, got {type(config).__name__}")
-    _check_finite(config, config, [])
+    check_finite(config)
     filled = copy.deepcopy(dict(config))
-    _check(filled, load_schema(schema_path))
+    check(filled, load_schema(schema_path))
     return filled
 
 
@@ -255,7 +142,7 @@ def _value_name(value: Any) -> str:
 class _Resolver:
     def __init__(self, config: dict, schema: dict):
         self.config = config
-        self.recipe_schema = {"$defs": schema["$defs"], "$ref": "#/$defs/recipe"}
+        self.recipe_schema = recipe_schema(schema)
         self.recipe_validator = jsonschema.Draft202012Validator(self.recipe_schema)
         self.groups = {}
         for index, group in enumerate(config["ablations"]):
@@ -304,7 +191,7 @@ class _Resolver:
             if base not in self.experiments:
                 known = list(self.experiments)
                 raise ConfigError(
-                    f"{where}.base: unknown experiment {base!r}{_hint(base, known)}; "
+                    f"{where}.base: unknown experiment {base!r}{hint(base, known)}; "
                     f"known: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}"
                 )
         parent = self.experiments[base]
@@ -338,7 +225,7 @@ class _Resolver:
         if not found:
             raise ConfigError(
                 f"{where}.sweep.key: {key!r} does not exist in the recipe of base experiment "
-                f"{parent.id!r}{self._key_hint(parent.recipe, parts)}"
+                f"{parent.id!r}{self._keyhint(parent.recipe, parts)}"
             )
         label = sweep.get("label") or next(str(p) for p in reversed(parts) if isinstance(p, str))
         made = []
@@ -347,7 +234,7 @@ class _Resolver:
             rec = copy.deepcopy(parent.recipe)
             _assign(rec, parts, value)
             try:
-                _check(rec, self.recipe_schema, fill=False)
+                check(rec, self.recipe_schema, fill=False)
             except ConfigError as exc:
                 raise ConfigError(f"{origin}: {value!r} is not a valid {key} ({exc})") from None
             name = f"{label}={_value_name(value)}"
@@ -371,7 +258,7 @@ class _Resolver:
         return made
 
     @staticmethod
-    def _key_hint(tree: dict, parts: list) -> str:
+    def _keyhint(tree: dict, parts: list) -> str:
         node, done = tree, []
         for part in parts:
             if (isinstance(node, dict) and part in node) or (
@@ -383,7 +270,7 @@ class _Resolver:
         if isinstance(node, dict):
             under = ".".join(map(str, done)) or "the recipe"
             missing = parts[len(done)]
-            return f"{_hint(missing, node)}; keys under {under}: {', '.join(node)}"
+            return f"{hint(missing, node)}; keys under {under}: {', '.join(node)}"
         if isinstance(node, list):
             return f"; {'.'.join(map(str, done))} has {len(node)} item(s)"
         return ""
@@ -417,7 +304,7 @@ def _check_variant(resolver: _Resolver, exp: _Experiment) -> None:
     models) that the merge over its base broke, although the partial variant alone was valid."""
     errors = sorted(resolver.recipe_validator.iter_errors(exp.recipe), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        detail = _message(errors[0], exp.recipe, []).partition(": ")[2]
+        detail = message(errors[0], exp.recipe, []).partition(": ")[2]
         where = resolver.origin(exp, list(errors[0].absolute_path))
         raise ConfigError(f"{where}: {detail} in experiment {exp.id!r}")
 

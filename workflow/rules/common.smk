@@ -33,10 +33,11 @@ envvars:
 import ablationlab
 from ablationlab import data as abl_data
 from ablationlab import io as abl_io
+from ablationlab import schema as abl_schema
 from ablationlab import study as abl_study
 
 # the library's packaged schema: one file for both checks
-SCHEMA = abl_study.SCHEMA_PATH
+SCHEMA = abl_schema.SCHEMA_PATH
 ENV = "../envs/ablationlab.yaml"
 
 try:
