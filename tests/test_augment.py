@@ -46,20 +46,25 @@ def changed(out, x):
     [
         (
             [{"name": "hflip"}, {"name": "crop"}, {"name": "foo"}],
-            "augment[2].name: unknown augmentation 'foo' (choose from hflip, vflip, crop, rotation, "
-            "color_jitter, grayscale, blur, erasing)",
+            "augment[2].name: unknown value 'foo'; choose one of: hflip, vflip, crop, rotation, "
+            "color_jitter, grayscale, blur, erasing",
         ),
-        ([{"name": "hflip", "p": 1.5}], "augment[0].p: must be a number in [0.0, 1.0], got 1.5"),
-        ([{"name": "hflip", "p": -0.1}], "augment[0].p: must be a number in [0.0, 1.0], got -0.1"),
-        ([{"name": "crop", "pading": 4}], "augment[0].pading: unknown key for crop (choose from padding, p)"),
-        ([{"name": "crop", "padding": -1}], "augment[0].padding: must be an integer >= 0, got -1"),
-        ([{"name": "blur", "kernel_size": 4}], "augment[0].kernel_size: must be a positive odd integer, got 4"),
+        ([{"name": "hflip", "p": 1.5}], "augment[0].p: 1.5 is greater than the maximum of 1"),
+        ([{"name": "hflip", "p": -0.1}], "augment[0].p: -0.1 is less than the minimum of 0"),
+        (
+            [{"name": "crop", "pading": 4}],
+            "augment[0].pading: unknown key 'pading' (did you mean 'padding'?); allowed keys: name, p, padding",
+        ),
+        ([{"name": "crop", "padding": -1}], "augment[0].padding: -1 is less than the minimum of 0"),
+        ([{"name": "blur", "kernel_size": 4}], "augment[0].kernel_size: must be odd, got 4"),
         ([{"name": "blur", "sigma": [2.0, 1.0]}], "augment[0].sigma: min > max in [2.0, 1.0]"),
-        ([{"name": "erasing", "scale": [0.1, 1.5]}], "augment[0].scale: must be a number in [0.0, 1.0], got 1.5"),
-        ([{"name": "color_jitter", "hue": 0.7}], "augment[0].hue: must be a number in [0.0, 0.5], got 0.7"),
-        ([{"p": 0.5}], "augment[0].name: unknown augmentation None"),
-        (["hflip"], "augment[0]: must be a mapping with a 'name', got 'hflip'"),
-        ({"name": "hflip"}, "augment: must be a list of augmentations, got dict"),
+        ([{"name": "blur", "sigma": 0}], "augment[0].sigma: 0 is less than or equal to the minimum of 0"),
+        ([{"name": "rotation", "degrees": [30, -10]}], "augment[0].degrees: min > max in [30, -10]"),
+        ([{"name": "erasing", "scale": [0.1, 1.5]}], "augment[0].scale[1]: 1.5 is greater than the maximum of 1"),
+        ([{"name": "color_jitter", "hue": 0.7}], "augment[0].hue: 0.7 is greater than the maximum of 0.5"),
+        ([{"p": 0.5}], "augment[0]: missing required key 'name'"),
+        (["hflip"], "augment[0]: expected object, got string 'hflip'"),
+        ({"name": "hflip"}, "augment: expected array, got object"),
     ],
 )
 def test_validate_rejects_bad_input_naming_it(items, message):

@@ -155,27 +155,33 @@ def test_init_reinitialises_weights_and_zeroes_biases(init):
 @pytest.mark.parametrize(
     "model, message",
     [
-        ({"name": "foo"}, "model.name: unknown model 'foo' (choose from simple_cnn, vgg_style, resnet18, vgg11_bn)"),
+        (
+            {"name": "foo"},
+            "model.name: unknown value 'foo'; choose one of: simple_cnn, vgg_style, resnet18, vgg11_bn",
+        ),
         (
             {"activation": "swish"},
-            "model.activation: unknown activation 'swish' (choose from relu, leaky_relu, elu, selu, gelu, tanh, sigmoid)",  # noqa: E501
+            "model.activation: unknown value 'swish'; choose one of: relu, leaky_relu, elu, selu, gelu, tanh, sigmoid",
         ),
-        ({"init": "orthogonal"}, "model.init: unknown init 'orthogonal' (choose from default, kaiming, xavier)"),
+        ({"init": "orthogonal"}, "model.init: unknown value 'orthogonal'; choose one of: default, kaiming, xavier"),
         (
             {"dropout_where": "everywhere"},
-            "model.dropout_where: unknown dropout_where 'everywhere' (choose from head, conv, both)",
+            "model.dropout_where: unknown value 'everywhere'; choose one of: head, conv, both",
         ),
-        ({"train": "partial"}, "model.train: unknown train 'partial' (choose from finetune, frozen)"),
-        ({"widht": [1]}, "model.widht: unknown key (choose from name, widths,"),
-        ({"dropout": 1.5}, "model.dropout: must be a probability in [0, 1), got 1.5"),
-        ({"widths": [32, 0]}, "model.widths: must be an integer >= 1, got 0"),
-        ({"widths": []}, "model.widths: needs at least one block"),
-        ({"hidden": 64}, "model.hidden: must be a list of integers, got 64"),
-        ({"kernel_size": 2.5}, "model.kernel_size: must be an integer >= 1, got 2.5"),
-        ({"batch_norm": "yes"}, "model.batch_norm: must be true or false, got 'yes'"),
-        ({"weights": "imagenet"}, "model.weights: only resnet18 and vgg11_bn take weights, not simple_cnn"),
-        ({"train": "frozen"}, "model.train: only resnet18 and vgg11_bn can be frozen, not simple_cnn"),
-        ({"name": "resnet18", "weights": ""}, "model.weights: must be 'imagenet', 'none' or a file path, got ''"),
+        ({"train": "partial"}, "model.train: unknown value 'partial'; choose one of: frozen, finetune"),
+        ({"widht": [1]}, "model.widht: unknown key 'widht' (did you mean 'widths'?); allowed keys: activation,"),
+        ({"dropout": 1.5}, "model.dropout: 1.5 is greater than or equal to the maximum of 1"),
+        ({"dropout": float("nan")}, "model.dropout: nan is not a finite number"),
+        ({"widths": [32, 0]}, "model.widths[1]: 0 is less than the minimum of 1"),
+        ({"widths": []}, "model.widths: [] should be non-empty"),
+        ({"hidden": 64}, "model.hidden: expected array, got integer 64"),
+        ({"kernel_size": 2.5}, "model.kernel_size: expected integer, got number 2.5"),
+        ({"kernel_size": 4}, "model.kernel_size: must be odd, got 4"),
+        ({"batch_norm": "yes"}, "model.batch_norm: expected boolean, got string 'yes'"),
+        ({"weights": "imagenet"}, "model.weights: only resnet18 and vgg11_bn take weights (use none), got 'imagenet'"),
+        ({"train": "frozen"}, "model.train: only resnet18 and vgg11_bn can be frozen (use finetune), got 'frozen'"),
+        ({"name": "resnet18", "weights": ""}, "model.weights: '' should be non-empty"),
+        ([("name", "simple_cnn")], "model: expected object, got array"),
     ],
 )
 def test_bad_model_section_is_a_clear_error(model, message):

@@ -13,9 +13,10 @@ from snakemake.utils import update_config
 from snakemake.utils import validate as snakemake_validate
 
 from ablationlab import augment, data, models, recipe, stats, study, train
+from ablationlab.schema import SCHEMA_PATH as SCHEMA
+from ablationlab.schema import load_schema
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = study.SCHEMA_PATH
 
 
 def _yaml(name: str) -> dict:
@@ -414,7 +415,7 @@ def _walk(node, path=()):
 
 
 def test_every_key_is_described_typed_and_closed():
-    schema = study.load_schema()
+    schema = load_schema()
     keys = list(_walk(schema))
     assert len(keys) > 100
     for path, sub in keys:
@@ -436,22 +437,8 @@ def _defaults(node):
     return {k: (_defaults(v) if "properties" in v else v["default"]) for k, v in node["properties"].items()}
 
 
-def test_schema_defaults_equal_the_library_defaults():
-    schema = study.load_schema()
-    assert _defaults(schema["$defs"]["recipe_defaults"]) == recipe.DEFAULT_RECIPE
-    assert set(schema["$defs"]["recipe"]["properties"]) == set(recipe.DEFAULT_RECIPE)
-    for section, defaults in recipe.DEFAULT_RECIPE.items():
-        if isinstance(defaults, dict):
-            assert set(schema["$defs"]["recipe"]["properties"][section]["properties"]) == set(defaults), section
-    augs = {}
-    for rule in schema["$defs"]["augmentation"]["allOf"]:
-        name = rule["if"]["properties"]["name"]["const"]
-        augs[name] = {k: v["default"] for k, v in rule["then"]["properties"].items() if k != "name"}
-    assert augs == augment.AUGMENT_DEFAULTS
-
-
 def test_statistics_settings_reach_the_study_table(smoke_config):
-    schema = study.load_schema()
+    schema = load_schema()
     defaults = {k: v["default"] for k, v in schema["properties"]["statistics"]["properties"].items()}
     assert {**defaults, "looks": 1} == stats.DEFAULT_SETTINGS
     assert study.load(smoke_config).experiments["statistics"] == stats.DEFAULT_SETTINGS
@@ -461,25 +448,40 @@ def test_statistics_settings_reach_the_study_table(smoke_config):
     assert table["statistics"] == {"alpha": 0.01, "power": 0.8, "min_effect": 0.005, "looks": 1}
 
 
-def test_schema_names_equal_the_library_names():
-    model = study.load_schema()["$defs"]["recipe"]["properties"]
-    assert model["model"]["properties"]["name"]["enum"] == list(models.MODEL_NAMES)
-    assert set(model["model"]["properties"]["activation"]["enum"]) == set(models.ACTIVATIONS)
-    assert set(model["model"]["properties"]["init"]["enum"]) == set(models.INITS)
-    assert set(model["model"]["properties"]["dropout_where"]["enum"]) == set(models.DROPOUT_WHERE)
-    assert set(model["model"]["properties"]["train"]["enum"]) == set(models.TRAIN_MODES)
-    assert model["optimizer"]["properties"]["name"]["enum"] == list(train.OPTIMIZERS)
-    assert model["scheduler"]["properties"]["name"]["enum"] == list(train.SCHEDULERS)
-    assert model["loss"]["properties"]["name"]["enum"] == list(train.LOSSES)
-    assert model["early_stopping"]["properties"]["monitor"]["enum"] == list(train.MONITORS)
-    augmentation = study.load_schema()["$defs"]["augmentation"]  # their keys: test_schema_defaults_equal_...
-    assert augmentation["properties"]["name"]["enum"] == list(augment.AUGMENT_DEFAULTS)
-    assert set(study.load_schema()["properties"]["data"]["properties"]["dataset"]["enum"]) == set(data.DATASETS)
+def test_schema_agrees_with_the_library():
+    """The one cross-check: the schema is the source of the recipe's rules (the library checks recipes against
+    it), and the names and defaults the library's builders use are the schema's."""
+    schema = load_schema()
+    defs = schema["$defs"]
+    sections = defs["recipe"]["properties"]
+    assert _defaults(defs["recipe_defaults"]) == recipe.DEFAULT_RECIPE
+    assert set(sections) == set(recipe.DEFAULT_RECIPE)
+    for section, defaults in recipe.DEFAULT_RECIPE.items():
+        if isinstance(defaults, dict):
+            assert set(sections[section]["properties"]) == set(defaults), section
+    augs = {}
+    for rule in defs["augmentation"]["allOf"]:
+        name = rule["if"]["properties"]["name"]["const"]
+        augs[name] = {k: v["default"] for k, v in rule["then"]["properties"].items() if k != "name"}
+    assert augs == augment.AUGMENT_DEFAULTS
+    assert defs["augmentation"]["properties"]["name"]["enum"] == list(augment.AUGMENT_DEFAULTS)
+    model = sections["model"]["properties"]
+    assert model["name"]["enum"] == list(models.MODEL_NAMES)
+    assert set(model["activation"]["enum"]) == set(models.ACTIVATIONS)
+    assert set(model["init"]["enum"]) == set(models.INITS)
+    assert set(model["dropout_where"]["enum"]) == set(models.DROPOUT_WHERE)
+    assert set(model["train"]["enum"]) == set(models.TRAIN_MODES)
+    assert sections["optimizer"]["properties"]["name"]["enum"] == list(train.OPTIMIZERS)
+    assert sections["scheduler"]["properties"]["name"]["enum"] == list(train.SCHEDULERS)
+    assert sections["loss"]["properties"]["name"]["enum"] == list(train.LOSSES)
+    assert sections["early_stopping"]["properties"]["monitor"]["enum"] == list(train.MONITORS)
+    assert set(schema["properties"]["data"]["properties"]["dataset"]["enum"]) == set(data.DATASETS)
     assert set(study.TRAIN_POOL) <= set(data.DATASETS)
 
 
-# Recipe rules live in the schema (configs) and in the library (train's pre-flight: train.validate, then
-# train.setup, which builds the model, optimizer, scheduler, loss and augmentations). Both must agree.
+# A recipe in a config (the study: the whole config schema) and a recipe given to train (its pre-flight:
+# train.validate, i.e. the schema's recipe definition and the rules it cannot express, then train.setup, which
+# builds the model, optimizer, scheduler, loss and augmentations) are refused alike.
 AUGMENT_CASES = [
     {"name": "hflip"},
     {"name": "hflip", "p": 1.5},

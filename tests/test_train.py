@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -326,19 +327,21 @@ def test_frozen_transfer_only_optimizes_the_head():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"optimizer": {"name": "adamx"}}, "optimizer.name: unknown optimizer 'adamx'"),
-        ({"optimizer": {"lr": -1}}, "optimizer.lr"),
-        ({"scheduler": {"name": "cyclic"}}, "scheduler.name: unknown scheduler 'cyclic'"),
-        ({"loss": {"name": "hinge"}}, "loss.name: unknown loss 'hinge'"),
-        ({"early_stopping": {"monitor": "val_f1"}}, "early_stopping.monitor: unknown metric 'val_f1'"),
-        ({"epochs": 0}, "epochs: expected a positive integer"),
+        ({"optimizer": {"name": "adamx"}}, "optimizer.name: unknown value 'adamx'"),
+        ({"optimizer": {"lr": -1}}, "optimizer.lr: -1 is less than or equal to the minimum of 0"),
+        ({"optimizer": {"lr": float("nan")}}, "optimizer.lr: nan is not a finite number"),
+        ({"optimizer": {"learning_rate": 0.1}}, "optimizer.learning_rate: unknown key 'learning_rate'"),
+        ({"scheduler": {"name": "cyclic"}}, "scheduler.name: unknown value 'cyclic'"),
+        ({"loss": {"name": "hinge"}}, "loss.name: unknown value 'hinge'"),
+        ({"early_stopping": {"monitor": "val_f1"}}, "early_stopping.monitor: unknown value 'val_f1'"),
+        ({"epochs": 0}, "epochs: 0 is less than the minimum of 1"),
         ({"batch_size": 5000}, "batch_size: 5000 is larger than the training split (1293 images)"),
-        ({"model": {"name": "lenet"}}, "model.name"),
-        ({"augment": [{"name": "mixup"}]}, "mixup"),
+        ({"model": {"name": "lenet"}}, "model.name: unknown value 'lenet'"),
+        ({"augment": [{"name": "mixup"}]}, "augment[0].name: unknown value 'mixup'"),
     ],
 )
 def test_bad_recipe_fails_before_training(digits_dir, tmp_path, override, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         train(digits_dir, override, 0, tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", threads=1)
     assert not (tmp_path / "run").exists() and not (tmp_path / "ckpt").exists()
 
@@ -386,7 +389,7 @@ def test_cli_reports_bad_recipe_and_reads_recipe_files(digits_dir, tmp_path, cap
         "1",
     ]
     assert cli([*args, "--recipe", '{"optimizer": {"name": "adamx"}}']) == 2
-    assert "optimizer.name: unknown optimizer 'adamx'" in caplog.text
+    assert "optimizer.name: unknown value 'adamx'" in caplog.text
     assert cli([*args, "--recipe", str(tmp_path / "missing.json")]) == 2
     assert "--recipe: no such file" in caplog.text
     path = tmp_path / "recipe.json"

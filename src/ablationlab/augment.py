@@ -23,12 +23,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from numbers import Real
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ablationlab.schema import check_recipe
 
 AUGMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "hflip": {"p": 0.5},
@@ -50,78 +51,17 @@ _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 def validate(augment: Any) -> list[dict[str, Any]]:
     """Check an ``augment`` list and return it with every item's defaults filled in.
 
-    Raises ``ValueError`` naming the offending item and key, e.g.
-    ``augment[2].name: unknown augmentation 'foo' (choose from ...)``.
+    The schema's rules (:func:`ablationlab.schema.check_recipe`), then the one it cannot express:
+    a [min, max] pair must not decrease. Raises ``ValueError`` naming the offending item and key, e.g.
+    ``augment[2].name: unknown value 'foo'; choose one of: ...``.
     """
-    if not isinstance(augment, (list, tuple)):
-        raise ValueError(f"augment: must be a list of augmentations, got {type(augment).__name__}")
-    out = []
-    for i, item in enumerate(augment):
-        where = f"augment[{i}]"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where}: must be a mapping with a 'name', got {item!r}")
-        name = item.get("name")
-        if name not in AUGMENT_DEFAULTS:
-            raise ValueError(f"{where}.name: unknown augmentation {name!r} (choose from {', '.join(AUGMENT_DEFAULTS)})")
-        defaults = AUGMENT_DEFAULTS[name]
-        for key in item:
-            if key != "name" and key not in defaults:
-                raise ValueError(f"{where}.{key}: unknown key for {name} (choose from {', '.join(defaults)})")
-        spec = {"name": name, **copy.deepcopy(defaults), **{k: v for k, v in item.items() if k != "name"}}
-        _check_values(where, spec)
-        out.append(spec)
+    check_recipe({"augment": augment})
+    out = [{"name": item["name"], **copy.deepcopy(AUGMENT_DEFAULTS[item["name"]]), **item} for item in augment]
+    for i, spec in enumerate(out):
+        for key, value in spec.items():
+            if isinstance(value, list) and value[0] > value[1]:
+                raise ValueError(f"augment[{i}].{key}: min > max in {value!r}")
     return out
-
-
-def _num(where: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not lo <= value <= hi:
-        raise ValueError(f"{where}: must be a number in [{lo}, {hi}], got {value!r}")
-    return float(value)
-
-
-def _range(where: str, value: Any, lo: float, hi: float) -> tuple[float, float]:
-    """A number ``v`` (meaning [v, v]) or an increasing pair, both inside [lo, hi]."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ValueError(f"{where}: must be a number or a pair [min, max], got {value!r}")
-        a, b = (_num(where, v, lo, hi) for v in value)
-        if a > b:
-            raise ValueError(f"{where}: min > max in {value!r}")
-        return a, b
-    v = _num(where, value, lo, hi)
-    return v, v
-
-
-def _check_values(where: str, spec: dict[str, Any]) -> None:
-    name = spec["name"]
-    _num(f"{where}.p", spec["p"], 0.0, 1.0)
-    if name == "crop":
-        pad = spec["padding"]
-        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-            raise ValueError(f"{where}.padding: must be an integer >= 0, got {pad!r}")
-    elif name == "rotation":
-        if isinstance(spec["degrees"], (list, tuple)):
-            _range(f"{where}.degrees", spec["degrees"], -360.0, 360.0)
-        else:
-            _num(f"{where}.degrees", spec["degrees"], 0.0, 360.0)
-    elif name == "color_jitter":
-        for key in ("brightness", "contrast", "saturation"):
-            _num(f"{where}.{key}", spec[key], 0.0)
-        _num(f"{where}.hue", spec["hue"], 0.0, 0.5)
-    elif name == "blur":
-        k = spec["kernel_size"]
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
-            raise ValueError(f"{where}.kernel_size: must be a positive odd integer, got {k!r}")
-        lo, _ = _range(f"{where}.sigma", spec["sigma"], 0.0, math.inf)
-        if lo <= 0:
-            raise ValueError(f"{where}.sigma: must be > 0, got {spec['sigma']!r}")
-    elif name == "erasing":
-        lo, _ = _range(f"{where}.scale", spec["scale"], 0.0, 1.0)
-        if lo <= 0:
-            raise ValueError(f"{where}.scale: must be > 0, got {spec['scale']!r}")
-        lo, _ = _range(f"{where}.ratio", spec["ratio"], 0.0, math.inf)
-        if lo <= 0:
-            raise ValueError(f"{where}.ratio: must be > 0, got {spec['ratio']!r}")
 
 
 # --------------------------------------------------------------------------- ops

@@ -35,6 +35,7 @@ from torch import nn
 
 from ablationlab import io
 from ablationlab.recipe import DEFAULT_RECIPE
+from ablationlab.schema import check_recipe
 
 MODEL_NAMES = ("simple_cnn", "vgg_style", "resnet18", "vgg11_bn")
 ACTIVATIONS = {
@@ -74,53 +75,10 @@ class WeightsError(ValueError):
 
 
 def _options(model: Mapping[str, Any]) -> dict[str, Any]:
-    """``model`` over the defaults, checked; errors name the key (``model.<key>``)."""
-    if not isinstance(model, Mapping):
-        raise ValueError(f"model: must be a mapping, got {type(model).__name__}")
-    defaults = DEFAULT_RECIPE["model"]
-    unknown = sorted(set(model) - set(defaults))
-    if unknown:
-        raise ValueError(f"model.{unknown[0]}: unknown key (choose from {', '.join(defaults)})")
-    opt = {**defaults, **model}
-
-    def choice(key, allowed):
-        if opt[key] not in allowed:
-            raise ValueError(f"model.{key}: unknown {key} {opt[key]!r} (choose from {', '.join(allowed)})")
-
-    def ints(key, value, minimum=1):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"model.{key}: must be an integer >= {minimum}, got {value!r}")
-
-    if opt["name"] not in MODEL_NAMES:
-        raise ValueError(f"model.name: unknown model {opt['name']!r} (choose from {', '.join(MODEL_NAMES)})")
-    if opt["activation"] not in ACTIVATIONS:
-        raise ValueError(
-            f"model.activation: unknown activation {opt['activation']!r} (choose from {', '.join(ACTIVATIONS)})"
-        )
-    choice("init", INITS)
-    choice("dropout_where", DROPOUT_WHERE)
-    choice("train", TRAIN_MODES)
-    for key in ("widths", "hidden"):
-        if not isinstance(opt[key], (list, tuple)):
-            raise ValueError(f"model.{key}: must be a list of integers, got {opt[key]!r}")
-        for v in opt[key]:
-            ints(key, v)
-    if not opt["widths"]:
-        raise ValueError("model.widths: needs at least one block")
-    ints("kernel_size", opt["kernel_size"])
-    ints("convs_per_block", opt["convs_per_block"])
-    p = opt["dropout"]
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"model.dropout: must be a probability in [0, 1), got {p!r}")
-    if not isinstance(opt["batch_norm"], bool):
-        raise ValueError(f"model.batch_norm: must be true or false, got {opt['batch_norm']!r}")
-    if not isinstance(opt["weights"], str) or not opt["weights"]:
-        raise ValueError(f"model.weights: must be 'imagenet', 'none' or a file path, got {opt['weights']!r}")
-    if opt["name"] not in _TRANSFER:
-        if opt["weights"] != "none":
-            raise ValueError(f"model.weights: only {' and '.join(_TRANSFER)} take weights, not {opt['name']}")
-        if opt["train"] != "finetune":
-            raise ValueError(f"model.train: only {' and '.join(_TRANSFER)} can be frozen, not {opt['name']}")
+    """``model`` over the defaults, checked against the schema (:func:`ablationlab.schema.check_recipe`);
+    errors name the key (``model.<key>``)."""
+    opt = {**DEFAULT_RECIPE["model"], **model} if isinstance(model, Mapping) else model
+    check_recipe({"model": opt})
     return opt
 
 
@@ -152,14 +110,11 @@ def _cnn(opt: dict, in_channels: int, image_size: int, num_classes: int, *, batc
     conv_dropout = p > 0 and opt["dropout_where"] in ("conv", "both")
     head_dropout = p > 0 and opt["dropout_where"] in ("head", "both")
     layers: dict[str, nn.Module] = {}
-    channels, size = in_channels, image_size
+    channels, size = in_channels, image_size  # an odd kernel (the schema's rule) with padding k // 2 keeps the size
     for b, width in enumerate(opt["widths"], 1):
         for c in range(1, opt["convs_per_block"] + 1):
             tag = f"{b}" if opt["convs_per_block"] == 1 else f"{b}_{c}"
             layers[f"conv{tag}"] = nn.Conv2d(channels, width, k, padding=k // 2)
-            size = size + 2 * (k // 2) - k + 1
-            if size < 1:
-                raise ValueError(f"model.kernel_size: {k} shrinks a {image_size}×{image_size} image to nothing")
             if batch_norm:
                 layers[f"bn{tag}"] = nn.BatchNorm2d(width)
             layers[f"act{tag}"] = _activation(act)

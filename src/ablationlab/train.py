@@ -53,6 +53,7 @@ from torch import nn
 from . import augment, data, io, models
 from . import device as devices
 from .recipe import complete
+from .schema import check_recipe
 
 log = logging.getLogger("ablationlab.train")
 
@@ -73,51 +74,17 @@ def _names(choices) -> str:
     return ", ".join(choices)
 
 
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}: expected a positive integer, got {value!r}")
-    return value
-
-
-def _number(value: Any, key: str, *, low: float = 0.0, low_open: bool = False, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{key}: expected a number, got {value!r}")
-    if value < low or (low_open and value == low) or (high is not None and value >= high):
-        bound = f"{'>' if low_open else '>='} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{key}: expected a number {bound}, got {value!r}")
-    return float(value)
-
-
 def validate(recipe: Mapping[str, Any], n_train: int | None = None) -> None:
-    """Raise ``ValueError`` naming the key path of the first bad training setting in ``recipe``.
+    """Raise ``ValueError`` naming the key path of the first bad setting in the completed ``recipe``.
 
-    ``n_train`` (the size of the training split), when given, bounds ``batch_size``.
-    Names (model, optimizer, scheduler, loss) and model and augmentation settings are checked by
-    their own builders in :func:`setup`, before anything is written.
+    The schema's recipe definition (:func:`ablationlab.schema.check_recipe`: names, types, bounds,
+    unknown keys), then what it cannot express: ``n_train`` (the size of the training split), when
+    given, bounds ``batch_size``. The model and augmentation builders in :func:`setup` add their own
+    shape rules, before anything is written.
     """
-    opt, sched, loss, es = recipe["optimizer"], recipe["scheduler"], recipe["loss"], recipe["early_stopping"]
-    _number(opt["lr"], "optimizer.lr", low_open=True)
-    _number(opt["weight_decay"], "optimizer.weight_decay")
-    _number(opt["momentum"], "optimizer.momentum", high=1.0)
-    if sched["name"] == "step":
-        _positive_int(sched["step_size"], "scheduler.step_size")
-    if sched["name"] in ("step", "plateau"):
-        _number(sched["gamma"], "scheduler.gamma", low_open=True)
-    patience = sched["patience"]
-    if sched["name"] == "plateau" and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
-        raise ValueError(f"scheduler.patience: expected an integer >= 0, got {patience!r}")
-    _number(loss["label_smoothing"], "loss.label_smoothing", high=1.0)
-    batch_size = _positive_int(recipe["batch_size"], "batch_size")
-    if n_train is not None and batch_size > n_train:
-        raise ValueError(f"batch_size: {batch_size} is larger than the training split ({n_train} images)")
-    _positive_int(recipe["epochs"], "epochs")
-    if es["monitor"] not in MONITORS:
-        raise ValueError(f"early_stopping.monitor: unknown metric {es['monitor']!r} (choose from {_names(MONITORS)})")
-    _positive_int(es["patience"], "early_stopping.patience")
-    _number(es["min_delta"], "early_stopping.min_delta")
-    resize = recipe["input"]["resize"]
-    if resize is not None:
-        _positive_int(resize, "input.resize")
+    check_recipe(recipe)
+    if n_train is not None and recipe["batch_size"] > n_train:
+        raise ValueError(f"batch_size: {recipe['batch_size']} is larger than the training split ({n_train} images)")
 
 
 def make_optimizer(params, opt: Mapping[str, Any]) -> torch.optim.Optimizer:
