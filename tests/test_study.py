@@ -340,6 +340,10 @@ BAD = {
         lambda c: c.update(statistics={"min_efect": 0.02}),
         "statistics.min_efect: unknown key 'min_efect' (did you mean 'min_effect'?)",
     ),
+    "decreasing augmentation range": (
+        _variant({"augment": [{"name": "blur", "sigma": [2.0, 1.0]}]}),
+        "ablations[batch_norm].variants.x.augment[0].sigma: min > max in [2.0, 1.0] (experiment 'batch_norm/x')",
+    ),
     "NaN in a new config block": (
         lambda c: c.update(statistics={"alpha": float("nan")}),
         "statistics.alpha: nan is not a finite number",

@@ -170,3 +170,15 @@ def check_recipe(recipe: Any) -> None:
     """
     check_finite(recipe)
     _raise(list(_recipe_validator().iter_errors(recipe)), recipe, [], "recipe")
+    if parts := decreasing_pair(recipe):
+        raise ConfigError(f"{keypath(parts)}: min > max in {recipe['augment'][parts[1]][parts[2]]!r}")
+
+
+def decreasing_pair(recipe: Mapping[str, Any]) -> list | None:
+    """Key path of the first ``[min, max]`` pair in ``recipe["augment"]`` whose min exceeds its max: the
+    one recipe rule JSON Schema cannot state (call it on a schema-valid recipe)."""
+    for index, item in enumerate(recipe.get("augment") or []):
+        for key, value in item.items():
+            if isinstance(value, list) and len(value) == 2 and value[0] > value[1]:
+                return ["augment", index, key]
+    return None

@@ -36,6 +36,7 @@ from ablationlab.schema import (
     ConfigError,
     check,
     check_finite,
+    decreasing_pair,
     hint,
     keypath,
     load_schema,
@@ -280,7 +281,7 @@ class _Resolver:
         while True:
             found, _ = lookup(exp.overrides, parts)
             if found or exp.reference is None:
-                suffix = "." + ".".join(map(str, parts))
+                suffix = "." + keypath(parts)
                 return exp.origin + ("" if exp.sweep and found else suffix)
             exp = self.experiments[exp.reference]
 
@@ -320,6 +321,9 @@ def _check_files_and_sizes(config: dict, resolver: _Resolver, experiments: list[
     for exp in experiments:
         if exp.reference is not None and exp.sweep is None:  # a variant (sweep values are checked as they are made)
             _check_variant(resolver, exp)
+        if parts := decreasing_pair(exp.recipe):
+            pair = exp.recipe["augment"][parts[1]][parts[2]]
+            raise ConfigError(f"{resolver.origin(exp, parts)}: min > max in {pair!r} (experiment {exp.id!r})")
         batch = exp.recipe["batch_size"]
         if n_train is not None and batch > n_train:
             raise ConfigError(
