@@ -12,7 +12,7 @@ import yaml
 from snakemake.utils import update_config
 from snakemake.utils import validate as snakemake_validate
 
-from ablationlab import augment, data, models, recipe, stats, study, train
+from ablationlab import augment, data, models, recipe, runtime, stats, study, train
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = study.SCHEMA_PATH
@@ -470,7 +470,7 @@ def test_schema_names_equal_the_library_names():
     assert set(model["model"]["properties"]["train"]["enum"]) == set(models.TRAIN_MODES)
     assert model["optimizer"]["properties"]["name"]["enum"] == list(train.OPTIMIZERS)
     assert model["scheduler"]["properties"]["name"]["enum"] == list(train.SCHEDULERS)
-    assert model["loss"]["properties"]["name"]["enum"] == list(train.LOSSES)
+    assert model["loss"]["properties"]["name"]["enum"] == list(runtime.LOSSES)
     assert model["early_stopping"]["properties"]["monitor"]["enum"] == list(train.MONITORS)
     augmentation = study.load_schema()["$defs"]["augmentation"]  # their keys: test_schema_defaults_equal_...
     assert augmentation["properties"]["name"]["enum"] == list(augment.AUGMENT_DEFAULTS)
