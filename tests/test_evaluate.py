@@ -13,7 +13,8 @@ from PIL import Image
 from ablationlab import data, io, models
 from ablationlab.evaluate import MISCLASSIFIED_SAMPLE, cli, evaluate
 from ablationlab.recipe import complete
-from ablationlab.train import build_network, train
+from ablationlab.runtime import build_network
+from ablationlab.train import train
 
 RECIPE = {"model": {"widths": [8, 16, 32], "hidden": [32]}, "optimizer": {"name": "adam", "lr": 3e-3}, "epochs": 2}
 

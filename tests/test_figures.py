@@ -9,7 +9,7 @@ import pytest
 from test_summarize import study_runs  # noqa: F401  (session fixture: a small real study)
 
 from ablationlab import figures, io, models
-from ablationlab.train import build_network
+from ablationlab.runtime import build_network
 
 
 def _png_size(path) -> tuple[int, int]:

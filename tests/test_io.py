@@ -57,3 +57,19 @@ def test_cli_reports_a_write_error_in_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(blocker / "digits") in err, err
+
+
+class _StudyError(ValueError):
+    pass
+
+
+def test_json_errors_name_the_file_in_one_line(tmp_path):
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text("{not json")
+    good.write_text("[1]")
+    with pytest.raises(_StudyError, match=r"bad\.json: not valid JSON \(Expecting"), io.json_errors(bad, _StudyError):
+        io.read_json(bad)
+    with pytest.raises(ValueError, match=r"^--recipe: no file$"), io.json_errors("--recipe", missing="no file"):
+        io.read_json(tmp_path / "missing.json")
+    with io.json_errors(good):
+        assert io.read_json(good) == [1]

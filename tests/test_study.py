@@ -12,7 +12,7 @@ import yaml
 from snakemake.utils import update_config
 from snakemake.utils import validate as snakemake_validate
 
-from ablationlab import augment, data, models, recipe, stats, study, train
+from ablationlab import augment, data, models, recipe, runtime, stats, study, train
 from ablationlab.schema import SCHEMA_PATH as SCHEMA
 from ablationlab.schema import load_schema
 
@@ -477,7 +477,7 @@ def test_schema_agrees_with_the_library():
     assert set(model["train"]["enum"]) == set(models.TRAIN_MODES)
     assert sections["optimizer"]["properties"]["name"]["enum"] == list(train.OPTIMIZERS)
     assert sections["scheduler"]["properties"]["name"]["enum"] == list(train.SCHEDULERS)
-    assert sections["loss"]["properties"]["name"]["enum"] == list(train.LOSSES)
+    assert sections["loss"]["properties"]["name"]["enum"] == list(runtime.LOSSES)
     assert sections["early_stopping"]["properties"]["monitor"]["enum"] == list(train.MONITORS)
     assert set(schema["properties"]["data"]["properties"]["dataset"]["enum"]) == set(data.DATASETS)
     assert set(study.TRAIN_POOL) <= set(data.DATASETS)

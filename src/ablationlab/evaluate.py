@@ -36,7 +36,7 @@ import torch
 from . import data, io, models
 from . import device as devices
 from .recipe import complete
-from .train import Preprocess, build_network, configure_logging, make_loss, predict
+from .runtime import Preprocess, build_network, make_loss, predict
 
 log = logging.getLogger("ablationlab.evaluate")
 
@@ -145,7 +145,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="run directory written by `train`")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     args = parser.parse_args(argv)
-    configure_logging()
+    io.configure_logging()
     try:
         metrics = evaluate(args.data, args.run, device=args.device)
     except (ValueError, FileNotFoundError, data.DataError) as exc:

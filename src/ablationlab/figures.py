@@ -681,7 +681,7 @@ def best_experiment(experiments: pd.DataFrame) -> str:
 def params_table(recipe: dict[str, Any], meta: dict[str, Any]) -> pd.DataFrame:
     """Per-layer parameters of ``recipe``'s model (``models.summary`` columns)."""
     from ablationlab import models
-    from ablationlab.train import build_network, input_size
+    from ablationlab.runtime import build_network, input_size
 
     model = build_network(recipe, meta, pretrained=False)
     return models.summary(model, meta["channels"], input_size(recipe, meta))
@@ -845,7 +845,7 @@ def _fig_augment(st: _Stage, group: str):
 def _first_conv_weights(st: _Stage, exp_id: str) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(seed, weights before, after training) of the first conv layer of the experiment's first seed."""
     from ablationlab import models
-    from ablationlab.train import build_network
+    from ablationlab.runtime import build_network
 
     found = st.runs.first_seed_with(exp_id, "weights_init.pt", "weights.pt")
     if found is None:

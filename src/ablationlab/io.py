@@ -1,4 +1,4 @@
-"""Atomic file writes and small readers shared by every stage.
+"""Atomic file writes, small readers and the command lines' log format, shared by every stage.
 
 A file is written to a temporary sibling, flushed to disk, then renamed over the
 target, so a killed job or a full disk never leaves a half-written file that looks
@@ -12,7 +12,9 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -99,6 +101,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(fh)
 
 
+@contextlib.contextmanager
+def json_errors(label: Any, error: type[Exception] = ValueError, *, missing: str = "file not found") -> Iterator[None]:
+    """Reading JSON in the block: a missing file or invalid JSON becomes ``error`` with one clear line,
+    ``{label}: {missing}`` or ``{label}: not valid JSON (...)``, instead of a traceback."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise error(f"{label}: {missing}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{label}: not valid JSON ({exc})") from None
+
+
 def save_torch(path: str | os.PathLike, obj: Any) -> str:
     """Save ``obj`` atomically; return the sha256 of the bytes written.
 
@@ -133,6 +147,11 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def configure_logging() -> None:
+    """The command lines' log: INFO and above on stderr, time-stamped."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def canonical_json(obj: Any) -> str:

@@ -78,7 +78,6 @@ Undefined values (NaN) are written as empty cells.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -203,12 +202,8 @@ def experiment_seeds(study: dict[str, Any], experiment: dict[str, Any]) -> list[
 
 def _load_study(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
+    with io.json_errors(path, SummaryError, missing="study file not found"):
         study = io.read_json(path)
-    except FileNotFoundError:
-        raise SummaryError(f"{path}: study file not found") from None
-    except json.JSONDecodeError as exc:
-        raise SummaryError(f"{path}: not valid JSON ({exc})") from None
     for key in ("dataset", "seeds", "experiments"):
         if key not in study:
             raise SummaryError(f"{path}: missing key {key!r}")
@@ -235,10 +230,8 @@ def run_dir(runs_dir: str | Path, experiment: str, seed: int) -> Path:
 def _read_optional(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    try:
+    with io.json_errors(path, SummaryError):
         return io.read_json(path)
-    except json.JSONDecodeError as exc:
-        raise SummaryError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _num(value: Any) -> float:

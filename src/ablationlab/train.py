@@ -2,18 +2,19 @@
 
 The loop is deliberately plain (nanoGPT style). The whole dataset lives as one uint8
 tensor on the training device, moved there once; every epoch draws a seeded
-``randperm`` and batches are index slices of it. A batch is converted to float in
-[0, 1], augmented (training only, per image, on the device), resized if
-``input.resize`` is set, standardized with the train-split mean/std if
-``input.standardize`` is set, then goes through :func:`train_step`. The validation
-split is evaluated after every epoch, without augmentation.
+``randperm`` and batches are index slices of it. A batch goes through
+:class:`ablationlab.runtime.Preprocess` (float in [0, 1], augmented per image on the
+device, resized, standardized), then through :func:`train_step`. The validation split
+is evaluated after every epoch, without augmentation. What a trained model needs to run
+(network, preprocessing, loss, inference) lives in :mod:`ablationlab.runtime`; this module
+is the loop, its optimizer and scheduler, determinism and checkpoints.
 
 After every epoch ``{checkpoint_dir}/last.pt`` is written atomically with everything
 needed to continue: model, optimizer, scheduler, grad scaler, early-stopping state,
-history, best weights and every RNG state (torch CPU and CUDA, numpy, python). A run
-started again with the same recipe, seed and data resumes from it and, on the CPU,
-produces bit-identical history (except the timing columns) and weights to a run that
-was never interrupted. A checkpoint of another recipe/seed/data is ignored.
+history, best weights (the fields of :class:`LoopState`) and every RNG state (torch CPU
+and CUDA, numpy, python). A run started again with the same recipe, seed and data
+resumes from it and, on the CPU, produces bit-identical history (except the timing
+columns) and weights to a run that was never interrupted. A checkpoint of another recipe/seed/data is ignored.
 
 A non-finite loss ends the run with status ``diverged`` (a result, not a crash): the
 outputs are still written, with the weights of the last finite epoch (or the initial
@@ -40,30 +41,28 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import augment, data, io, models
+from . import data, evaluate, io, models
 from . import device as devices
 from .recipe import complete
+from .runtime import Preprocess, build_network, make_loss, predict
 from .schema import check_recipe
 
 log = logging.getLogger("ablationlab.train")
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
-LOSSES = ("cross_entropy", "mse")
 MONITORS = ("val_loss", "val_acc")
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
 TIMING_COLUMNS = ("seconds", "images_per_s")
-EVAL_BATCH_SIZE = 512
 CHECKPOINT_VERSION = 1
 
 
@@ -121,21 +120,6 @@ def make_scheduler(optimizer, sched: Mapping[str, Any], *, lr: float, epochs: in
     raise ValueError(f"scheduler.name: unknown scheduler {name!r} (choose from {_names(SCHEDULERS)})")
 
 
-def make_loss(loss: Mapping[str, Any], num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``loss_fn(logits, labels) -> mean loss``: cross-entropy, or MSE between softmax and (smoothed) one-hot."""
-    smoothing = float(loss["label_smoothing"])
-    if loss["name"] == "cross_entropy":
-        return lambda logits, y: F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
-    if loss["name"] == "mse":
-
-        def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            target = F.one_hot(y, num_classes).float() * (1.0 - smoothing) + smoothing / num_classes
-            return F.mse_loss(logits.float().softmax(dim=1), target)
-
-        return mse
-    raise ValueError(f"loss.name: unknown loss {loss['name']!r} (choose from {_names(LOSSES)})")
-
-
 def recipe_key(recipe: Mapping[str, Any], seed: int, meta: Mapping[str, Any]) -> str:
     """What a checkpoint must match to be resumed: the canonical recipe, the seed and the digest of the
     data training reads (train and val splits: new test images re-evaluate a run without re-training it)."""
@@ -144,46 +128,6 @@ def recipe_key(recipe: Mapping[str, Any], seed: int, meta: Mapping[str, Any]) ->
 
 
 # --------------------------------------------------------------------------- the engine
-
-
-class Preprocess:
-    """uint8 batch on the device → model input: /255, augment (training), resize, standardize."""
-
-    def __init__(self, meta: Mapping[str, Any], recipe: Mapping[str, Any], device: torch.device):
-        self.augment = augment.build(recipe["augment"])  # device-agnostic: no parameters or buffers
-        self.resize = recipe["input"]["resize"]
-        self.scale = self.shift = None
-        if recipe["input"]["standardize"]:  # (x - mean) / std as x * scale + shift
-            mean = torch.tensor(meta["mean"], dtype=torch.float64).view(1, -1, 1, 1)
-            std = torch.tensor(meta["std"], dtype=torch.float64).view(1, -1, 1, 1)
-            self.scale = (1.0 / std).to(device=device, dtype=torch.float32)
-            self.shift = (-mean / std).to(device=device, dtype=torch.float32)
-        self.memory_format = devices.memory_format(device)
-
-    def __call__(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        x = x.mul(1.0 / 255.0)  # uint8 -> float32 in [0, 1], one kernel
-        if train:
-            x = self.augment(x)
-        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
-            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=False)
-        if self.scale is not None:
-            x = torch.addcmul(self.shift, x, self.scale)
-        return x.contiguous(memory_format=self.memory_format)
-
-
-def input_size(recipe: Mapping[str, Any], meta: Mapping[str, Any]) -> int:
-    """Side of the square image the network sees (``input.resize`` or the dataset's)."""
-    return recipe["input"]["resize"] or meta["height"]
-
-
-def build_network(recipe: Mapping[str, Any], meta: Mapping[str, Any], *, pretrained: bool = True) -> nn.Module:
-    """The recipe's model for this dataset; ``pretrained=False`` skips loading transfer weights."""
-    spec = dict(recipe["model"])
-    if not pretrained:
-        spec["weights"] = "none"
-    return models.build_model(
-        spec, in_channels=meta["channels"], image_size=input_size(recipe, meta), num_classes=meta["num_classes"]
-    )
 
 
 @dataclass
@@ -282,23 +226,6 @@ def train_epoch(
     }
 
 
-@torch.no_grad()
-def predict(
-    net: Callable[[torch.Tensor], torch.Tensor],
-    preprocess: Preprocess,
-    x: torch.Tensor,
-    device: torch.device,
-    batch_size: int = EVAL_BATCH_SIZE,
-) -> torch.Tensor:
-    """float32 logits of ``net`` (in eval mode) for uint8 images ``x``, no augmentation; on ``device``."""
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size].to(device, non_blocking=True)
-        with devices.autocast(device):
-            outputs.append(net(preprocess(batch, train=False)).float())
-    return torch.cat(outputs)
-
-
 def validate_epoch(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     engine.model.eval()
     logits = predict(engine.net, engine.preprocess, x, engine.device)
@@ -381,10 +308,105 @@ def load_checkpoint(path: Path, key: str) -> dict | None:
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
+class LoopState:
+    """What the epoch loop carries from one epoch to the next; its fields are keys of ``last.pt``."""
+
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: float | None = None  # best value of early_stopping.monitor so far
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one
+    best_state: dict[str, torch.Tensor] | None = None  # the best weights (early_stopping.restore_best)
+    status: str | None = None  # None while training, then finished / early_stopped / diverged
+    stop_reason: str | None = None
+    message: str | None = None
+    wall_seconds: float = 0.0
+
+    def as_checkpoint(self) -> dict[str, Any]:
+        """The fields by name, not copied (``dataclasses.asdict`` would deep-copy the best weights)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> LoopState:
+        return cls(**{f.name: ckpt[f.name] for f in fields(cls)})
+
+
+def _start(engine: Engine, ckpt_path: Path, init_path: Path, key: str) -> LoopState:
+    """The loop state to begin with: restored from the checkpoint of this key (engine and RNGs too), or a fresh
+    one, the initial weights then saved to ``init_path``."""
+    ckpt = load_checkpoint(ckpt_path, key)
+    if ckpt is None:
+        io.save_torch(init_path, cpu_state(engine.model))
+        return LoopState()
+    engine.model.load_state_dict(ckpt["model"])
+    engine.optimizer.load_state_dict(ckpt["optimizer"])
+    if engine.scheduler is not None:
+        engine.scheduler.load_state_dict(ckpt["scheduler"])
+    engine.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    state = LoopState.from_checkpoint(ckpt)
+    log.info("resuming from epoch %d (checkpoint %s)", state.epoch, ckpt_path)
+    return state
+
+
+def _save_checkpoint(path: Path, key: str, seed: int, state: LoopState, engine: Engine) -> None:
+    io.save_torch(
+        path,
+        {
+            "version": CHECKPOINT_VERSION,
+            "key": key,
+            "seed": seed,
+            **state.as_checkpoint(),
+            "model": engine.model.state_dict(),
+            "optimizer": engine.optimizer.state_dict(),
+            "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None,
+            "scaler": engine.scaler.state_dict(),
+            "rng": rng_state(),
+        },
+    )
+
+
 def _is_better(value: float, best: float | None, monitor: str, min_delta: float) -> bool:
     if best is None:
         return True
     return value < best - min_delta if monitor == "val_loss" else value > best + min_delta
+
+
+def _end_of_epoch(
+    state: LoopState, row: dict[str, float], engine: Engine, es: Mapping[str, Any], last_finite: dict[str, Any]
+) -> None:
+    """After epoch ``row``: stop on a non-finite loss (back to the ``last_finite`` weights), else track the best
+    epoch, step an epoch scheduler and stop early when ``es`` (early_stopping) says so."""
+    epoch, monitor = row["epoch"], es["monitor"]
+    if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+        which = "train" if not math.isfinite(row["train_loss"]) else "validation"
+        engine.model.load_state_dict(last_finite)
+        state.status, state.stop_reason = "diverged", "non_finite_loss"
+        state.message = (
+            f"non-finite {which} loss in epoch {epoch} (learning rate {row['lr']:g} too high?); "
+            f"kept the weights of {'epoch ' + str(epoch - 1) if epoch > 1 else 'initialisation'}"
+        )
+        log.warning("diverged: %s", state.message)
+        return
+    if _is_better(row[monitor], state.best, monitor, es["min_delta"]):
+        state.best, state.best_epoch, state.bad_epochs = row[monitor], epoch, 0
+        if es["enabled"] and es["restore_best"]:
+            state.best_state = cpu_state(engine.model)
+    else:
+        state.bad_epochs += 1
+    if engine.scheduler is not None and not engine.step_scheduler_per_batch:
+        if isinstance(engine.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            engine.scheduler.step(row["val_loss"])
+        else:
+            engine.scheduler.step()
+    if es["enabled"] and state.bad_epochs >= es["patience"]:
+        state.status, state.stop_reason = "early_stopped", "early_stopping"
+        state.message = (
+            f"{monitor} did not improve by more than {es['min_delta']:g} for "
+            f"{es['patience']} epochs; best epoch {state.best_epoch}"
+        )
+        log.info("early stopping: %s", state.message)
 
 
 def _progress(epoch: int, epochs: int, total: int):
@@ -394,6 +416,83 @@ def _progress(epoch: int, epochs: int, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, file=sys.stderr)
+
+
+def _history_row(epoch: int, lr: float, seconds: float, measured: dict[str, float]) -> dict[str, float]:
+    """The epoch's ``history.csv`` row (``HISTORY_COLUMNS``) from what training and validation measured."""
+    row = {"epoch": epoch, **{k: measured[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}}
+    row.update(lr=lr, seconds=seconds, images_per_s=measured["images_per_s"])
+    return row
+
+
+def _log_epoch(row: dict[str, float], epochs: int, bar) -> None:
+    """One line per epoch: on the progress bar when there is one (then closed), else in the log."""
+    summary = (
+        f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
+        f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} lr {row['lr']:.3g} "
+        f"{row['seconds']:.1f}s {row['images_per_s']:.0f} img/s"
+    )
+    if bar is not None:
+        bar.set_postfix_str(summary.split(" ", 2)[2])
+        bar.close()
+    else:
+        log.info(summary)
+
+
+def _load_splits(data_dir: str | os.PathLike, n_train: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_val, y_val) on ``dev``, sha256-checked against meta.json."""
+    x_train, y_train = data.load_split(data_dir, "train")
+    x_val, y_val = data.load_split(data_dir, "val")
+    if len(y_train) != n_train:
+        raise data.DataError(f"{data_dir}: meta.json says {n_train} training images, train_y.pt has {len(y_train)}")
+    return tuple(t.to(dev) for t in (x_train, y_train, x_val, y_val))
+
+
+def _finish(state: LoopState, model: nn.Module, epochs: int) -> None:
+    """After the loop: a run still going has ``finished``; the best weights go back into ``model`` when
+    early stopping kept them (``restore_best``), unless the run diverged."""
+    if state.status is None:
+        state.status, state.stop_reason, state.message = "finished", "epochs", f"completed {epochs} epochs"
+    if state.status != "diverged" and state.best_state is not None:
+        model.load_state_dict(state.best_state)
+
+
+def _result(state: LoopState, model: nn.Module, dev: torch.device, seed: int, wall_seconds: float) -> dict[str, Any]:
+    """The content of ``train.json``."""
+    best = state.history[state.best_epoch - 1] if state.best_epoch else None
+    trainable, total = models.count_params(model)
+    return {
+        "status": state.status,
+        "epochs_run": state.epoch,
+        "best_epoch": state.best_epoch or None,
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_acc": best["val_acc"] if best else None,
+        "stop_reason": state.stop_reason,
+        "message": state.message,
+        "params": trainable,
+        "params_total": total,
+        "device": devices.describe(dev),
+        "torch_version": torch.__version__,
+        "wall_seconds": wall_seconds,
+        "seed": seed,
+    }
+
+
+def _write_outputs(out_dir: Path, recipe, state: LoopState, model: nn.Module, init_path: Path, result) -> None:
+    """The run files (``docs/contracts.md``), ``train.json`` last."""
+    io.write_json(out_dir / "recipe.json", recipe)
+    io.write_csv(out_dir / "history.csv", pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
+    io.save_torch(out_dir / "weights_init.pt", io.load_torch(init_path))
+    io.save_torch(out_dir / "weights.pt", cpu_state(model))
+    io.write_json(out_dir / "train.json", result)
+    log.info(
+        "%s after %d epochs: %s (best epoch %s); wrote %s",
+        result["status"],
+        result["epochs_run"],
+        result["message"],
+        result["best_epoch"],
+        out_dir,
+    )
 
 
 def train(
@@ -428,59 +527,15 @@ def train(
     n_train = meta["splits"]["train"]
     validate(recipe, n_train)
     epochs, es = recipe["epochs"], recipe["early_stopping"]
-    monitor = es["monitor"]
 
     configure_determinism(dev)
     seed_everything(seed)
     engine = setup(recipe, meta, n_train, dev, compile=compile)  # bad model/augment settings fail here
-    trainable, total = models.count_params(engine.model)
-    x_train, y_train = data.load_split(data_dir, "train")  # sha256-checked against meta.json
-    x_val, y_val = data.load_split(data_dir, "val")
-    if len(y_train) != n_train:
-        raise data.DataError(f"{data_dir}: meta.json says {n_train} training images, train_y.pt has {len(y_train)}")
-    x_train, y_train, x_val, y_val = (t.to(dev) for t in (x_train, y_train, x_val, y_val))
-
+    x_train, y_train, x_val, y_val = _load_splits(data_dir, n_train, dev)
     ckpt_path, init_path = checkpoint_dir / "last.pt", checkpoint_dir / "weights_init.pt"
     key = recipe_key(recipe, seed, meta)
-    ckpt = load_checkpoint(ckpt_path, key)
-    if ckpt is None:
-        io.save_torch(init_path, cpu_state(engine.model))
-        state = {
-            "epoch": 0,
-            "history": [],
-            "best": None,
-            "best_epoch": 0,
-            "bad_epochs": 0,
-            "best_state": None,
-            "status": None,
-            "stop_reason": None,
-            "message": None,
-            "wall_seconds": 0.0,
-        }
-    else:
-        engine.model.load_state_dict(ckpt["model"])
-        engine.optimizer.load_state_dict(ckpt["optimizer"])
-        if engine.scheduler is not None:
-            engine.scheduler.load_state_dict(ckpt["scheduler"])
-        engine.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        state = {
-            k: ckpt[k]
-            for k in (
-                "epoch",
-                "history",
-                "best",
-                "best_epoch",
-                "bad_epochs",
-                "best_state",
-                "status",
-                "stop_reason",
-                "message",
-                "wall_seconds",
-            )
-        }
-        log.info("resuming from epoch %d (checkpoint %s)", state["epoch"], ckpt_path)
-    wall_before = state["wall_seconds"]
+    state = _start(engine, ckpt_path, init_path, key)
+    wall_before = state.wall_seconds
     log.info(
         "training %s on %s (%d train / %d val images), seed %d, device %s, %d trainable parameters",
         recipe["model"]["name"],
@@ -489,133 +544,33 @@ def train(
         len(y_val),
         seed,
         devices.describe(dev),
-        trainable,
+        models.count_params(engine.model)[0],
     )
 
-    while state["status"] is None and state["epoch"] < epochs:
-        if stop_after is not None and state["epoch"] >= stop_after:
-            log.info("stopping after epoch %d as asked (--stop-after); checkpoint %s", state["epoch"], ckpt_path)
-            return {"status": "stopped", "epochs_run": state["epoch"]}
-        epoch = state["epoch"] + 1
-        last_finite = cpu_state(engine.model)
+    while state.status is None and state.epoch < epochs:
+        if stop_after is not None and state.epoch >= stop_after:
+            log.info("stopping after epoch %d as asked (--stop-after); checkpoint %s", state.epoch, ckpt_path)
+            return {"status": "stopped", "epochs_run": state.epoch}
+        epoch, last_finite = state.epoch + 1, cpu_state(engine.model)
         lr = engine.optimizer.param_groups[0]["lr"]
         bar = _progress(epoch, epochs, steps_per_epoch(len(y_train), engine.batch_size))
         tic = time.perf_counter()
-        row = train_epoch(
-            engine,
-            x_train,
-            y_train,
-            epoch_order(len(y_train), seed, epoch, dev),
-            on_step=bar.update if bar is not None else None,
-        )
-        row.update(validate_epoch(engine, x_val, y_val))
-        seconds = time.perf_counter() - tic
-        row = {
-            "epoch": epoch,
-            "train_loss": row["train_loss"],
-            "train_acc": row["train_acc"],
-            "val_loss": row["val_loss"],
-            "val_acc": row["val_acc"],
-            "lr": lr,
-            "seconds": seconds,
-            "images_per_s": row["images_per_s"],
-        }
-        state["history"].append(row)
-        state["epoch"] = epoch
-        summary = (
-            f"epoch {epoch}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
-            f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} lr {lr:.3g} "
-            f"{seconds:.1f}s {row['images_per_s']:.0f} img/s"
-        )
-        if bar is not None:
-            bar.set_postfix_str(summary.split(" ", 2)[2])
-            bar.close()
-        else:
-            log.info(summary)
-
-        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
-            which = "train" if not math.isfinite(row["train_loss"]) else "validation"
-            engine.model.load_state_dict(last_finite)
-            state.update(
-                status="diverged",
-                stop_reason="non_finite_loss",
-                message=f"non-finite {which} loss in epoch {epoch} (learning rate {lr:g} too high?); "
-                f"kept the weights of {'epoch ' + str(epoch - 1) if epoch > 1 else 'initialisation'}",
-            )
-            log.warning("diverged: %s", state["message"])
-        else:
-            value = row[monitor]
-            if _is_better(value, state["best"], monitor, es["min_delta"]):
-                state.update(best=value, best_epoch=epoch, bad_epochs=0)
-                if es["enabled"] and es["restore_best"]:
-                    state["best_state"] = cpu_state(engine.model)
-            else:
-                state["bad_epochs"] += 1
-            if engine.scheduler is not None and not engine.step_scheduler_per_batch:
-                if isinstance(engine.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    engine.scheduler.step(row["val_loss"])
-                else:
-                    engine.scheduler.step()
-            if es["enabled"] and state["bad_epochs"] >= es["patience"]:
-                state.update(
-                    status="early_stopped",
-                    stop_reason="early_stopping",
-                    message=f"{monitor} did not improve by more than {es['min_delta']:g} for "
-                    f"{es['patience']} epochs; best epoch {state['best_epoch']}",
-                )
-                log.info("early stopping: %s", state["message"])
-
-        state["wall_seconds"] = wall_before + time.perf_counter() - started
-        io.save_torch(
-            ckpt_path,
-            {
-                "version": CHECKPOINT_VERSION,
-                "key": key,
-                "seed": seed,
-                **state,
-                "model": engine.model.state_dict(),
-                "optimizer": engine.optimizer.state_dict(),
-                "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None,
-                "scaler": engine.scaler.state_dict(),
-                "rng": rng_state(),
-            },
-        )
+        order = epoch_order(len(y_train), seed, epoch, dev)
+        measured = train_epoch(engine, x_train, y_train, order, on_step=bar.update if bar is not None else None)
+        measured |= validate_epoch(engine, x_val, y_val)
+        row = _history_row(epoch, lr, time.perf_counter() - tic, measured)
+        _log_epoch(row, epochs, bar)
+        state.history.append(row)
+        state.epoch = epoch
+        _end_of_epoch(state, row, engine, es, last_finite)
+        state.wall_seconds = wall_before + time.perf_counter() - started
+        _save_checkpoint(ckpt_path, key, seed, state, engine)
         if on_epoch is not None:
             on_epoch(row)
 
-    if state["status"] is None:
-        state.update(status="finished", stop_reason="epochs", message=f"completed {epochs} epochs")
-    if state["status"] != "diverged" and state["best_state"] is not None:
-        engine.model.load_state_dict(state["best_state"])  # early_stopping.restore_best
-    best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] else None
-    result = {
-        "status": state["status"],
-        "epochs_run": state["epoch"],
-        "best_epoch": state["best_epoch"] or None,
-        "best_val_loss": best["val_loss"] if best else None,
-        "best_val_acc": best["val_acc"] if best else None,
-        "stop_reason": state["stop_reason"],
-        "message": state["message"],
-        "params": trainable,
-        "params_total": total,
-        "device": devices.describe(dev),
-        "torch_version": torch.__version__,
-        "wall_seconds": wall_before + time.perf_counter() - started,
-        "seed": seed,
-    }
-    io.write_json(out_dir / "recipe.json", recipe)
-    io.write_csv(out_dir / "history.csv", pd.DataFrame(state["history"], columns=HISTORY_COLUMNS))
-    io.save_torch(out_dir / "weights_init.pt", io.load_torch(init_path))
-    io.save_torch(out_dir / "weights.pt", cpu_state(engine.model))
-    io.write_json(out_dir / "train.json", result)
-    log.info(
-        "%s after %d epochs: %s (best epoch %s); wrote %s",
-        result["status"],
-        result["epochs_run"],
-        result["message"],
-        result["best_epoch"],
-        out_dir,
-    )
+    _finish(state, engine.model, epochs)
+    result = _result(state, engine.model, dev, seed, wall_before + time.perf_counter() - started)
+    _write_outputs(out_dir, recipe, state, engine.model, init_path, result)
     return result
 
 
@@ -625,22 +580,11 @@ def train(
 def load_recipe(text: str) -> dict[str, Any]:
     """A recipe from inline JSON or from a JSON file path."""
     stripped = text.strip()
-    try:
-        if stripped.startswith("{"):
-            recipe = json.loads(stripped)
-        else:
-            recipe = io.read_json(text)
-    except FileNotFoundError:
-        raise ValueError(f"--recipe: no such file {text!r} (give a JSON file or an inline JSON object)") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--recipe: not valid JSON ({exc})") from None
+    with io.json_errors("--recipe", missing=f"no such file {text!r} (give a JSON file or an inline JSON object)"):
+        recipe = json.loads(stripped) if stripped.startswith("{") else io.read_json(text)
     if not isinstance(recipe, dict):
         raise ValueError("--recipe: expected a JSON object")
     return recipe
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _live_tracking(spec: str, recipe: Mapping[str, Any], seed: int):
@@ -701,7 +645,7 @@ def cli(argv: list[str] | None = None) -> int:
         "evaluate --run OUT` does (one process start per run instead of two)",
     )
     args = parser.parse_args(argv)
-    configure_logging()
+    io.configure_logging()
     try:
         recipe = load_recipe(args.recipe)
         with _live_tracking(args.track, recipe, args.seed) as on_epoch:
@@ -717,18 +661,10 @@ def cli(argv: list[str] | None = None) -> int:
                 compile=args.compile,
                 on_epoch=on_epoch,
             )
-        if args.evaluate and result["status"] != "stopped":
-            _evaluate(args.data, args.out, device=args.device)
+        if args.evaluate and result["status"] != "stopped":  # one process start per run instead of two
+            evaluate.evaluate(args.data, args.out, device=args.device)
     except (ValueError, data.DataError) as exc:
         log.error("%s", exc)
         return 2
     print(json.dumps({"status": result["status"], "epochs_run": result["epochs_run"]}))
     return 0
-
-
-def _evaluate(data_dir: str, run_dir: str, *, device: str) -> dict[str, Any]:
-    """``ablationlab.evaluate.evaluate`` (``--evaluate``), imported here because evaluate imports this
-    module; the workflow's import scan sees it, so evaluate's code is an input of the train jobs."""
-    from ablationlab import evaluate
-
-    return evaluate.evaluate(data_dir, run_dir, device=device)
