@@ -6,8 +6,9 @@ semantic checks); an invalid configuration stops Snakemake with one readable mes
 naming the key path, before any job is planned.
 """
 
-import ast
+import contextlib
 import functools
+import hashlib
 import math
 import os
 import re
@@ -33,6 +34,7 @@ envvars:
 import ablationlab
 from ablationlab import data as abl_data
 from ablationlab import io as abl_io
+from ablationlab import stages as abl_stages
 from ablationlab import study as abl_study
 
 # the library's packaged schema: one file for both checks
@@ -375,49 +377,12 @@ def experiment_group(wildcards):
 # --------------------------------------------------------------------------- library inputs
 
 LIB = Path(ablationlab.__file__).resolve().parent
-try:
+with contextlib.suppress(ValueError):
     LIB = LIB.relative_to(Path.cwd().resolve())
-except ValueError:
-    pass
-
-
-@functools.lru_cache(maxsize=None)
-def _imports(name):
-    """ablationlab modules that ablationlab.<name> imports (directly)."""
-    path = LIB / f"{name}.py"
-    if not path.exists():
-        return frozenset()
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(
-                a.name.split(".")[1]
-                for a in node.names
-                if a.name.startswith("ablationlab.")
-            )
-        elif isinstance(node, ast.ImportFrom):
-            source = node.module or ""
-            if node.level == 0 and source.split(".")[0] == "ablationlab":
-                source = source.removeprefix("ablationlab").lstrip(".")
-            elif node.level != 1:
-                source = None  # not the library
-            if source:  # from .io import x / from ablationlab.io import x
-                found.add(source.split(".")[0])
-            elif source == "":  # from . import io / from ablationlab import io
-                found.update(a.name for a in node.names)
-    return frozenset(m for m in found if (LIB / f"{m}.py").exists())
 
 
 def library(stage):
-    """Source files of ablationlab.<stage> and every ablationlab module it imports, transitively.
-
-    Declared as inputs (Snakemake does not track imported code): editing a module re-runs
-    exactly the stages that import it.
-    """
-    seen, todo = set(), [stage]
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(_imports(name) - seen)
-    return sorted(str(LIB / f"{m}.py") for m in seen)
+    """The library files that `stage` runs (ablationlab.stages.code_inputs), declared as inputs
+    of its rule: Snakemake does not track imported code, and editing a module re-runs exactly the
+    stages that import it."""
+    return abl_stages.code_inputs(stage, LIB)
