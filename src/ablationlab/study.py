@@ -51,6 +51,7 @@ RESERVED_IDS = frozenset(
         "track",
         "figures",
         "report",
+        "render_report",
         "mlflow_init",
         "track_experiment",
         "adaptive_look",
