@@ -324,7 +324,7 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
 def test_disk_full_while_writing_the_report_leaves_no_partial_output(work):
     size = (work / "reports/report.html").stat().st_size
     runs_before = _snapshot(work / "results/runs")
-    proc = _snakemake_limited(work, size // 2, OVERLAY, "--forcerun", "report")
+    proc = _snakemake_limited(work, size // 2, OVERLAY, "--forcerun", "render_report")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-4000:]
     log = (work / "results/logs/report/report.log").read_text()
@@ -334,7 +334,7 @@ def test_disk_full_while_writing_the_report_leaves_no_partial_output(work):
     leftovers = sorted(p.name for p in (work / "reports").iterdir()) if (work / "reports").exists() else []
     assert leftovers == [], leftovers
     jobs = plan(work, *_config(OVERLAY))
-    assert ("report", None, None) in jobs and not any(r.startswith("train_") for r, _, _ in jobs)
+    assert ("render_report", None, None) in jobs and not any(r.startswith("train_") for r, _, _ in jobs)
     assert _snapshot(work / "results/runs") == runs_before
 
     proc = _smk(work, OVERLAY)

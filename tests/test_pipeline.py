@@ -184,6 +184,20 @@ def test_edited_library_module_reruns_the_stages_importing_it(done, module):
 
 
 @pytest.mark.slow
+def test_edited_tracking_module_retrains_nothing(done):
+    """tracking.py is the train jobs' live MLflow logging only (ablationlab.stages.EXCLUDED)."""
+    edited = done / "src" / "ablationlab" / "tracking.py"
+    original = edited.read_bytes()
+    edited.write_bytes(original + b"\n# edited\n")
+    try:
+        jobs = plan(done)
+    finally:
+        edited.write_bytes(original)
+    assert ("track", None, None) in jobs and stage_jobs(jobs) == set()
+    assert ("summarize", None, None) not in jobs and ("figures", None, None) not in jobs
+
+
+@pytest.mark.slow
 def test_group_target_plans_only_that_group(done):
     jobs = plan(done, "dropout", "--forcerun", "train_dropout")
     assert jobs == [("dropout", None, None), ("train_dropout", "dropout/p=0.5", "0")]

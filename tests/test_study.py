@@ -649,3 +649,12 @@ def test_cli_rejects_yaml_nan_and_inf(tmp_path, capsys):
     bad.write_text("resources: {default: {mem_mb: -.inf}}\n")
     assert study.cli([str(REPO / "config.yaml"), str(bad)]) == 1
     assert capsys.readouterr().err.strip() == "error: resources.default.mem_mb: -inf is not a finite number"
+
+
+def test_every_rule_name_is_a_reserved_group_id():
+    """A group's target rule is named after its id: an id may name no other rule."""
+    import re
+
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    names = {n for f in files for n in re.findall(r"^(?:rule|checkpoint) (\w+):", f.read_text(), re.M)}
+    assert "render_report" in names and names <= study.RESERVED_IDS, names - study.RESERVED_IDS

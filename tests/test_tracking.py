@@ -574,3 +574,25 @@ def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, 
     with pytest.raises(Exception, match="Max retries exceeded"):
         tracking.init(tracking.Tracker(uri, "x", lock=tmp_path / "lock"))
     assert time.monotonic() - start < 30
+
+
+# MLflow's undocumented class that LiveRun drives (tracking.py says why), checked at this version
+MLFLOW_CHECKED = "3.17.2"
+
+
+def test_system_metrics_monitor_is_what_live_logging_calls():
+    import inspect
+    import re
+
+    import mlflow
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    pin = re.search(r'"mlflow==([^"]+)"', (Path(__file__).parents[1] / "pyproject.toml").read_text())[1]
+    assert pin == mlflow.__version__ == MLFLOW_CHECKED, (
+        f"mlflow {pin} pinned, {mlflow.__version__} installed: tracking.LiveRun uses the undocumented "
+        "SystemMetricsMonitor(run_id, sampling_interval=, resume_logging=, tracking_uri=).start()/.finish(); "
+        "check it in the new version, then set MLFLOW_CHECKED"
+    )
+    params = inspect.signature(SystemMetricsMonitor).parameters
+    assert {"run_id", "sampling_interval", "resume_logging", "tracking_uri"} <= params.keys()
+    assert callable(SystemMetricsMonitor.start) and callable(SystemMetricsMonitor.finish)

@@ -58,6 +58,7 @@ RESERVED_IDS = frozenset(
         "track",
         "figures",
         "report",
+        "render_report",
         "mlflow_init",
         "track_experiment",
         "adaptive_look",

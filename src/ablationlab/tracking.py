@@ -244,11 +244,10 @@ class Tracker:
 
             if self.sqlite_path:
                 Path(self.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(Exception):  # warm-up outside the lock: seconds of imports
-                    from mlflow.store.db.utils import _get_latest_schema_revision
-                    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: F401
-
-                    _get_latest_schema_revision()
+                # warm-up outside the lock: MLflow has no public call for it, but importing the SQL
+                # store (what the client loads for a sqlite: URI) is 0.7 s of the first connection
+                with contextlib.suppress(Exception):
+                    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
             with self.lock:  # the first use of a new SQLite store creates its schema
                 self._client = MlflowClient(tracking_uri=self.uri)
                 _retry(self._client.search_experiments, max_results=1)
@@ -838,6 +837,10 @@ class LiveRun:
                         m.step for m in self.tracker.call("get_metric_history", self.run.info.run_id, "val_loss")
                     }
             if spec.get("system_metrics"):
+                # not documented API: MLflow's public switch, mlflow.start_run(log_system_metrics=True),
+                # only serves its process-global active run, which end_run() marks FINISHED; this run
+                # is the client's and must stay RUNNING for the track job. Checked against the pinned
+                # version: tests/test_tracking.py::test_system_metrics_monitor_is_what_live_logging_calls
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
                 self.monitor = SystemMetricsMonitor(

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import math
@@ -590,12 +589,13 @@ def load_recipe(text: str) -> dict[str, Any]:
 def _live_tracking(spec: str, recipe: Mapping[str, Any], seed: int):
     """``tracking.live_run`` for ``--track SPEC``; a null context without it.
 
-    Imported by name, not by an import statement: the pipeline declares the modules that
-    ``train`` imports as its code inputs, and a change to the MLflow code must not re-train.
+    Imported here (MLflow's imports only when tracking); not a code input of the train jobs
+    (``ablationlab.stages.EXCLUDED``): live logging never changes a run's files.
     """
     if not spec.strip():
         return contextlib.nullcontext()
-    tracking = importlib.import_module("ablationlab.tracking")
+    from ablationlab import tracking
+
     return tracking.live_run(spec, recipe=complete(recipe), seed=seed)
 
 

@@ -20,7 +20,7 @@ localrules:
 
 checkpoint adaptive_look:
     input:
-        study=ancient(STUDY_TABLE),
+        study_table=ancient(STUDY_TABLE),
         runs=look_runs,
         previous=previous_look,
         code=library("adaptive"),
@@ -37,13 +37,13 @@ checkpoint adaptive_look:
         mem_mb=1000,
         runtime=5,
     params:
-        study=STUDY_DIGEST,
+        study_table=STUDY_TABLE_DIGEST,
         runs_dir=RUNS_ROOT,
         previous=lambda wildcards, input: (
             ["--previous", *input.previous] if input.previous else []
         ),
     shell:
-        "python -m ablationlab adaptive --study {input.study:q} --runs {params.runs_dir:q}"
+        "python -m ablationlab adaptive --study {input.study_table:q} --runs {params.runs_dir:q}"
         " --look {wildcards.look} {params.previous:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -58,8 +58,3 @@ rule adaptive_seeds:
         ENV
     shell:
         "cp {input:q} {output:q} 2> {log:q}"
-
-
-if ADAPTIVE:
-
-    FINAL_TARGETS.append(SEED_PLAN)

@@ -1,4 +1,5 @@
-"""Shared helpers: the validated study, paths, per-group resources, library inputs.
+"""Shared helpers: the validated study, paths, the final targets, per-group resources,
+library inputs.
 
 Included first by the Snakefile. The configuration is validated and resolved here by
 ablationlab.study (schema src/ablationlab/schemas/config.schema.yaml, defaults filled in, plus the
@@ -6,8 +7,9 @@ semantic checks); an invalid configuration stops Snakemake with one readable mes
 naming the key path, before any job is planned.
 """
 
-import ast
+import contextlib
 import functools
+import hashlib
 import math
 import os
 import re
@@ -34,6 +36,7 @@ import ablationlab
 from ablationlab import data as abl_data
 from ablationlab import io as abl_io
 from ablationlab import schema as abl_schema
+from ablationlab import stages as abl_stages
 from ablationlab import study as abl_study
 
 # the library's packaged schema: one file for both checks
@@ -48,6 +51,7 @@ except abl_study.ConfigError as err:
 validate(config, SCHEMA)
 
 CONFIG = STUDY.config
+STUDY_NAME = CONFIG["study"]["name"]
 DATASET = CONFIG["data"]["dataset"]
 SEEDS = CONFIG["seeds"]
 EXPERIMENTS = {e["id"]: e for e in STUDY.experiments["experiments"]}
@@ -56,20 +60,34 @@ GROUP_EXPERIMENTS = {
     gid: [e for e in EXPERIMENTS if EXPERIMENTS[e]["group"] == gid] for gid in GROUPS
 }
 
-# Targets of `rule all`; every included .smk file adds its final outputs.
-FINAL_TARGETS = []
-
-# Files between the aggregating stages, named here and not as rules.<rule>.output: Snakemake
-# hashes a list input whole for every file of it when a rule references another rule's
-# output, seconds of planning for a large study (benchmarks/plan_study.py).
+# Files between the stages, named here and not as rules.<rule>.output: Snakemake hashes a list
+# input whole for every file of it when a rule references another rule's output, seconds of
+# planning for a large study (benchmarks/plan_study.py). A job gets the folder of its inputs or
+# outputs as input_folder()/output_folder() params, and a root of many (RUNS_ROOT) as a constant.
+# written by the study rule: the resolved experiments, the report's description of the study
 STUDY_TABLE = "results/study/experiments.json"
 STUDY_REPORT = "results/study/report.json"
+# sha256 of the canonical study table: a params value that changes only with its content (the
+# readers take the table itself as ancient(): a rewrite with the same content re-runs nothing)
+STUDY_TABLE_DIGEST = hashlib.sha256(
+    abl_io.canonical_json(STUDY.experiments).encode()
+).hexdigest()
+SUMMARY_DIR = "results/summary"
 SUMMARY = [
-    "results/summary/runs.csv",
-    "results/summary/experiments.csv",
-    "results/summary/diagnostics.csv",
+    f"{SUMMARY_DIR}/runs.csv",
+    f"{SUMMARY_DIR}/experiments.csv",
+    f"{SUMMARY_DIR}/diagnostics.csv",
 ]
-FIGURE_MANIFEST = "results/figures/figures.json"
+FIGURES_DIR = "results/figures"
+FIGURE_MANIFEST = f"{FIGURES_DIR}/figures.json"
+# written by the track rule: the study's MLflow experiment, every run's MLflow id and link
+MLFLOW_INFO = "results/mlflow.json"
+MLFLOW_RECORD = f"{SUMMARY_DIR}/mlflow.csv"
+REPORT_HTML = "reports/report.html"
+REPORT_PDF = "reports/report.pdf"
+# the train jobs' logs and benchmarks (wall time): <folder>/<experiment>/seed<n>.log|tsv
+TRAIN_LOGS = "results/logs/train"
+TRAIN_BENCHMARKS = "results/benchmarks/train"
 
 DATA_DIR = f"results/data/{DATASET}"
 DATA_VERIFIED = f"{DATA_DIR}/verified"  # prepare_data's marker (data.smk)
@@ -251,7 +269,7 @@ def experiment_seeds(exp):
 def run_files(experiments, names, seeds=None):
     """results/runs/<experiment>/seed<n>/<name> for every experiment, its seeds (or `seeds`) and name."""
     return [
-        f"results/runs/{exp}/seed{seed}/{name}"
+        f"{RUNS_ROOT}/{exp}/seed{seed}/{name}"
         for exp in experiments
         for seed in (experiment_seeds(exp) if seeds is None else seeds)
         for name in names
@@ -292,7 +310,7 @@ def adaptive_plan():
 def look_runs(wildcards):
     seeds = look_seeds(int(wildcards.look))
     return [
-        f"results/runs/{e}/seed{s}/metrics.json" for e in EXPERIMENTS for s in seeds[e]
+        f"{RUNS_ROOT}/{e}/seed{s}/metrics.json" for e in EXPERIMENTS for s in seeds[e]
     ]
 
 
@@ -304,6 +322,45 @@ def previous_look(wildcards):
 def seed_plan_option(wildcards, input):
     """`--seeds results/adaptive/seeds.json` for the aggregating stages (adaptive seeding only)."""
     return ["--seeds", *input.seeds] if ADAPTIVE else []
+
+
+def final_targets():
+    """What the Snakefile's default target asks for: every stage's final files for this study."""
+    return [
+        DATA_VERIFIED,
+        STUDY_TABLE,
+        STUDY_REPORT,
+        # the study's seeds (adaptive seeding adds its further seeds through the summary)
+        *run_files(EXPERIMENTS, EVALUATE_FILES[:1], SEEDS),
+        *SUMMARY,
+        *([SEED_PLAN] if ADAPTIVE else []),
+        MLFLOW_INFO,
+        MLFLOW_RECORD,
+        REPORT_HTML,
+        REPORT_PDF,
+    ]
+
+
+def _one_folder(files, name):
+    folders = {
+        os.path.dirname(f) for f in ([files] if isinstance(files, str) else files)
+    }
+    if len(folders) != 1:
+        raise WorkflowError(f"{name}: files in {len(folders)} folders, expected one")
+    return folders.pop()
+
+
+def input_folder(name):
+    """Param: the one folder of the job's input files `name`, whichever file comes first.
+    Derived from the input and not a constant: Snakemake rewrites input paths under remote
+    storage (and lints a param that hardcodes an input's folder); not compared between runs
+    (the files are)."""
+    return lambda wildcards, input: _one_folder(input[name], name)
+
+
+def output_folder(name):
+    """Param: the one folder of the job's output files `name` (as input_folder)."""
+    return lambda wildcards, output: _one_folder(output[name], name)
 
 
 def experiment_regex(experiments):
@@ -376,49 +433,12 @@ def experiment_group(wildcards):
 # --------------------------------------------------------------------------- library inputs
 
 LIB = Path(ablationlab.__file__).resolve().parent
-try:
+with contextlib.suppress(ValueError):
     LIB = LIB.relative_to(Path.cwd().resolve())
-except ValueError:
-    pass
-
-
-@functools.lru_cache(maxsize=None)
-def _imports(name):
-    """ablationlab modules that ablationlab.<name> imports (directly)."""
-    path = LIB / f"{name}.py"
-    if not path.exists():
-        return frozenset()
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(
-                a.name.split(".")[1]
-                for a in node.names
-                if a.name.startswith("ablationlab.")
-            )
-        elif isinstance(node, ast.ImportFrom):
-            source = node.module or ""
-            if node.level == 0 and source.split(".")[0] == "ablationlab":
-                source = source.removeprefix("ablationlab").lstrip(".")
-            elif node.level != 1:
-                source = None  # not the library
-            if source:  # from .io import x / from ablationlab.io import x
-                found.add(source.split(".")[0])
-            elif source == "":  # from . import io / from ablationlab import io
-                found.update(a.name for a in node.names)
-    return frozenset(m for m in found if (LIB / f"{m}.py").exists())
 
 
 def library(stage):
-    """Source files of ablationlab.<stage> and every ablationlab module it imports, transitively.
-
-    Declared as inputs (Snakemake does not track imported code): editing a module re-runs
-    exactly the stages that import it.
-    """
-    seen, todo = set(), [stage]
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(_imports(name) - seen)
-    return sorted(str(LIB / f"{m}.py") for m in seen)
+    """The library files that `stage` runs (ablationlab.stages.code_inputs), declared as inputs
+    of its rule: Snakemake does not track imported code, and editing a module re-runs exactly the
+    stages that import it."""
+    return abl_stages.code_inputs(stage, LIB)

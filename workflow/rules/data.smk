@@ -33,6 +33,3 @@ checkpoint prepare_data:
         "python -m ablationlab prepare --dataset {wildcards.dataset:q}"
         " --out results/data/{wildcards.dataset:q} {params.options:q} {params.source:q}"
         " > {log:q} 2>&1"
-
-
-FINAL_TARGETS.append(DATA_VERIFIED)

@@ -1,11 +1,12 @@
-"""figures and report: every plot of the report, then reports/report.html (one
-self-contained file) and reports/report.pdf (WeasyPrint, from the same HTML).
+"""figures and render_report (stage `report`): every plot of the report, then
+reports/report.html (one self-contained file) and reports/report.pdf (WeasyPrint, from the
+same HTML).
 
 The figure files are known from the study table alone (ablationlab.figures.plan), so each
 is a declared output with a report() flag: `snakemake --report report.zip` shows them too.
 figures reads the study table (ancient + content digest, as summarize), the summary, the
-prepared data and the run files; report also reads report.json, so editing a group's notes
-or the report title re-renders the report and nothing else.
+prepared data and the run files; render_report also reads report.json, so editing a group's
+notes or the report title re-renders the report and nothing else.
 """
 
 from ablationlab import figures as abl_figures
@@ -14,8 +15,6 @@ from ablationlab import figures as abl_figures
 report: "../report/workflow.rst"
 
 
-# Snakemake's report() flag (a line may not start with the word `report` outside the directive)
-REPORT_FLAG = report
 GROUP_TITLES = {"baseline": "Baseline", abl_figures.STUDY_GROUP: "All experiments"} | {
     g["id"]: g["title"] for g in STUDY.report["groups"]
 }
@@ -26,17 +25,18 @@ REPORT_CATEGORIES = {
     for gid, title in GROUP_TITLES.items()
 }
 FIGURE_PLAN = abl_figures.plan(STUDY.experiments)
-FIGURE_FILES = [f"results/figures/{item['file']}" for item in FIGURE_PLAN]
+FIGURE_FILES = [f"{FIGURES_DIR}/{item['file']}" for item in FIGURE_PLAN]
+
 # every planned figure, flagged for `snakemake --report`: caption per kind, category per group
-FIGURES = [
-    REPORT_FLAG(
-        path,
-        caption=f"../report/{item['kind']}.rst",
-        category=REPORT_CATEGORIES.get(item["group"], item["group"]),
-        labels={"group": item["group"], "figure": item["kind"]},
-    )
-    for path, item in zip(FIGURE_FILES, FIGURE_PLAN)
+FIGURE_FLAGS = [
+    {
+        "caption": f"../report/{item['kind']}.rst",
+        "category": REPORT_CATEGORIES.get(item["group"], item["group"]),
+        "labels": {"group": item["group"], "figure": item["kind"]},
+    }
+    for item in FIGURE_PLAN
 ]
+FIGURES = [report(f, **flags) for f, flags in zip(FIGURE_FILES, FIGURE_FLAGS)]
 TEMPLATES = sorted(str(p) for p in (LIB / "templates").glob("*") if p.is_file())
 FIGURE_RUN_FILES = [
     "history.csv",
@@ -51,7 +51,7 @@ FIGURE_RUN_FILES = [
 
 rule figures:
     input:
-        study=ancient(STUDY_TABLE),
+        study_table=ancient(STUDY_TABLE),
         summary=SUMMARY,
         data=data_files(["meta.json", "train_x.pt", "train_y.pt", "test_x.pt"]),
         runs=lambda wildcards: run_files(EXPERIMENTS, FIGURE_RUN_FILES),
@@ -69,32 +69,33 @@ rule figures:
         mem_mb=2000,
         runtime=20,
     params:
-        study=STUDY_DIGEST,
+        study_table=STUDY_TABLE_DIGEST,
         data=data_version("train", "val", "test"),
-        summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
-        data_dir=lambda wildcards, input: Path(input.data[0]).parent,
+        summary_dir=input_folder("summary"),
+        data_dir=input_folder("data"),
         runs_dir=RUNS_ROOT,
-        out_dir=lambda wildcards, output: Path(output.manifest).parent,
+        out_dir=output_folder("manifest"),
         seeds=seed_plan_option,
     shell:
-        "python -m ablationlab figures --study {input.study:q} --summary {params.summary_dir:q}"
+        "python -m ablationlab figures --study {input.study_table:q} --summary {params.summary_dir:q}"
         " --data {params.data_dir:q} --runs {params.runs_dir:q} --out {params.out_dir:q}"
         " {params.seeds:q} > {log:q} 2>&1"
 
 
-rule report:
+# the report stage; not named `report`, which is Snakemake's report() flag and directive
+rule render_report:
     input:
         study_report=STUDY_REPORT,
-        study=STUDY_TABLE,
+        study_table=STUDY_TABLE,
         summary=SUMMARY,
         # every run's MLflow id and link (summarize.read_summary joins it to runs.csv)
-        tracked=lambda wildcards: [MLFLOW_RECORD] if hasattr(rules, "track") else [],
+        tracked=MLFLOW_RECORD,
         figures=FIGURE_FILES,
         manifest=FIGURE_MANIFEST,
         meta=data_files(["meta.json"]),
         # wall time per job: results/benchmarks/train/<experiment>/seed<n>.tsv
         benchmarks=lambda wildcards: [
-            f"results/benchmarks/train/{exp}/seed{seed}.tsv"
+            f"{TRAIN_BENCHMARKS}/{exp}/seed{seed}.tsv"
             for exp in EXPERIMENTS
             for seed in experiment_seeds(exp)
         ],
@@ -103,12 +104,12 @@ rule report:
         templates=TEMPLATES,
     output:
         html=report(
-            "reports/report.html",
+            REPORT_HTML,
             caption="../report/report.rst",
             category="Report",
             labels={"group": "report", "figure": "HTML report"},
         ),
-        pdf="reports/report.pdf",
+        pdf=REPORT_PDF,
     log:
         "results/logs/report/report.log",
     conda:
@@ -118,16 +119,13 @@ rule report:
         mem_mb=3000,
         runtime=20,
     params:
-        summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
-        figures_dir=lambda wildcards, input: Path(input.manifest).parent,
-        data_dir=lambda wildcards, input: Path(input.meta[0]).parent,
-        benchmarks_dir="results/benchmarks/train",
+        summary_dir=input_folder("summary"),
+        figures_dir=input_folder("manifest"),
+        data_dir=input_folder("meta"),
+        benchmarks_dir=TRAIN_BENCHMARKS,
         seeds=seed_plan_option,
     shell:
-        "python -m ablationlab report --study-report {input.study_report:q} --study {input.study:q}"
+        "python -m ablationlab report --study-report {input.study_report:q} --study {input.study_table:q}"
         " --summary {params.summary_dir:q} --figures {params.figures_dir:q} --data {params.data_dir:q}"
         " --benchmarks {params.benchmarks_dir:q}"
         " --out-html {output.html:q} --out-pdf {output.pdf:q} {params.seeds:q} > {log:q} 2>&1"
-
-
-FINAL_TARGETS += ["reports/report.html", "reports/report.pdf"]

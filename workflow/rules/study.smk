@@ -29,6 +29,3 @@ rule study:
         report=verbatim(abl_io.canonical_json(STUDY.report)),
     script:
         "../scripts/write_study.py"
-
-
-FINAL_TARGETS += [STUDY_TABLE, STUDY_REPORT]

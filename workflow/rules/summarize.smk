@@ -9,17 +9,10 @@ digest is a param: editing a group's notes or the report title rewrites experime
 (same content, new mtime) without re-running this rule.
 """
 
-import hashlib
-
-# sha256 of the canonical study table: a params value that changes only with its content
-STUDY_DIGEST = hashlib.sha256(
-    abl_io.canonical_json(STUDY.experiments).encode()
-).hexdigest()
-
 
 rule summarize:
     input:
-        study=ancient(STUDY_TABLE),
+        study_table=ancient(STUDY_TABLE),
         runs=lambda wildcards: run_files(
             EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
         ),
@@ -39,13 +32,10 @@ rule summarize:
         mem_mb=1000,
         runtime=10,
     params:
-        study=STUDY_DIGEST,
+        study_table=STUDY_TABLE_DIGEST,
         runs_dir=RUNS_ROOT,
-        out_dir=lambda wildcards, output: Path(output.runs).parent,
+        out_dir=output_folder("runs"),
         seeds=seed_plan_option,
     shell:
-        "python -m ablationlab summarize --study {input.study:q} --runs {params.runs_dir:q}"
+        "python -m ablationlab summarize --study {input.study_table:q} --runs {params.runs_dir:q}"
         " --out {params.out_dir:q} {params.seeds:q} > {log:q} 2>&1"
-
-
-FINAL_TARGETS += SUMMARY

@@ -5,11 +5,15 @@ updates every experiment's parent run (seed aggregates and the summary's statist
 experiments.csv, diagnostics.csv when present) and tags superseded runs; it is idempotent
 (runs are found by their run_key tag; unchanged ones are skipped) and the store's only
 writer apart from live logging (tracking.live: train jobs, under a file lock with retries).
-It writes results/mlflow.json (the MLflow experiment) and results/summary/mlflow.csv (every
-run's MLflow run id and link: the report reads it). The job is light and talks to the
-tracking store, so it runs where Snakemake runs (localrules): on a cluster that is the node
-that can reach the tracking server, and a SQLite store is only ever written from one machine
-(live logging is off inside a SLURM job unless the URI is a tracking server).
+It writes results/mlflow.json (the study's MLflow experiment: MLFLOW_INFO) and
+results/summary/mlflow.csv (every run's MLflow run id and link: MLFLOW_RECORD, the report reads
+it). The job is light and talks to the tracking store, so it runs where Snakemake runs
+(localrules): on a cluster that is the node that can reach the tracking server, and a SQLite
+store is only ever written from one machine (live logging is off inside a SLURM job unless the
+URI is a tracking server).
+
+Names: `experiment` is an ablation experiment; MLflow's experiment (one per study) is always
+`mlflow_experiment` here (config key tracking.experiment).
 
 Credentials in tracking.uri (https://user:pass@host) never reach a shell command or a log:
 they are moved into MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD environment variables
@@ -22,13 +26,9 @@ MLFLOW_URI = abl_tracking.export_credentials(CONFIG["tracking"]["uri"])
 # credentials given: pass them on to remote jobs (sbatch exports them anyway)
 if MLFLOW_URI != CONFIG["tracking"]["uri"]:
     workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or CONFIG["study"]["name"]
-MLFLOW_INFO = "results/mlflow.json"
-MLFLOW_TARGET = (
-    "results/mlflow/target.json"  # tracking URI (redacted), experiment, study
-)
-# every run's MLflow id and link, read by the report (summarize.read_summary)
-MLFLOW_RECORD = "results/summary/mlflow.csv"
+# the MLflow experiment of the study (config key tracking.experiment, default the study name)
+MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or STUDY_NAME
+MLFLOW_TARGET = "results/mlflow/target.json"  # tracking URI (redacted), MLflow experiment, study name
 TRACK_RULES = {"track"}  # the rules that talk to the tracking store
 
 
@@ -53,7 +53,7 @@ TRACK_LIVE = {
     exp: abl_tracking.LiveSpec(
         uri=MLFLOW_URI,
         mlflow_experiment=MLFLOW_EXPERIMENT,
-        study=CONFIG["study"]["name"],
+        study=STUDY_NAME,
         experiment=exp,
         group=EXPERIMENTS[exp]["group"],
         dataset=DATASET,
@@ -80,8 +80,8 @@ rule mlflow_init:
         "results/logs/mlflow_init/mlflow_init.log",
     params:
         uri=verbatim(abl_tracking.redact(MLFLOW_URI)),
-        experiment=verbatim(MLFLOW_EXPERIMENT),
-        study=verbatim(CONFIG["study"]["name"]),
+        mlflow_experiment=verbatim(MLFLOW_EXPERIMENT),
+        study_name=verbatim(STUDY_NAME),
     run:
         abl_io.write_json(output[0], dict(params.items()))
 
@@ -89,7 +89,7 @@ rule mlflow_init:
 rule track:
     input:
         target=MLFLOW_TARGET,
-        study=ancient(STUDY_TABLE),
+        study_table=ancient(STUDY_TABLE),
         summary=SUMMARY,
         runs=lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES),
         code=library("tracking"),
@@ -106,18 +106,17 @@ rule track:
         runtime=60,
     params:
         uri=verbatim(MLFLOW_URI),
-        experiment=verbatim(MLFLOW_EXPERIMENT),
-        study=verbatim(CONFIG["study"]["name"]),
+        mlflow_experiment=verbatim(MLFLOW_EXPERIMENT),
+        study_name=verbatim(STUDY_NAME),
+        runs_dir=RUNS_ROOT,
         # the run directories, in input order (each once)
         runs=lambda wildcards, input: list(
             dict.fromkeys(os.path.dirname(f) for f in input.runs)
         ),
-        summary_dir=lambda wildcards, input: Path(input.summary[0]).parent,
+        summary_dir=input_folder("summary"),
+        logs_dir=TRAIN_LOGS,
     shell:
-        "python -m ablationlab track study --study-table {input.study:q} --runs results/runs"
-        " --run {params.runs:q} --summary {params.summary_dir:q} --logs results/logs/train"
-        " --study {params.study:q} --out {output.info:q} --record {output.record:q}"
-        " --uri {params.uri:q} --mlflow-experiment {params.experiment:q} > {log:q} 2>&1"
-
-
-FINAL_TARGETS += [MLFLOW_INFO, MLFLOW_RECORD]
+        "python -m ablationlab track study --study-table {input.study_table:q} --runs {params.runs_dir:q}"
+        " --run {params.runs:q} --summary {params.summary_dir:q} --logs {params.logs_dir:q}"
+        " --study {params.study_name:q} --out {output.info:q} --record {output.record:q}"
+        " --uri {params.uri:q} --mlflow-experiment {params.mlflow_experiment:q} > {log:q} 2>&1"

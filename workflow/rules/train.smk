@@ -31,9 +31,9 @@ for group in GROUPS:
                 allow_missing=True,
             ),
         log:
-            "results/logs/train/{experiment}/seed{seed}.log",
+            f"{TRAIN_LOGS}/{{experiment}}/seed{{seed}}.log",
         benchmark:
-            "results/benchmarks/train/{experiment}/seed{seed}.tsv"
+            f"{TRAIN_BENCHMARKS}/{{experiment}}/seed{{seed}}.tsv"
         wildcard_constraints:
             experiment=experiment_regex(GROUP_EXPERIMENTS[group]),
         conda:
@@ -51,7 +51,8 @@ for group in GROUPS:
             data=data_version("train", "val"),
             test_data=data_version("test"),
             weights=weights_digest,
-            data_dir=lambda wildcards, input: Path(input.data[0]).parent,
+            data_dir=input_folder("data"),
+            run_dir=RUN_DIR,
             checkpoints="results/checkpoints/{experiment}/seed{seed}",
             device=CONFIG["device"],
             compile=["--compile"] if CONFIG["compile"] else [],
@@ -61,7 +62,7 @@ for group in GROUPS:
         shell:
             "python {input.gpu_slot:q} {resources.gpu_count} --jobs-per-gpu {resources.jobs_per_gpu} --"
             " python -m ablationlab train --data {params.data_dir:q} --recipe {params.recipe:q}"
-            " --seed {wildcards.seed} --out results/runs/{wildcards.experiment:q}/seed{wildcards.seed}"
+            " --seed {wildcards.seed} --out {params.run_dir:q}"
             " --checkpoint-dir {params.checkpoints:q} --device {params.device:q} --threads {threads} {params.compile}"
             " --track={params.track:q} --evaluate"
             " > {log:q} 2>&1"
@@ -73,7 +74,3 @@ for group in GROUPS:
         input:
             run_files(GROUP_EXPERIMENTS[group], EVALUATE_FILES[:1], SEEDS),
             DATA_VERIFIED,
-
-
-# the study's seeds (adaptive seeding adds its further seeds through summarize)
-FINAL_TARGETS += run_files(EXPERIMENTS, EVALUATE_FILES[:1], SEEDS)

@@ -1,0 +1,112 @@
+"""ablationlab.stages: the library files each stage's rule declares as code inputs."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from ablationlab import stages
+
+REPO = Path(__file__).resolve().parents[1]
+
+# what each stage runs; a change here is a change of what editing a module re-runs
+MAP = {
+    "data": ["data", "io"],
+    "study": ["credentials", "io", "keypath", "recipe", "schema", "study"],
+    "train": ["augment", "data", "device", "evaluate", "io", "models", "recipe", "runtime", "schema", "train"],
+    "summarize": ["diagnostics", "io", "stats", "summarize"],
+    "adaptive": ["adaptive", "diagnostics", "io", "stats", "summarize"],
+    "figures": [
+        "augment",
+        "data",
+        "device",
+        "diagnostics",
+        "figures",
+        "io",
+        "keypath",
+        "models",
+        "recipe",
+        "runtime",
+        "schema",
+        "stats",
+        "summarize",
+    ],
+    "report": ["credentials", "diagnostics", "io", "keypath", "provenance", "report", "stats", "summarize"],
+    "tracking": ["credentials", "diagnostics", "io", "keypath", "provenance", "stats", "tracking"],
+}
+
+SOURCE = """
+import os
+import ablationlab
+import ablationlab.io as abl_io
+from ablationlab import data, recipe as recipes
+from ablationlab.keypath import lookup
+from . import models
+from .stats import mean
+from .. import elsewhere
+from numpy import io as not_ours
+
+
+def later():
+    from ablationlab import tracking
+    from .evaluate import evaluate
+
+    class Inner:
+        def method(self):
+            import ablationlab.summarize.sub
+"""
+
+
+def test_the_scan_finds_module_and_function_level_imports_in_every_form():
+    found = stages.imported_names(SOURCE)
+    assert found == {"io", "data", "recipe", "keypath", "models", "stats", "tracking", "evaluate", "summarize"}
+
+
+def test_the_map_of_every_stage():
+    assert {stage: stages.modules(stage) for stage in stages.STAGES} == MAP
+
+
+def test_train_runs_evaluate_but_not_its_live_logging():
+    assert "evaluate" in stages.modules("train")  # train --evaluate
+    assert "tracking" in stages.imports("train")  # imported plainly, and excluded by the table
+    assert "tracking" not in stages.modules("train") and "tracking" not in stages.modules("figures")
+
+
+def test_every_exclusion_is_a_real_import_with_a_reason():
+    for importer, excluded in stages.EXCLUDED.items():
+        for module, why in excluded.items():
+            assert module in stages.imports(importer), f"{importer} no longer imports {module}: drop the exclusion"
+            assert why.strip()
+
+
+def test_no_stage_imports_the_library_by_name():
+    """importlib.import_module / __import__ would hide a module from the map."""
+    every = {m for stage in stages.STAGES for m in stages.modules(stage)}
+    for module in sorted(every):
+        tree = ast.parse((stages.PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+        calls = [
+            node.func
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__"))
+            )
+        ]
+        assert not calls, f"{module}.py imports by name (line {calls[0].lineno}): use an import statement"
+
+
+def test_code_inputs_are_the_files_under_the_given_folder():
+    assert stages.code_inputs("data") == [str(stages.PACKAGE / "data.py"), str(stages.PACKAGE / "io.py")]
+    assert stages.code_inputs("data", "src/ablationlab") == ["src/ablationlab/data.py", "src/ablationlab/io.py"]
+    assert all(Path(f).is_file() for stage in stages.STAGES for f in stages.code_inputs(stage))
+    with pytest.raises(ValueError, match="unknown stage 'evaluate'"):
+        stages.code_inputs("evaluate")
+
+
+def test_the_stages_are_those_the_workflow_asks_for():
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
+    assert set(re.findall(r"""library\(["'](\w+)["']\)""", text)) == set(stages.STAGES)
