@@ -7,6 +7,7 @@ never an exception, so callers can write it as an empty cell.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -225,6 +226,12 @@ def _power(es: float, n: float, n_ref: float | None, alpha: float) -> float:
     return value if math.isfinite(value) else float(_st.nct.sf(_st.t.isf(alpha / 2, df), df, nc))
 
 
+@functools.lru_cache(maxsize=256)
+def _mde_effect(n: int, n_ref: int | None, alpha: float, power: float) -> float:
+    """The standardised minimum detectable effect: it depends on the design only (cached)."""
+    return _root(lambda es: _power(es, n, n_ref, alpha) - power, 1e-3, 1e6)
+
+
 def power_analysis(
     sd: float, delta: float, n: int, n_ref: int | None = None, *, alpha: float = 0.05, power: float = 0.8
 ) -> tuple[float, float]:
@@ -239,7 +246,7 @@ def power_analysis(
     """
     if not (sd > _TINY) or n < 2 or (n_ref is not None and n_ref < 2):
         return math.nan, math.nan
-    mde = _root(lambda es: _power(es, n, n_ref, alpha) - power, 1e-3, 1e6) * sd
+    mde = _mde_effect(n, n_ref, alpha, power) * sd
     es = abs(delta) / sd
     if not (es > 0 and math.isfinite(es)):
         return mde, math.nan
