@@ -820,16 +820,8 @@ def cli(argv: list[str] | None = None) -> int:
             verify(args.out)
             print(f"{args.out}: ok")
             return 0
-        meta = prepare(
-            args.dataset,
-            args.out,
-            root=args.root,
-            val_size=args.val_size,
-            split_seed=args.split_seed,
-            mirror=args.mirror,
-            image_size=args.image_size,
-            checksums=dict(args.checksum) or None,
-        )
+        options = {k: getattr(args, k) for k in ("root", "val_size", "split_seed", "mirror", "image_size")}
+        meta = prepare(args.dataset, args.out, **options, checksums=dict(args.checksum) or None)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -188,12 +188,13 @@ class _Runs:
                 out.append({"seed": seed, **io.read_json(path)})
         return out
 
-    def first_seed_with(self, exp_id: str, *names: str) -> tuple[int, Path] | None:
+    def first_run_with(self, exp_id: str, *names: str) -> tuple[int, Path]:
+        """(seed, folder) of the experiment's first run that has every file in ``names``."""
         for seed in self.seeds(exp_id):
             d = self.dir(exp_id, seed)
             if all((d / n).exists() for n in names):
                 return seed, d
-        return None
+        raise FigureError(f"{self.runs_dir}: no run of {exp_id!r} has {' and '.join(names)}")
 
 
 def _label(text: Any) -> str:
@@ -847,10 +848,7 @@ def _first_conv_weights(st: _Stage, exp_id: str) -> tuple[int, torch.Tensor, tor
     from ablationlab import models
     from ablationlab.runtime import build_network
 
-    found = st.runs.first_seed_with(exp_id, "weights_init.pt", "weights.pt")
-    if found is None:
-        raise FigureError(f"{st.runs.runs_dir}: no run of {exp_id!r} has weights_init.pt and weights.pt")
-    seed, d = found
+    seed, d = st.runs.first_run_with(exp_id, "weights_init.pt", "weights.pt")
     out = []
     for name in ("weights_init.pt", "weights.pt"):
         model = build_network(st.index[exp_id]["recipe"], st.meta, pretrained=False)
@@ -864,14 +862,11 @@ def _first_conv_weights(st: _Stage, exp_id: str) -> tuple[int, torch.Tensor, tor
 
 def _filters(st: _Stage, exp_id: str):
     seed, before, after = _first_conv_weights(st, exp_id)
-    return (
-        draw_filters(before, after),
-        (
-            f"First convolutional layer of {exp_id} (seed {seed}): {before.shape[0]} filters of "
-            f"{before.shape[2]}×{before.shape[3]}, before and after training (each filter scaled to its own range)."
-        ),
-        [exp_id],
+    caption = (
+        f"First convolutional layer of {exp_id} (seed {seed}): {before.shape[0]} filters of "
+        f"{before.shape[2]}×{before.shape[3]}, before and after training (each filter scaled to its own range)."
     )
+    return draw_filters(before, after), caption, [exp_id]
 
 
 def _fig_filters(st: _Stage, group: str):
@@ -884,20 +879,14 @@ def _fig_best_filters(st: _Stage, group: str):
 
 def _fig_activations(st: _Stage, group: str):
     exp_id = st.groups[group][0]["id"]
-    found = st.runs.first_seed_with(exp_id, "activations.npz")
-    if found is None:
-        raise FigureError(f"{st.runs.runs_dir}: no run of {exp_id!r} has activations.npz")
-    seed, d = found
+    seed, d = st.runs.first_run_with(exp_id, "activations.npz")
     with np.load(d / "activations.npz") as npz:
         image, conv1 = npz["image"], npz["conv1"]
-    return (
-        draw_activations(image, conv1),
-        (
-            f"Feature maps of the first convolutional layer of {exp_id} (seed {seed}) for test image 0 "
-            f"({min(len(conv1), 32)} of {len(conv1)} maps, each scaled to its own range)."
-        ),
-        [exp_id],
+    caption = (
+        f"Feature maps of the first convolutional layer of {exp_id} (seed {seed}) for test image 0 "
+        f"({min(len(conv1), 32)} of {len(conv1)} maps, each scaled to its own range)."
     )
+    return draw_activations(image, conv1), caption, [exp_id]
 
 
 def _fig_comparison(st: _Stage, group: str):
@@ -950,10 +939,7 @@ def _fig_confusion(st: _Stage, group: str):
 def _fig_misclassified(st: _Stage, group: str):
     import pandas as pd
 
-    found = st.runs.first_seed_with(st.best, "misclassified.csv")
-    if found is None:
-        raise FigureError(f"{st.runs.runs_dir}: no run of {st.best!r} has misclassified.csv")
-    seed, d = found
+    seed, d = st.runs.first_run_with(st.best, "misclassified.csv")
     wrong = pd.read_csv(d / "misclassified.csv")
     x, _ = st.split("test")
     return (

@@ -840,28 +840,23 @@ def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablationlab report", description=__doc__.split("\n")[0])
     parser.add_argument("--study-report", required=True, help="results/study/report.json")
     parser.add_argument("--study", help="results/study/experiments.json (default: next to --study-report)")
-    parser.add_argument("--summary", required=True, help="folder with runs.csv and experiments.csv")
-    parser.add_argument("--figures", required=True, help="folder with figures.json and the figures")
-    parser.add_argument("--data", help="prepared data folder, for split sizes (optional)")
-    parser.add_argument("--benchmarks", help="folder of Snakemake benchmark TSVs, for wall time per job (optional)")
+    parser.add_argument("--summary", dest="summary_dir", required=True, help="folder with runs.csv and experiments.csv")
+    parser.add_argument("--figures", dest="figures_dir", required=True, help="folder with figures.json and the figures")
+    parser.add_argument("--data", dest="data_dir", help="prepared data folder, for split sizes (optional)")
+    parser.add_argument(
+        "--benchmarks",
+        dest="benchmarks_dir",
+        help="folder of Snakemake benchmark TSVs, for wall time per job (optional)",
+    )
     parser.add_argument("--commit", help="git commit to show (default: `git rev-parse HEAD`, if any)")
     parser.add_argument("--out-html", required=True, help="reports/report.html")
     parser.add_argument("--out-pdf", help="reports/report.pdf (omit to skip the PDF)")
-    parser.add_argument("--seeds", help="adaptive seeding's results/adaptive/seeds.json: each experiment's seeds")
+    parser.add_argument(
+        "--seeds", dest="seed_plan", help="adaptive seeding's results/adaptive/seeds.json: each experiment's seeds"
+    )
     args = parser.parse_args(argv)
     try:
-        report(
-            args.study_report,
-            args.summary,
-            args.figures,
-            args.out_html,
-            args.out_pdf,
-            study=args.study,
-            data_dir=args.data,
-            benchmarks_dir=args.benchmarks,
-            commit=args.commit,
-            seed_plan=args.seeds,
-        )
+        report(**vars(args))  # each option's dest is the name of report()'s parameter
     except (ReportError, SummaryError) as exc:
         parser.exit(2, f"report: error: {exc}\n")
     print(f"wrote {args.out_html}" + (f" and {args.out_pdf}" if args.out_pdf else ""))

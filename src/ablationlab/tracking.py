@@ -953,21 +953,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("study", help="log a study's new or changed runs and update its parent runs")
     p.add_argument("--uri", default=DEFAULT_URI, help=f"tracking URI (default {DEFAULT_URI})")
-    p.add_argument("--mlflow-experiment", required=True, help="MLflow experiment name (one per study)")
+    p.add_argument("--mlflow-experiment", dest="name", required=True, help="MLflow experiment name (one per study)")
     p.add_argument("--lock", default=None, help="lock file (default: <db>.lock, or results/.mlflow-*.lock)")
     p.add_argument("--study", required=True, help="study name (tag)")
     p.add_argument("--study-table", required=True, help="results/study/experiments.json")
-    p.add_argument("--runs", required=True, help="the runs' root folder, results/runs")
+    p.add_argument("--runs", dest="runs_root", required=True, help="the runs' root folder, results/runs")
     p.add_argument(
         "--run",
+        dest="run_dirs",
         required=True,
         nargs="+",
         action="extend",
         metavar="DIR",
         help="run directories to track, results/runs/{experiment}/seed{n}",
     )
-    p.add_argument("--summary", default=None, help="folder with experiments.csv [and diagnostics.csv]")
-    p.add_argument("--logs", default=None, help="train logs, {logs}/{experiment}/seed{n}.log (attached)")
+    p.add_argument("--summary", dest="summary_dir", help="folder with experiments.csv [and diagnostics.csv]")
+    p.add_argument("--logs", dest="logs_dir", help="train logs, {logs}/{experiment}/seed{n}.log (attached)")
     p.add_argument("--out", required=True, help="the MLflow experiment's record, results/mlflow.json")
     p.add_argument("--record", required=True, help="one row per run, results/summary/mlflow.csv")
     return parser
@@ -980,19 +981,8 @@ def cli(argv: list[str]) -> int:
         problem = server_problem(export_credentials(args.uri))  # one clear line, not minutes of retries
         if problem:
             raise TrackingError(problem)
-        info = track_study(
-            args.run,
-            study_table=args.study_table,
-            runs_root=args.runs,
-            study=args.study,
-            out=args.out,
-            record=args.record,
-            summary_dir=args.summary,
-            logs_dir=args.logs,
-            uri=args.uri,
-            name=args.mlflow_experiment,
-            lock=args.lock,
-        )
+        # each option's dest is the name of track_study()'s parameter
+        info = track_study(**{k: v for k, v in vars(args).items() if k != "command"})
     except TrackingError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2

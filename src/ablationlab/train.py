@@ -649,18 +649,8 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe)
         with _live_tracking(args.track, recipe, args.seed) as on_epoch:
-            result = train(
-                args.data,
-                recipe,
-                args.seed,
-                args.out,
-                checkpoint_dir=args.checkpoint_dir,
-                device=args.device,
-                threads=args.threads,
-                stop_after=args.stop_after,
-                compile=args.compile,
-                on_epoch=on_epoch,
-            )
+            options = {k: getattr(args, k) for k in ("checkpoint_dir", "device", "threads", "stop_after", "compile")}
+            result = train(args.data, recipe, args.seed, args.out, **options, on_epoch=on_epoch)
         if args.evaluate and result["status"] != "stopped":  # one process start per run instead of two
             evaluate.evaluate(args.data, args.out, device=args.device)
     except (ValueError, data.DataError) as exc:
