@@ -475,7 +475,13 @@ def test_scancel_mid_training_resumes_from_checkpoint(slurm, smoke_on_slurm):
         (d / "long.yaml").write_text(f"baseline:\n  epochs: {epochs}\n")
         shutil.rmtree(d / "results/checkpoints/baseline", ignore_errors=True)  # those of the 1-epoch runs
     targets = [f"results/runs/baseline/seed{s}/history.csv" for s in (0, 1)]
-    killed = Snakemake(workdir, [*PROFILE, "--retries", "0", *CONFIGS, "long.yaml", "--", *targets], env, "killed")
+    # --latency-wait 5: the other task fails anyway (plugin issue #447), after 5 s instead of 60
+    killed = Snakemake(
+        workdir,
+        [*PROFILE, "--retries", "0", "--latency-wait", "5", *CONFIGS, "long.yaml", "--", *targets],
+        env,
+        "killed",
+    )
     deadline = time.monotonic() + 600
     while not SUBMITTED_ARRAY.search(killed.text()) and killed.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -23,6 +23,7 @@ The train/validation split is stratified and deterministic (``val_size``: a frac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -459,7 +460,21 @@ def _imagefolder(root: Path, image_size: int | None):
         y = np.array([i for _, i in items], dtype=np.int64)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
 
-    return load("train"), load("test"), classes
+    with _strict_decoding():
+        return load("train"), load("test"), classes
+
+
+@contextlib.contextmanager
+def _strict_decoding():
+    """A truncated image is an error while a folder is read, whatever the process set before (WeasyPrint
+    sets PIL's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` when it is imported)."""
+    from PIL import ImageFile
+
+    before, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 # --------------------------------------------------------------------------- prepare
