@@ -91,14 +91,14 @@ def store(tmp_path, monkeypatch, empty_db):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "db").mkdir()
     shutil.copyfile(empty_db, tmp_path / "db" / "mlflow.db")
-    return {"uri": f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}", "name": "unit-study"}
+    return {"uri": f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}", "mlflow_experiment": "unit-study"}
 
 
 @pytest.fixture()
 def fresh_store(tmp_path, monkeypatch):
     """A store whose database does not exist yet."""
     monkeypatch.chdir(tmp_path)
-    return {"uri": f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}", "name": "unit-study"}
+    return {"uri": f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}", "mlflow_experiment": "unit-study"}
 
 
 def client(store):
@@ -109,7 +109,7 @@ def client(store):
 
 def all_runs(store):
     c = client(store)
-    exp = c.get_experiment_by_name(store["name"])
+    exp = c.get_experiment_by_name(store["mlflow_experiment"])
     return c.search_runs([exp.experiment_id], max_results=1000)
 
 
@@ -285,7 +285,7 @@ def test_writer_logs_parents_children_params_metrics_artifacts(tmp_path, store):
     )
     assert row["mlflow_parent_run_id"] == parent.info.run_id and row["run_key"] == kid.data.tags["run_key"]
     assert io.read_json(tmp_path / "mlflow.json") == {**info, "experiment_id": kid.info.experiment_id}
-    assert info["tracking_uri"] == store["uri"] and info["experiment_name"] == store["name"]
+    assert info["tracking_uri"] == store["uri"] and info["experiment_name"] == store["mlflow_experiment"]
     # artifacts went next to the database, not into ./mlruns
     assert (tmp_path / "db" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
@@ -461,7 +461,7 @@ def test_eight_parallel_live_loggers_on_fresh_store_then_one_writer(tmp_path, fr
         for e, r in exps.items():
             spec = tracking.live_spec(
                 uri=store["uri"],
-                mlflow_experiment=store["name"],
+                mlflow_experiment=store["mlflow_experiment"],
                 experiment=e,
                 group=e.split("/")[0],
                 live=True,
@@ -491,7 +491,7 @@ def test_live_hook_then_track_completes_same_run(tmp_path, store):
     recipe = complete({"epochs": 3})
     spec = tracking.live_spec(
         uri=store["uri"],
-        mlflow_experiment=store["name"],
+        mlflow_experiment=store["mlflow_experiment"],
         experiment="baseline",
         group="baseline",
         live=True,
@@ -520,7 +520,12 @@ def test_live_hook_then_track_completes_same_run(tmp_path, store):
     assert sorted(m.step for m in c.get_metric_history(kids[0].info.run_id, "val_acc")) == [1, 2, 3]
     assert any(k.startswith("system/cpu_utilization") for k in kids[0].data.metrics)
     off = tracking.LiveSpec(
-        uri=store["uri"], mlflow_experiment=store["name"], experiment="baseline", group="baseline", live=False, **IDENT
+        uri=store["uri"],
+        mlflow_experiment=store["mlflow_experiment"],
+        experiment="baseline",
+        group="baseline",
+        live=False,
+        **IDENT,
     )
     assert not isinstance(off, str) and f"{off}" == ""  # Snakemake does not compare non-builtin params
     with tracking.live_run(str(off), recipe=recipe, seed=0) as on_epoch:

@@ -738,7 +738,7 @@ def track_study(
     summary_dir: str | os.PathLike | None = None,
     logs_dir: str | os.PathLike | None = None,
     uri: str = DEFAULT_URI,
-    name: str = "ablationlab",
+    mlflow_experiment: str = "ablationlab",
     lock=None,
 ) -> dict[str, Any]:
     """The study's one MLflow writer: log the child runs of ``run_dirs`` that are new or
@@ -749,7 +749,7 @@ def track_study(
     by_experiment = _load_runs(run_dirs, Path(runs_root), table, Path(logs_dir) if logs_dir else None)
     statistics = read_statistics(summary_dir)
     groups, dataset = {e["id"]: e["group"] for e in table["experiments"]}, table["dataset"]
-    tracker = Tracker(uri, name, lock=lock)
+    tracker = Tracker(uri, mlflow_experiment, lock=lock)
     rows, current, logged = [], {}, {"children": 0, "parents": 0}
     with tracker.session():
         info = init(tracker)
@@ -953,7 +953,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("study", help="log a study's new or changed runs and update its parent runs")
     p.add_argument("--uri", default=DEFAULT_URI, help=f"tracking URI (default {DEFAULT_URI})")
-    p.add_argument("--mlflow-experiment", dest="name", required=True, help="MLflow experiment name (one per study)")
+    p.add_argument("--mlflow-experiment", required=True, help="MLflow experiment name (one per study)")
     p.add_argument("--lock", default=None, help="lock file (default: <db>.lock, or results/.mlflow-*.lock)")
     p.add_argument("--study", required=True, help="study name (tag)")
     p.add_argument("--study-table", required=True, help="results/study/experiments.json")
