@@ -1,7 +1,8 @@
-"""Start-up cost of the per-run jobs: train, evaluate, train+evaluate (the pipeline's) and track.
+"""Start-up cost of the per-run jobs: train, evaluate, train+evaluate (the pipeline's train job).
+The MLflow writer (``track study``) is one job per study, not per run, so it is not measured here.
 
 Prepares the bundled 8x8 ``digits`` in a temporary directory, then runs each job as the
-workflow does (``python -m ablationlab train|evaluate|track ...``, a fresh process) and
+workflow does (``python -m ablationlab train|evaluate ...``, a fresh process) and
 measures, median of ``--repeats`` runs:
 
 ``train_evaluate`` is ``train --evaluate``, the pipeline's train job (it evaluates in the same
@@ -9,8 +10,7 @@ process): compare its ``total_s`` / ``cpu_s`` with the sum of ``train``'s and ``
 
 - ``startup_s``: wall time from process start (just before the parent spawns it) to the
   job's first useful work: the first training step (``train.train_epoch``), the test-set
-  forward pass (``evaluate.predict``), the first request to the MLflow store
-  (``tracking.Tracker.call``);
+  forward pass (``evaluate.predict``);
 - ``total_s``: wall time of the whole process; ``cpu_s``: its CPU time (user + system), less
   sensitive to the load of a shared machine (on 2 cores running 2 jobs at a time, a study's
   wall time is about the sum of its jobs' CPU time / 2);
@@ -64,7 +64,6 @@ MARKERS = {
     "train": ("ablationlab.train", "train_epoch"),
     "train_evaluate": ("ablationlab.train", "train_epoch"),
     "evaluate": ("ablationlab.evaluate", "predict"),
-    "track": ("ablationlab.tracking", "Tracker.call"),
 }
 RECIPE = {"model": {"widths": [8, 16], "kernel_size": 3, "hidden": [32]}, "batch_size": 64}
 
@@ -111,28 +110,7 @@ def job_args(job: str, work: Path, seed: int, epochs: int) -> list[str]:
             "1",
             *(["--evaluate"] if job == "train_evaluate" else []),
         ]
-    if job == "evaluate":
-        return ["evaluate", "--data", str(work / "data"), "--run", str(run), "--device", "cpu"]
-    return [
-        "track",
-        "run",
-        "--run",
-        str(run),
-        "--experiment",
-        "baseline",
-        "--group",
-        "baseline",
-        "--dataset",
-        "digits",
-        "--study",
-        "bench",
-        "--uri",
-        f"sqlite:///{work / 'mlflow.db'}",
-        "--mlflow-experiment",
-        "bench",
-        "--out",
-        str(work / f"mlflow-{time.time_ns()}.json"),
-    ]
+    return ["evaluate", "--data", str(work / "data"), "--run", str(run), "--device", "cpu"]
 
 
 def env() -> dict[str, str]:
@@ -220,7 +198,7 @@ def main() -> None:
         )
         bare = statistics.median(timed([sys.executable, "-c", "pass"], None, work)[0] for _ in range(args.repeats))
         print(f"job=python total_s={bare:.2f}", flush=True)
-        for seed in range(3):  # the runs that evaluate and track read
+        for seed in range(3):  # the runs that evaluate reads
             subprocess.run(
                 [sys.executable, "-m", "ablationlab", *job_args("train", work, seed, args.epochs)],
                 check=True,
@@ -230,15 +208,6 @@ def main() -> None:
             )
         for job in ("train", "evaluate", "train_evaluate"):
             print(line(job, measure(job, work, args.repeats, args.epochs)), flush=True)
-        for seed in range(3):  # track needs the evaluated runs
-            subprocess.run(
-                [sys.executable, "-m", "ablationlab", *job_args("evaluate", work, seed, args.epochs)],
-                check=True,
-                env=env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        print(line("track", measure("track", work, args.repeats, args.epochs)), flush=True)
 
 
 if __name__ == "__main__":
