@@ -592,7 +592,10 @@ def draw_filters(before: torch.Tensor, after: torch.Tensor):
     return fig
 
 
-def draw_activations(image: np.ndarray, maps: np.ndarray, max_maps: int = 32):
+MAX_MAPS = 32  # feature maps drawn per activation figure (the caption says how many of how many)
+
+
+def draw_activations(image: np.ndarray, maps: np.ndarray, max_maps: int = MAX_MAPS):
     """Input image (after preprocessing) and the first conv layer's feature maps for it."""
     maps = maps[:max_maps]
     cols = 8
@@ -884,7 +887,7 @@ def _fig_activations(st: _Stage, group: str):
         image, conv1 = npz["image"], npz["conv1"]
     caption = (
         f"Feature maps of the first convolutional layer of {exp_id} (seed {seed}) for test image 0 "
-        f"({min(len(conv1), 32)} of {len(conv1)} maps, each scaled to its own range)."
+        f"({min(len(conv1), MAX_MAPS)} of {len(conv1)} maps, each scaled to its own range)."
     )
     return draw_activations(image, conv1), caption, [exp_id]
 
