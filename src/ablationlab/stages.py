@@ -18,7 +18,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 # the stages with a rule in the workflow (ablationlab.<stage> is the module the rule runs)
 STAGES = ("data", "study", "train", "summarize", "adaptive", "figures", "report", "tracking")
-# importer → {imported: why}: followed by no stage (``figures`` imports ``train`` too)
+# importer → {imported: why}: keyed by the importer, so no stage that runs it follows the import
 EXCLUDED = {
     "train": {
         "tracking": "live MLflow logging (train --track): writes to MLflow, never to the run's files",
