@@ -108,6 +108,19 @@ def _snakemake_limited(work: Path, limit: int, overlay: str, *args: str, targets
     )
 
 
+def _ablationlab(work: Path, *args: str) -> None:
+    """``python -m ablationlab ARGS`` in ``work`` with its own library, which must succeed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablationlab", *args],
+        cwd=work,
+        env=_env() | {"PYTHONPATH": str(work / "src")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def _names_file(log: str, name: str) -> bool:
     """Whether an error line of ``log`` says EFBIG ("File too large") and names the file ``name``."""
     return any("File too large" in line and name in line for line in log.splitlines())
@@ -468,55 +481,25 @@ def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_ru
 
     # an uninterrupted run of the same recipe and seed, straight through the CLI
     clean = tmp_path / "clean"
-    lib = {"PYTHONPATH": str(work / "src")}
-    train = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ablationlab",
-            "train",
-            "--data",
-            "results/data/digits",
-            "--recipe",
-            str(run / "recipe.json"),
-            "--seed",
-            "0",
-            "--out",
-            str(clean),
-            "--checkpoint-dir",
-            str(tmp_path / "ck"),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ],
-        cwd=work,
-        env=_env() | lib,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    data = ("--data", "results/data/digits")
+    _ablationlab(
+        work,
+        "train",
+        *data,
+        "--recipe",
+        str(run / "recipe.json"),
+        "--seed",
+        "0",
+        "--out",
+        str(clean),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
     )
-    assert train.returncode == 0, train.stderr[-3000:]
-    evaluate = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ablationlab",
-            "evaluate",
-            "--data",
-            "results/data/digits",
-            "--run",
-            str(clean),
-            "--device",
-            "cpu",
-        ],
-        cwd=work,
-        env=_env() | lib,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    _ablationlab(work, "evaluate", *data, "--run", str(clean), "--device", "cpu")
 
     assert len(pd.read_csv(run / "history.csv")) == epochs
     pd.testing.assert_frame_equal(_history(run / "history.csv"), _history(clean / "history.csv"))

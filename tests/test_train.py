@@ -49,6 +49,14 @@ RESUME_RECIPE = {
 SEED = 3
 
 
+def _resume_args(data: Path, run: Path, ckpt: Path) -> list[str]:
+    """`train` options of a RESUME_RECIPE run (one CPU thread)."""
+    return [
+        *("--data", str(data), "--recipe", json.dumps(RESUME_RECIPE), "--seed", str(SEED)),
+        *("--out", str(run), "--checkpoint-dir", str(ckpt), "--threads", "1", "--device", "cpu"),
+    ]
+
+
 def _history(run: Path) -> pd.DataFrame:
     return pd.read_csv(run / "history.csv").drop(columns=list(TIMING_COLUMNS))
 
@@ -122,26 +130,7 @@ def test_stop_after_then_resume_is_bit_identical(digits_dir, reference, tmp_path
 
 def test_sigkill_mid_training_then_rerun_resumes_and_matches(digits_dir, reference, tmp_path, caplog):
     ckpt, run = tmp_path / "ckpt", tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "ablationlab",
-        "train",
-        "--data",
-        str(digits_dir),
-        "--recipe",
-        json.dumps(RESUME_RECIPE),
-        "--seed",
-        str(SEED),
-        "--out",
-        str(run),
-        "--checkpoint-dir",
-        str(ckpt),
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-    ]
+    cmd = [sys.executable, "-m", "ablationlab", "train", *_resume_args(digits_dir, run, ckpt)]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -173,28 +162,7 @@ def test_evaluate_killed_after_training_resumes_at_the_end_and_matches(digits_di
     train(digits_dir, RESUME_RECIPE, SEED, run, checkpoint_dir=ckpt, threads=1)
     shutil.rmtree(run)
     with caplog.at_level("INFO"):
-        assert (
-            cli(
-                [
-                    "--data",
-                    str(digits_dir),
-                    "--recipe",
-                    json.dumps(RESUME_RECIPE),
-                    "--seed",
-                    str(SEED),
-                    "--out",
-                    str(run),
-                    "--checkpoint-dir",
-                    str(ckpt),
-                    "--threads",
-                    "1",
-                    "--device",
-                    "cpu",
-                    "--evaluate",
-                ]
-            )
-            == 0
-        )
+        assert cli([*_resume_args(digits_dir, run, ckpt), "--evaluate"]) == 0
     assert "resuming from epoch 6" in caplog.text and "epoch 6/6" not in caplog.text
     _assert_same_run(reference, run)
     separate = shutil.copytree(reference, tmp_path / "separate")
