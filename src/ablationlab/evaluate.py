@@ -1,13 +1,14 @@
 """Stage ``evaluate``: score a trained run on the test split.
 
-Loads ``recipe.json`` and ``weights.pt`` from the run directory (the final weights, or
-the best ones when early stopping restored them), runs the test split through the
-same preprocessing as validation (no augmentation) and writes, atomically
-(``docs/contracts.md``, section *Run*):
+Loads ``recipe.json``, ``weights.pt`` (the run's result: the last epoch's weights, or the
+best epoch's when early stopping restored them) and ``weights_best.pt`` (the best validation
+epoch's, always) from the run directory, runs the test split through the same preprocessing
+as validation (no augmentation) and writes, atomically (``docs/contracts.md``, section *Run*):
 
 - ``metrics.json``: ``test_loss`` (the recipe's loss), ``test_acc``, ``test_top5``
-  (null with ≤ 5 classes), ``per_class_acc`` ({class name: accuracy}), ``n_test``,
-  ``status`` (copied from ``train.json``);
+  (null with ≤ 5 classes) of ``weights.pt``; ``test_loss_best``, ``test_acc_best`` of
+  ``weights_best.pt`` (equal to the first two when early stopping restored the best epoch);
+  ``per_class_acc`` ({class name: accuracy}), ``n_test``, ``status`` (copied from ``train.json``);
 - ``confusion.csv``: first column ``true`` (class name), then one count column per
   predicted class;
 - ``predictions.csv``: ``index``, ``label``, ``pred``, ``confidence`` (softmax
@@ -41,6 +42,7 @@ from .runtime import Preprocess, build_network, make_loss, predict
 log = logging.getLogger("ablationlab.evaluate")
 
 MISCLASSIFIED_SAMPLE = 16
+RUN_FILES = ("recipe.json", "train.json", "weights.pt", "weights_best.pt")  # what evaluation reads
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -60,31 +62,35 @@ def first_conv_activation(model: torch.nn.Module, image: torch.Tensor) -> torch.
     return captured[0][0].float().cpu()
 
 
-def evaluate(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *, device: str = "auto") -> dict[str, Any]:
-    """Evaluate the run in ``run_dir`` on the test split of ``data_dir``; write the files; return metrics.json."""
+def _load_model(run_dir: Path, name: str, recipe: dict[str, Any], meta: dict[str, Any], dev: torch.device):
+    model = build_network(recipe, meta, pretrained=False)
+    try:
+        model.load_state_dict(io.load_torch(run_dir / name))
+    except RuntimeError as exc:
+        raise ValueError(f"{run_dir / name} does not match the model of {run_dir / 'recipe.json'}: {exc}") from exc
+    return model.to(device=dev, memory_format=devices.memory_format(dev)).eval()
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike, meta: dict[str, Any], x: torch.Tensor, y: torch.Tensor, dev: torch.device
+) -> dict[str, Any]:
+    """Evaluate the run in ``run_dir`` on the test images ``x`` (uint8) and labels ``y`` of the prepared data
+    described by ``meta``; write the run's evaluation files; return metrics.json."""
     run_dir = Path(run_dir)
-    for name in ("recipe.json", "train.json", "weights.pt"):
+    for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} is missing: train this run first")
     recipe = complete(io.read_json(run_dir / "recipe.json"))
     status = io.read_json(run_dir / "train.json")["status"]
-    dev = devices.pick(device)
-    meta = data.load_meta(data_dir)
-    x, y = data.load_split(data_dir, "test")
     classes = [str(c) for c in meta["classes"]]
-
-    model = build_network(recipe, meta, pretrained=False)
-    try:
-        model.load_state_dict(io.load_torch(run_dir / "weights.pt"))
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{run_dir / 'weights.pt'} does not match the model of {run_dir / 'recipe.json'}: {exc}"
-        ) from exc
-    model.to(device=dev, memory_format=devices.memory_format(dev)).eval()
+    loss_fn = make_loss(recipe["loss"], meta["num_classes"])
     preprocess = Preprocess(meta, recipe, dev)
+    y = y.cpu()
 
+    best = predict(_load_model(run_dir, "weights_best.pt", recipe, meta, dev), preprocess, x, dev).cpu()
+    model = _load_model(run_dir, "weights.pt", recipe, meta, dev)
     logits = predict(model, preprocess, x, dev).cpu()
-    loss = make_loss(recipe["loss"], meta["num_classes"])(logits, y).item()
+    loss = loss_fn(logits, y).item()
     probs = logits.softmax(dim=1)
     confidence, pred = probs.max(dim=1)
     correct = pred == y
@@ -123,15 +129,39 @@ def evaluate(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *, device:
         "test_loss": loss,
         "test_acc": correct.float().mean().item(),
         "test_top5": top5,
+        "test_loss_best": loss_fn(best, y).item(),
+        "test_acc_best": (best.argmax(dim=1) == y).float().mean().item(),
         "per_class_acc": per_class,
         "n_test": len(y),
         "status": status,
     }
     io.write_json(run_dir / "metrics.json", metrics)
     log.info(
-        "test_acc %.4f test_loss %.4f on %d images (%s); wrote %s", metrics["test_acc"], loss, len(y), status, run_dir
+        "test_acc %.4f test_loss %.4f on %d images (%s; best epoch's weights: test_acc %.4f); wrote %s",
+        metrics["test_acc"],
+        loss,
+        len(y),
+        status,
+        metrics["test_acc_best"],
+        run_dir,
     )
     return metrics
+
+
+def evaluate_runs(
+    data_dir: str | os.PathLike, run_dirs: list[str | os.PathLike], *, device: str = "auto"
+) -> list[dict[str, Any]]:
+    """Evaluate each run in ``run_dirs`` on the test split of ``data_dir`` (read once); return their metrics.json."""
+    dev = devices.pick(device)
+    meta = data.load_meta(data_dir)
+    x, y = data.load_split(data_dir, "test")
+    x = x.to(dev)
+    return [evaluate_run(run_dir, meta, x, y, dev) for run_dir in run_dirs]
+
+
+def evaluate(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *, device: str = "auto") -> dict[str, Any]:
+    """Evaluate the run in ``run_dir`` on the test split of ``data_dir``; write the files; return metrics.json."""
+    return evaluate_runs(data_dir, [run_dir], device=device)[0]
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "scheduler": {"name": "none", "step_size": 5, "gamma": 0.1, "patience": 2},
     "loss": {"name": "cross_entropy", "label_smoothing": 0.0},
     "batch_size": 64,
+    "drop_last": True,
     "epochs": 10,
     "early_stopping": {
         "enabled": False,

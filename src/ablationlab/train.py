@@ -1,7 +1,7 @@
-"""Stage ``train``: one experiment (a recipe) for one seed, resumable and bit-reproducible.
+"""Stage ``train``: the runs of one experiment (one recipe, one run per seed), resumable and bit-reproducible.
 
 The loop is deliberately plain (nanoGPT style). The whole dataset lives as one uint8
-tensor on the training device, moved there once; every epoch draws a seeded
+tensor on the training device, moved there once per process; every epoch draws a seeded
 ``randperm`` and batches are index slices of it. A batch goes through
 :class:`ablationlab.runtime.Preprocess` (float in [0, 1], augmented per image on the
 device, resized, standardized), then through :func:`train_step`. The validation split
@@ -9,22 +9,38 @@ is evaluated after every epoch, without augmentation. What a trained model needs
 (network, preprocessing, loss, inference) lives in :mod:`ablationlab.runtime`; this module
 is the loop, its optimizer and scheduler, determinism and checkpoints.
 
+One process trains several runs (:func:`train_runs`: the seeds of an experiment): one
+interpreter start, one data load, one CUDA context. On the CPU they train one after the
+other, each exactly as it would alone. On CUDA they train together: their steps are
+interleaved, each run on its own CUDA stream, and each step is one CUDA graph replay
+(:mod:`ablationlab.cuda_graph`) where the recipe allows, so the GPU runs them at once
+instead of waiting for Python. Interleaved runs keep their own CPU RNG states, so on the
+CPU training together gives bit-identical runs too (tested); on CUDA they share the CUDA
+generator (CUDA runs are not bit-reproducible anyway: cuDNN autotuning).
+
+By default (``drop_last: true``) an epoch trains on full batches only: the images left over
+after the last full batch are not trained on in that epoch (each epoch's fresh shuffle gives
+every image the same chance). On real CIFAR-10 a partial last batch of 8 images, one noisy
+step right before every validation and the test evaluation, cost 5–17 pp and multiplied
+the seed spread by 10. ``drop_last: false`` trains on it too, as before (a single left-over
+image is still dropped: batch norm cannot train on a batch of one).
+
 After every epoch ``{checkpoint_dir}/last.pt`` is written atomically with everything
 needed to continue: model, optimizer, scheduler, grad scaler, early-stopping state,
 history, best weights (the fields of :class:`LoopState`) and every RNG state (torch CPU
 and CUDA, numpy, python). A run started again with the same recipe, seed and data
 resumes from it and, on the CPU, produces bit-identical history (except the timing
-columns) and weights to a run that was never interrupted. A checkpoint of another recipe/seed/data is ignored.
+columns) and weights to a run that was never interrupted. A checkpoint of another
+recipe/seed/data is ignored.
 
 A non-finite loss ends the run with status ``diverged`` (a result, not a crash): the
 outputs are still written, with the weights of the last finite epoch (or the initial
 ones). Statuses: ``finished``, ``early_stopped``, ``diverged``.
 
-Outputs in ``out_dir`` (``docs/contracts.md``): ``recipe.json``, ``history.csv``,
-``weights_init.pt``, ``weights.pt`` and, written last, ``train.json``.
-
-A partial batch at the end of an epoch is trained on, except a single left-over image
-(batch norm cannot train on a batch of one); it is dropped for that epoch.
+Outputs in each run's ``out_dir`` (``docs/contracts.md``): ``recipe.json``, ``history.csv``,
+``weights_init.pt``, ``weights.pt`` (the run's result: the last epoch's weights, or the best
+epoch's when early stopping restores them), ``weights_best.pt`` (the best validation epoch's,
+always) and, written last, ``train.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +55,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +67,7 @@ from torch import nn
 
 from . import data, evaluate, io, models
 from . import device as devices
+from .cuda_graph import CapturedStep, not_capturable
 from .recipe import complete
 from .runtime import Preprocess, build_network, make_loss, predict
 from .schema import check_recipe
@@ -62,7 +79,7 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
 MONITORS = ("val_loss", "val_acc")
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
 TIMING_COLUMNS = ("seconds", "images_per_s")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the best epoch's weights are kept whether or not early stopping restores them
 
 
 # --------------------------------------------------------------------------- recipe
@@ -85,21 +102,23 @@ def validate(recipe: Mapping[str, Any], n_train: int | None = None) -> None:
         raise ValueError(f"batch_size: {recipe['batch_size']} is larger than the training split ({n_train} images)")
 
 
-def make_optimizer(params, opt: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """The optimizer of the recipe's ``optimizer`` section over ``params``."""
+def make_optimizer(params, opt: Mapping[str, Any], *, capturable: bool = False) -> torch.optim.Optimizer:
+    """The optimizer of the recipe's ``optimizer`` section over ``params``; ``capturable`` keeps the step
+    counters of Adam, AdamW and RMSprop on the device (for a CUDA-graph step)."""
     name, lr, wd, momentum = opt["name"], opt["lr"], opt["weight_decay"], opt["momentum"]
+    graph = {"capturable": True} if capturable else {}
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=wd)
     if name == "momentum":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=bool(opt["nesterov"]), weight_decay=wd)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **graph)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **graph)
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=wd)
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=wd, **graph)
     raise ValueError(f"optimizer.name: unknown optimizer {name!r} (choose from {_names(OPTIMIZERS)})")
 
 
@@ -126,12 +145,27 @@ def recipe_key(recipe: Mapping[str, Any], seed: int, meta: Mapping[str, Any]) ->
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    """Optimizer steps per epoch over ``n`` images: full batches only with ``drop_last``; else also the
+    partial last batch, unless it is a single image."""
+    return n // batch_size + (0 if drop_last or n % batch_size <= 1 else 1)
+
+
+def partial_batch(n: int, batch_size: int, drop_last: bool) -> int:
+    """Images in each epoch's partial last step (0: every step sees ``batch_size`` images)."""
+    return n % batch_size if steps_per_epoch(n, batch_size, drop_last) * batch_size > n else 0
+
+
 # --------------------------------------------------------------------------- the engine
 
 
 @dataclass
 class Engine:
-    """Everything one training step needs. ``model`` owns the weights; ``net`` is what runs (maybe compiled)."""
+    """Everything one training step needs. ``model`` owns the weights; ``net`` is what runs (maybe compiled).
+
+    ``loss_sum`` and ``correct`` accumulate the epoch on the device; ``captured`` (CUDA) replays the step
+    as a CUDA graph reading its batch indices from ``idx``; ``eager_reason`` says why it does not.
+    """
 
     model: nn.Module
     net: Callable[[torch.Tensor], torch.Tensor]
@@ -142,24 +176,36 @@ class Engine:
     scaler: torch.amp.GradScaler
     device: torch.device
     batch_size: int
+    drop_last: bool
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
     step_scheduler_per_batch: bool = False
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches per epoch: partial last batch kept, unless it is a single image."""
-    return n // batch_size + (1 if n % batch_size > 1 else 0)
+    eager_reason: str | None = None
+    captured: CapturedStep | None = None
+    idx: torch.Tensor | None = None
 
 
 def setup(
-    recipe: Mapping[str, Any], meta: Mapping[str, Any], n_train: int, device: torch.device, *, compile: bool = False
+    recipe: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    n_train: int,
+    device: torch.device,
+    *,
+    compile: bool = False,
+    graph: bool = True,
 ) -> Engine:
-    """Build model, optimizer, scheduler, loss and preprocessing for ``recipe`` on ``device``."""
+    """Build model, optimizer, scheduler, loss and preprocessing for ``recipe`` on ``device``.
+
+    ``graph``: the step may become a CUDA graph (:func:`capture_steps`) when the recipe and device allow it.
+    """
     model = build_network(recipe, meta).to(device=device, memory_format=devices.memory_format(device))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: no trainable parameters (model.train: frozen left nothing to learn)")
-    optimizer = make_optimizer(params, recipe["optimizer"])
-    steps = steps_per_epoch(n_train, recipe["batch_size"])
+    scaler = devices.grad_scaler(device)
+    reason = not_capturable(recipe, device, scaled=scaler.is_enabled(), compiled=compile) if graph else "not asked"
+    optimizer = make_optimizer(params, recipe["optimizer"], capturable=reason is None)
+    steps = steps_per_epoch(n_train, recipe["batch_size"], recipe["drop_last"])
     scheduler = make_scheduler(
         optimizer, recipe["scheduler"], lr=recipe["optimizer"]["lr"], epochs=recipe["epochs"], steps_per_epoch=steps
     )
@@ -176,10 +222,14 @@ def setup(
         scheduler=scheduler,
         loss_fn=make_loss(recipe["loss"], meta["num_classes"]),
         preprocess=Preprocess(meta, recipe, device),
-        scaler=devices.grad_scaler(device),
+        scaler=scaler,
         device=device,
         batch_size=recipe["batch_size"],
+        drop_last=recipe["drop_last"],
+        loss_sum=torch.zeros((), device=device),
+        correct=torch.zeros((), dtype=torch.long, device=device),
         step_scheduler_per_batch=recipe["scheduler"]["name"] == "onecycle",
+        eager_reason=reason,
     )
 
 
@@ -198,31 +248,68 @@ def train_step(engine: Engine, inputs: torch.Tensor, targets: torch.Tensor) -> t
     return loss.detach().float() * n, (logits.detach().argmax(dim=1) == targets).sum()
 
 
-def train_epoch(
-    engine: Engine, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, on_step: Callable[[], None] | None = None
-) -> dict[str, float]:
-    """One pass over ``x``/``y`` (uint8 and labels on the device) in the order ``order`` (indices on the device)."""
+def _eager_step(engine: Engine, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+    batch_loss, batch_correct = train_step(engine, engine.preprocess(x[idx], train=True), y[idx])
+    engine.loss_sum += batch_loss
+    engine.correct += batch_correct
+
+
+def capture_steps(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> None:
+    """From now on run each step on ``x``/``y`` as a CUDA graph replay, where the recipe allows it
+    (``engine.eager_reason`` is None); the batch's indices reach the graph through ``engine.idx``."""
+    if engine.eager_reason is not None:
+        return
+    engine.idx = torch.zeros(engine.batch_size, dtype=torch.long, device=engine.device)
+    engine.captured = CapturedStep(
+        lambda: _eager_step(engine, x, y, engine.idx), engine.model, engine.optimizer, [engine.loss_sum, engine.correct]
+    )
+
+
+def run_step(engine: Engine, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+    """One training step on the images ``x[idx]``: a graph replay when captured, else eager."""
+    if engine.captured is not None:
+        engine.idx.copy_(idx, non_blocking=True)
+        try:
+            engine.captured()
+            return
+        except RuntimeError as exc:  # a capture the up-front check did not foresee: train on, eagerly
+            log.warning("training eagerly: the step could not be captured as a CUDA graph (%s)", exc)
+            engine.captured, engine.eager_reason = None, f"capture failed: {exc}"
+    _eager_step(engine, x, y, idx)
+
+
+def begin_epoch(engine: Engine) -> None:
+    """Training mode and zeroed accumulators."""
     engine.model.train()
-    loss_sum = torch.zeros((), device=engine.device)
-    correct = torch.zeros((), dtype=torch.long, device=engine.device)
-    seen = 0
-    start = time.perf_counter()
-    for step in range(steps_per_epoch(len(order), engine.batch_size)):
-        idx = order[step * engine.batch_size : (step + 1) * engine.batch_size]
-        batch_loss, batch_correct = train_step(engine, engine.preprocess(x[idx], train=True), y[idx])
-        loss_sum += batch_loss
-        correct += batch_correct
-        seen += len(idx)
-        if on_step is not None:
-            on_step()
-    train_loss, train_correct = loss_sum.item(), correct.item()  # one device sync per epoch
-    seconds = time.perf_counter() - start
+    engine.loss_sum.zero_()
+    engine.correct.zero_()
+
+
+def end_epoch(engine: Engine, seen: int, started: float) -> dict[str, float]:
+    """The epoch's training loss, accuracy, seconds and images/s (one device sync)."""
+    train_loss, train_correct = engine.loss_sum.item(), engine.correct.item()
+    seconds = time.perf_counter() - started
     return {
         "train_loss": train_loss / seen,
         "train_acc": train_correct / seen,
         "train_seconds": seconds,
         "images_per_s": seen / seconds,
     }
+
+
+def train_epoch(
+    engine: Engine, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, on_step: Callable[[], None] | None = None
+) -> dict[str, float]:
+    """One pass over ``x``/``y`` (uint8 and labels on the device) in the order ``order`` (indices on the device)."""
+    begin_epoch(engine)
+    seen, start, bs = 0, time.perf_counter(), engine.batch_size
+    for step in range(steps_per_epoch(len(order), bs, engine.drop_last)):
+        idx = order[step * bs : (step + 1) * bs]
+        run_step(engine, x, y, idx)
+        seen += len(idx)
+        if on_step is not None:
+            on_step()
+    return end_epoch(engine, seen, start)
 
 
 def validate_epoch(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -258,16 +345,17 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Te
     return torch.randperm(n, generator=generator).to(device)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(*, accelerators: bool = True) -> dict[str, Any]:
+    """Every RNG's state (torch CPU, numpy, python and, with ``accelerators``, CUDA and MPS)."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
+    if accelerators and torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    if torch.backends.mps.is_available():
+    if accelerators and torch.backends.mps.is_available():
         state["mps"] = torch.mps.get_rng_state()
     return state
 
@@ -304,7 +392,8 @@ def load_checkpoint(path: Path, key: str) -> dict | None:
     return ckpt
 
 
-# --------------------------------------------------------------------------- the run
+
+# --------------------------------------------------------------------------- one run
 
 
 @dataclass
@@ -316,7 +405,7 @@ class LoopState:
     best: float | None = None  # best value of early_stopping.monitor so far
     best_epoch: int = 0
     bad_epochs: int = 0  # epochs since the best one
-    best_state: dict[str, torch.Tensor] | None = None  # the best weights (early_stopping.restore_best)
+    best_state: dict[str, torch.Tensor] | None = None  # the best epoch's weights (weights_best.pt)
     status: str | None = None  # None while training, then finished / early_stopped / diverged
     stop_reason: str | None = None
     message: str | None = None
@@ -375,8 +464,8 @@ def _is_better(value: float, best: float | None, monitor: str, min_delta: float)
 def _end_of_epoch(
     state: LoopState, row: dict[str, float], engine: Engine, es: Mapping[str, Any], last_finite: dict[str, Any]
 ) -> None:
-    """After epoch ``row``: stop on a non-finite loss (back to the ``last_finite`` weights), else track the best
-    epoch, step an epoch scheduler and stop early when ``es`` (early_stopping) says so."""
+    """After epoch ``row``: stop on a non-finite loss (back to the ``last_finite`` weights), else keep the best
+    epoch's weights, step an epoch scheduler and stop early when ``es`` (early_stopping) says so."""
     epoch, monitor = row["epoch"], es["monitor"]
     if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
         which = "train" if not math.isfinite(row["train_loss"]) else "validation"
@@ -390,8 +479,7 @@ def _end_of_epoch(
         return
     if _is_better(row[monitor], state.best, monitor, es["min_delta"]):
         state.best, state.best_epoch, state.bad_epochs = row[monitor], epoch, 0
-        if es["enabled"] and es["restore_best"]:
-            state.best_state = cpu_state(engine.model)
+        state.best_state = cpu_state(engine.model)
     else:
         state.bad_epochs += 1
     if engine.scheduler is not None and not engine.step_scheduler_per_batch:
@@ -424,15 +512,15 @@ def _history_row(epoch: int, lr: float, seconds: float, measured: dict[str, floa
     return row
 
 
-def _log_epoch(row: dict[str, float], epochs: int, bar) -> None:
+def _log_epoch(row: dict[str, float], epochs: int, bar, seed: int) -> None:
     """One line per epoch: on the progress bar when there is one (then closed), else in the log."""
     summary = (
-        f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
-        f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} lr {row['lr']:.3g} "
-        f"{row['seconds']:.1f}s {row['images_per_s']:.0f} img/s"
+        f"seed {seed} epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} "
+        f"train_acc {row['train_acc']:.4f} val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} "
+        f"lr {row['lr']:.3g} {row['seconds']:.1f}s {row['images_per_s']:.0f} img/s"
     )
     if bar is not None:
-        bar.set_postfix_str(summary.split(" ", 2)[2])
+        bar.set_postfix_str(summary.split(" ", 4)[4])
         bar.close()
     else:
         log.info(summary)
@@ -447,51 +535,273 @@ def _load_splits(data_dir: str | os.PathLike, n_train: int, dev: torch.device) -
     return tuple(t.to(dev) for t in (x_train, y_train, x_val, y_val))
 
 
-def _finish(state: LoopState, model: nn.Module, epochs: int) -> None:
-    """After the loop: a run still going has ``finished``; the best weights go back into ``model`` when
-    early stopping kept them (``restore_best``), unless the run diverged."""
+def _finish(state: LoopState, model: nn.Module, epochs: int, es: Mapping[str, Any]) -> str:
+    """After the loop: a run still going has ``finished``. Returns which weights ``model`` holds as the run's
+    result: the best epoch's when early stopping restores them (``restore_best``, put back here), else the
+    last epoch's (for a diverged run: its last finite epoch's)."""
     if state.status is None:
         state.status, state.stop_reason, state.message = "finished", "epochs", f"completed {epochs} epochs"
-    if state.status != "diverged" and state.best_state is not None:
-        model.load_state_dict(state.best_state)
+    if state.status == "diverged" or state.best_state is None or not (es["enabled"] and es["restore_best"]):
+        return "last"
+    model.load_state_dict(state.best_state)
+    return "best"
 
 
-def _result(state: LoopState, model: nn.Module, dev: torch.device, seed: int, wall_seconds: float) -> dict[str, Any]:
-    """The content of ``train.json``."""
-    best = state.history[state.best_epoch - 1] if state.best_epoch else None
-    trainable, total = models.count_params(model)
-    return {
-        "status": state.status,
-        "epochs_run": state.epoch,
-        "best_epoch": state.best_epoch or None,
-        "best_val_loss": best["val_loss"] if best else None,
-        "best_val_acc": best["val_acc"] if best else None,
-        "stop_reason": state.stop_reason,
-        "message": state.message,
-        "params": trainable,
-        "params_total": total,
-        "device": devices.describe(dev),
-        "torch_version": torch.__version__,
-        "wall_seconds": wall_seconds,
-        "seed": seed,
-    }
+@dataclass
+class Shared:
+    """What the runs of one process share: the completed recipe, the data on the device and the options."""
+
+    recipe: dict[str, Any]
+    meta: dict[str, Any]
+    device: torch.device
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    compile: bool = False
+    graph: bool = True
+    stop_after: int | None = None
+    progress: bool = True
 
 
-def _write_outputs(out_dir: Path, recipe, state: LoopState, model: nn.Module, init_path: Path, result) -> None:
-    """The run files (``docs/contracts.md``), ``train.json`` last."""
-    io.write_json(out_dir / "recipe.json", recipe)
-    io.write_csv(out_dir / "history.csv", pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
-    io.save_torch(out_dir / "weights_init.pt", io.load_torch(init_path))
-    io.save_torch(out_dir / "weights.pt", cpu_state(model))
-    io.write_json(out_dir / "train.json", result)
-    log.info(
-        "%s after %d epochs: %s (best epoch %s); wrote %s",
-        result["status"],
-        result["epochs_run"],
-        result["message"],
-        result["best_epoch"],
-        out_dir,
-    )
+class Run:
+    """One seed of the experiment, trained one epoch phase at a time (:func:`train_together` interleaves runs).
+
+    ``turn()`` is the context of every phase: the run's CPU RNG states (swapped in and out when runs
+    interleave) and, on CUDA, its own stream.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        out_dir: str | os.PathLike,
+        checkpoint_dir: str | os.PathLike,
+        shared: Shared,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        self.seed, self.out_dir, self.checkpoint_dir = seed, Path(out_dir), Path(checkpoint_dir)
+        self.shared, self.on_epoch = shared, on_epoch
+        self.epochs, self.es = shared.recipe["epochs"], shared.recipe["early_stopping"]
+        self.stream = torch.cuda.Stream(shared.device) if shared.device.type == "cuda" else None
+        self.rng: dict[str, Any] | None = None
+        self.stopped = False
+        self.result: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def turn(self, swap_rng: bool):
+        if swap_rng and self.rng is not None:
+            set_rng_state(self.rng)
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            yield
+        if swap_rng:
+            self.rng = rng_state(accelerators=False)
+
+    def start(self) -> None:
+        """Seed, build the engine (bad model/augment settings fail here) and restore the checkpoint, if any."""
+        sh = self.shared
+        self.clock = time.perf_counter()
+        seed_everything(self.seed)
+        self.engine = setup(sh.recipe, sh.meta, len(sh.y_train), sh.device, compile=sh.compile, graph=sh.graph)
+        capture_steps(self.engine, sh.x_train, sh.y_train)
+        self.key = recipe_key(sh.recipe, self.seed, sh.meta)
+        self.ckpt_path, self.init_path = self.checkpoint_dir / "last.pt", self.checkpoint_dir / "weights_init.pt"
+        self.state = _start(self.engine, self.ckpt_path, self.init_path, self.key)
+        self.wall_before = self.state.wall_seconds
+        self.steps = steps_per_epoch(len(sh.y_train), self.engine.batch_size, self.engine.drop_last)
+        log.info(
+            "training %s on %s (%d train / %d val images, %d steps of %d per epoch%s), seed %d, device %s, "
+            "%d trainable parameters, %s",
+            sh.recipe["model"]["name"],
+            sh.meta.get("dataset", "?"),
+            len(sh.y_train),
+            len(sh.y_val),
+            self.steps,
+            self.engine.batch_size,
+            self._partial_text(),
+            self.seed,
+            devices.describe(sh.device),
+            models.count_params(self.engine.model)[0],
+            "CUDA-graph steps" if self.engine.captured is not None else f"eager steps ({self.engine.eager_reason})",
+        )
+
+    def _partial_text(self) -> str:
+        n, bs, drop = len(self.shared.y_train), self.engine.batch_size, self.engine.drop_last
+        if partial := partial_batch(n, bs, drop):
+            return f", the last of {partial} images"
+        return f"; {n % bs} left-over images dropped per epoch" if n % bs else ""
+
+    def wants_epoch(self) -> bool:
+        """Whether another epoch is due: not once finished, stopped early, diverged or at ``stop_after``."""
+        if self.state.status is not None or self.state.epoch >= self.epochs:
+            return False
+        stop_after = self.shared.stop_after
+        if stop_after is not None and self.state.epoch >= stop_after:
+            if not self.stopped:
+                log.info("seed %d: stopping after epoch %d as asked (--stop-after)", self.seed, self.state.epoch)
+            self.stopped = True
+            return False
+        return True
+
+    def begin_epoch(self) -> None:
+        sh, engine = self.shared, self.engine
+        self.epoch, self.last_finite = self.state.epoch + 1, cpu_state(engine.model)
+        self.lr = engine.optimizer.param_groups[0]["lr"]
+        self.bar = _progress(self.epoch, self.epochs, self.steps) if sh.progress else None
+        self.tic = time.perf_counter()
+        self.order = epoch_order(len(sh.y_train), self.seed, self.epoch, sh.device)
+        self.seen = 0
+        begin_epoch(engine)
+
+    def step(self, i: int) -> None:
+        bs = self.engine.batch_size
+        idx = self.order[i * bs : (i + 1) * bs]
+        run_step(self.engine, self.shared.x_train, self.shared.y_train, idx)
+        self.seen += len(idx)
+        if self.bar is not None:
+            self.bar.update()
+
+    def end_epoch(self) -> None:
+        sh, state = self.shared, self.state
+        measured = end_epoch(self.engine, self.seen, self.tic) | validate_epoch(self.engine, sh.x_val, sh.y_val)
+        row = _history_row(self.epoch, self.lr, time.perf_counter() - self.tic, measured)
+        _log_epoch(row, self.epochs, self.bar, self.seed)
+        state.history.append(row)
+        state.epoch = self.epoch
+        _end_of_epoch(state, row, self.engine, self.es, self.last_finite)
+        state.wall_seconds = self.wall_before + time.perf_counter() - self.clock
+        _save_checkpoint(self.ckpt_path, self.key, self.seed, state, self.engine)
+        if self.on_epoch is not None:
+            self.on_epoch(row)
+
+    def finish(self) -> None:
+        """Write the run's files (``train.json`` last) and let go of its engine; ``result`` is train.json's
+        content, or ``{"status": "stopped", ...}`` at ``stop_after`` (checkpoint left, nothing written)."""
+        state, engine = self.state, self.engine
+        if self.stopped:
+            self.result = {"status": "stopped", "epochs_run": state.epoch}
+        else:
+            weights = _finish(state, engine.model, self.epochs, self.es)
+            wall = self.wall_before + time.perf_counter() - self.clock
+            self.result = self._result(weights, wall)
+            self._write_outputs()
+        self.engine = None  # frees the model, optimizer and captured graph (GPU memory) before the next run
+
+    def _result(self, weights: str, wall_seconds: float) -> dict[str, Any]:
+        """The content of ``train.json``."""
+        state, model, n = self.state, self.engine.model, len(self.shared.y_train)
+        best = state.history[state.best_epoch - 1] if state.best_epoch else None
+        trainable, total = models.count_params(model)
+        return {
+            "status": state.status,
+            "epochs_run": state.epoch,
+            "best_epoch": state.best_epoch or None,
+            "best_val_loss": best["val_loss"] if best else None,
+            "best_val_acc": best["val_acc"] if best else None,
+            "weights": weights,
+            "stop_reason": state.stop_reason,
+            "message": state.message,
+            "params": trainable,
+            "params_total": total,
+            "steps_per_epoch": self.steps,
+            "partial_batch": partial_batch(n, self.engine.batch_size, self.engine.drop_last),
+            "cuda_graph": self.engine.captured is not None,
+            "device": devices.describe(self.shared.device),
+            "torch_version": torch.__version__,
+            "wall_seconds": wall_seconds,
+            "seed": self.seed,
+        }
+
+    def _write_outputs(self) -> None:
+        """The run files (``docs/contracts.md``), ``train.json`` last."""
+        out, state, model = self.out_dir, self.state, self.engine.model
+        io.write_json(out / "recipe.json", self.shared.recipe)
+        io.write_csv(out / "history.csv", pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
+        io.save_torch(out / "weights_init.pt", io.load_torch(self.init_path))
+        final = cpu_state(model)
+        io.save_torch(out / "weights.pt", final)
+        io.save_torch(out / "weights_best.pt", state.best_state if state.best_state is not None else final)
+        io.write_json(out / "train.json", self.result)
+        log.info(
+            "seed %d %s after %d epochs: %s (best epoch %s, %s weights kept); wrote %s",
+            self.seed,
+            self.result["status"],
+            self.result["epochs_run"],
+            self.result["message"],
+            self.result["best_epoch"],
+            self.result["weights"],
+            out,
+        )
+
+
+def train_together(runs: Sequence[Run]) -> None:
+    """Train ``runs`` epoch by epoch, their steps interleaved (on CUDA each on its own stream, so the GPU
+    works on all of them at once); each run writes its files as soon as it is done."""
+    swap = len(runs) > 1
+    for run in runs:
+        with run.turn(swap):
+            run.start()
+    active = list(runs)
+    while active:
+        going = [run for run in active if run.wants_epoch()]
+        for run in active:
+            if run not in going:
+                with run.turn(swap):
+                    run.finish()
+        active = going
+        for run in active:
+            with run.turn(swap):
+                run.begin_epoch()
+        for i in range(active[0].steps if active else 0):
+            for run in active:
+                with run.turn(swap):
+                    run.step(i)
+        for run in active:
+            with run.turn(swap):
+                run.end_epoch()
+
+
+def train_runs(
+    data_dir: str | os.PathLike,
+    recipe: Mapping[str, Any],
+    runs: Sequence[tuple[int, str | os.PathLike, str | os.PathLike]],
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    stop_after: int | None = None,
+    compile: bool = False,
+    together: bool | None = None,
+    on_epoch: Mapping[int, Callable[[dict[str, Any]], None] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``recipe`` on the prepared data in ``data_dir`` once per ``(seed, out_dir, checkpoint_dir)`` of
+    ``runs``, in this process; each run writes its files to its ``out_dir``.
+
+    ``together`` (default: on CUDA only) trains the runs at once, steps interleaved; else one after another.
+    Each run resumes from ``{checkpoint_dir}/last.pt`` when it belongs to the same recipe, seed and data.
+    ``stop_after=k`` stops each run once k epochs are done (checkpoint left, no outputs written; its result
+    is ``{"status": "stopped", "epochs_run": k}``): used to test resuming. ``on_epoch[seed](row)`` is called
+    with each epoch's history row once it is checkpointed (live MLflow logging:
+    :func:`ablationlab.tracking.live_run`). Returns the content of each run's ``train.json``, in order.
+    """
+    recipe = complete(recipe)
+    dev = devices.pick(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    meta = data.load_meta(data_dir)
+    n_train = meta["splits"]["train"]
+    validate(recipe, n_train)
+    seeds = [seed for seed, _, _ in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: {seeds} repeats a seed")
+    configure_determinism(dev)
+    together = dev.type == "cuda" if together is None else together
+    shared = Shared(recipe, meta, dev, *_load_splits(data_dir, n_train, dev), compile=compile, stop_after=stop_after)
+    shared.progress = not (together and len(runs) > 1)  # one bar per run would interleave
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)  # the data is on the device before the runs' streams read it
+    todo = [Run(seed, out, ckpt, shared, (on_epoch or {}).get(seed)) for seed, out, ckpt in runs]
+    for group in [todo] if together else [[run] for run in todo]:
+        train_together(group)
+    return [run.result for run in todo]
 
 
 def train(
@@ -507,70 +817,17 @@ def train(
     compile: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``recipe`` on the prepared data in ``data_dir`` with ``seed``; write the run files to ``out_dir``.
-
-    Resumes from ``{checkpoint_dir}/last.pt`` when it belongs to the same recipe, seed and
-    data. ``stop_after=k`` stops once k epochs are done (checkpoint left, no outputs
-    written; returns ``{"status": "stopped", "epochs_run": k}``) — used to test resuming.
-    ``on_epoch(row)`` is called with each epoch's history row once it is checkpointed
-    (live MLflow logging: :func:`ablationlab.tracking.live_run`).
-    Returns the content of ``train.json``.
-    """
-    started = time.perf_counter()
-    recipe = complete(recipe)
-    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
-    dev = devices.pick(device)
-    if threads:
-        torch.set_num_threads(int(threads))
-    meta = data.load_meta(data_dir)
-    n_train = meta["splits"]["train"]
-    validate(recipe, n_train)
-    epochs, es = recipe["epochs"], recipe["early_stopping"]
-
-    configure_determinism(dev)
-    seed_everything(seed)
-    engine = setup(recipe, meta, n_train, dev, compile=compile)  # bad model/augment settings fail here
-    x_train, y_train, x_val, y_val = _load_splits(data_dir, n_train, dev)
-    ckpt_path, init_path = checkpoint_dir / "last.pt", checkpoint_dir / "weights_init.pt"
-    key = recipe_key(recipe, seed, meta)
-    state = _start(engine, ckpt_path, init_path, key)
-    wall_before = state.wall_seconds
-    log.info(
-        "training %s on %s (%d train / %d val images), seed %d, device %s, %d trainable parameters",
-        recipe["model"]["name"],
-        meta.get("dataset", data_dir),
-        len(y_train),
-        len(y_val),
-        seed,
-        devices.describe(dev),
-        models.count_params(engine.model)[0],
-    )
-
-    while state.status is None and state.epoch < epochs:
-        if stop_after is not None and state.epoch >= stop_after:
-            log.info("stopping after epoch %d as asked (--stop-after); checkpoint %s", state.epoch, ckpt_path)
-            return {"status": "stopped", "epochs_run": state.epoch}
-        epoch, last_finite = state.epoch + 1, cpu_state(engine.model)
-        lr = engine.optimizer.param_groups[0]["lr"]
-        bar = _progress(epoch, epochs, steps_per_epoch(len(y_train), engine.batch_size))
-        tic = time.perf_counter()
-        order = epoch_order(len(y_train), seed, epoch, dev)
-        measured = train_epoch(engine, x_train, y_train, order, on_step=bar.update if bar is not None else None)
-        measured |= validate_epoch(engine, x_val, y_val)
-        row = _history_row(epoch, lr, time.perf_counter() - tic, measured)
-        _log_epoch(row, epochs, bar)
-        state.history.append(row)
-        state.epoch = epoch
-        _end_of_epoch(state, row, engine, es, last_finite)
-        state.wall_seconds = wall_before + time.perf_counter() - started
-        _save_checkpoint(ckpt_path, key, seed, state, engine)
-        if on_epoch is not None:
-            on_epoch(row)
-
-    _finish(state, engine.model, epochs)
-    result = _result(state, engine.model, dev, seed, wall_before + time.perf_counter() - started)
-    _write_outputs(out_dir, recipe, state, engine.model, init_path, result)
-    return result
+    """One run: :func:`train_runs` for the single ``(seed, out_dir, checkpoint_dir)``; returns its train.json."""
+    return train_runs(
+        data_dir,
+        recipe,
+        [(seed, out_dir, checkpoint_dir)],
+        device=device,
+        threads=threads,
+        stop_after=stop_after,
+        compile=compile,
+        on_epoch={seed: on_epoch},
+    )[0]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -586,26 +843,35 @@ def load_recipe(text: str) -> dict[str, Any]:
     return recipe
 
 
-def _live_tracking(spec: str, recipe: Mapping[str, Any], seed: int):
-    """``tracking.live_run`` for ``--track SPEC``; a null context without it.
+def run_path(template: str, seed: int, n_seeds: int, option: str) -> str:
+    """``template`` with ``{seed}`` replaced by ``seed``; without ``{seed}``, the path itself for a single seed."""
+    if "{seed}" in template:
+        return template.replace("{seed}", str(seed))
+    if n_seeds > 1:
+        raise ValueError(f"{option}: {template!r} needs {{seed}} in it to keep the runs of several seeds apart")
+    return template
+
+
+def _live_tracking(stack: contextlib.ExitStack, spec: str, recipe: Mapping[str, Any], seeds: Sequence[int]):
+    """``{seed: tracking.live_run hook}`` for ``--track SPEC`` (entered on ``stack``); {} without it.
 
     Imported here (MLflow's imports only when tracking); not a code input of the train jobs
     (``ablationlab.stages.EXCLUDED``): live logging never changes a run's files.
     """
     if not spec.strip():
-        return contextlib.nullcontext()
+        return {}
     from ablationlab import tracking
 
-    return tracking.live_run(spec, recipe=complete(recipe), seed=seed)
+    return {seed: stack.enter_context(tracking.live_run(spec, recipe=complete(recipe), seed=seed)) for seed in seeds}
 
 
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ablationlab train",
-        description="Train one experiment (a recipe) for one seed on prepared data. Writes recipe.json, "
-        "history.csv, train.json, weights_init.pt and weights.pt to --out; checkpoints every epoch "
-        "to --checkpoint-dir/last.pt and resumes from it when re-run with the same recipe and seed. "
-        "A diverging run (non-finite loss) is a result: status 'diverged', exit code 0.",
+        description="Train one experiment (a recipe) for one or several seeds on prepared data, in one process. "
+        "Writes recipe.json, history.csv, train.json, weights_init.pt, weights.pt and weights_best.pt to each "
+        "run's --out; checkpoints every epoch to its --checkpoint-dir/last.pt and resumes from it when re-run "
+        "with the same recipe and seed. A diverging run (non-finite loss) is a result: status 'diverged', exit 0.",
     )
     parser.add_argument("--data", required=True, help="prepared data directory (from `prepare`)")
     parser.add_argument(
@@ -613,9 +879,21 @@ def cli(argv: list[str] | None = None) -> int:
         required=True,
         help="recipe as inline JSON or a JSON file; missing keys take the defaults (docs/contracts.md)",
     )
-    parser.add_argument("--seed", type=int, required=True, help="random seed (weights init, shuffling, augmentation)")
-    parser.add_argument("--out", required=True, help="run directory to write the outputs to")
-    parser.add_argument("--checkpoint-dir", required=True, help="directory for last.pt (resume point)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        required=True,
+        dest="seeds",
+        metavar="SEED",
+        help="random seed(s) (weights init, shuffling, augmentation): one run per seed",
+    )
+    parser.add_argument(
+        "--out", required=True, help="run directory to write the outputs to; {seed} in it stands for each seed"
+    )
+    parser.add_argument(
+        "--checkpoint-dir", required=True, help="directory for last.pt (resume point); {seed} as in --out"
+    )
     parser.add_argument(
         "--device",
         default="auto",
@@ -623,6 +901,13 @@ def cli(argv: list[str] | None = None) -> int:
         "CUDA_VISIBLE_DEVICES (default: auto)",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--together",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="train the seeds at once, their steps interleaved (on CUDA each on its own stream) or one after "
+        "another; auto: at once on CUDA only (default: auto)",
+    )
     parser.add_argument(
         "--stop-after",
         type=int,
@@ -641,20 +926,29 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--evaluate",
         action="store_true",
-        help="then evaluate the run on the test split in this process, as `python -m ablationlab "
-        "evaluate --run OUT` does (one process start per run instead of two)",
+        help="then evaluate each run on the test split in this process, as `python -m ablationlab "
+        "evaluate --run OUT` does (one process start per experiment instead of one per run and stage)",
     )
     args = parser.parse_args(argv)
     io.configure_logging()
     try:
         recipe = load_recipe(args.recipe)
-        with _live_tracking(args.track, recipe, args.seed) as on_epoch:
-            options = {k: getattr(args, k) for k in ("checkpoint_dir", "device", "threads", "stop_after", "compile")}
-            result = train(args.data, recipe, args.seed, args.out, **options, on_epoch=on_epoch)
-        if args.evaluate and result["status"] != "stopped":  # one process start per run instead of two
-            evaluate.evaluate(args.data, args.out, device=args.device)
+        n = len(args.seeds)
+        runs = [
+            (s, run_path(args.out, s, n, "--out"), run_path(args.checkpoint_dir, s, n, "--checkpoint-dir"))
+            for s in args.seeds
+        ]
+        together = {"auto": None, "yes": True, "no": False}[args.together]
+        with contextlib.ExitStack() as stack:
+            hooks = _live_tracking(stack, args.track, recipe, args.seeds)
+            options = {k: getattr(args, k) for k in ("device", "threads", "stop_after", "compile")}
+            results = train_runs(args.data, recipe, runs, **options, together=together, on_epoch=hooks)
+        done = [out for (_, out, _), result in zip(runs, results) if result["status"] != "stopped"]
+        if args.evaluate and done:
+            evaluate.evaluate_runs(args.data, done, device=args.device)
     except (ValueError, data.DataError) as exc:
         log.error("%s", exc)
         return 2
-    print(json.dumps({"status": result["status"], "epochs_run": result["epochs_run"]}))
+    for seed, result in zip(args.seeds, results):
+        print(json.dumps({"seed": seed, "status": result["status"], "epochs_run": result["epochs_run"]}))
     return 0
