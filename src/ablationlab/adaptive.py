@@ -28,15 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ablationlab import io, stats, summarize
+from ablationlab.layout import seed_sequence
 
 PROCEDURE = "Bonferroni split over planned looks"
 DECIDED = ("significant", "no_effect")
-
-
-def seed_sequence(seeds: list[int], max_seeds: int) -> list[int]:
-    """The study's seeds, then the integers after the largest, ``max_seeds`` in all."""
-    extra = range(max(seeds) + 1, max(seeds) + 1 + max(max_seeds - len(seeds), 0))
-    return list(seeds) + list(extra)
 
 
 def assess(study: Mapping[str, Any], accuracy: Mapping[str, Mapping[int, float]]) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ from ablationlab import diagnostics, io
 from ablationlab import stats as seed_stats
 from ablationlab.credentials import redact
 from ablationlab.keypath import flatten
+from ablationlab.layout import job_log, stem_seeds
 from ablationlab.provenance import git_commit
 
 log = logging.getLogger(__name__)
@@ -703,11 +704,11 @@ def _load_runs(
         if experiment not in known:
             raise TrackingError(f"run {run_dir}: experiment {experiment!r} is not in the study table")
         data = _read_run(run_dir)
-        log_file = logs_dir / experiment / f"{run_dir.name}.log" if logs_dir is not None else None
+        seeds = stem_seeds(run_dir.name)
         data.update(
             dir=run_dir,
             digest=files_digest(run_dir),
-            log=log_file if log_file is not None and log_file.is_file() else None,
+            log=job_log(logs_dir, experiment, seeds[0]) if logs_dir is not None and seeds else None,
         )
         by_experiment.setdefault(experiment, []).append(data)
     return by_experiment
@@ -968,7 +969,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run directories to track, results/runs/{experiment}/seed{n}",
     )
     p.add_argument("--summary", dest="summary_dir", help="folder with experiments.csv [and diagnostics.csv]")
-    p.add_argument("--logs", dest="logs_dir", help="train logs, {logs}/{experiment}/seed{n}.log (attached)")
+    p.add_argument("--logs", dest="logs_dir", help="train job logs, {logs}/{experiment}/seed<seeds>.log (attached to each run they trained)")
     p.add_argument("--out", required=True, help="the MLflow experiment's record, results/mlflow.json")
     p.add_argument("--record", required=True, help="one row per run, results/summary/mlflow.csv")
     return parser

@@ -35,6 +35,7 @@ envvars:
 import ablationlab
 from ablationlab import data as abl_data
 from ablationlab import io as abl_io
+from ablationlab.layout import job_stem, seed_blocks as abl_seed_blocks
 from ablationlab import schema as abl_schema
 from ablationlab import stages as abl_stages
 from ablationlab import study as abl_study
@@ -85,7 +86,8 @@ MLFLOW_INFO = "results/mlflow.json"
 MLFLOW_RECORD = f"{SUMMARY_DIR}/mlflow.csv"
 REPORT_HTML = "reports/report.html"
 REPORT_PDF = "reports/report.pdf"
-# the train jobs' logs and benchmarks (wall time): <folder>/<experiment>/seed<n>.log|tsv
+# the train jobs' logs and benchmarks (wall time): <folder>/<experiment>/seed<seeds>.log|tsv,
+# one per job, which trains a block of seeds (seed0-1-2: ablationlab.layout.job_stem)
 TRAIN_LOGS = "results/logs/train"
 TRAIN_BENCHMARKS = "results/benchmarks/train"
 
@@ -107,6 +109,7 @@ TRAIN_FILES = [
     "train.json",
     "weights_init.pt",
     "weights.pt",
+    "weights_best.pt",
 ]
 EVALUATE_FILES = [
     "metrics.json",
@@ -258,6 +261,18 @@ def weights_digest(wildcards):
 # adaptive seeding (adaptive.smk): each experiment's seeds come from the last look
 ADAPTIVE = "adaptive" in STUDY.experiments
 SEED_PLAN = "results/adaptive/seeds.json"
+
+
+def seed_blocks():
+    """The blocks of seeds one train job trains: the study's seeds, then each block that adaptive
+    seeding may add (ablationlab.layout.seed_blocks)."""
+    return abl_seed_blocks(SEEDS, STUDY.experiments.get("adaptive"))
+
+
+def train_jobs(exp):
+    """The file stems of the train jobs of experiment `exp`: one per block of its seeds."""
+    seeds = set(experiment_seeds(exp))
+    return [job_stem(b) for b in seed_blocks() if set(b) <= seeds]
 
 
 def experiment_seeds(exp):

@@ -93,11 +93,11 @@ rule render_report:
         figures=FIGURE_FILES,
         manifest=FIGURE_MANIFEST,
         meta=data_files(["meta.json"]),
-        # wall time per job: results/benchmarks/train/<experiment>/seed<n>.tsv
+        # wall time per train job: results/benchmarks/train/<experiment>/seed<seeds>.tsv
         benchmarks=lambda wildcards: [
-            f"{TRAIN_BENCHMARKS}/{exp}/seed{seed}.tsv"
+            f"{TRAIN_BENCHMARKS}/{exp}/{stem}.tsv"
             for exp in EXPERIMENTS
-            for seed in experiment_seeds(exp)
+            for stem in train_jobs(exp)
         ],
         seeds=[SEED_PLAN] if ADAPTIVE else [],
         code=library("report"),

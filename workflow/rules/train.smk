@@ -1,71 +1,81 @@
-"""One train rule per group (train_baseline, train_<group>, ...) and a target rule per group.
+"""One train rule per group and block of seeds (train_<group>, train_<group>_more<j>) and a
+target rule per group.
 
-A train job also evaluates its run on the test split, in the same process (`train
---evaluate`): one Python + torch start-up per run instead of two. Its code inputs are
-therefore the train and the evaluate modules: editing evaluate.py re-runs the train jobs.
-Each group gets its own resources (resources.<group> in the config), logs and benchmarks;
-`snakemake <group>` trains and evaluates just that group. Every job receives its
-experiment's resolved recipe as params (canonical JSON), so changing a recipe re-runs
-exactly that experiment's jobs. Checkpoints (results/checkpoints/...) are not declared
-outputs: an interrupted job resumes from them (--rerun-incomplete); a job re-run for its
-evaluation only (evaluate.py, test images) resumes at the last epoch and trains nothing.
+A train job trains every seed of its block for one experiment in one process (`train --seed
+0 1 2 --evaluate`): one Python + torch start-up, one data load, one CUDA context per
+experiment instead of per run; on a GPU its seeds train at once. The block is the study's
+seeds (train_<group>) or, with adaptive seeding, one of the blocks of `adaptive.step` seeds
+that the looks may add (train_<group>_more<j>: seed_blocks() in common.smk), so an added block
+trains only its own seeds. Every run keeps its own output files, so Snakemake sees each run;
+the seeds of a block are named in the outputs, not as a wildcard. The job also evaluates each
+run on the test split, in the same process: its code inputs are the train and the evaluate
+modules. Each group gets its own resources (resources.<group> in the config), logs and
+benchmarks; `snakemake <group>` trains and evaluates just that group. Every job receives its
+experiment's resolved recipe as params (canonical JSON), so changing a recipe re-runs exactly
+that experiment's jobs. Checkpoints (results/checkpoints/...) are not declared outputs: an
+interrupted job resumes every run from its own checkpoint (--rerun-incomplete), and a job
+re-run with runs already trained (a seed added to the block, evaluate.py edited, new test
+images) resumes them at their last epoch and trains nothing but the new runs.
 """
 
 for group in GROUPS:
+    for block, block_seeds in enumerate(seed_blocks()):
 
-    rule:
-        name:
-            f"train_{group}"
-        input:
-            data=data_files(
-                ["meta.json", "train_x.pt", "train_y.pt", "val_x.pt", "val_y.pt"]
-            ),
-            test_data=data_files(["test_x.pt", "test_y.pt"]),
-            code=library("train"),  # evaluate.py too: train --evaluate imports it
-            weights=weights_file,
-            gpu_slot=ancient(GPU_SLOT),
-        output:
-            expand(
-                f"{RUN_DIR}/{{name}}",
-                name=TRAIN_FILES + EVALUATE_FILES,
-                allow_missing=True,
-            ),
-        log:
-            f"{TRAIN_LOGS}/{{experiment}}/seed{{seed}}.log",
-        benchmark:
-            f"{TRAIN_BENCHMARKS}/{{experiment}}/seed{{seed}}.tsv"
-        wildcard_constraints:
-            experiment=experiment_regex(GROUP_EXPERIMENTS[group]),
-        conda:
-            ENV
-        threads: group_resource(group, "threads", CONFIG["threads"])
-        resources:
-            gpu=gpu_resource(group),
-            gpu_model=gpu_model(group),
-            gpu_count=gpus(group),
-            jobs_per_gpu=jobs_per_gpu(group),
-            mem_mb=group_resource(group, "mem_mb", 4000),
-            runtime=group_resource(group, "runtime", 120),
-        params:
-            recipe=recipe_json,
-            data=data_version("train", "val"),
-            test_data=data_version("test"),
-            weights=weights_digest,
-            data_dir=input_folder("data"),
-            run_dir=RUN_DIR,
-            checkpoints="results/checkpoints/{experiment}/seed{seed}",
-            device=CONFIG["device"],
-            compile=["--compile"] if CONFIG["compile"] else [],
-            # live MLflow logging (tracking.live / system_metrics): not compared between
-            # runs, so switching it on or off re-trains nothing (track.smk)
-            track=lambda wildcards: TRACK_LIVE[wildcards.experiment],
-        shell:
-            "python {input.gpu_slot:q} {resources.gpu_count} --jobs-per-gpu {resources.jobs_per_gpu} --"
-            " python -m ablationlab train --data {params.data_dir:q} --recipe {params.recipe:q}"
-            " --seed {wildcards.seed} --out {params.run_dir:q}"
-            " --checkpoint-dir {params.checkpoints:q} --device {params.device:q} --threads {threads} {params.compile}"
-            " --track={params.track:q} --evaluate"
-            " > {log:q} 2>&1"
+        rule:
+            name:
+                f"train_{group}" + (f"_more{block}" if block else "")
+            input:
+                data=data_files(
+                    ["meta.json", "train_x.pt", "train_y.pt", "val_x.pt", "val_y.pt"]
+                ),
+                test_data=data_files(["test_x.pt", "test_y.pt"]),
+                code=library("train"),  # evaluate.py too: train --evaluate imports it
+                weights=weights_file,
+                gpu_slot=ancient(GPU_SLOT),
+            output:
+                [
+                    f"{RUNS_ROOT}/{{experiment}}/seed{seed}/{name}"
+                    for seed in block_seeds
+                    for name in TRAIN_FILES + EVALUATE_FILES
+                ],
+            log:
+                f"{TRAIN_LOGS}/{{experiment}}/{job_stem(block_seeds)}.log",
+            benchmark:
+                f"{TRAIN_BENCHMARKS}/{{experiment}}/{job_stem(block_seeds)}.tsv"
+            wildcard_constraints:
+                experiment=experiment_regex(GROUP_EXPERIMENTS[group]),
+            conda:
+                ENV
+            threads: group_resource(group, "threads", CONFIG["threads"])
+            resources:
+                gpu=gpu_resource(group),
+                gpu_model=gpu_model(group),
+                gpu_count=gpus(group),
+                jobs_per_gpu=jobs_per_gpu(group),
+                mem_mb=group_resource(group, "mem_mb", 4000),
+                runtime=group_resource(group, "runtime", 120),
+            params:
+                recipe=recipe_json,
+                data=data_version("train", "val"),
+                test_data=data_version("test"),
+                weights=weights_digest,
+                data_dir=input_folder("data"),
+                seeds=block_seeds,
+                # {seed} stands for each seed of the block (train --out/--checkpoint-dir)
+                run_dirs=f"{RUNS_ROOT}/{{experiment}}/seed{{{{seed}}}}",
+                checkpoints="results/checkpoints/{experiment}/seed{{seed}}",
+                device=CONFIG["device"],
+                compile=["--compile"] if CONFIG["compile"] else [],
+                # live MLflow logging (tracking.live / system_metrics): not compared between
+                # runs, so switching it on or off re-trains nothing (track.smk)
+                track=lambda wildcards: TRACK_LIVE[wildcards.experiment],
+            shell:
+                "python {input.gpu_slot:q} {resources.gpu_count} --jobs-per-gpu {resources.jobs_per_gpu} --"
+                " python -m ablationlab train --data {params.data_dir:q} --recipe {params.recipe:q}"
+                " --seed {params.seeds} --out {params.run_dirs:q}"
+                " --checkpoint-dir {params.checkpoints:q} --device {params.device:q} --threads {threads} {params.compile}"
+                " --track={params.track:q} --evaluate"
+                " > {log:q} 2>&1"
 
     rule:
         name:
