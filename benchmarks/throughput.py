@@ -5,12 +5,14 @@ data (default 5000 images 3×32×32, 10 classes) and prints images/s of
 
 (a) ``library``: ``ablationlab.train.train_epoch`` — the very loop ``train()`` runs: uint8
     data on the device, randperm index slices, per-image random crop (padding 4) +
-    horizontal flip, standardization, :func:`ablationlab.train.train_step`;
+    horizontal flip, standardization, :func:`ablationlab.train.train_step` (on CUDA each step one
+    CUDA graph replay, :mod:`ablationlab.cuda_graph`);
 (b) ``naive``: what the seeds did — PIL images, ``transforms.Compose([RandomCrop(32, 4),
     RandomHorizontalFlip(), ToTensor(), Normalize])``, ``DataLoader(num_workers=2,
     shuffle=True)`` and a plain forward/backward/step loop;
 (c) ``compute``: :func:`ablationlab.train.train_step` on batches prepared in advance
-    (no indexing, no augmentation): the bound a data pipeline can at best reach.
+    (no indexing, no augmentation; on CUDA captured the same way): the bound a data pipeline
+    can at best reach.
 
 Each measurement trains a freshly initialised model for ``--batches`` batches (after a
 short warm-up; the naive loader's worker start-up is timed, as it is paid every epoch);
@@ -36,44 +38,70 @@ from torchvision import transforms
 
 from ablationlab import device as devices
 from ablationlab.recipe import complete
-from ablationlab.train import epoch_order, seed_everything, setup, steps_per_epoch, train_epoch, train_step
+from ablationlab.cuda_graph import CapturedStep
+from ablationlab.train import (
+    capture_steps,
+    epoch_order,
+    seed_everything,
+    setup,
+    steps_per_epoch,
+    train_epoch,
+    train_step,
+)
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 META = {"channels": 3, "height": 32, "width": 32, "num_classes": 10, "mean": MEAN, "std": STD}
 WARMUP_BATCHES = 5
 
 
-def make_engine(recipe, n, dev):
+def make_engine(recipe, x, y, dev):
+    """A fresh engine for ``recipe`` and the data on ``dev`` (the library's setup, seed 0): what every mode trains."""
     seed_everything(0)
-    return setup(recipe, META, n, dev)
+    return setup(recipe, META, len(y), dev), x.to(dev), y.to(dev)
 
 
 def bench_library(recipe, x, y, dev, batches: int) -> float:
-    engine = make_engine(recipe, len(y), dev)
-    x, y = x.to(dev), y.to(dev)
+    """The library's training loop, as ``train()`` runs it (a CUDA graph per step where it can)."""
+    engine, x, y = make_engine(recipe, x, y, dev)
+    capture_steps(engine, x, y)
     bs = engine.batch_size
     train_epoch(engine, x, y, epoch_order(len(y), 0, 0, dev)[: WARMUP_BATCHES * bs])
     return train_epoch(engine, x, y, epoch_order(len(y), 0, 1, dev)[: batches * bs])["images_per_s"]
 
 
 def bench_compute(recipe, x, y, dev, batches: int) -> float:
-    engine = make_engine(recipe, len(y), dev)
+    """:func:`train_step` alone on batches preprocessed in advance (on CUDA as one graph replay per step,
+    fed through a static buffer, as the library's steps are): the bound a data pipeline can at best reach."""
+    engine, x, y = make_engine(recipe, x, y, dev)
     bs = engine.batch_size
     order = epoch_order(len(y), 0, 1, dev)
-    ready = [
-        (engine.preprocess(x[order[i * bs : (i + 1) * bs]].to(dev)), y[order[i * bs : (i + 1) * bs]].to(dev))
-        for i in range(min(batches, steps_per_epoch(len(y), bs)))
-    ]
+    steps = min(batches, steps_per_epoch(len(y), bs))
+    inputs = torch.stack([engine.preprocess(x[order[i * bs : (i + 1) * bs]]) for i in range(steps)])
+    targets = torch.stack([y[order[i * bs : (i + 1) * bs]] for i in range(steps)])
+    static_in, static_t = inputs[0].clone(), targets[0].clone()
+
+    def body():
+        loss, correct = train_step(engine, static_in, static_t)
+        engine.loss_sum += loss
+        engine.correct += correct
+
+    step = body
+    if engine.eager_reason is None:  # CUDA: the same capture as the library's steps
+        step = CapturedStep(body, engine.model, engine.optimizer, [engine.loss_sum, engine.correct])
     engine.model.train()
-    for inputs, targets in ready[:WARMUP_BATCHES]:
-        train_step(engine, inputs, targets)
-    seen, correct = 0, torch.zeros((), dtype=torch.long, device=dev)
+
+    def run(i: int) -> None:
+        static_in.copy_(inputs[i], non_blocking=True)
+        static_t.copy_(targets[i], non_blocking=True)
+        step()
+
+    for i in range(min(WARMUP_BATCHES, steps)):
+        run(i)
     start = time.perf_counter()
-    for inputs, targets in ready:
-        correct += train_step(engine, inputs, targets)[1]
-        seen += len(targets)
-    correct.item()  # wait for the device
-    return seen / (time.perf_counter() - start)
+    for i in range(steps):
+        run(i)
+    engine.correct.item()  # wait for the device
+    return steps * bs / (time.perf_counter() - start)
 
 
 class PILDataset(Dataset):
@@ -101,7 +129,7 @@ def bench_naive(recipe, x, y, dev, batches: int) -> float:
         ]
     )
     dataset = PILDataset(x, y, transform)
-    engine = make_engine(recipe, len(y), dev)
+    engine, _, _ = make_engine(recipe, x, y, dev)
     model, optimizer = engine.model, engine.optimizer
     model.train()
     loader = DataLoader(dataset, batch_size=recipe["batch_size"], shuffle=True, num_workers=2)
@@ -135,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.images < args.batch_size:
+        parser.error(f"--images {args.images} is smaller than one batch of {args.batch_size}")
     dev = devices.pick(args.device)
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=generator)

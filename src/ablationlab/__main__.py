@@ -14,7 +14,7 @@ import threading
 
 COMMANDS = {
     "prepare": ("ablationlab.data", "download a dataset and write uint8 tensors + meta.json"),
-    "train": ("ablationlab.train", "train one experiment for one seed"),
+    "train": ("ablationlab.train", "train one experiment for one or several seeds"),
     "evaluate": ("ablationlab.evaluate", "evaluate a trained run on the test split"),
     "adaptive": ("ablationlab.adaptive", "one look of adaptive seeding: verdicts so far, the next seeds"),
     "summarize": ("ablationlab.summarize", "aggregate runs into runs.csv / experiments.csv"),

@@ -57,7 +57,9 @@ def autocast(device: torch.device):
     dtype = amp_dtype(device)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    # no cast cache: a training step may be captured as a CUDA graph (ablationlab.cuda_graph), which
+    # PyTorch asks to autocast without it; each weight is used once per forward, so nothing is lost
+    return torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=False)
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:

@@ -1,24 +1,38 @@
-"""Diagnostics of the training curves: overfitting, instability, under-fitting, divergence.
+"""Diagnostics of the training curves: overfitting, a noisy end of training, under-fitting, divergence.
 
 Pure functions over a run's ``history.csv`` (columns ``epoch``, ``train_loss``,
 ``train_acc``, ``val_loss``, ``val_acc``, ...) and over an experiment's seeds. Each
-experiment gets the numbers behind the reading (means over its seeds), the flags they
-raise, and one or two plain sentences that say what they mean for the verdict.
-:func:`diagnose` builds ``results/summary/diagnostics.csv`` (written by ``summarize``)::
+experiment gets the numbers behind the reading, the flags they raise, and plain sentences
+that say what they mean for the verdict. :func:`diagnose` builds
+``results/summary/diagnostics.csv`` (written by ``summarize``)::
 
-    experiment, val_loss_min_epoch, last_epoch, overfit_gap, train_val_acc_gap,
-    val_acc_swing, last_vs_best_acc, flags, reading
+    experiment, val_loss_min_epoch, last_epoch, overfit_gap, train_val_acc_gap, val_acc_swing,
+    late_swing, noise_floor, last_vs_best_acc, val_loss_trend, flags, reading
+
+A noisy end of training is told from noise by two yardsticks (:func:`flags`): the validation
+accuracy's largest back-and-forth over the last epochs (``late_swing``, beyond their trend, seed
+mean) and the last epoch's shortfall from the best one are compared with the effect being
+judged (the experiment's |Δ| against its reference, at least ``statistics.min_effect``) and
+with the validation set's own sampling noise (``noise_floor``: two binomial standard errors of
+its accuracy, so a small validation set's one-image jumps raise nothing). Above both, the
+last-epoch number is a lottery ticket for this comparison: the reading names the likely causes
+found in the recipe (a partial last batch, a constant learning rate, BatchNorm on tiny
+batches) and what to do. "Still improving" needs a trend, not one lucky epoch: the seed-mean
+validation loss of the last epochs falls by at least ``STILL_FALLING`` per epoch, significantly
+(least-squares slope, p < 0.05).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as _st
 
 COLUMNS = [
     "experiment",
@@ -27,7 +41,10 @@ COLUMNS = [
     "overfit_gap",
     "train_val_acc_gap",
     "val_acc_swing",
+    "late_swing",
+    "noise_floor",
     "last_vs_best_acc",
+    "val_loss_trend",
     "flags",
     "reading",
 ]
@@ -39,19 +56,33 @@ NUMBERS = (
     "overfit_rise",
     "train_val_acc_gap",
     "val_acc_swing",
+    "late_swing",
     "last_vs_best_acc",
     "train_acc_last",
-    "val_loss_last_drop",
+    "val_acc_last",
 )
 
 # Thresholds (accuracies as fractions, losses in the loss's own units)
 OVERFIT_MIN_EPOCHS_AFTER = 2  # a validation-loss minimum only 1 epoch before the end is noise, not a trend
 OVERFIT_LOSS_RISE = 0.10  # val loss ≥ 10 % above its minimum at the end: a rise larger than epoch-to-epoch jitter
 OVERFIT_ACC_GAP = 0.05  # train accuracy ≥ 5 pp above val accuracy at the end: the model memorises the train split
-UNSTABLE_SWING = 0.03  # val acc moving back and forth ≥ 3 pp per epoch: larger than the effects most ablations seek
-UNSTABLE_LAST_VS_BEST = 0.03  # last epoch ≥ 3 pp below the best: the last-epoch score depends on where training stopped
+LATE_EPOCHS = 5  # "the last epochs": the last 5 epoch-to-epoch moves (epochs 5–10 of 10)
+NOISE_SE = 2.0  # the validation set's noise floor: this many binomial standard errors of its accuracy
 UNDERFIT_TRAIN_ACC = 0.60  # a CNN that fits < 60 % of its own training images has not learnt the task yet
-UNDERFIT_STILL_FALLING = 0.05  # val loss still fell ≥ 5 % in the last epoch: training stopped mid-descent
+STILL_FALLING = 0.02  # seed-mean val loss still falling ≥ 2 % per epoch over the last epochs: mid-descent
+TREND_P = 0.05  # ... and that fall is a trend (least-squares slope), not one lucky epoch
+SMALL_BN_BATCH = 16  # BatchNorm statistics of ≤ 16 images move with every batch
+
+
+@dataclass
+class Context:
+    """What an experiment's curves are read against: the effect judged and where noise may come from."""
+
+    delta: float | None = None  # Δ test accuracy vs the reference (None: not compared)
+    min_effect: float = 0.01  # the smallest effect worth detecting (statistics.min_effect)
+    n_val: int | None = None  # validation images
+    recipe: Mapping[str, Any] | None = None
+    partial_batch: int = 0  # images in each epoch's partial last step (0: none)
 
 
 def _finite(history: pd.DataFrame) -> pd.DataFrame:
@@ -66,28 +97,61 @@ def run_numbers(history: pd.DataFrame) -> dict[str, float]:
     ``val_loss_min_epoch``, ``last_epoch``, ``overfit_gap`` (val loss at the end − its minimum),
     ``overfit_rise`` (the same relative to the minimum), ``train_val_acc_gap`` (train − val accuracy
     at the end), ``val_acc_swing`` (mean |Δ val acc| epoch to epoch beyond the net change: the
-    back-and-forth, 0 for a curve that only climbs), ``last_vs_best_acc`` (best −
-    last val accuracy), ``train_acc_last``, ``val_loss_last_drop`` (relative fall of the val loss in
-    the last epoch).
+    back-and-forth, 0 for a curve that only climbs), ``late_swing`` (:func:`late_swing`: the largest
+    back-and-forth of the last ``LATE_EPOCHS`` moves), ``last_vs_best_acc`` (best − last val
+    accuracy), ``train_acc_last``, ``val_acc_last``.
     """
     h = _finite(history)
     if h.empty:
         return dict.fromkeys(NUMBERS, math.nan)
     loss, acc, last = h["val_loss"].to_numpy(float), h["val_acc"].to_numpy(float), h.iloc[-1]
-    low = float(loss.min())
+    low, moves = float(loss.min()), np.abs(np.diff(acc))
     return {
         "val_loss_min_epoch": float(h["epoch"].iloc[int(loss.argmin())]),
         "last_epoch": float(last["epoch"]),
         "overfit_gap": float(loss[-1] - low),
         "overfit_rise": float((loss[-1] - low) / low) if low > 0 else math.nan,
         "train_val_acc_gap": float(last["train_acc"] - last["val_acc"]),
-        "val_acc_swing": float((np.abs(np.diff(acc)).sum() - abs(acc[-1] - acc[0])) / (len(acc) - 1))
-        if len(acc) > 1
-        else math.nan,
+        "val_acc_swing": float((moves.sum() - abs(acc[-1] - acc[0])) / len(moves)) if len(moves) else math.nan,
+        "late_swing": late_swing(acc),
         "last_vs_best_acc": float(acc.max() - acc[-1]),
         "train_acc_last": float(last["train_acc"]),
-        "val_loss_last_drop": float((loss[-2] - loss[-1]) / loss[-2]) if len(loss) > 1 and loss[-2] > 0 else math.nan,
+        "val_acc_last": float(last["val_acc"]),
     }
+
+
+def late_swing(val_acc: np.ndarray) -> float:
+    """The largest back-and-forth of validation accuracy over the last ``LATE_EPOCHS`` epoch-to-epoch moves:
+    the largest deviation of one move from their mean (the trend), so a steady climb swings by 0 and a
+    zig-zag by its size (nan with fewer than two epochs)."""
+    moves = np.diff(np.asarray(val_acc, dtype=float))[-LATE_EPOCHS:]
+    return float(np.abs(moves - moves.mean()).max()) if len(moves) else math.nan
+
+
+def val_loss_trend(histories: Sequence[pd.DataFrame]) -> tuple[float, float]:
+    """(relative change per epoch, p-value) of the seed-mean validation loss over the last ``LATE_EPOCHS`` + 1
+    epochs: the least-squares slope over the mean level (nan, nan with fewer than 3 such epochs)."""
+    curves = [_finite(h).set_index("epoch")["val_loss"] for h in histories]
+    if not curves:
+        return math.nan, math.nan
+    mean = pd.concat(curves, axis=1).dropna().mean(axis=1).tail(LATE_EPOCHS + 1)
+    if len(mean) < 3 or mean.mean() <= 0 or mean.nunique() < 2:
+        return math.nan, math.nan
+    fit = _st.linregress(mean.index.to_numpy(float), mean.to_numpy(float))
+    return float(fit.slope / mean.mean()), float(fit.pvalue)
+
+
+def noise_floor(val_acc: float, n_val: int | None) -> float:
+    """``NOISE_SE`` binomial standard errors of a validation accuracy ``val_acc`` on ``n_val`` images (0 unknown)."""
+    if not n_val or math.isnan(val_acc):
+        return 0.0
+    return NOISE_SE * math.sqrt(max(val_acc * (1 - val_acc), 0.0) / n_val)
+
+
+def yardstick(context: Context) -> float:
+    """The effect a noisy end is measured against: |Δ| of the comparison, at least the smallest worth detecting."""
+    return max(abs(context.delta) if context.delta is not None and math.isfinite(context.delta) else 0.0,
+               context.min_effect)
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -95,17 +159,19 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def flags(numbers: dict[str, float], n_diverged: int = 0) -> list[str]:
-    """The flags the (seed-mean) ``numbers`` raise, in :data:`FLAGS` order."""
+def flags(numbers: dict[str, float], context: Context, n_diverged: int = 0) -> list[str]:
+    """The flags the experiment's ``numbers`` (:func:`experiment_numbers`) raise, in :data:`FLAGS` order."""
     out = []
     after = numbers["last_epoch"] - numbers["val_loss_min_epoch"]
     if after >= OVERFIT_MIN_EPOCHS_AFTER and (
         numbers["overfit_rise"] >= OVERFIT_LOSS_RISE or numbers["train_val_acc_gap"] >= OVERFIT_ACC_GAP
     ):
         out.append("overfitting")
-    if numbers["val_acc_swing"] >= UNSTABLE_SWING or numbers["last_vs_best_acc"] >= UNSTABLE_LAST_VS_BEST:
+    limit = max(yardstick(context), numbers["noise_floor"])
+    if numbers["late_swing"] > limit or numbers["last_vs_best_acc"] > limit:
         out.append("unstable")
-    if numbers["train_acc_last"] < UNDERFIT_TRAIN_ACC or numbers["val_loss_last_drop"] >= UNDERFIT_STILL_FALLING:
+    still = numbers["val_loss_trend"] <= -STILL_FALLING and numbers["val_loss_trend_p"] < TREND_P
+    if numbers["train_acc_last"] < UNDERFIT_TRAIN_ACC or still:
         out.append("underfitting")
     if n_diverged:
         out.append("diverged")
@@ -120,7 +186,57 @@ def _epoch(x: float) -> str:
     return f"{x:g}" if x == int(x) else f"{x:.1f}"
 
 
-def reading(numbers: dict[str, float], found: Sequence[str], n_diverged: int = 0, n_seeds: int = 0) -> str:
+def causes(context: Context) -> list[tuple[str, str]]:
+    """(likely cause, what to do) pairs for a noisy end of training, read from the recipe."""
+    recipe, found = context.recipe or {}, []
+    if context.partial_batch:
+        found.append(
+            (
+                f"every epoch ends on one step over a partial batch of {context.partial_batch} images",
+                "set drop_last: true",
+            )
+        )
+    if recipe and recipe["scheduler"]["name"] == "none":
+        found.append(
+            (
+                f"a constant learning rate ({recipe['optimizer']['lr']:g}, no schedule)",
+                "let it decay (scheduler: cosine or step)",
+            )
+        )
+    if recipe and recipe["model"]["batch_norm"] and recipe["batch_size"] <= SMALL_BN_BATCH:
+        found.append(
+            (
+                f"BatchNorm statistics from batches of only {recipe['batch_size']} images",
+                "use larger batches or no BatchNorm",
+            )
+        )
+    return found
+
+
+def _noise_reading(numbers: dict[str, float], context: Context) -> str:
+    judged = (
+        f"the Δ of {_pp(abs(context.delta))} being judged"
+        if context.delta is not None and abs(context.delta) >= context.min_effect
+        else f"the smallest effect worth detecting ({_pp(context.min_effect)})"
+    )
+    found = causes(context)
+    why = (
+        "Likely causes: " + "; ".join(c for c, _ in found) + ". What to do: " + "; ".join(a for _, a in found) + ", "
+        if found
+        else "No cause stands out in the recipe. What to do: "
+    )
+    return (
+        f"Noisy end of training: validation accuracy still swings by up to {_pp(numbers['late_swing'])} over the "
+        f"last epochs and ends {_pp(numbers['last_vs_best_acc'])} below its best, more than {judged} and "
+        f"than the validation set's own noise ({_pp(numbers['noise_floor'])}): the last-epoch accuracy depends on "
+        f"where training stopped. {why}or compare the best epoch's test accuracy (test_acc_best) or stop early "
+        f"with restore_best."
+    )
+
+
+def reading(
+    numbers: dict[str, float], found: Sequence[str], context: Context, n_diverged: int = 0, n_seeds: int = 0
+) -> str:
     """Plain sentences with the numbers behind each flag and what it means for the verdict."""
     parts = []
     if "diverged" in found:
@@ -144,11 +260,7 @@ def reading(numbers: dict[str, float], found: Sequence[str], n_diverged: int = 0
             f"here are past their best, so early stopping could change this verdict."
         )
     if "unstable" in found:
-        parts.append(
-            f"Unstable: validation accuracy swings back and forth by {_pp(numbers['val_acc_swing'])} per "
-            f"epoch on average and ends {_pp(numbers['last_vs_best_acc'])} below its best; last-epoch accuracy is a "
-            f"noisy estimate here: compare best-epoch accuracy or use early stopping."
-        )
+        parts.append(_noise_reading(numbers, context))
     if "underfitting" in found and numbers["train_acc_last"] < UNDERFIT_TRAIN_ACC:
         parts.append(
             f"Under-fitting: training accuracy ends at only {numbers['train_acc_last'] * 100:.1f} %; more "
@@ -156,45 +268,61 @@ def reading(numbers: dict[str, float], found: Sequence[str], n_diverged: int = 0
         )
     elif "underfitting" in found:
         parts.append(
-            f"Still improving at the end: the validation loss fell by {numbers['val_loss_last_drop'] * 100:.0f}"
-            f" % in the last epoch (training accuracy {numbers['train_acc_last'] * 100:.1f} %); the verdict "
-            f"holds for this training budget, more epochs could change it."
+            f"Still improving at the end: the validation loss still falls by "
+            f"{-numbers['val_loss_trend'] * 100:.0f} % per epoch over the last epochs (training accuracy "
+            f"{numbers['train_acc_last'] * 100:.1f} %); the verdict holds for this training budget, more epochs "
+            f"could change it."
         )
     if not parts:
         parts.append(
             f"Curves look healthy: validation loss lowest at epoch {_epoch(numbers['val_loss_min_epoch'])} of "
-            f"{end}, validation accuracy swings back and forth by {_pp(numbers['val_acc_swing'])} per epoch; the "
-            f"last-epoch accuracy is a fair estimate."
+            f"{end}, validation accuracy swings by at most {_pp(numbers['late_swing'])} over the last epochs; "
+            f"the last-epoch accuracy is a fair estimate."
         )
     return " ".join(parts)
 
 
+def experiment_numbers(histories: Sequence[pd.DataFrame], context: Context) -> dict[str, float]:
+    """Seed means of :func:`run_numbers`, the validation loss trend and the validation set's noise floor."""
+    per_seed = [run_numbers(h) for h in histories]
+    numbers = {k: _mean(n[k] for n in per_seed) for k in NUMBERS}
+    numbers["val_loss_trend"], numbers["val_loss_trend_p"] = val_loss_trend(histories)
+    numbers["noise_floor"] = noise_floor(numbers["val_acc_last"], context.n_val)
+    return numbers
+
+
 def experiment_row(
-    experiment: str, histories: Sequence[pd.DataFrame | None], statuses: Sequence[str]
+    experiment: str,
+    histories: Sequence[pd.DataFrame | None],
+    statuses: Sequence[str],
+    context: Context | None = None,
 ) -> dict[str, Any]:
-    """One ``diagnostics.csv`` row: seed means of :func:`run_numbers` (over the seeds that did not diverge, when
-    there are any), flags and reading. ``histories`` (None: the run has none) and ``statuses`` are per seed, in
-    the same order."""
+    """One ``diagnostics.csv`` row: the numbers (over the seeds that did not diverge, when there are any),
+    flags and reading. ``histories`` (None: the run has none) and ``statuses`` are per seed, in the same order."""
+    context = context or Context()
     usable = [(h, s) for h, s in zip(histories, statuses) if h is not None]
     healthy = [h for h, s in usable if str(s) != "diverged"]
-    per_seed = [run_numbers(h) for h in (healthy or [h for h, _ in usable])]
-    numbers = {k: _mean(n[k] for n in per_seed) for k in NUMBERS}
+    numbers = experiment_numbers(healthy or [h for h, _ in usable], context)
     n_diverged = sum(str(s) == "diverged" for s in statuses)
-    found = flags(numbers, n_diverged) if healthy or not n_diverged else ["diverged"]  # no healthy curve to read
+    found = flags(numbers, context, n_diverged) if healthy or not n_diverged else ["diverged"]  # no healthy curve
     return {
         "experiment": experiment,
-        **{k: numbers[k] for k in COLUMNS[1:7]},
+        **{k: numbers[k] for k in COLUMNS[1:-2]},
         "flags": ";".join(found),
-        "reading": reading(numbers, found, n_diverged, len(statuses)),
+        "reading": reading(numbers, found, context, n_diverged, len(statuses)),
     }
 
 
-def diagnose(runs: pd.DataFrame, runs_dir: str | Path) -> pd.DataFrame:
+def diagnose(
+    runs: pd.DataFrame, runs_dir: str | Path, contexts: Mapping[str, Context] | None = None
+) -> pd.DataFrame:
     """``diagnostics.csv``: one row per experiment of the ``runs.csv`` table, in its order, from each run's
-    ``{runs_dir}/{experiment}/seed{n}/history.csv`` (a run without one is left out of the means)."""
+    ``{runs_dir}/{experiment}/seed{n}/history.csv`` (a run without one is left out), read against the
+    experiment's :class:`Context` in ``contexts`` (default: none)."""
     rows = []
     for experiment, mine in runs.groupby("experiment", sort=False):
         paths = [Path(runs_dir) / str(experiment) / f"seed{seed}" / "history.csv" for seed in mine["seed"]]
         histories = [pd.read_csv(p) if p.exists() else None for p in paths]
-        rows.append(experiment_row(str(experiment), histories, list(mine["status"])))
+        context = (contexts or {}).get(str(experiment))
+        rows.append(experiment_row(str(experiment), histories, list(mine["status"]), context))
     return pd.DataFrame(rows, columns=COLUMNS)

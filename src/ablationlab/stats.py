@@ -325,6 +325,16 @@ def compare(
     return out
 
 
+def paired_delta(variant: Mapping[int, float], reference: Mapping[int, float]) -> float:
+    """Δ as :func:`compare` measures it, without the test: the mean of the per-seed differences over the
+    shared seeds (at least two), else the difference of the means; nan without values on both sides."""
+    v, r = _finite(variant), _finite(reference)
+    shared = sorted(set(v) & set(r))
+    if len(shared) >= 2:
+        return mean([v[s] - r[s] for s in shared])
+    return mean(v.values()) - mean(r.values()) if v and r else math.nan
+
+
 def _adjust(pvalues: Sequence[float], adjust) -> list[float]:
     p = np.asarray([math.nan if v is None else float(v) for v in pvalues], dtype=float)
     out = np.full(p.shape, math.nan)

@@ -12,6 +12,10 @@ status             ``finished`` / ``early_stopped`` / ``diverged`` (from the run
 test_acc           test accuracy, fraction 0–1 (metrics.json)
 test_loss          test loss
 test_top5          top-5 accuracy (empty with ≤ 5 classes)
+test_acc_best      test accuracy of the best validation epoch's weights (weights_best.pt)
+test_loss_best     their test loss
+weights            which weights test_acc is of: ``last`` epoch's, or ``best`` (early
+                   stopping restored them)
 epochs_run         epochs trained (train.json)
 best_epoch         epoch of the best validation score
 best_val_acc       best validation accuracy, fraction 0–1
@@ -22,6 +26,8 @@ device             device the run trained on
 stop_reason        train.json ``stop_reason``
 params_total       all parameters, trainable or not
 torch_version      torch version of the training job
+partial_batch      images in each epoch's partial last step (0: full batches only)
+val_images         validation images
 =================  ==============================================================
 
 :func:`read_summary` adds ``mlflow_run_id``, ``mlflow_experiment_id`` and ``mlflow_url``
@@ -43,9 +49,14 @@ test_acc_mean/_std     mean and sample std (ddof=1) of test accuracy (0–1)
 test_acc_ci_low/_high  95 % t-interval of the mean test accuracy, cut to [0, 1]
 test_acc_min/_max      extremes over seeds
 test_loss_mean/_std/_min/_max   the same for test loss (empty if any loss is not finite)
+test_acc_best_mean/_std  the same for the best validation epoch's weights (test_acc_best)
+weights                which weights the verdict judges: ``last`` (the last epoch's, unless early
+                       stopping restores the best), ``best``, or ``mixed`` across seeds
 delta_acc              Δ test accuracy vs the reference, from ``test`` (paired: mean of the
                        per-seed differences over the shared seeds)
 delta_ci_low/_high     its confidence interval at 1 − alpha/looks (95 %), cut to [-1, 1]
+delta_acc_best         Δ of the best validation epoch's weights (same pairing): when it differs
+                       from delta_acc, the verdict depends on where training stopped
 p_value                raw two-sided p-value of ``test`` (n ≥ 2 a side, non-zero spread)
 test                   ``paired_t`` (≥ 2 shared seeds) or ``welch``; empty without a reference
 n_pairs                seeds both sides have a test result for
@@ -94,6 +105,9 @@ RUN_COLUMNS = [
     "test_acc",
     "test_loss",
     "test_top5",
+    "test_acc_best",
+    "test_loss_best",
+    "weights",
     "epochs_run",
     "best_epoch",
     "best_val_acc",
@@ -104,6 +118,8 @@ RUN_COLUMNS = [
     "stop_reason",
     "params_total",
     "torch_version",
+    "partial_batch",
+    "val_images",
 ]
 MLFLOW_COLUMNS = ["mlflow_run_id", "mlflow_experiment_id", "mlflow_url"]  # read_summary: from mlflow.csv
 # The statistics of each comparison with its reference, after p_value (stats.compare, Holm, BH, verdict).
@@ -141,9 +157,13 @@ EXPERIMENT_COLUMNS = [
     "test_loss_std",
     "test_loss_min",
     "test_loss_max",
+    "test_acc_best_mean",
+    "test_acc_best_std",
+    "weights",
     "delta_acc",
     "delta_ci_low",
     "delta_ci_high",
+    "delta_acc_best",
     "p_value",
     *COMPARISON_COLUMNS,
     "epochs_mean",
@@ -155,7 +175,7 @@ EXPERIMENT_COLUMNS = [
     "n_early_stopped",
     "n_seeds",
 ]
-_INT_RUN_COLUMNS = ["seed", "epochs_run", "best_epoch", "params", "params_total"]
+_INT_RUN_COLUMNS = ["seed", "epochs_run", "best_epoch", "params", "params_total", "partial_batch", "val_images"]
 _INT_EXPERIMENT_COLUMNS = [
     "n",
     "params",
@@ -252,6 +272,9 @@ def read_run(runs_dir: str | Path, experiment: dict[str, Any], seed: int) -> dic
         "test_acc": _num(metrics.get("test_acc")),
         "test_loss": _num(metrics.get("test_loss")),
         "test_top5": _num(metrics.get("test_top5")),
+        "test_acc_best": _num(metrics.get("test_acc_best")),
+        "test_loss_best": _num(metrics.get("test_loss_best")),
+        "weights": train.get("weights"),
         "epochs_run": train.get("epochs_run"),
         "best_epoch": train.get("best_epoch"),
         "best_val_acc": _num(train.get("best_val_acc")),
@@ -262,6 +285,8 @@ def read_run(runs_dir: str | Path, experiment: dict[str, Any], seed: int) -> dic
         "stop_reason": train.get("stop_reason"),
         "params_total": train.get("params_total"),
         "torch_version": train.get("torch_version"),
+        "partial_batch": train.get("partial_batch"),
+        "val_images": train.get("val_images"),
     }
 
 
@@ -348,14 +373,22 @@ def add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[
         )
 
 
+def _weights(values: pd.Series) -> str:
+    """``last``, ``best`` or ``mixed``: which weights the seeds' test_acc is of (empty when unknown)."""
+    kinds = set(values.dropna())
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "")
+
+
 def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
     """The ``experiments.csv`` table from the ``runs.csv`` table."""
-    rows, per_seed_acc = [], {}
+    rows, per_seed_acc, per_seed_best = [], {}, {}
     for exp in study["experiments"]:
         mine = runs[runs["experiment"] == exp["id"]]
         tested = mine[mine["test_acc"].notna()]
         acc, loss = stats.describe(tested["test_acc"]), stats.describe(tested["test_loss"])
+        best = stats.describe(tested["test_acc_best"].dropna())
         per_seed_acc[exp["id"]] = dict(zip(tested["seed"].astype(int), tested["test_acc"]))
+        per_seed_best[exp["id"]] = dict(zip(tested["seed"].astype(int), tested["test_acc_best"]))
         sweep = exp.get("sweep") or {}
         statuses = mine["status"].tolist()
         rows.append(
@@ -371,6 +404,9 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
                 "test_acc_ci_low": _clip(acc["ci_low"], 0.0, 1.0),
                 "test_acc_ci_high": _clip(acc["ci_high"], 0.0, 1.0),
                 **{f"test_loss_{k}": loss[k] for k in ("mean", "std", "min", "max")},
+                "test_acc_best_mean": best["mean"],
+                "test_acc_best_std": best["std"],
+                "weights": _weights(mine["weights"]),
                 "epochs_mean": stats.mean(mine["epochs_run"].dropna()),
                 "best_epoch_mean": stats.mean(mine["best_epoch"].dropna()),
                 "params": _first(mine["params"]),
@@ -382,10 +418,31 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
             }
         )
     add_comparisons(rows, study, per_seed_acc)
+    for row, exp in zip(rows, study["experiments"]):
+        ref = exp["reference"]
+        row["delta_acc_best"] = stats.paired_delta(per_seed_best[exp["id"]], per_seed_best[ref]) if ref else math.nan
     frame = pd.DataFrame(rows, columns=EXPERIMENT_COLUMNS)
     for col in _INT_EXPERIMENT_COLUMNS:
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
     return frame
+
+
+def contexts(study: dict[str, Any], runs: pd.DataFrame, experiments: pd.DataFrame) -> dict[str, diagnostics.Context]:
+    """What each experiment's curves are read against (:class:`ablationlab.diagnostics.Context`): its Δ, the
+    smallest effect worth detecting, the validation images, its recipe and partial last batch."""
+    min_effect = _settings(study)["min_effect"]
+    delta = dict(zip(experiments["experiment"], experiments["delta_acc"]))
+    out = {}
+    for exp in study["experiments"]:
+        mine = runs[runs["experiment"] == exp["id"]]
+        out[exp["id"]] = diagnostics.Context(
+            delta=delta.get(exp["id"]) if exp["reference"] else None,
+            min_effect=min_effect,
+            n_val=_first(mine["val_images"]),
+            recipe=exp["recipe"],
+            partial_batch=int(mine["partial_batch"].max()) if mine["partial_batch"].notna().any() else 0,
+        )
+    return out
 
 
 def summarize(
@@ -400,7 +457,7 @@ def summarize(
     out_dir = Path(out_dir)
     io.write_csv(out_dir / "runs.csv", runs)
     io.write_csv(out_dir / "experiments.csv", experiments)
-    io.write_csv(out_dir / "diagnostics.csv", diagnostics.diagnose(runs, runs_dir))
+    io.write_csv(out_dir / "diagnostics.csv", diagnostics.diagnose(runs, runs_dir, contexts(study, runs, experiments)))
     return runs, experiments
 
 

@@ -14,9 +14,9 @@ interpreter start, one data load, one CUDA context. On the CPU they train one af
 other, each exactly as it would alone. On CUDA they train together: their steps are
 interleaved, each run on its own CUDA stream, and each step is one CUDA graph replay
 (:mod:`ablationlab.cuda_graph`) where the recipe allows, so the GPU runs them at once
-instead of waiting for Python. Interleaved runs keep their own CPU RNG states, so on the
-CPU training together gives bit-identical runs too (tested); on CUDA they share the CUDA
-generator (CUDA runs are not bit-reproducible anyway: cuDNN autotuning).
+instead of waiting for Python. Runs trained together on the CPU (``together=True``) keep
+their own RNG states, so they are bit-identical to runs trained alone (tested); on CUDA they
+share the device's generator (CUDA runs are not bit-reproducible anyway: cuDNN autotuning).
 
 By default (``drop_last: true``) an epoch trains on full batches only: the images left over
 after the last full batch are not trained on in that epoch (each epoch's fresh shuffle gives
@@ -702,6 +702,8 @@ class Run:
             "message": state.message,
             "params": trainable,
             "params_total": total,
+            "train_images": n,
+            "val_images": len(self.shared.y_val),
             "steps_per_epoch": self.steps,
             "partial_batch": partial_batch(n, self.engine.batch_size, self.engine.drop_last),
             "cuda_graph": self.engine.captured is not None,
@@ -735,8 +737,11 @@ class Run:
 
 def train_together(runs: Sequence[Run]) -> None:
     """Train ``runs`` epoch by epoch, their steps interleaved (on CUDA each on its own stream, so the GPU
-    works on all of them at once); each run writes its files as soon as it is done."""
-    swap = len(runs) > 1
+    works on all of them at once); each run writes its files as soon as it is done. On the CPU each run's RNG
+    states are swapped in for its turns, so that interleaving changes no run; on a GPU the steps draw from the
+    device's generator and the host's RNGs are not used while training (no swap: it would cost more than a
+    CUDA-graph step)."""
+    swap = len(runs) > 1 and runs[0].shared.device.type == "cpu"
     for run in runs:
         with run.turn(swap):
             run.start()

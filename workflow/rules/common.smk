@@ -102,6 +102,7 @@ elif DATA_PROBLEM:
     print(f"warning: {DATA_PROBLEM}: prepare_data will rebuild it", file=sys.stderr)
     Path(DATA_VERIFIED).unlink(missing_ok=True)
 RUNS_ROOT = "results/runs"
+CHECKPOINTS_ROOT = "results/checkpoints"  # <experiment>/seed<n>/last.pt: not declared, a train job resumes from it
 RUN_DIR = f"{RUNS_ROOT}/{{experiment}}/seed{{seed}}"
 TRAIN_FILES = [
     "recipe.json",

@@ -62,8 +62,8 @@ for group in GROUPS:
                 data_dir=input_folder("data"),
                 seeds=block_seeds,
                 # {seed} stands for each seed of the block (train --out/--checkpoint-dir)
-                run_dirs=f"{RUNS_ROOT}/{{experiment}}/seed{{{{seed}}}}",
-                checkpoints="results/checkpoints/{experiment}/seed{{seed}}",
+                run_dirs=lambda wildcards: f"{RUNS_ROOT}/{wildcards.experiment}/seed{{seed}}",
+                checkpoints=lambda wildcards: f"{CHECKPOINTS_ROOT}/{wildcards.experiment}/seed{{seed}}",
                 device=CONFIG["device"],
                 compile=["--compile"] if CONFIG["compile"] else [],
                 # live MLflow logging (tracking.live / system_metrics): not compared between
