@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     parser.add_argument("--drop-last", nargs="+", default=["true", "false"], choices=["true", "false"])
+    parser.add_argument(
+        "--scheduler", default="none", help="the learning-rate schedule of every experiment (default: none, the seeds')"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per job")
     parser.add_argument("--parallel", type=int, default=3, help="train jobs at a time (default 3)")
@@ -117,8 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     for setting in args.drop_last:
         jobs = [
             Job(
-                f"drop_last_{setting}/{name}",
-                {**EXPERIMENTS[name], "epochs": args.epochs, "drop_last": setting == "true"},
+                f"drop_last_{setting}_{args.scheduler}/{name}",
+                {
+                    **EXPERIMENTS[name],
+                    "epochs": args.epochs,
+                    "drop_last": setting == "true",
+                    "scheduler": {"name": args.scheduler},
+                },
                 list(range(args.seeds)),
                 options,
             )

@@ -19,7 +19,7 @@ EPOCHS=${EPOCHS:-10}
 SEEDS_TRUE=${SEEDS_TRUE:-5}
 SEEDS_FALSE=${SEEDS_FALSE:-3}
 IMAGES=${IMAGES:-20000}
-PARTS=${PARTS:-single throughput fidelity study}  # which of the steps below to run
+PARTS=${PARTS:-startup single throughput fidelity cosine study}  # which of the steps below to run
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -62,7 +62,24 @@ want fidelity && step fidelity_true 240 python3 benchmarks/fidelity.py --data "$
     --epochs "$EPOCHS" --drop-last true --parallel 3 --threads 2 --device "$DEVICE" --json "$OUT/fidelity_true.json"
 want fidelity && step fidelity_false 300 python3 benchmarks/fidelity.py --data "$CIFAR" --work "$WORK" --seeds "$SEEDS_FALSE" \
     --epochs "$EPOCHS" --drop-last false --parallel 3 --threads 2 --device "$DEVICE" --json "$OUT/fidelity_false.json"
-want fidelity && grep -h "runs in\|^true\|^false" "$OUT"/fidelity_*.log >> "$OUT/summary.txt"
+# the same with a decaying learning rate (what the diagnostics advise for the seeds' constant one)
+want cosine && step fidelity_cosine 240 python3 benchmarks/fidelity.py --data "$CIFAR" --work "$WORK" \
+    --seeds "$SEEDS_TRUE" --epochs "$EPOCHS" --drop-last true --scheduler cosine --parallel 3 --threads 2 \
+    --device "$DEVICE" --json "$OUT/fidelity_cosine.json"
+grep -h "runs in\|^true\|^false" "$OUT"/fidelity_*.log >> "$OUT/summary.txt"
+
+# where a train job's start-up goes: interpreter + torch, CUDA context, the library, the data
+want startup && step startup 60 python3 -c "
+import time; t0 = time.perf_counter()
+import torch; t1 = time.perf_counter()
+torch.zeros(1, device='$DEVICE'); t2 = time.perf_counter()
+from ablationlab import train, data; t3 = time.perf_counter()
+x, y = data.load_split('$DATA', 'train'); x.to('$DEVICE'); t4 = time.perf_counter()
+torch.backends.cudnn.benchmark = True
+m = torch.nn.Conv2d(3, 8, 3).to('$DEVICE'); m(torch.zeros(2, 3, 32, 32, device='$DEVICE')).sum().backward(); t5 = time.perf_counter()
+print(f'startup_s import_torch={t1 - t0:.2f} device_init={t2 - t1:.2f} import_ablationlab={t3 - t2:.2f} '
+      f'load_train_split={t4 - t3:.2f} first_conv_step={t5 - t4:.2f}')"
+want startup && grep -h "startup_s" "$OUT/startup.log" >> "$OUT/summary.txt"
 
 # 4. the default study's train jobs (no transfer) and a transfer sample (target <= 5 min)
 want study && step gpu_study 500 python3 benchmarks/gpu_study.py --data "$CIFAR" --work "$WORK" \
