@@ -134,11 +134,16 @@ def main(argv: list[str] | None = None) -> None:
         ]
         tic = time.perf_counter()
         done = run_jobs(jobs, data_dir, work / "runs", args.parallel, deadline)
-        print(f"drop_last {setting}: {len(done)} jobs, {sum(len(d.runs) for d in done)} runs in "
-              f"{time.perf_counter() - tic:.1f} s wall", flush=True)
+        print(
+            f"drop_last {setting}: {len(done)} jobs, {sum(len(d.runs) for d in done)} runs in "
+            f"{time.perf_counter() - tic:.1f} s wall",
+            flush=True,
+        )
         rows += summarize(done, setting)
-    print(f"\n{'drop_last':<10}{'experiment':<11}{'n':>3} {'test acc %':>13} {'best-epoch %':>13} "
-          f"{'late swing pp':>14} {'Δ pp':>7} {'Holm p':>8}  {'verdict':<10}{'seeds needed':>13}  flags")
+    print(
+        f"\n{'drop_last':<10}{'experiment':<11}{'n':>3} {'test acc %':>13} {'best-epoch %':>13} "
+        f"{'late swing pp':>14} {'Δ pp':>7} {'Holm p':>8}  {'verdict':<10}{'seeds needed':>13}  flags"
+    )
     for r in rows:
         print(
             f"{r['setting']:<10}{r['experiment']:<11}{r['n']:>3} {_pct(r['mean']):>6} ± {_pct(r['sd']):<4} "

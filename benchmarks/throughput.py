@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from ablationlab import device as devices
-from ablationlab.recipe import complete
 from ablationlab.cuda_graph import CapturedStep
+from ablationlab.recipe import complete
 from ablationlab.train import (
     capture_steps,
     epoch_order,

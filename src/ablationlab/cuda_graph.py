@@ -15,8 +15,11 @@ zeroed: for SGD momentum, Adam, AdamW and RMSprop a zero state is what the first
 starts from), the step's accumulators and the RNG states. The learning rate is a constant of
 the graph: when a scheduler changes it (an epoch boundary), the step is captured again.
 
-Which steps can be captured is decided up front (:func:`not_capturable`); a capture that fails
-anyway falls back to eager steps with a warning, never to a crash.
+Which steps can be captured is decided up front (:func:`not_capturable`), from what was seen
+on an H200 (torch 2.11): kornia's blur failed to capture, and a failed capture can leave the
+CUDA generator unusable for the rest of the process ("Offset increment outside graph capture"),
+so such recipes train eagerly from the start. A capture that fails anyway falls back to eager
+steps with a warning.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ def not_capturable(recipe: Mapping[str, Any], device: torch.device, *, scaled: b
         return "drop_last: false makes the last batch of an epoch smaller (a graph has fixed shapes)"
     if recipe["optimizer"]["name"] not in CAPTURABLE_OPTIMIZERS:
         return f"optimizer {recipe['optimizer']['name']} reads its step counter on the host"
+    kornia = [
+        a["name"] for a in recipe["augment"] if a["name"] == "blur" or (a["name"] == "color_jitter" and a.get("hue"))
+    ]
+    if kornia:
+        return f"augmentation {kornia[0]} runs kornia's filters, which synchronise with the host"
     if recipe["scheduler"]["name"] == "onecycle":
         return "onecycle changes the learning rate at every step"
     if scaled:

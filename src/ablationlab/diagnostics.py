@@ -150,8 +150,9 @@ def noise_floor(val_acc: float, n_val: int | None) -> float:
 
 def yardstick(context: Context) -> float:
     """The effect a noisy end is measured against: |Δ| of the comparison, at least the smallest worth detecting."""
-    return max(abs(context.delta) if context.delta is not None and math.isfinite(context.delta) else 0.0,
-               context.min_effect)
+    return max(
+        abs(context.delta) if context.delta is not None and math.isfinite(context.delta) else 0.0, context.min_effect
+    )
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -313,9 +314,7 @@ def experiment_row(
     }
 
 
-def diagnose(
-    runs: pd.DataFrame, runs_dir: str | Path, contexts: Mapping[str, Context] | None = None
-) -> pd.DataFrame:
+def diagnose(runs: pd.DataFrame, runs_dir: str | Path, contexts: Mapping[str, Context] | None = None) -> pd.DataFrame:
     """``diagnostics.csv``: one row per experiment of the ``runs.csv`` table, in its order, from each run's
     ``{runs_dir}/{experiment}/seed{n}/history.csv`` (a run without one is left out), read against the
     experiment's :class:`Context` in ``contexts`` (default: none)."""

@@ -969,7 +969,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run directories to track, results/runs/{experiment}/seed{n}",
     )
     p.add_argument("--summary", dest="summary_dir", help="folder with experiments.csv [and diagnostics.csv]")
-    p.add_argument("--logs", dest="logs_dir", help="train job logs, {logs}/{experiment}/seed<seeds>.log (attached to each run they trained)")
+    p.add_argument(
+        "--logs",
+        dest="logs_dir",
+        help="train job logs, {logs}/{experiment}/seed<seeds>.log (attached to each run they trained)",
+    )
     p.add_argument("--out", required=True, help="the MLflow experiment's record, results/mlflow.json")
     p.add_argument("--record", required=True, help="one row per run, results/summary/mlflow.csv")
     return parser

@@ -392,7 +392,6 @@ def load_checkpoint(path: Path, key: str) -> dict | None:
     return ckpt
 
 
-
 # --------------------------------------------------------------------------- one run
 
 
