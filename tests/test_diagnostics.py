@@ -9,6 +9,7 @@ import pytest
 
 from ablationlab import diagnostics as dg
 from ablationlab import io
+from ablationlab.recipe import complete
 
 
 def history(val_loss, val_acc, train_acc=None, train_loss=None) -> pd.DataFrame:
@@ -27,7 +28,7 @@ def history(val_loss, val_acc, train_acc=None, train_loss=None) -> pd.DataFrame:
     )
 
 
-# converged: loss falls then flattens (≤ 1 % per epoch at the end), accuracy steady at ~90 %
+# converged: loss falls then flattens (≤ 3 % per epoch at the end, not a significant trend), accuracy ~90 %
 HEALTHY = history([1.0, 0.6, 0.45, 0.40, 0.39, 0.386], [0.70, 0.82, 0.87, 0.89, 0.895, 0.90])
 # overfitting: val-loss minimum at epoch 3 of 8, then it rises by 0.3; train accuracy 100 %
 OVERFIT = history(
@@ -55,6 +56,42 @@ def test_each_flag_present_only_where_the_curve_shows_it(frame, expected):
     assert row["reading"]
 
 
+def test_a_noisy_end_is_judged_against_the_effect_and_the_validation_noise():
+    # the last epochs fall by 10 pp: more than a Δ of 5 pp and than 2 standard errors of 1000 images (1.9 pp)
+    judged = dg.Context(delta=-0.05, min_effect=0.01, n_val=1000)
+    assert dg.experiment_row("x", [UNSTABLE], ["finished"], judged)["flags"] == "unstable"
+    # ... but not more than a Δ of 15 pp: the verdict does not depend on where training stopped
+    assert dg.experiment_row("x", [UNSTABLE], ["finished"], dg.Context(delta=0.15, n_val=1000))["flags"] == ""
+    # ... nor than the noise of 20 validation images (2 SE of 62 % = 21.7 pp): a few images' jumps
+    assert dg.experiment_row("x", [UNSTABLE], ["finished"], dg.Context(delta=-0.05, n_val=20))["flags"] == ""
+
+
+def test_the_reading_names_the_likely_causes_from_the_recipe():
+    recipe = complete({"model": {"batch_norm": True}, "batch_size": 16, "drop_last": False})
+    context = dg.Context(delta=-0.02, n_val=1000, recipe=recipe, partial_batch=8)
+    reading = dg.experiment_row("x", [UNSTABLE], ["finished"], context)["reading"]
+    assert "more than the Δ of 2.0 pp being judged" in reading
+    assert "a partial batch of 8 images" in reading and "set drop_last: true" in reading
+    assert "a constant learning rate (0.05, no schedule)" in reading and "scheduler: cosine" in reading
+    assert "BatchNorm statistics from batches of only 16 images" in reading
+    assert "test_acc_best" in reading
+    calm = complete({"scheduler": {"name": "cosine"}})
+    reading = dg.experiment_row("x", [UNSTABLE], ["finished"], dg.Context(recipe=calm))["reading"]
+    assert "No cause stands out in the recipe" in reading and "smallest effect worth detecting (1.0 pp)" in reading
+
+
+def test_still_improving_needs_a_trend_not_one_epoch():
+    falling = history([1.0, 0.8, 0.6, 0.4], [0.6, 0.7, 0.8, 0.85], train_acc=[0.7, 0.8, 0.9, 0.95])
+    row = dg.experiment_row("x", [falling], ["finished"])
+    assert row["flags"] == "underfitting" and "still falls by 29 % per epoch" in row["reading"]  # 0.2 of the mean 0.7
+    # one lucky last epoch (-15 %) after a plateau that rose: no trend over the last epochs
+    lucky = history([1.0, 0.6, 0.45, 0.47, 0.46, 0.39], [0.7, 0.82, 0.87, 0.87, 0.87, 0.9])
+    assert dg.experiment_row("x", [lucky], ["finished"])["flags"] == ""
+    # two epochs: their fall stands for the trend (nothing to judge its noise by)
+    short = history([0.8, 0.5], [0.7, 0.8], train_acc=[0.75, 0.9])
+    assert dg.experiment_row("x", [short], ["finished"])["flags"] == "underfitting"
+
+
 def test_numbers_behind_the_reading():
     n = dg.run_numbers(OVERFIT)
     assert n["val_loss_min_epoch"] == 3 and n["last_epoch"] == 8
@@ -62,24 +99,27 @@ def test_numbers_behind_the_reading():
     assert n["train_val_acc_gap"] == pytest.approx(0.16) and n["last_vs_best_acc"] == pytest.approx(0.0)
     u = dg.run_numbers(UNSTABLE)
     assert u["val_acc_swing"] == pytest.approx((0.12 + 0.10 + 0.12 + 0.10 + 0.02 - 0.02) / 5)  # beyond the net change
+    assert u["late_swing"] == pytest.approx(0.10)  # the largest fall between two epochs
     assert dg.run_numbers(UNDERFIT)["val_acc_swing"] == pytest.approx(0.0)  # a steady climb does not swing
+    assert dg.run_numbers(UNDERFIT)["late_swing"] == 0.0
     assert u["last_vs_best_acc"] == pytest.approx(0.12)
     row = dg.experiment_row("x", [OVERFIT], ["finished"])
     assert "minimum around epoch 3 of 8" in row["reading"] and "rises by 0.3" in row["reading"]
     assert "16.0 pp" in row["reading"] and "early stopping" in row["reading"]
     row = dg.experiment_row("x", [UNSTABLE], ["finished"])
-    assert "swings back and forth by 8.8 pp" in row["reading"] and "12.0 pp below its best" in row["reading"]
-    assert "noisy estimate here: compare best-epoch accuracy or use early stopping" in row["reading"]
+    assert "falls by up to 10.0 pp from one epoch to the next" in row["reading"]
+    assert "12.0 pp below its best" in row["reading"] and "depends on where training stopped" in row["reading"]
     assert "only 40.0 %" in dg.experiment_row("x", [UNDERFIT], ["finished"])["reading"]
 
 
 def test_flags_come_from_the_seed_means():
     row = dg.experiment_row("x", [HEALTHY, OVERFIT], ["finished", "finished"])
     assert row["val_loss_min_epoch"] == pytest.approx((6 + 3) / 2) and row["last_epoch"] == pytest.approx(7)
-    calm = HEALTHY.assign(val_acc=[0.70, 0.82, 0.87, 0.85, 0.89, 0.90])  # one 2 pp dip: swing 0.8 pp
-    assert dg.experiment_row("x", [calm, calm], ["finished"] * 2)["flags"] == ""
-    # a swing of 8.8 pp in one seed of two is still 4.8 pp on average: unstable
-    assert dg.experiment_row("x", [calm, UNSTABLE], ["finished"] * 2)["flags"] == "unstable"
+    calm = HEALTHY.assign(val_acc=[0.70, 0.82, 0.87, 0.85, 0.89, 0.90])  # one 2 pp dip
+    judged = dg.Context(delta=0.05)  # a Δ of 5 pp is judged
+    assert dg.experiment_row("x", [calm, calm], ["finished"] * 2, judged)["flags"] == ""
+    # a fall of 10 pp in one seed of two is still 6 pp on average: more than the Δ
+    assert dg.experiment_row("x", [calm, UNSTABLE], ["finished"] * 2, judged)["flags"] == "unstable"
 
 
 def test_divergence_uses_the_finite_epochs():

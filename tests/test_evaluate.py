@@ -33,7 +33,10 @@ def test_metrics_json(digits_dir, run):
     meta = data.load_meta(digits_dir)
     _, y = data.load_split(digits_dir, "test")
     assert io.read_json(run_dir / "metrics.json") == metrics
-    assert set(metrics) == {"test_loss", "test_acc", "test_top5", "per_class_acc", "n_test", "status"}
+    assert set(metrics) == {
+        *("test_loss", "test_acc", "test_top5", "test_loss_best", "test_acc_best"),
+        *("per_class_acc", "n_test", "status"),
+    }
     assert metrics["n_test"] == len(y) == meta["splits"]["test"]
     assert metrics["status"] == "finished"
     assert 0.5 < metrics["test_acc"] <= metrics["test_top5"] <= 1.0
@@ -118,9 +121,15 @@ def test_missing_or_mismatched_weights_are_clear_errors(digits_dir, run, tmp_pat
         (tmp_path / name).write_bytes((run_dir / name).read_bytes())
     with pytest.raises(FileNotFoundError, match="weights.pt is missing"):
         evaluate(digits_dir, tmp_path, device="cpu")
+    (tmp_path / "weights.pt").write_bytes((run_dir / "weights.pt").read_bytes())
+    with pytest.raises(FileNotFoundError, match="weights_best.pt is missing"):
+        evaluate(digits_dir, tmp_path, device="cpu")
     weights = io.load_torch(run_dir / "weights.pt")
     first = next(k for k in weights if k.endswith("weight"))
     weights[first] = torch.zeros(4, 1, 5, 5)
+    io.save_torch(tmp_path / "weights_best.pt", weights)
+    with pytest.raises(ValueError, match="weights_best.pt does not match the model"):
+        evaluate(digits_dir, tmp_path, device="cpu")
     io.save_torch(tmp_path / "weights.pt", weights)
     with pytest.raises(ValueError, match="weights.pt does not match the model"):
         evaluate(digits_dir, tmp_path, device="cpu")

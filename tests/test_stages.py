@@ -16,9 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 MAP = {
     "data": ["data", "io"],
     "study": ["credentials", "io", "keypath", "recipe", "schema", "study"],
-    "train": ["augment", "data", "device", "evaluate", "io", "models", "recipe", "runtime", "schema", "train"],
+    "train": [
+        *("augment", "cuda_graph", "data", "device", "evaluate", "io"),
+        *("models", "recipe", "runtime", "schema", "train"),
+    ],
     "summarize": ["diagnostics", "io", "stats", "summarize"],
-    "adaptive": ["adaptive", "diagnostics", "io", "stats", "summarize"],
+    "adaptive": ["adaptive", "diagnostics", "io", "layout", "stats", "summarize"],
     "figures": [
         "augment",
         "data",
@@ -35,7 +38,7 @@ MAP = {
         "summarize",
     ],
     "report": ["credentials", "diagnostics", "io", "keypath", "provenance", "report", "stats", "summarize"],
-    "tracking": ["credentials", "diagnostics", "io", "keypath", "provenance", "stats", "tracking"],
+    "tracking": ["credentials", "diagnostics", "io", "keypath", "layout", "provenance", "stats", "tracking"],
 }
 
 SOURCE = """

@@ -96,6 +96,7 @@ def test_outputs_follow_the_contract(reference):
         "recipe.json",
         "train.json",
         "weights.pt",
+        "weights_best.pt",
         "weights_init.pt",
     ]
     assert not list(reference.glob(".*"))  # no temp files left

@@ -10,16 +10,16 @@ that say what they mean for the verdict. :func:`diagnose` builds
     late_swing, noise_floor, last_vs_best_acc, val_loss_trend, flags, reading
 
 A noisy end of training is told from noise by two yardsticks (:func:`flags`): the validation
-accuracy's largest back-and-forth over the last epochs (``late_swing``, beyond their trend, seed
-mean) and the last epoch's shortfall from the best one are compared with the effect being
+accuracy's largest fall between two of the last epochs (``late_swing``, seed mean) and the last
+epoch's shortfall from the best one are compared with the effect being
 judged (the experiment's |Δ| against its reference, at least ``statistics.min_effect``) and
 with the validation set's own sampling noise (``noise_floor``: two binomial standard errors of
 its accuracy, so a small validation set's one-image jumps raise nothing). Above both, the
 last-epoch number is a lottery ticket for this comparison: the reading names the likely causes
 found in the recipe (a partial last batch, a constant learning rate, BatchNorm on tiny
 batches) and what to do. "Still improving" needs a trend, not one lucky epoch: the seed-mean
-validation loss of the last epochs falls by at least ``STILL_FALLING`` per epoch, significantly
-(least-squares slope, p < 0.05).
+validation loss of the last ``TREND_EPOCHS`` epochs falls by at least ``STILL_FALLING`` per epoch,
+significantly (least-squares slope, p < 0.05).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ OVERFIT_ACC_GAP = 0.05  # train accuracy ≥ 5 pp above val accuracy at the end:
 LATE_EPOCHS = 5  # "the last epochs": the last 5 epoch-to-epoch moves (epochs 5–10 of 10)
 NOISE_SE = 2.0  # the validation set's noise floor: this many binomial standard errors of its accuracy
 UNDERFIT_TRAIN_ACC = 0.60  # a CNN that fits < 60 % of its own training images has not learnt the task yet
-STILL_FALLING = 0.02  # seed-mean val loss still falling ≥ 2 % per epoch over the last epochs: mid-descent
+STILL_FALLING = 0.02  # seed-mean val loss still falling ≥ 2 % per epoch over its last epochs: mid-descent
+TREND_EPOCHS = 4  # ... the last 4 epochs: the end of the curve, not the descent before it
 TREND_P = 0.05  # ... and that fall is a trend (least-squares slope), not one lucky epoch
 SMALL_BN_BATCH = 16  # BatchNorm statistics of ≤ 16 images move with every batch
 
@@ -98,7 +99,7 @@ def run_numbers(history: pd.DataFrame) -> dict[str, float]:
     ``overfit_rise`` (the same relative to the minimum), ``train_val_acc_gap`` (train − val accuracy
     at the end), ``val_acc_swing`` (mean |Δ val acc| epoch to epoch beyond the net change: the
     back-and-forth, 0 for a curve that only climbs), ``late_swing`` (:func:`late_swing`: the largest
-    back-and-forth of the last ``LATE_EPOCHS`` moves), ``last_vs_best_acc`` (best − last val
+    fall among the last ``LATE_EPOCHS`` moves), ``last_vs_best_acc`` (best − last val
     accuracy), ``train_acc_last``, ``val_acc_last``.
     """
     h = _finite(history)
@@ -121,22 +122,24 @@ def run_numbers(history: pd.DataFrame) -> dict[str, float]:
 
 
 def late_swing(val_acc: np.ndarray) -> float:
-    """The largest back-and-forth of validation accuracy over the last ``LATE_EPOCHS`` epoch-to-epoch moves:
-    the largest deviation of one move from their mean (the trend), so a steady climb swings by 0 and a
-    zig-zag by its size (nan with fewer than two epochs)."""
+    """The largest fall of validation accuracy from one epoch to the next among the last ``LATE_EPOCHS`` moves
+    (0 for a curve that only climbs; nan with fewer than two epochs): the back-and-forth of a noisy end."""
     moves = np.diff(np.asarray(val_acc, dtype=float))[-LATE_EPOCHS:]
-    return float(np.abs(moves - moves.mean()).max()) if len(moves) else math.nan
+    return float(max(0.0, -moves.min())) if len(moves) else math.nan
 
 
 def val_loss_trend(histories: Sequence[pd.DataFrame]) -> tuple[float, float]:
-    """(relative change per epoch, p-value) of the seed-mean validation loss over the last ``LATE_EPOCHS`` + 1
-    epochs: the least-squares slope over the mean level (nan, nan with fewer than 3 such epochs)."""
+    """(relative change per epoch, p-value) of the seed-mean validation loss over its last ``TREND_EPOCHS``
+    epochs: the least-squares slope over the mean level. Two epochs give their change with p = 0 (nothing
+    to judge its noise by); nan, nan with fewer."""
     curves = [_finite(h).set_index("epoch")["val_loss"] for h in histories]
     if not curves:
         return math.nan, math.nan
-    mean = pd.concat(curves, axis=1).dropna().mean(axis=1).tail(LATE_EPOCHS + 1)
-    if len(mean) < 3 or mean.mean() <= 0 or mean.nunique() < 2:
+    mean = pd.concat(curves, axis=1).dropna().mean(axis=1).tail(TREND_EPOCHS)
+    if len(mean) < 2 or not mean.mean() > 0:
         return math.nan, math.nan
+    if len(mean) == 2:
+        return float((mean.iloc[1] - mean.iloc[0]) / mean.mean()), 0.0
     fit = _st.linregress(mean.index.to_numpy(float), mean.to_numpy(float))
     return float(fit.slope / mean.mean()), float(fit.pvalue)
 
@@ -227,8 +230,8 @@ def _noise_reading(numbers: dict[str, float], context: Context) -> str:
         else "No cause stands out in the recipe. What to do: "
     )
     return (
-        f"Noisy end of training: validation accuracy still swings by up to {_pp(numbers['late_swing'])} over the "
-        f"last epochs and ends {_pp(numbers['last_vs_best_acc'])} below its best, more than {judged} and "
+        f"Noisy end of training: validation accuracy still falls by up to {_pp(numbers['late_swing'])} from one "
+        f"epoch to the next over the last epochs and ends {_pp(numbers['last_vs_best_acc'])} below its best, more than {judged} and "
         f"than the validation set's own noise ({_pp(numbers['noise_floor'])}): the last-epoch accuracy depends on "
         f"where training stopped. {why}or compare the best epoch's test accuracy (test_acc_best) or stop early "
         f"with restore_best."
@@ -277,7 +280,7 @@ def reading(
     if not parts:
         parts.append(
             f"Curves look healthy: validation loss lowest at epoch {_epoch(numbers['val_loss_min_epoch'])} of "
-            f"{end}, validation accuracy swings by at most {_pp(numbers['late_swing'])} over the last epochs; "
+            f"{end}, validation accuracy falls by at most {_pp(numbers['late_swing'])} between two of the last epochs; "
             f"the last-epoch accuracy is a fair estimate."
         )
     return " ".join(parts)

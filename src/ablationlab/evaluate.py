@@ -87,9 +87,9 @@ def evaluate_run(
     preprocess = Preprocess(meta, recipe, dev)
     y = y.cpu()
 
-    best = predict(_load_model(run_dir, "weights_best.pt", recipe, meta, dev), preprocess, x, dev).cpu()
     model = _load_model(run_dir, "weights.pt", recipe, meta, dev)
     logits = predict(model, preprocess, x, dev).cpu()
+    best = predict(_load_model(run_dir, "weights_best.pt", recipe, meta, dev), preprocess, x, dev).cpu()
     loss = loss_fn(logits, y).item()
     probs = logits.softmax(dim=1)
     confidence, pred = probs.max(dim=1)

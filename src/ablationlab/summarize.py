@@ -12,10 +12,6 @@ status             ``finished`` / ``early_stopped`` / ``diverged`` (from the run
 test_acc           test accuracy, fraction 0–1 (metrics.json)
 test_loss          test loss
 test_top5          top-5 accuracy (empty with ≤ 5 classes)
-test_acc_best      test accuracy of the best validation epoch's weights (weights_best.pt)
-test_loss_best     their test loss
-weights            which weights test_acc is of: ``last`` epoch's, or ``best`` (early
-                   stopping restored them)
 epochs_run         epochs trained (train.json)
 best_epoch         epoch of the best validation score
 best_val_acc       best validation accuracy, fraction 0–1
@@ -26,6 +22,10 @@ device             device the run trained on
 stop_reason        train.json ``stop_reason``
 params_total       all parameters, trainable or not
 torch_version      torch version of the training job
+test_acc_best      test accuracy of the best validation epoch's weights (weights_best.pt)
+test_loss_best     their test loss
+weights            which weights test_acc is of: the ``last`` epoch's, or the ``best`` (early
+                   stopping restored them)
 partial_batch      images in each epoch's partial last step (0: full batches only)
 val_images         validation images
 =================  ==============================================================
@@ -105,9 +105,6 @@ RUN_COLUMNS = [
     "test_acc",
     "test_loss",
     "test_top5",
-    "test_acc_best",
-    "test_loss_best",
-    "weights",
     "epochs_run",
     "best_epoch",
     "best_val_acc",
@@ -118,6 +115,9 @@ RUN_COLUMNS = [
     "stop_reason",
     "params_total",
     "torch_version",
+    "test_acc_best",
+    "test_loss_best",
+    "weights",
     "partial_batch",
     "val_images",
 ]

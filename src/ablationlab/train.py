@@ -869,7 +869,7 @@ def _live_tracking(stack: contextlib.ExitStack, spec: str, recipe: Mapping[str, 
     return {seed: stack.enter_context(tracking.live_run(spec, recipe=complete(recipe), seed=seed)) for seed in seeds}
 
 
-def cli(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ablationlab train",
         description="Train one experiment (a recipe) for one or several seeds on prepared data, in one process. "
@@ -933,7 +933,11 @@ def cli(argv: list[str] | None = None) -> int:
         help="then evaluate each run on the test split in this process, as `python -m ablationlab "
         "evaluate --run OUT` does (one process start per experiment instead of one per run and stage)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     io.configure_logging()
     try:
         recipe = load_recipe(args.recipe)
