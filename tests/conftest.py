@@ -1,6 +1,9 @@
-"""Shared fixtures: ``digits_dir`` is scikit-learn's digits prepared by the real ``prepare``."""
+"""Shared fixtures: ``digits_dir`` (scikit-learn's digits) and ``cifar_slice_dir`` (a slice of the real CIFAR-10)
+prepared by the real ``prepare``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,4 +21,16 @@ def digits_dir(tmp_path_factory):
     """
     out = tmp_path_factory.mktemp("data") / "digits"
     data.prepare("digits", out, root=tmp_path_factory.mktemp("raw"), val_size=0.1, split_seed=0)
+    return out
+
+
+CIFAR_SLICE = Path(__file__).resolve().parent / "data" / "cifar10_slice"  # real CIFAR-10 JPEGs (README there)
+
+
+@pytest.fixture(scope="session")
+def cifar_slice_dir(tmp_path_factory):
+    """The real CIFAR-10 slice prepared once per session as an image folder (val_size 0.1, split_seed 0):
+    3×32×32, 3 classes, 172 train / 20 val / 48 test images. Read-only, as ``digits_dir``."""
+    out = tmp_path_factory.mktemp("data") / "cifar_slice"
+    data.prepare("imagefolder", out, root=CIFAR_SLICE, val_size=0.1, split_seed=0)
     return out

@@ -334,6 +334,11 @@ def group_findings(
     return findings
 
 
+def _outside(x: Any, low: Any, high: Any) -> bool:
+    """Whether ``x`` lies outside the interval [low, high] (False when any is undefined)."""
+    return not any(_missing(v) for v in (x, low, high)) and not low <= x <= high
+
+
 def verdict_rows(ids: list[str], ref: str | None, rows: dict[str, dict[str, Any]], label: Any) -> list[dict[str, Any]]:
     """The group's verdict table: one row per compared experiment (every value present, None if undefined)."""
     out = []
@@ -351,6 +356,8 @@ def verdict_rows(ids: list[str], ref: str | None, rows: dict[str, dict[str, Any]
                 "delta": r.get("delta_acc"),
                 "ci_low": r.get("delta_ci_low"),
                 "ci_high": r.get("delta_ci_high"),
+                "delta_best": r.get("delta_acc_best"),
+                "best_outside": _outside(r.get("delta_acc_best"), r.get("delta_ci_low"), r.get("delta_ci_high")),
                 "test": TEST_NAMES.get(r.get("test"), "–"),
                 "p_holm": r.get("p_value_holm"),
                 "family": r.get("holm_family"),
