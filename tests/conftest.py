@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ablationlab import data
+from ablationlab import prepare
 
 torch.set_num_threads(1)
 
@@ -17,5 +17,5 @@ def digits_dir(tmp_path_factory):
     Shared: treat it as read-only (copy it with ``shutil.copytree`` to corrupt or modify it).
     """
     out = tmp_path_factory.mktemp("data") / "digits"
-    data.prepare("digits", out, root=tmp_path_factory.mktemp("raw"), val_size=0.1, split_seed=0)
+    prepare.prepare("digits", out, root=tmp_path_factory.mktemp("raw"), val_size=0.1, split_seed=0)
     return out

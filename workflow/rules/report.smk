@@ -9,13 +9,13 @@ prepared data and the run files; render_report also reads report.json, so editin
 notes or the report title re-renders the report and nothing else.
 """
 
-from ablationlab import figures as abl_figures
+from ablationlab import figure_plan as abl_figure_plan
 
 
 report: "../report/workflow.rst"
 
 
-GROUP_TITLES = {"baseline": "Baseline", abl_figures.STUDY_GROUP: "All experiments"} | {
+GROUP_TITLES = {"baseline": "Baseline", abl_figure_plan.STUDY_GROUP: "All experiments"} | {
     g["id"]: g["title"] for g in STUDY.report["groups"]
 }
 # a group's category in `snakemake --report`, which formats it as a wildcard pattern (braces
@@ -24,7 +24,7 @@ REPORT_CATEGORIES = {
     gid: (gid if "{" in title or "}" in title else title)
     for gid, title in GROUP_TITLES.items()
 }
-FIGURE_PLAN = abl_figures.plan(STUDY.experiments)
+FIGURE_PLAN = abl_figure_plan.plan(STUDY.experiments)
 FIGURE_FILES = [f"{FIGURES_DIR}/{item['file']}" for item in FIGURE_PLAN]
 
 # every planned figure, flagged for `snakemake --report`: caption per kind, category per group
