@@ -67,7 +67,6 @@ class TrackingError(ValueError):
     """Bad tracking input (missing run file, inconsistent runs, unsupported URI)."""
 
 
-
 # ----------------------------------------------------------------------------- helpers
 def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     """``(uri without user:password@, user, password)``."""

@@ -96,13 +96,6 @@ TRAIN_LOGS = "results/logs/train"
 TRAIN_BENCHMARKS = "results/benchmarks/train"
 
 DATA_DIR = f"results/data/{DATASET}"
-DATA_VERIFIED = f"{DATA_DIR}/verified"  # prepare_data's marker (data.smk)
-# A prepared cache whose tensors no longer match their sha256 is rebuilt in this very run (a
-# dry run plans it): prepare_data is forced, as --forcerun prepare_data would, which changes
-# no file. Its files stay ancient() inputs, so identical rebuilt data re-runs nothing else.
-DATA_PROBLEM = abl_data.corruption(DATA_DIR) if workflow.is_main_process else None
-if DATA_PROBLEM:
-    workflow.dag_settings.forcerun = {*workflow.dag_settings.forcerun, "prepare_data"}
 RUNS_ROOT = "results/runs"
 RUN_DIR = f"{RUNS_ROOT}/{{experiment}}/seed{{seed}}"
 TRAIN_FILES = [
@@ -124,6 +117,39 @@ EVALUATE_FILES = [
 DATA_FILES = [
     f"{split}_{kind}.pt" for split in ("train", "val", "test") for kind in "xy"
 ]
+
+
+# A prepared cache whose tensors no longer match their sha256 is rebuilt in this very run (a dry
+# run plans it) without parsing changing a file: prepare_data then has one more output, an empty
+# marker named after this corrupted state (DATA_REBUILD), which the targets ask for with the
+# `verified` marker (DATA_VERIFIED): missing, so the job runs. Nothing Snakemake records (params,
+# the input set) changes, so the healthy cache re-runs nothing once more; the data files stay
+# ancient() inputs, so identical rebuilt data re-runs nothing else. The main process checks
+# (sha256 of the cache); a job on a cluster, which parses the workflow too, gets the marker's
+# name through the environment.
+def rebuild_name(problem):
+    """`rebuild-<digest>` of the cache's corrupted state: the problem, its files' sizes and mtimes."""
+    files = [Path(DATA_DIR, name) for name in DATA_FILES + ["meta.json"]]
+    state = [problem] + [
+        [f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()
+    ]
+    digest = hashlib.sha256(abl_io.canonical_json(state).encode()).hexdigest()
+    return f"rebuild-{digest[:12]}"
+
+
+if workflow.is_main_process:
+    DATA_PROBLEM = abl_data.corruption(DATA_DIR)
+    DATA_REBUILD = rebuild_name(DATA_PROBLEM) if DATA_PROBLEM else ""
+    if DATA_REBUILD:
+        os.environ["ABLATIONLAB_DATA_REBUILD"] = DATA_REBUILD
+        workflow.register_envvars("ABLATIONLAB_DATA_REBUILD")
+else:
+    DATA_PROBLEM, DATA_REBUILD = None, os.environ.get("ABLATIONLAB_DATA_REBUILD", "")
+# what rule all and the group targets ask for: prepare_data's marker (and its rebuild, see above)
+DATA_VERIFIED = [f"{DATA_DIR}/verified"] + (
+    [f"{DATA_DIR}/{DATA_REBUILD}"] if DATA_REBUILD else []
+)
+
 # the script that gives each job its own GPU(s) (see its docstring)
 GPU_SLOT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "gpu_slot.py"))
 
@@ -382,7 +408,7 @@ def seed_plan_option(wildcards, input):
 def final_targets():
     """What the Snakefile's default target asks for: every stage's final files for this study."""
     return [
-        DATA_VERIFIED,
+        *DATA_VERIFIED,
         STUDY_TABLE,
         STUDY_REPORT,
         # the study's seeds (adaptive seeding adds its further seeds through the summary)

@@ -1,7 +1,8 @@
 """prepare_data: fetch the dataset once and write uint8 tensors + meta.json.
 
 `verified` (touched when prepare succeeds) is what rule all and the group targets ask for.
-When the workflow finds the cache corrupted it forces prepare_data (common.smk: DATA_PROBLEM);
+When the workflow finds the cache corrupted, prepare_data gets one more output, a marker named
+after the corrupted state that the targets ask for too, and runs (common.smk: DATA_REBUILD);
 the prepared files are ancient() inputs of their readers, so identical rebuilt data re-runs
 nothing else. Its code inputs are the downloaders and parsers (ablationlab.prepare), which no
 other stage runs.
@@ -19,6 +20,10 @@ checkpoint prepare_data:
     output:
         expand("results/data/{{dataset}}/{name}", name=DATA_FILES + ["meta.json"]),
         verified=touch("results/data/{dataset}/verified"),
+        # only while the cache is found corrupted: a missing marker, so the job runs (common.smk)
+        rebuild=(
+            [touch(f"results/data/{{dataset}}/{DATA_REBUILD}")] if DATA_REBUILD else []
+        ),
     log:
         "results/logs/prepare_data/{dataset}.log",
     conda:

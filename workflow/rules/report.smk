@@ -2,7 +2,7 @@
 reports/report.html (one self-contained file) and reports/report.pdf (WeasyPrint, from the
 same HTML).
 
-The figure files are known from the study table alone (ablationlab.figures.plan), so each
+The figure files are known from the study table alone (ablationlab.figure_plan.plan), so each
 is a declared output with a report() flag: `snakemake --report report.zip` shows them too.
 figures reads the study table (ancient + content digest, as summarize), the summary, the
 prepared data and the run files; render_report also reads report.json, so editing a group's
@@ -15,9 +15,10 @@ from ablationlab import figure_plan as abl_figure_plan
 report: "../report/workflow.rst"
 
 
-GROUP_TITLES = {"baseline": "Baseline", abl_figure_plan.STUDY_GROUP: "All experiments"} | {
-    g["id"]: g["title"] for g in STUDY.report["groups"]
-}
+GROUP_TITLES = {
+    "baseline": "Baseline",
+    abl_figure_plan.STUDY_GROUP: "All experiments",
+} | {g["id"]: g["title"] for g in STUDY.report["groups"]}
 # a group's category in `snakemake --report`, which formats it as a wildcard pattern (braces
 # cannot be escaped there): a title with braces is shown by its group id instead
 REPORT_CATEGORIES = {
