@@ -96,6 +96,7 @@ def _history(path: Path) -> dict[str, dict[int, float]]:
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
+    """What a child run logs of one run directory: its recipe, train.json, metrics.json and history."""
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing:
         raise TrackingError(f"run {run_dir}: missing {', '.join(missing)}")
