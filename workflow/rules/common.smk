@@ -137,15 +137,16 @@ def rebuild_name(problem):
     return f"rebuild-{digest[:12]}"
 
 
+REBUILD_VAR = "ABLATIONLAB_DATA_REBUILD"  # optional: registered only when set (not in envvars:)
 if workflow.is_main_process:
     DATA_PROBLEM = abl_data.corruption(DATA_DIR)
     DATA_REBUILD = rebuild_name(DATA_PROBLEM) if DATA_PROBLEM else ""
     if DATA_REBUILD:
-        os.environ["ABLATIONLAB_DATA_REBUILD"] = DATA_REBUILD
-        workflow.register_envvars("ABLATIONLAB_DATA_REBUILD")
+        os.environ[REBUILD_VAR] = DATA_REBUILD
+        workflow.register_envvars(REBUILD_VAR)
 else:
-    DATA_PROBLEM, DATA_REBUILD = None, os.environ.get("ABLATIONLAB_DATA_REBUILD", "")
-# what rule all and the group targets ask for: prepare_data's marker (and its rebuild, see above)
+    DATA_PROBLEM, DATA_REBUILD = None, os.environ.get(REBUILD_VAR, "")
+# what `all` and the group targets ask for: prepare_data's marker (and its rebuild, see above)
 DATA_VERIFIED = [f"{DATA_DIR}/verified"] + (
     [f"{DATA_DIR}/{DATA_REBUILD}"] if DATA_REBUILD else []
 )
