@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ablationlab import augment, models
-from ablationlab.recipe import DEFAULT_RECIPE
+from ablationlab.recipe import AUGMENT_DEFAULTS, DEFAULT_RECIPE, complete
 
 
 def timeit(fn, reps: int) -> float:
@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     x = torch.rand(args.batch, 3, 32, 32, device=dev)
-    d = augment.AUGMENT_DEFAULTS
+    d = AUGMENT_DEFAULTS
     pairs = {
         "hflip": K.RandomHorizontalFlip(p=0.5),
         "vflip": K.RandomVerticalFlip(p=0.5),
@@ -58,7 +58,7 @@ def main() -> None:
         ours = augment.build([{"name": name, **d[name]}])
         ours_ms, kornia_ms = timeit(lambda: ours(x), args.reps), timeit(lambda: kornia_op(x), args.reps)  # noqa: B023
         print(f"{name:14s} {ours_ms:15.3f} {kornia_ms:10.3f}")
-    crop_flip = augment.build([{"name": "crop"}, {"name": "hflip"}])
+    crop_flip = augment.build(complete({"augment": [{"name": "crop"}, {"name": "hflip"}]})["augment"])
     kornia_crop_flip = K.AugmentationSequential(pairs["crop"], pairs["hflip"])
     cf = timeit(lambda: crop_flip(x), args.reps)
     print(f"{'crop+hflip':14s} {cf:15.3f} {timeit(lambda: kornia_crop_flip(x), args.reps):10.3f}")

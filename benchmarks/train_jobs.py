@@ -38,14 +38,14 @@ def image_folder(source: str | Path, work: Path) -> Path:
 
 
 def prepared(source: str | Path, work: Path, val_size: float = 0.1) -> Path:
-    """The prepared tensors of the image folder (``ablationlab.data.prepare``, cached under ``work``)."""
-    from ablationlab import data
+    """The prepared tensors of the image folder (``ablationlab.prepare.prepare``, cached under ``work``)."""
+    from ablationlab import data, prepare
 
     out = work / "data"
     try:
         data.load_meta(out)
     except data.DataError:
-        data.prepare("imagefolder", out, root=image_folder(source, work), val_size=val_size, split_seed=0)
+        prepare.prepare("imagefolder", out, root=image_folder(source, work), val_size=val_size, split_seed=0)
     return out
 
 

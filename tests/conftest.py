@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablationlab import data
+from ablationlab import prepare
 
 torch.set_num_threads(1)
 
@@ -20,7 +20,7 @@ def digits_dir(tmp_path_factory):
     Shared: treat it as read-only (copy it with ``shutil.copytree`` to corrupt or modify it).
     """
     out = tmp_path_factory.mktemp("data") / "digits"
-    data.prepare("digits", out, root=tmp_path_factory.mktemp("raw"), val_size=0.1, split_seed=0)
+    prepare.prepare("digits", out, root=tmp_path_factory.mktemp("raw"), val_size=0.1, split_seed=0)
     return out
 
 
@@ -32,5 +32,5 @@ def cifar_slice_dir(tmp_path_factory):
     """The real CIFAR-10 slice prepared once per session as an image folder (val_size 0.1, split_seed 0):
     3×32×32, 3 classes, 172 train / 20 val / 48 test images. Read-only, as ``digits_dir``."""
     out = tmp_path_factory.mktemp("data") / "cifar_slice"
-    data.prepare("imagefolder", out, root=CIFAR_SLICE, val_size=0.1, split_seed=0)
+    prepare.prepare("imagefolder", out, root=CIFAR_SLICE, val_size=0.1, split_seed=0)
     return out

@@ -1,4 +1,4 @@
-"""ablationlab.augment: per-image random augmentations, validation, preview."""
+"""ablationlab.augment: per-image random augmentations, preview; the augment list's check and defaults."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from ablationlab import augment
+from ablationlab.recipe import AUGMENT_DEFAULTS, complete
+from ablationlab.schema import check_recipe
 
 matplotlib.use("Agg")
 torch.set_num_threads(1)
 
-NAMES = list(augment.AUGMENT_DEFAULTS)
+NAMES = list(AUGMENT_DEFAULTS)
 # per op: settings under which p=1 changes every (random) image for sure
 ALWAYS_CHANGES = {
     "hflip": {},
@@ -38,7 +40,16 @@ def changed(out, x):
     return (out != x).flatten(1).any(1)
 
 
-# ------------------------------------------------------------------ validation
+def completed(items):
+    """``items`` with each augmentation's defaults, as in a completed recipe (what build is given)."""
+    return complete({"augment": items})["augment"]
+
+
+def build(items):
+    return augment.build(completed(items))
+
+
+# ------------------------------------------------------------------ check and defaults
 
 
 @pytest.mark.parametrize(
@@ -67,15 +78,14 @@ def changed(out, x):
         ({"name": "hflip"}, "augment: expected array, got object"),
     ],
 )
-def test_validate_rejects_bad_input_naming_it(items, message):
+def test_a_bad_augment_list_is_refused_naming_it(items, message):
+    """Refused where a recipe is checked (the study, train); build trusts a checked recipe."""
     with pytest.raises(ValueError, match=re.escape(message)):
-        augment.validate(items)
-    with pytest.raises(ValueError, match=re.escape(message)):
-        augment.build(items)
+        check_recipe(complete({"augment": items}))
 
 
-def test_validate_fills_defaults_and_keeps_order():
-    out = augment.validate([{"name": "crop", "padding": 2}, {"name": "hflip"}])
+def test_complete_fills_defaults_and_keeps_order():
+    out = completed([{"name": "crop", "padding": 2}, {"name": "hflip"}])
     assert out == [{"name": "crop", "padding": 2, "p": 1.0}, {"name": "hflip", "p": 0.5}]
     assert [type(m).__name__ for m in augment.build(out)] == ["Crop", "HFlip"]
 
@@ -85,14 +95,14 @@ def test_validate_fills_defaults_and_keeps_order():
 
 def test_empty_list_is_identity():
     x = batch()
-    assert torch.equal(augment.build([])(x), x)
+    assert torch.equal(build([])(x), x)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_p0_is_identity(name):
     x = batch()
     torch.manual_seed(0)
-    out = augment.build([{"name": name, **ALWAYS_CHANGES[name], "p": 0.0}])(x)
+    out = build([{"name": name, **ALWAYS_CHANGES[name], "p": 0.0}])(x)
     assert torch.equal(out, x)
 
 
@@ -100,7 +110,7 @@ def test_p0_is_identity(name):
 def test_p1_always_applies(name):
     x = batch(n=32)
     torch.manual_seed(0)
-    out = augment.build([{"name": name, **ALWAYS_CHANGES[name], "p": 1.0}])(x)
+    out = build([{"name": name, **ALWAYS_CHANGES[name], "p": 1.0}])(x)
     assert changed(out, x).all()
 
 
@@ -108,7 +118,7 @@ def test_p1_always_applies(name):
 def test_p_half_applies_to_about_half_the_images(name):
     x = batch(n=400, size=8)
     torch.manual_seed(1)
-    out = augment.build([{"name": name, **ALWAYS_CHANGES[name], "p": 0.5}])(x)
+    out = build([{"name": name, **ALWAYS_CHANGES[name], "p": 0.5}])(x)
     frac = changed(out, x).float().mean().item()
     assert 0.38 < frac < 0.62, frac
     # untouched images are returned bit-exactly
@@ -121,13 +131,13 @@ def test_each_image_draws_its_own_parameters(name):
     """The same image 32 times in one batch comes out in many different versions."""
     x = batch(n=1).expand(32, -1, -1, -1).contiguous()
     torch.manual_seed(0)
-    out = augment.build([{"name": name, **ALWAYS_CHANGES[name], "p": 1.0 if name != "hflip" else 0.5}])(x)
+    out = build([{"name": name, **ALWAYS_CHANGES[name], "p": 1.0 if name != "hflip" else 0.5}])(x)
     distinct = torch.unique(out.flatten(1), dim=0).shape[0]
     assert distinct >= (2 if name == "hflip" else 10), distinct
 
 
 def test_reproducible_under_seed_and_rng_state():
-    pipeline = augment.build([{"name": n, **ALWAYS_CHANGES[n], "p": 0.7} for n in NAMES])
+    pipeline = build([{"name": n, **ALWAYS_CHANGES[n], "p": 0.7} for n in NAMES])
     x = batch()
     torch.manual_seed(7)
     a = pipeline(x)
@@ -145,7 +155,7 @@ def test_reproducible_under_seed_and_rng_state():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_dtype_shape_device_and_range_preserved(dtype, channels):
-    pipeline = augment.build([{"name": n, "p": 1.0} for n in NAMES])
+    pipeline = build([{"name": n, "p": 1.0} for n in NAMES])
     x = batch(n=5, c=channels, size=12, dtype=dtype)
     torch.manual_seed(0)
     out = pipeline(x)
@@ -156,13 +166,13 @@ def test_dtype_shape_device_and_range_preserved(dtype, channels):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_runs_on_cuda():
     x = batch().cuda()
-    out = augment.build([{"name": n, "p": 1.0} for n in NAMES])(x)
+    out = build([{"name": n, "p": 1.0} for n in NAMES])(x)
     assert out.device == x.device and out.shape == x.shape
 
 
 def test_rejects_non_batch_input():
     with pytest.raises(ValueError, match=r"augment: expected a batch B×C×H×W, got shape \(3, 8, 8\)"):
-        augment.build([{"name": "hflip"}])(torch.rand(3, 8, 8))
+        build([{"name": "hflip"}])(torch.rand(3, 8, 8))
 
 
 # ------------------------------------------------------------------ each op does what it says
@@ -170,14 +180,14 @@ def test_rejects_non_batch_input():
 
 def test_flips_are_exact_mirrors():
     x = batch()
-    assert torch.equal(augment.build([{"name": "hflip", "p": 1}])(x), x.flip(-1))
-    assert torch.equal(augment.build([{"name": "vflip", "p": 1}])(x), x.flip(-2))
+    assert torch.equal(build([{"name": "hflip", "p": 1}])(x), x.flip(-1))
+    assert torch.equal(build([{"name": "vflip", "p": 1}])(x), x.flip(-2))
 
 
 def test_crop_is_a_window_of_the_zero_padded_image_at_a_random_offset():
     pad, x = 3, batch(n=64, size=10)
     torch.manual_seed(0)
-    out = augment.build([{"name": "crop", "padding": pad, "p": 1.0}])(x)
+    out = build([{"name": "crop", "padding": pad, "p": 1.0}])(x)
     assert out.shape == x.shape
     padded = F.pad(x, (pad,) * 4)
     offsets = []
@@ -196,23 +206,23 @@ def test_crop_is_a_window_of_the_zero_padded_image_at_a_random_offset():
 
 def test_rotation_matches_torchvision_rotate():
     x = batch(n=4, size=20)
-    out = augment.build([{"name": "rotation", "degrees": [30, 30], "p": 1}])(x)
+    out = build([{"name": "rotation", "degrees": [30, 30], "p": 1}])(x)
     ref = TF.rotate(x, 30.0, interpolation=TF.InterpolationMode.BILINEAR)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    quarter = augment.build([{"name": "rotation", "degrees": [90, 90], "p": 1}])(x)
+    quarter = build([{"name": "rotation", "degrees": [90, 90], "p": 1}])(x)
     torch.testing.assert_close(quarter, torch.rot90(x, 1, (2, 3)), atol=1e-5, rtol=0)
 
 
 def test_grayscale_matches_torchvision():
     x = batch()
-    out = augment.build([{"name": "grayscale", "p": 1}])(x)
+    out = build([{"name": "grayscale", "p": 1}])(x)
     torch.testing.assert_close(out, TF.rgb_to_grayscale(x, num_output_channels=3), atol=1e-6, rtol=0)
 
 
 def test_brightness_scales_each_image_by_its_own_factor():
     x = batch(n=32) * 0.5  # stays below 1 after scaling by <= 1.5: no clamping
     torch.manual_seed(0)
-    out = augment.build([{"name": "color_jitter", "brightness": 0.5, "contrast": 0, "saturation": 0, "p": 1}])(x)
+    out = build([{"name": "color_jitter", "brightness": 0.5, "contrast": 0, "saturation": 0, "p": 1}])(x)
     ratio = (out / x).flatten(1)
     torch.testing.assert_close(ratio.min(1).values, ratio.max(1).values, atol=1e-4, rtol=0)
     factors = ratio[:, 0]
@@ -222,9 +232,7 @@ def test_brightness_scales_each_image_by_its_own_factor():
 
 def test_saturation_zero_is_grayscale_and_hue_matches_torchvision_hue_range():
     x = batch()
-    out = augment.build(
-        [{"name": "color_jitter", "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0.5, "p": 1}]
-    )(x)
+    out = build([{"name": "color_jitter", "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0.5, "p": 1}])(x)
     assert changed(out, x).all()
     # hue shifts keep the value channel (max over RGB)
     torch.testing.assert_close(out.amax(1), x.amax(1), atol=1e-4, rtol=0)
@@ -232,7 +240,7 @@ def test_saturation_zero_is_grayscale_and_hue_matches_torchvision_hue_range():
 
 def test_blur_matches_torchvision_gaussian_blur():
     x = batch()
-    out = augment.build([{"name": "blur", "kernel_size": 5, "sigma": [1.2, 1.2], "p": 1}])(x)
+    out = build([{"name": "blur", "kernel_size": 5, "sigma": [1.2, 1.2], "p": 1}])(x)
     ref = TF.gaussian_blur(x, [5, 5], [1.2, 1.2])
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
@@ -240,7 +248,7 @@ def test_blur_matches_torchvision_gaussian_blur():
 def test_erasing_zeroes_one_rectangle_of_the_configured_area():
     x = batch(n=64, size=20) * 0.9 + 0.05  # no zeros before erasing
     torch.manual_seed(0)
-    out = augment.build([{"name": "erasing", "scale": [0.05, 0.2], "ratio": [0.5, 2.0], "p": 1}])(x)
+    out = build([{"name": "erasing", "scale": [0.05, 0.2], "ratio": [0.5, 2.0], "p": 1}])(x)
     erased = (out == 0).all(1)  # B×H×W, all channels zero
     assert torch.equal(out[~erased.unsqueeze(1).expand_as(out)], x[~erased.unsqueeze(1).expand_as(x)])
     for mask in erased:
@@ -257,7 +265,7 @@ def test_preview_has_one_row_per_augmentation_plus_originals_and_keeps_rng():
     images = (batch(n=5, size=12) * 255).to(torch.uint8)
     items = [{"name": "hflip"}, {"name": "crop", "padding": 2}, {"name": "erasing"}]
     state = torch.get_rng_state()
-    fig = augment.preview(images, items, seed=3)
+    fig = augment.preview(images, completed(items), seed=3)
     assert torch.equal(torch.get_rng_state(), state)
     axes = fig.get_axes()
     assert len(axes) == (len(items) + 1) * 5
@@ -266,7 +274,7 @@ def test_preview_has_one_row_per_augmentation_plus_originals_and_keeps_rng():
     assert (axes[0].get_images()[0].get_array() * 255).round().astype("uint8").tolist() == images[0].permute(
         1, 2, 0
     ).tolist()
-    gray = augment.preview(images[:, :1], [{"name": "rotation"}])
+    gray = augment.preview(images[:, :1], completed([{"name": "rotation"}]))
     assert len(gray.get_axes()) == 2 * 5
     matplotlib.pyplot.close("all")
 

@@ -15,7 +15,7 @@ import torch
 from data_fixtures import build_cifar10, build_cifar100, build_mnist, build_svhn, http_server
 from PIL import Image
 
-from ablationlab import data
+from ablationlab import data, prepare
 from ablationlab.data import DataError
 
 FILES = [f"{s}_{k}.pt" for s in data.SPLITS for k in "xy"]
@@ -69,8 +69,8 @@ def test_mean_std_from_train_split_only(digits_dir):
 
 
 def test_same_seed_same_bytes_other_seed_other_split(tmp_path, digits_dir):
-    a = data.prepare("digits", tmp_path / "a", root=tmp_path, val_size=0.1, split_seed=0)
-    b = data.prepare("digits", tmp_path / "b", root=tmp_path, val_size=144, split_seed=1)
+    a = prepare.prepare("digits", tmp_path / "a", root=tmp_path, val_size=0.1, split_seed=0)
+    b = prepare.prepare("digits", tmp_path / "b", root=tmp_path, val_size=144, split_seed=1)
     assert a["sha256"] == data.load_meta(digits_dir)["sha256"]
     assert a["sha256"]["test_x.pt"] == b["sha256"]["test_x.pt"]  # test split never moves
     assert a["sha256"]["val_x.pt"] != b["sha256"]["val_x.pt"]
@@ -78,7 +78,7 @@ def test_same_seed_same_bytes_other_seed_other_split(tmp_path, digits_dir):
 
 
 def test_image_size_resizes_every_split(tmp_path):
-    meta = data.prepare("digits", tmp_path / "d", root=tmp_path, image_size=16)
+    meta = prepare.prepare("digits", tmp_path / "d", root=tmp_path, image_size=16)
     assert (meta["height"], meta["width"], meta["image_size"]) == (16, 16, 16)
     assert data.load_split(tmp_path / "d", "test")[0].shape[1:] == (1, 16, 16)
 
@@ -96,18 +96,18 @@ def test_image_size_resizes_every_split(tmp_path):
 )
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(DataError, match=message):
-        data.prepare("digits", tmp_path / "d", root=tmp_path, **kwargs)
+        prepare.prepare("digits", tmp_path / "d", root=tmp_path, **kwargs)
     assert not (tmp_path / "d" / "meta.json").exists()
 
 
 def test_unknown_dataset(tmp_path):
     with pytest.raises(DataError, match="unknown dataset 'cifar11'; choose one of cifar10"):
-        data.prepare("cifar11", tmp_path / "d", root=tmp_path)
+        prepare.prepare("cifar11", tmp_path / "d", root=tmp_path)
 
 
 def test_meta_json_is_written_last(tmp_path, monkeypatch):
     out = tmp_path / "d"
-    data.prepare("digits", out, root=tmp_path)
+    prepare.prepare("digits", out, root=tmp_path)
     calls = []
 
     def failing_save(obj, f):
@@ -119,7 +119,7 @@ def test_meta_json_is_written_last(tmp_path, monkeypatch):
     real_save = torch.save
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(DataError, match=f"cannot write the prepared dataset to {out}: .*No space left"):
-        data.prepare("digits", out, root=tmp_path, split_seed=1)
+        prepare.prepare("digits", out, root=tmp_path, split_seed=1)
     assert not (out / "meta.json").exists()
     with pytest.raises(DataError, match="not a \\(complete\\) prepared dataset; run prepare"):
         data.load_split(out, "train")
@@ -146,7 +146,7 @@ def test_verify_detects_a_corrupted_tensor(tmp_path, digits_dir):
         data.load_split(d, "train")
     assert len(data.load_split(d, "test")[0]) == 360  # other splits stay usable
     assert len(data.load_split(d, "train", verify=False)[0]) == 1293
-    assert data.cli(["--dataset", "digits", "--out", str(d), "--verify-only"]) == 1
+    assert prepare.cli(["--dataset", "digits", "--out", str(d), "--verify-only"]) == 1
     (d / "val_y.pt").unlink()
     with pytest.raises(DataError, match="val_y.pt is missing"):
         data.load_split(d, "val")
@@ -161,7 +161,7 @@ def test_corruption_names_the_file_and_changes_nothing(tmp_path, digits_dir):
     assert "test_y.pt is corrupted" in data.corruption(d)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir()) == before
     assert data.corruption(tmp_path / "never-prepared") is None
-    data.prepare("digits", d, root=tmp_path)
+    prepare.prepare("digits", d, root=tmp_path)
     assert data.verify(d)["sha256"] == data.load_meta(digits_dir)["sha256"]
 
 
@@ -169,7 +169,7 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(DataError, match=f"cannot write the prepared dataset to {blocker / 'd'}"):
-        data.prepare("digits", blocker / "d", root=tmp_path)
+        prepare.prepare("digits", blocker / "d", root=tmp_path)
 
 
 def test_load_split_rejects_unknown_split(digits_dir):
@@ -182,14 +182,14 @@ def test_load_split_rejects_unknown_split(digits_dir):
 
 def test_cli_prepare_and_verify(tmp_path, capsys):
     out = tmp_path / "d"
-    assert data.cli(["--dataset", "digits", "--out", str(out), "--val-size", "100", "--split-seed", "3"]) == 0
+    assert prepare.cli(["--dataset", "digits", "--out", str(out), "--val-size", "100", "--split-seed", "3"]) == 0
     meta = data.load_meta(out)
     assert meta["splits"]["val"] == 100 and meta["split_seed"] == 3 and isinstance(meta["val_size"], int)
-    assert data.cli(["--dataset", "digits", "--out", str(out), "--verify-only"]) == 0
-    assert data.cli(["--dataset", "imagefolder", "--out", str(out), "--root", str(tmp_path / "nope")]) == 1
+    assert prepare.cli(["--dataset", "digits", "--out", str(out), "--verify-only"]) == 0
+    assert prepare.cli(["--dataset", "imagefolder", "--out", str(out), "--root", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        data.cli(["--help"])
+        prepare.cli(["--help"])
     assert "--mirror" in capsys.readouterr().out
 
 
@@ -209,7 +209,7 @@ def cifar_mirror(tmp_path):
 def test_cifar10_download_parse_and_cache(tmp_path, cifar_mirror):
     url, _, arrays, checksums = cifar_mirror
     raw = tmp_path / "raw"
-    meta = data.prepare(
+    meta = prepare.prepare(
         "cifar10", tmp_path / "out", root=raw, val_size=0.2, split_seed=0, mirror=url, checksums=checksums
     )
     assert meta["classes"][:2] == ["airplane", "automobile"] and meta["num_classes"] == 10
@@ -219,7 +219,7 @@ def test_cifar10_download_parse_and_cache(tmp_path, cifar_mirror):
     xtr, ytr = data.load_split(tmp_path / "out", "train")
     xva, yva = data.load_split(tmp_path / "out", "val")
     xte, yte = data.load_split(tmp_path / "out", "test")
-    tr, va = data.split_train_val(arrays["train"][1], 0.2, 0)
+    tr, va = prepare.split_train_val(arrays["train"][1], 0.2, 0)
     assert torch.equal(xtr, torch.from_numpy(arrays["train"][0][tr])) and torch.equal(
         ytr, torch.from_numpy(arrays["train"][1][tr])
     )
@@ -231,7 +231,7 @@ def test_cifar10_download_parse_and_cache(tmp_path, cifar_mirror):
     assert meta["mean"] == pytest.approx((xtr.double() / 255).mean(dim=(0, 2, 3)).tolist(), abs=1e-7)
     assert sorted(p.name for p in (raw / "cifar10").iterdir()) == ["cifar-10-python.tar.gz"]  # extraction cleaned up
     # the verified archive is cached: no server needed, same bytes out
-    again = data.prepare(
+    again = prepare.prepare(
         "cifar10",
         tmp_path / "out2",
         root=raw,
@@ -249,10 +249,10 @@ def test_checksum_mismatch_keeps_nothing_and_next_run_downloads(tmp_path, cifar_
     with pytest.raises(
         DataError, match="checksum mismatch for cifar-10-python.tar.gz .*expected c58f30108f718f92721af3b95e74349a"
     ):
-        data.prepare("cifar10", tmp_path / "out", root=raw, mirror=url)  # official md5
+        prepare.prepare("cifar10", tmp_path / "out", root=raw, mirror=url)  # official md5
     assert list((raw / "cifar10").iterdir()) == []
     assert not (tmp_path / "out").exists()
-    data.prepare("cifar10", tmp_path / "out", root=raw, val_size=0.2, mirror=url, checksums=checksums)
+    prepare.prepare("cifar10", tmp_path / "out", root=raw, val_size=0.2, mirror=url, checksums=checksums)
     assert data.verify(tmp_path / "out")["splits"]["test"] == 20
 
 
@@ -261,10 +261,10 @@ def test_truncated_download_keeps_nothing_and_next_run_downloads(tmp_path, cifar
     raw = tmp_path / "raw"
     truncate.add("cifar-10-python.tar.gz")
     with pytest.raises(DataError, match="download of cifar-10-python.tar.gz .* is truncated: got"):
-        data.prepare("cifar10", tmp_path / "out", root=raw, val_size=0.2, mirror=url, checksums=checksums)
+        prepare.prepare("cifar10", tmp_path / "out", root=raw, val_size=0.2, mirror=url, checksums=checksums)
     assert list((raw / "cifar10").iterdir()) == []
     truncate.clear()
-    data.prepare("cifar10", tmp_path / "out", root=raw, val_size=0.2, mirror=url, checksums=checksums)
+    prepare.prepare("cifar10", tmp_path / "out", root=raw, val_size=0.2, mirror=url, checksums=checksums)
     assert data.verify(tmp_path / "out")["splits"]["train"] == 80
 
 
@@ -273,15 +273,15 @@ def test_corrupted_cached_archive_is_downloaded_again(tmp_path, cifar_mirror):
     cached = tmp_path / "raw" / "cifar10" / "cifar-10-python.tar.gz"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"half an archive")
-    data.prepare("cifar10", tmp_path / "out", root=tmp_path / "raw", val_size=0.2, mirror=url, checksums=checksums)
+    prepare.prepare("cifar10", tmp_path / "out", root=tmp_path / "raw", val_size=0.2, mirror=url, checksums=checksums)
     assert sha256_bytes(cached) == checksums["cifar-10-python.tar.gz"]
 
 
 def test_unreachable_mirror_and_bad_checksum_override(tmp_path):
     with pytest.raises(DataError, match="cannot download cifar-10-python.tar.gz from http://127.0.0.1:9/"):
-        data.prepare("cifar10", tmp_path / "out", root=tmp_path, mirror="http://127.0.0.1:9/")
+        prepare.prepare("cifar10", tmp_path / "out", root=tmp_path, mirror="http://127.0.0.1:9/")
     with pytest.raises(DataError, match="checksums: \\['cifar.tgz'\\] are not files of cifar10"):
-        data.prepare("cifar10", tmp_path / "out", root=tmp_path, checksums={"cifar.tgz": "0" * 64})
+        prepare.prepare("cifar10", tmp_path / "out", root=tmp_path, checksums={"cifar.tgz": "0" * 64})
 
 
 def test_cifar100_fine_labels(tmp_path):
@@ -290,7 +290,7 @@ def test_cifar100_fine_labels(tmp_path):
     arrays = build_cifar100(served / "cifar-100-python.tar.gz")
     checksums = {"cifar-100-python.tar.gz": sha256_bytes(served / "cifar-100-python.tar.gz")}
     with http_server(served) as (url, _):
-        meta = data.prepare(
+        meta = prepare.prepare(
             "cifar100", tmp_path / "out", root=tmp_path / "raw", val_size=100, mirror=url, checksums=checksums
         )
     assert meta["num_classes"] == 100 and meta["classes"][99] == "fine99"
@@ -306,7 +306,7 @@ def test_mnist_idx_download_and_parse(tmp_path):
     arrays = build_mnist(served)
     checksums = {p.name: sha256_bytes(p) for p in served.iterdir()}
     with http_server(served) as (url, _):
-        meta = data.prepare(
+        meta = prepare.prepare(
             "fashion_mnist", tmp_path / "out", root=tmp_path / "raw", val_size=10, mirror=url, checksums=checksums
         )
     assert meta["classes"][0] == "T-shirt/top" and meta["splits"] == {"train": 40, "val": 10, "test": 20}
@@ -321,14 +321,14 @@ def test_mnist_corrupt_idx_is_named(tmp_path):
     (served / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 20))
     checksums = {p.name: sha256_bytes(p) for p in served.iterdir()}
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is not an idx file of 1-d unsigned bytes"):
-        data.prepare("mnist", tmp_path / "out", root=tmp_path / "raw", mirror=served.as_uri(), checksums=checksums)
+        prepare.prepare("mnist", tmp_path / "out", root=tmp_path / "raw", mirror=served.as_uri(), checksums=checksums)
 
 
 def test_svhn_mat_via_file_mirror(tmp_path):
     served = tmp_path / "served"
     arrays = build_svhn(served)
     checksums = {p.name: sha256_bytes(p) for p in served.iterdir()}
-    meta = data.prepare(
+    meta = prepare.prepare(
         "svhn", tmp_path / "out", root=tmp_path / "raw", val_size=10, mirror=served.as_uri(), checksums=checksums
     )
     assert meta["splits"] == {"train": 30, "val": 10, "test": 20}
@@ -367,11 +367,11 @@ def test_archive_path_traversal_refused(tmp_path, member, message):
     dest = tmp_path / "a" / "b" / "dest"
     dest.mkdir(parents=True)
     with pytest.raises(DataError, match=f"refusing to extract cifar-10-python.tar.gz: .*{message}"):
-        data.extract_tar(archive, dest)
+        prepare.extract_tar(archive, dest)
     assert not list(tmp_path.rglob("evil*"))
     # through prepare (file:// mirror): same refusal, raw dir holds only the verified archive
     with pytest.raises(DataError, match="refusing to extract"):
-        data.prepare(
+        prepare.prepare(
             "cifar10",
             tmp_path / "out",
             root=tmp_path / "raw",
@@ -392,7 +392,7 @@ def test_unpickler_refuses_arbitrary_globals(tmp_path):
     bad = tmp_path / "data_batch_1"
     bad.write_bytes(pickle.dumps({"data": Payload()}, protocol=2))
     with pytest.raises(DataError, match="cannot read CIFAR batch data_batch_1: global .*print is not allowed"):
-        data._unpickle(bad)
+        prepare._unpickle(bad)
 
 
 # --------------------------------------------------------------------------- imagefolder
@@ -414,7 +414,7 @@ def make_folder(root, classes=("cat", "dog"), splits=("train", "test"), size=(12
 def test_imagefolder_rgb(tmp_path):
     root = make_folder(tmp_path / "imgs", n=5)
     (root / "train" / "cat" / "notes.txt").write_text("not an image")
-    meta = data.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)
+    meta = prepare.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)
     assert meta["classes"] == ["cat", "dog"] and meta["splits"] == {"train": 8, "val": 2, "test": 10}
     assert (meta["channels"], meta["height"], meta["width"]) == (3, 10, 12)
     x, y = data.load_split(tmp_path / "out", "test")
@@ -429,7 +429,7 @@ def test_imagefolder_applies_exif_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     img.save(root / "train" / "cat" / "phone.jpg", exif=exif)
-    meta = data.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)
+    meta = prepare.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)
     assert (meta["height"], meta["width"]) == (10, 12)
 
 
@@ -437,8 +437,8 @@ def test_imagefolder_gray_mixed_sizes_resized(tmp_path):
     root = make_folder(tmp_path / "imgs", mode="L", n=4)
     Image.new("L", (40, 20), 200).save(root / "train" / "dog" / "big.png")
     with pytest.raises(DataError, match="images differ in size .*set image_size"):
-        data.prepare("imagefolder", tmp_path / "out", root=root)
-    meta = data.prepare("imagefolder", tmp_path / "out", root=root, val_size=0.2, image_size=16)
+        prepare.prepare("imagefolder", tmp_path / "out", root=root)
+    meta = prepare.prepare("imagefolder", tmp_path / "out", root=root, val_size=0.2, image_size=16)
     assert (meta["channels"], meta["height"], meta["width"]) == (1, 16, 16)
     assert data.load_split(tmp_path / "out", "train")[0].shape[1:] == (1, 16, 16)
 
@@ -447,13 +447,13 @@ def test_imagefolder_refuses_symlinks_leading_outside_the_root(tmp_path):
     root = make_folder(tmp_path / "imgs")
     outside = make_folder(tmp_path / "elsewhere", classes=("cat", "dog", "cow"))
     (root / "train" / "dog" / "inner.png").symlink_to(root / "train" / "cat" / "0.png")  # inside: fine
-    assert data.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)["splits"]["train"] == 5
+    assert prepare.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)["splits"]["train"] == 5
 
     def refused(link, target):
         link.symlink_to(target)
         message = f"imagefolder: {link} is a symbolic link to {target}, outside {root}; images must lie inside"
         with pytest.raises(DataError, match=re.escape(message)):
-            data.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)
+            prepare.prepare("imagefolder", tmp_path / "out", root=root, val_size=2)
         link.unlink()
 
     refused(root / "train" / "cat" / "far.png", outside / "train" / "cow" / "0.png")  # an image
@@ -467,7 +467,7 @@ def test_imagefolder_refuses_symlinks_leading_outside_the_root(tmp_path):
 
 def test_imagefolder_errors(tmp_path, monkeypatch):
     def prep(root):
-        return data.prepare("imagefolder", tmp_path / "out", root=root)
+        return prepare.prepare("imagefolder", tmp_path / "out", root=root)
 
     with pytest.raises(DataError, match=f"imagefolder: {tmp_path / 'missing'} does not exist"):
         prep(tmp_path / "missing")
@@ -547,11 +547,11 @@ def test_folder_manifest_follows_symlinks_and_survives_loops(tmp_path):
 
 def test_data_digest_sees_only_what_a_reader_reads(tmp_path):
     root = make_folder(tmp_path / "imgs", n=4)
-    meta = data.prepare("imagefolder", tmp_path / "a", root=root, val_size=2)
-    assert data.prepare("imagefolder", tmp_path / "b", root=root, val_size=2) == meta  # deterministic
+    meta = prepare.prepare("imagefolder", tmp_path / "a", root=root, val_size=2)
+    assert prepare.prepare("imagefolder", tmp_path / "b", root=root, val_size=2) == meta  # deterministic
 
     Image.new("RGB", (12, 10), (1, 2, 3)).save(root / "test" / "dog" / "0.png")
-    changed = data.prepare("imagefolder", tmp_path / "c", root=root, val_size=2)
+    changed = prepare.prepare("imagefolder", tmp_path / "c", root=root, val_size=2)
     assert data.data_digest(changed, ("train", "val")) == data.data_digest(meta, ("train", "val"))
     assert data.data_digest(changed, ("test",)) != data.data_digest(meta, ("test",))
     assert data.data_digest(changed) != data.data_digest(meta)

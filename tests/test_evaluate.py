@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ablationlab import data, io, models
+from ablationlab import data, io, models, prepare
 from ablationlab.evaluate import MISCLASSIFIED_SAMPLE, cli, evaluate
 from ablationlab.recipe import complete
 from ablationlab.runtime import build_network
@@ -99,7 +99,7 @@ def test_top5_is_null_with_five_classes_or_fewer(tmp_path):
             folder.mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    data.prepare("imagefolder", tmp_path / "data", root=tmp_path / "images", val_size=5)
+    prepare.prepare("imagefolder", tmp_path / "data", root=tmp_path / "images", val_size=5)
     train(
         tmp_path / "data",
         {**RECIPE, "epochs": 1, "batch_size": 5},

@@ -305,10 +305,13 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
     train_log = work / "results/logs/train" / BN / "seed0.log"
     found = r"results/data/digits/train_x\.pt is corrupted \(sha256 mismatch\)"
 
-    # a dry run says so and changes nothing
+    # a dry run plans the rebuild and changes nothing (parsing never writes)
     before = _snapshot(data_dir)
     proc = _smk(work, overlay, "-n")
-    assert proc.returncode == 0 and re.search(found + r".*a run \(not -n\) rebuilds it", proc.stderr), proc.stderr
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and re.search(r"^checkpoint prepare_data:$", out, re.M), out[-3000:]
+    assert re.search(r"reason: Missing output files: results/data/digits/rebuild-\w+$", out, re.M), out[-3000:]
+    assert not re.search(found, out)  # parsing prints nothing; a run says it before its first job
     assert _snapshot(data_dir) == before
 
     # the run rebuilds it first; the rebuilt files stay ancient inputs, so identical data re-runs
@@ -316,7 +319,7 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
     proc = _smk(work, overlay, targets=["batch_norm"])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
-    assert re.search(found + r".*prepare_data will rebuild it", proc.stderr), proc.stderr[-5000:]
+    assert re.search(found + r".*: prepare_data rebuilds it", proc.stderr), proc.stderr[-5000:]
     ran = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", out, re.M))
     assert ran == {"prepare_data", "train_batch_norm", "batch_norm"}, ran
 
@@ -329,6 +332,8 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
     assert json.loads((run / "recipe.json").read_text())["optimizer"]["lr"] == 0.02
     assert json.loads((run / "train.json").read_text())["status"] == "finished"
     assert _snapshot(_run_files(work, "baseline")) == baseline_before  # not a target: untouched
+    proc = _smk(work, overlay, "-n", targets=["batch_norm"])  # healthy again: nothing to rebuild once more
+    assert proc.returncode == 0 and "prepare_data" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
 
 
 # --------------------------------------------------------------------------- 4. disk full

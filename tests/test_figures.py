@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from test_summarize import study_runs  # noqa: F401  (session fixture: a small real study)
 
-from ablationlab import figures, io, models
+from ablationlab import figure_plan, figures, io, models
 from ablationlab.runtime import build_network
 
 
@@ -29,7 +29,7 @@ def drawn(study_runs, tmp_path_factory):  # noqa: F811
 def test_plan_follows_the_study(study_runs):  # noqa: F811
     root, _ = study_runs
     study = io.read_json(root / "study" / "experiments.json")
-    plan = figures.plan(study)
+    plan = figure_plan.plan(study)
     kinds = {(item["group"], item["kind"]) for item in plan}
     assert {("baseline", k) for k in ("curves", "params", "filters", "activations")} <= kinds
     assert ("dropout", "sweep") in kinds and ("batch_norm", "sweep") not in kinds
@@ -38,7 +38,7 @@ def test_plan_follows_the_study(study_runs):  # noqa: F811
     for group in ("batch_norm", "dropout", "early_stopping", "augmentation", "optimizer"):
         assert {(group, "curves"), (group, "test_acc"), (group, "forest")} <= kinds
     assert ("baseline", "forest") not in kinds
-    assert {k for g, k in kinds if g == figures.STUDY_GROUP} == {
+    assert {k for g, k in kinds if g == figure_plan.STUDY_GROUP} == {
         "comparison",
         "best_filters",
         "confusion",
@@ -51,7 +51,7 @@ def test_plan_follows_the_study(study_runs):  # noqa: F811
 def test_every_planned_figure_is_drawn(drawn):
     root, _, out, manifest = drawn
     study = io.read_json(root / "study" / "experiments.json")
-    plan = figures.plan(study)
+    plan = figure_plan.plan(study)
     assert [m["file"] for m in manifest["figures"]] == [p["file"] for p in plan]
     assert io.read_json(out / "figures.json") == manifest
     for item in manifest["figures"]:

@@ -13,7 +13,6 @@ from torch import nn
 from ablationlab import io
 from ablationlab.models import (
     ACTIVATIONS,
-    MODEL_NAMES,
     WeightsError,
     build_model,
     count_params,
@@ -21,8 +20,15 @@ from ablationlab.models import (
     param_formula,
     summary,
 )
+from ablationlab.recipe import complete
+from ablationlab.schema import check_recipe
 
 torch.set_num_threads(1)
+
+
+def model(keys: dict) -> dict:
+    """The model section of a completed recipe: ``keys`` over the defaults (what build_model is given)."""
+    return complete({"model": keys})["model"]
 
 
 def n_modules(net, kind):
@@ -33,7 +39,7 @@ def n_modules(net, kind):
 
 
 def test_baseline_is_the_seeds_390410_parameter_cnn():
-    net = build_model({"name": "simple_cnn"}, 3, 32, 10)
+    net = build_model(model({"name": "simple_cnn"}), 3, 32, 10)
     assert count_params(net) == (390_410, 390_410)
     assert [type(m).__name__ for m in net] == [
         "Conv2d",
@@ -60,11 +66,11 @@ def test_baseline_is_the_seeds_390410_parameter_cnn():
 
 
 def test_empty_model_section_means_the_defaults():
-    assert count_params(build_model({}, 3, 32, 10)) == (390_410, 390_410)
+    assert count_params(build_model(model({}), 3, 32, 10)) == (390_410, 390_410)
 
 
 def test_batch_norm_after_each_conv_and_in_the_head():
-    net = build_model({"batch_norm": True}, 3, 32, 10)
+    net = build_model(model({"batch_norm": True}), 3, 32, 10)
     assert n_modules(net, nn.BatchNorm2d) == 3 and n_modules(net, nn.BatchNorm1d) == 1
     assert count_params(net)[0] == 390_410 + 2 * (32 + 64 + 128) + 2 * 64
     names = list(dict(net.named_children()))
@@ -73,23 +79,23 @@ def test_batch_norm_after_each_conv_and_in_the_head():
 
 @pytest.mark.parametrize("where, conv, head", [("head", 0, 1), ("conv", 3, 0), ("both", 3, 1)])
 def test_dropout_placement(where, conv, head):
-    net = build_model({"dropout": 0.3, "dropout_where": where, "hidden": [64]}, 3, 32, 10)
+    net = build_model(model({"dropout": 0.3, "dropout_where": where, "hidden": [64]}), 3, 32, 10)
     drops = [name for name, m in net.named_children() if isinstance(m, nn.Dropout)]
     assert sum(n.startswith("drop_fc") for n in drops) == head
     assert sum(not n.startswith("drop_fc") for n in drops) == conv
     assert all(m.p == 0.3 for m in net.modules() if isinstance(m, nn.Dropout))
-    assert n_modules(build_model({"dropout": 0.0, "dropout_where": "both"}, 3, 32, 10), nn.Dropout) == 0
+    assert n_modules(build_model(model({"dropout": 0.0, "dropout_where": "both"}), 3, 32, 10), nn.Dropout) == 0
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_activation(activation):
-    net = build_model({"activation": activation}, 3, 32, 10)
+    net = build_model(model({"activation": activation}), 3, 32, 10)
     assert n_modules(net, ACTIVATIONS[activation]) == 4
     assert n_modules(net, nn.ReLU) == (4 if activation == "relu" else 0)
 
 
 def test_widths_kernel_convs_per_block_and_hidden_shape_the_network():
-    net = build_model({"widths": [8, 16], "kernel_size": 3, "convs_per_block": 2, "hidden": [32, 16]}, 3, 16, 7)
+    net = build_model(model({"widths": [8, 16], "kernel_size": 3, "convs_per_block": 2, "hidden": [32, 16]}), 3, 16, 7)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
         (3, 8, (3, 3)),
@@ -100,32 +106,34 @@ def test_widths_kernel_convs_per_block_and_hidden_shape_the_network():
     expected = (27 + 1) * 8 + (72 + 1) * 8 + (72 + 1) * 16 + (144 + 1) * 16 + (16 * 4 * 4 + 1) * 32 + 33 * 16 + 17 * 7
     assert count_params(net) == (expected, expected)
     assert net(torch.rand(2, 3, 16, 16)).shape == (2, 7)
-    no_hidden = build_model({"hidden": []}, 3, 32, 10)
+    no_hidden = build_model(model({"hidden": []}), 3, 32, 10)
     assert [type(m).__name__ for m in no_hidden][-2:] == ["Flatten", "Linear"]
 
 
 def test_small_images_skip_pooling_once_the_map_is_1x1():
     """8×8 digits through four blocks: 8 -> 4 -> 2 -> 1 -> (no pool) 1."""
     net = build_model(
-        {"name": "vgg_style", "widths": [16, 32, 64, 128], "kernel_size": 3, "convs_per_block": 2}, 1, 8, 10
+        model({"name": "vgg_style", "widths": [16, 32, 64, 128], "kernel_size": 3, "convs_per_block": 2}), 1, 8, 10
     )
     assert n_modules(net, nn.MaxPool2d) == 3
     assert net.fc1.in_features == 128
     assert net(torch.rand(3, 1, 8, 8)).shape == (3, 10)
-    baseline = build_model({}, 1, 8, 10)
+    baseline = build_model(model({}), 1, 8, 10)
     assert baseline.fc1.in_features == 128 and baseline(torch.rand(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_vgg_style_always_has_batch_norm():
     net = build_model(
-        {
-            "name": "vgg_style",
-            "widths": [64, 128, 256, 512],
-            "kernel_size": 3,
-            "convs_per_block": 2,
-            "hidden": [512],
-            "dropout": 0.5,
-        },
+        model(
+            {
+                "name": "vgg_style",
+                "widths": [64, 128, 256, 512],
+                "kernel_size": 3,
+                "convs_per_block": 2,
+                "hidden": [512],
+                "dropout": 0.5,
+            }
+        ),
         3,
         32,
         10,
@@ -138,11 +146,11 @@ def test_vgg_style_always_has_batch_norm():
 @pytest.mark.parametrize("init", ["kaiming", "xavier"])
 def test_init_reinitialises_weights_and_zeroes_biases(init):
     torch.manual_seed(0)
-    default = build_model({}, 3, 32, 10)
+    default = build_model(model({}), 3, 32, 10)
     torch.manual_seed(0)
-    net = build_model({"init": init}, 3, 32, 10)
+    net = build_model(model({"init": init}), 3, 32, 10)
     torch.manual_seed(0)
-    again = build_model({"init": init}, 3, 32, 10)
+    again = build_model(model({"init": init}), 3, 32, 10)
     assert not torch.equal(net.conv1.weight, default.conv1.weight)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
     assert all(torch.count_nonzero(m.bias) == 0 for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
@@ -153,7 +161,7 @@ def test_init_reinitialises_weights_and_zeroes_biases(init):
 
 
 @pytest.mark.parametrize(
-    "model, message",
+    "section, message",
     [
         (
             {"name": "foo"},
@@ -184,28 +192,29 @@ def test_init_reinitialises_weights_and_zeroes_biases(init):
         ([("name", "simple_cnn")], "model: expected object, got array"),
     ],
 )
-def test_bad_model_section_is_a_clear_error(model, message):
+def test_bad_model_section_is_a_clear_error(section, message):
+    """Refused where a recipe is checked (the study, train); build_model trusts a checked recipe."""
     with pytest.raises(ValueError, match=re.escape(message)):
-        build_model(model, 3, 32, 10)
+        check_recipe(complete({"model": section}))
 
 
 def test_bad_shapes_are_clear_errors():
     with pytest.raises(ValueError, match="num_classes: must be a positive integer, got 0"):
-        build_model({}, 3, 32, 0)
+        build_model(model({}), 3, 32, 0)
     with pytest.raises(ValueError, match=re.escape("model.name: vgg11_bn needs images of at least 32×32, got 8×8")):
-        build_model({"name": "vgg11_bn"}, 1, 8, 10)
+        build_model(model({"name": "vgg11_bn"}), 1, 8, 10)
     with pytest.raises(ValueError, match="model.name: resnet18 takes 1- or 3-channel images, the data has 4"):
-        build_model({"name": "resnet18"}, 4, 32, 10)
+        build_model(model({"name": "resnet18"}), 4, 32, 10)
 
 
 # ------------------------------------------------------------------ transfer models
 
 
 def test_resnet18_new_head_frozen_and_finetune():
-    fine = build_model({"name": "resnet18"}, 3, 32, 10)
+    fine = build_model(model({"name": "resnet18"}), 3, 32, 10)
     assert isinstance(fine, torchvision.models.ResNet) and fine.fc.out_features == 10
     assert count_params(fine) == (11_181_642, 11_181_642)
-    frozen = build_model({"name": "resnet18", "train": "frozen"}, 3, 32, 10)
+    frozen = build_model(model({"name": "resnet18", "train": "frozen"}), 3, 32, 10)
     assert count_params(frozen) == (512 * 10 + 10, 11_181_642)
     assert [n for n, p in frozen.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
     assert frozen(torch.rand(2, 3, 32, 32)).shape == (2, 10)
@@ -214,14 +223,14 @@ def test_resnet18_new_head_frozen_and_finetune():
 
 
 def test_gray_images_are_repeated_to_three_channels():
-    net = build_model({"name": "resnet18"}, 1, 8, 10).eval()
+    net = build_model(model({"name": "resnet18"}), 1, 8, 10).eval()
     gray = torch.rand(2, 1, 8, 8)
     torch.testing.assert_close(net(gray), net.__class__.forward(net, gray.expand(-1, 3, -1, -1)))
     assert first_conv(net) is net.conv1 and net.conv1.in_channels == 3
 
 
 def test_vgg11_bn_frozen_only_the_new_classifier_layer_learns():
-    net = build_model({"name": "vgg11_bn", "train": "frozen"}, 3, 32, 5)
+    net = build_model(model({"name": "vgg11_bn", "train": "frozen"}), 3, 32, 5)
     assert net.classifier[6].out_features == 5
     assert [n for n, p in net.named_parameters() if p.requires_grad] == ["classifier.6.weight", "classifier.6.bias"]
     assert count_params(net)[0] == 4096 * 5 + 5
@@ -240,7 +249,7 @@ def imagenet_shaped_resnet(tmp_path_factory):
 
 def test_weights_file_loads_backbone_and_keeps_a_fresh_head(imagenet_shaped_resnet):
     path, state = imagenet_shaped_resnet
-    net = build_model({"name": "resnet18", "weights": str(path), "train": "frozen"}, 3, 32, 10)
+    net = build_model(model({"name": "resnet18", "weights": str(path), "train": "frozen"}), 3, 32, 10)
     loaded = net.state_dict()
     for key, value in state.items():
         if not key.startswith("fc."):
@@ -250,7 +259,7 @@ def test_weights_file_loads_backbone_and_keeps_a_fresh_head(imagenet_shaped_resn
     # a file without head keys (a backbone) loads too
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
     io.save_torch(path.with_name("backbone.pt"), backbone)
-    net2 = build_model({"name": "resnet18", "weights": str(path.with_name("backbone.pt"))}, 1, 32, 3)
+    net2 = build_model(model({"name": "resnet18", "weights": str(path.with_name("backbone.pt"))}), 1, 32, 3)
     assert torch.equal(net2.conv1.weight, state["conv1.weight"])
 
 
@@ -263,16 +272,16 @@ def test_imagenet_weights_come_through_torchvision_cache(imagenet_shaped_resnet,
     with pytest.raises(
         WeightsError, match=re.escape(f"model.weights: could not load the ImageNet weights of resnet18 from {cached}")
     ):
-        build_model({"name": "resnet18", "weights": "imagenet"}, 3, 32, 10)
+        build_model(model({"name": "resnet18", "weights": "imagenet"}), 3, 32, 10)
     cached.write_bytes(path.read_bytes())
-    net = build_model({"name": "resnet18", "weights": "imagenet"}, 3, 32, 10)
+    net = build_model(model({"name": "resnet18", "weights": "imagenet"}), 3, 32, 10)
     assert torch.equal(net.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
 
 
 def test_missing_weights_file(tmp_path):
     missing = tmp_path / "nope.pt"
     with pytest.raises(WeightsError, match=re.escape(f"model.weights: file not found: {missing}")):
-        build_model({"name": "resnet18", "weights": str(missing)}, 3, 32, 10)
+        build_model(model({"name": "resnet18", "weights": str(missing)}), 3, 32, 10)
 
 
 class _Payload:
@@ -291,7 +300,7 @@ def test_pickle_with_a_payload_is_refused_and_never_runs(tmp_path, imagenet_shap
     evil = tmp_path / "evil.pt"
     torch.save({**state, "extra": _Payload(str(marker))}, evil)
     with pytest.raises(WeightsError) as err:
-        build_model({"name": "resnet18", "weights": str(evil)}, 3, 32, 10)
+        build_model(model({"name": "resnet18", "weights": str(evil)}), 3, 32, 10)
     assert not marker.exists()
     # says what is wrong and what a valid file is; never steers to unpickling (PyTorch's own hint)
     assert str(err.value) == (
@@ -307,7 +316,7 @@ def test_garbage_file_is_refused_without_pytorchs_unpickling_hint(tmp_path):
     path = tmp_path / "garbage.pt"
     path.write_bytes(b"garbage bytes" * 10)
     with pytest.raises(WeightsError) as err:
-        build_model({"name": "resnet18", "weights": str(path)}, 3, 32, 10)
+        build_model(model({"name": "resnet18", "weights": str(path)}), 3, 32, 10)
     message = str(err.value)
     assert message.startswith(f"model.weights: {path} is not a plain state_dict (")
     assert "torch.save(model.state_dict(), path)" in message and "\n" not in message
@@ -319,7 +328,7 @@ def test_non_state_dict_objects_are_refused(tmp_path):
         path = tmp_path / "odd.pt"
         torch.save(obj, path)
         with pytest.raises(WeightsError, match=re.escape(f"model.weights: {path} is not a state_dict")):
-            build_model({"name": "resnet18", "weights": str(path)}, 3, 32, 10)
+            build_model(model({"name": "resnet18", "weights": str(path)}), 3, 32, 10)
 
 
 def test_mismatching_state_dict_names_the_keys(tmp_path, imagenet_shaped_resnet):
@@ -333,21 +342,21 @@ def test_mismatching_state_dict_names_the_keys(tmp_path, imagenet_shaped_resnet)
             f"model.weights: {path} does not match the model: shape mismatch (1): conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)"  # noqa: E501
         ),
     ):
-        build_model({"name": "resnet18", "weights": str(path)}, 3, 32, 10)
+        build_model(model({"name": "resnet18", "weights": str(path)}), 3, 32, 10)
     other = {k: v for k, v in state.items() if not k.startswith("layer4.")}
     other["features.0.weight"] = torch.zeros(1)
     io.save_torch(path, other)
     with pytest.raises(
         WeightsError, match=r"missing keys \(\d+\): layer4\.0\.bn1\.bias.*unexpected keys \(1\): features\.0\.weight"
     ):
-        build_model({"name": "resnet18", "weights": str(path)}, 3, 32, 10)
+        build_model(model({"name": "resnet18", "weights": str(path)}), 3, 32, 10)
 
 
 # ------------------------------------------------------------------ inspection
 
 
 def test_summary_is_the_seeds_parameter_table():
-    net = build_model({"batch_norm": True}, 3, 32, 10)
+    net = build_model(model({"batch_norm": True}), 3, 32, 10)
     table = summary(net, 3, 32)
     assert list(table.columns) == ["layer", "type", "output_shape", "params", "trainable", "param_formula"]
     assert table["params"].sum() == count_params(net)[1]
@@ -362,7 +371,7 @@ def test_summary_is_the_seeds_parameter_table():
 
 
 def test_summary_of_a_frozen_transfer_model_on_gray_input():
-    net = build_model({"name": "resnet18", "train": "frozen"}, 1, 16, 10)
+    net = build_model(model({"name": "resnet18", "train": "frozen"}), 1, 16, 10)
     table = summary(net, 1, 16)
     assert table["trainable"].sum() == 5130
     assert table.iloc[0].tolist() == ["conv1", "Conv2d", "64x8x8", 9408, 0, "7*7*3*64"]
@@ -370,16 +379,15 @@ def test_summary_of_a_frozen_transfer_model_on_gray_input():
 
 
 def test_first_conv_and_formula_helpers():
-    net = build_model({}, 3, 32, 10)
+    net = build_model(model({}), 3, 32, 10)
     assert first_conv(net) is net.conv1
     assert param_formula(nn.ReLU()) == ""
     with pytest.raises(ValueError, match="Linear has no Conv2d layer"):
         first_conv(nn.Linear(2, 2))
-    assert set(MODEL_NAMES) == {"simple_cnn", "vgg_style", "resnet18", "vgg11_bn"}
 
 
 def test_frozen_backbone_keeps_batch_norm_statistics():
-    net = build_model({"name": "resnet18", "weights": "none", "train": "frozen"}, 3, 32, 10)
+    net = build_model(model({"name": "resnet18", "weights": "none", "train": "frozen"}), 3, 32, 10)
     before = net.bn1.running_mean.clone()
     net.train()
     net(torch.rand(4, 3, 32, 32))

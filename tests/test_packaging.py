@@ -54,7 +54,7 @@ def test_wheel_validates_a_study_outside_the_repository(tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True, timeout=120)
 
-    where = run("-c", "import ablationlab.schema as s; print(s.__file__); print(s.SCHEMA_PATH)")
+    where = run("-c", "import ablationlab.defaults as s; print(s.__file__); print(s.SCHEMA_PATH)")
     assert where.returncode == 0, where.stderr
     module, schema = map(Path, where.stdout.split())
     assert module.is_relative_to(site) and schema.is_relative_to(site) and schema.is_file()

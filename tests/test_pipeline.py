@@ -166,9 +166,29 @@ def test_edited_notes_train_nothing(done):
     assert ("track", None, None) not in jobs  # the MLflow writer does not run: nothing is logged
 
 
+TRAINED = {
+    ("train_baseline", "baseline", "0"),
+    ("train_batch_norm", "batch_norm/bn", "0"),
+    ("train_dropout", "dropout/p=0.5", "0"),
+}
+AFTER_TRAINING = {(rule, None, None) for rule in ("summarize", "figures", "track", "render_report", "all")}
+# an edited library module -> what a dry run plans: the stages that run it (ablationlab.stages), and what
+# depends on their outputs
+EDITED = {
+    "train.py": TRAINED | AFTER_TRAINING,  # the training loop
+    "evaluate.py": TRAINED | AFTER_TRAINING,  # the train jobs evaluate their runs
+    "models.py": TRAINED | AFTER_TRAINING,  # figures too: it draws the models' filters
+    "prepare.py": {("prepare_data", None, None), ("all", None, None)},  # a downloader or parser: no training
+    "report.py": {("render_report", None, None), ("all", None, None)},
+    "figure_plan.py": {(rule, None, None) for rule in ("figures", "render_report", "all")},
+    "track.py": {(rule, None, None) for rule in ("track", "render_report", "all")},  # MLflow's record: the report's
+    "tracking.py": set(),  # live logging: only train jobs run it, and it never changes a run's files
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["models.py", "evaluate.py"])  # evaluate.py: the train jobs evaluate
-def test_edited_library_module_reruns_the_stages_importing_it(done, module):
+@pytest.mark.parametrize("module", EDITED)
+def test_an_edited_library_module_reruns_exactly_the_stages_that_run_it(done, module):
     edited = done / "src" / "ablationlab" / module
     original = edited.read_bytes()
     edited.write_bytes(original + b"\n# edited\n")
@@ -176,25 +196,44 @@ def test_edited_library_module_reruns_the_stages_importing_it(done, module):
         jobs = plan(done)
     finally:
         edited.write_bytes(original)  # same content again: Snakemake's input checksums say unchanged
-    runs = {("baseline", "0"), ("batch_norm/bn", "0"), ("dropout/p=0.5", "0")}
-    assert {(exp, seed) for rule, exp, seed in jobs if rule.startswith("train_")} == runs
-    assert ("prepare_data", None, None) not in jobs and ("study", None, None) not in jobs
+    assert set(jobs) == EDITED[module]
     again = snakemake(done, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr  # touched, not changed: nothing
 
 
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file under ``root`` but Snakemake's own state (.snakemake/)."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and ".snakemake" not in p.relative_to(root).parts
+    }
+
+
+# what Snakemake itself prints on stderr for -n and --lint of a finished study
+SNAKEMAKE_LINES = {
+    "Using workflow specific profile profiles/default for setting default command line arguments.",
+    "Config file config.yaml is extended by additional config specified via the command line.",
+    "Congratulations, your workflow is in a good condition!",
+}
+
+
 @pytest.mark.slow
-def test_edited_tracking_module_retrains_nothing(done):
-    """tracking.py is the train jobs' live MLflow logging only (ablationlab.stages.EXCLUDED)."""
-    edited = done / "src" / "ablationlab" / "tracking.py"
-    original = edited.read_bytes()
-    edited.write_bytes(original + b"\n# edited\n")
-    try:
-        jobs = plan(done)
-    finally:
-        edited.write_bytes(original)
-    assert ("track", None, None) in jobs and stage_jobs(jobs) == set()
-    assert ("summarize", None, None) not in jobs and ("figures", None, None) not in jobs
+def test_parsing_changes_nothing_and_prints_nothing_of_its_own(done, tmp_path):
+    """-n, --lint and --report read the workflow: no file changes, no line but Snakemake's (with GPU sharing on,
+    which a run announces; a corrupted data cache: tests/test_faults.py)."""
+    shared = overlay(done, "shared.yaml", lambda c: c.update(resources={"dropout": {"gpu": 1, "jobs_per_gpu": 2}}))
+    before = _files(done)
+    for args in (["-n"], ["--lint"]):
+        proc = snakemake(done, "--configfile", "presets/smoke.yaml", shared, *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert set(proc.stderr.splitlines()) <= SNAKEMAKE_LINES, proc.stderr
+    proc = snakemake(done, "--configfile", "presets/smoke.yaml", shared, "--report", str(tmp_path / "report.zip"))
+    assert proc.returncode == 0 and (tmp_path / "report.zip").is_file(), proc.stderr[-3000:]
+    assert "GPU sharing" not in proc.stdout + proc.stderr
+    assert _files(done) == before
+    again = snakemake(done, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr  # and the study is still complete
 
 
 @pytest.mark.slow

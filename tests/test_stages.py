@@ -14,32 +14,68 @@ REPO = Path(__file__).resolve().parents[1]
 
 # what each stage runs; a change here is a change of what editing a module re-runs
 MAP = {
-    "data": ["data", "io"],
-    "study": ["credentials", "io", "keypath", "recipe", "schema", "study"],
+    "prepare": ["data", "io", "prepare"],
+    "study": ["credentials", "defaults", "io", "keypath", "recipe", "schema", "study"],
     "train": [
-        *("augment", "cuda_graph", "data", "device", "evaluate", "io"),
-        *("models", "recipe", "runtime", "schema", "train"),
+        "augment",
+        "cuda_graph",
+        "data",
+        "defaults",
+        "device",
+        "evaluate",
+        "io",
+        "models",
+        "recipe",
+        "runtime",
+        "schema",
+        "train",
     ],
-    "summarize": ["diagnostics", "io", "stats", "summarize"],
-    "adaptive": ["adaptive", "diagnostics", "io", "layout", "stats", "summarize"],
+    "summarize": ["defaults", "diagnostics", "io", "stats", "summarize"],
+    "adaptive": ["adaptive", "defaults", "diagnostics", "io", "layout", "stats", "summarize"],
     "figures": [
         "augment",
         "data",
+        "defaults",
         "device",
         "diagnostics",
+        "figure_plan",
         "figures",
         "io",
         "keypath",
         "models",
         "recipe",
         "runtime",
-        "schema",
         "stats",
         "summarize",
     ],
-    "report": ["credentials", "diagnostics", "io", "keypath", "provenance", "report", "stats", "summarize"],
-    "tracking": ["credentials", "diagnostics", "io", "keypath", "layout", "provenance", "stats", "tracking"],
+    "report": ["credentials", "defaults", "diagnostics", "io", "keypath", "provenance", "report", "stats", "summarize"],
+    "track": [
+        "credentials",
+        "defaults",
+        "diagnostics",
+        "io",
+        "keypath",
+        "layout",
+        "mlflow_store",
+        "provenance",
+        "stats",
+        "summarize",
+        "track",
+    ],
 }
+# what no training depends on: the downloaders and parsers, the statistics and the report, MLflow
+NOT_TRAINING = {
+    "prepare",
+    "stats",
+    "summarize",
+    "diagnostics",
+    "report",
+    "figures",
+    "figure_plan",
+    "track",
+    "mlflow_store",
+}
+
 
 SOURCE = """
 import os
@@ -102,9 +138,15 @@ def test_no_stage_imports_the_library_by_name():
         assert not calls, f"{module}.py imports by name (line {calls[0].lineno}): use an import statement"
 
 
+def test_training_runs_none_of_the_downloaders_statistics_report_or_mlflow_code():
+    assert not NOT_TRAINING & set(stages.modules("train"))
+    assert "tracking" not in stages.modules("track")  # live logging: nothing but the train jobs run it
+
+
 def test_code_inputs_are_the_files_under_the_given_folder():
-    assert stages.code_inputs("data") == [str(stages.PACKAGE / "data.py"), str(stages.PACKAGE / "io.py")]
-    assert stages.code_inputs("data", "src/ablationlab") == ["src/ablationlab/data.py", "src/ablationlab/io.py"]
+    files = ["src/ablationlab/data.py", "src/ablationlab/io.py", "src/ablationlab/prepare.py"]
+    assert stages.code_inputs("prepare") == [str(stages.PACKAGE / Path(f).name) for f in files]
+    assert stages.code_inputs("prepare", "src/ablationlab") == files
     assert all(Path(f).is_file() for stage in stages.STAGES for f in stages.code_inputs(stage))
     with pytest.raises(ValueError, match="unknown stage 'evaluate'"):
         stages.code_inputs("evaluate")

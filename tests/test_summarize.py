@@ -17,7 +17,7 @@ from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from ablationlab import evaluate, io, stats, summarize, train
+from ablationlab import evaluate, io, report, stats, summarize, train
 from ablationlab.recipe import complete, deep_merge
 
 XSS_NOTES = (
@@ -399,7 +399,7 @@ def test_csv_holm_and_bh_are_exact_over_the_p_values(study_runs):
         assert set(rows["holm_family"]) == {len(rows)}
     assert exps["p_value_holm"].isna().equals(exps["p_value"].isna())
     assert set(exps["test"].dropna()) == {"paired_t"} and exps["test"].isna().sum() == 1  # only the baseline
-    assert set(exps["verdict"].dropna()) <= set(stats.VERDICTS) and exps["verdict"].isna().sum() == 1
+    assert set(exps["verdict"].dropna()) <= set(report.VERDICT_NAMES) and exps["verdict"].isna().sum() == 1  # named
 
 
 def test_empty_cells_not_nan_text(study_runs):

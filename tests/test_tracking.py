@@ -1,4 +1,5 @@
-"""ablationlab.tracking against real MLflow stores (temp SQLite, a real `mlflow server`)."""
+"""The MLflow store, the study's writer (track) and live logging (tracking) against real MLflow stores (temp
+SQLite, a real `mlflow server`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablationlab import io, tracking
+from ablationlab import io, mlflow_store, summarize, track, tracking
 from ablationlab.recipe import complete
 
 CLASSES = ["zero", "one", "two"]
@@ -82,7 +83,7 @@ IDENT = {"study": "unit", "dataset": "digits"}
 def empty_db(tmp_path_factory) -> Path:
     """An initialised, empty SQLite store (creating the schema takes seconds: done once)."""
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.Tracker(f"sqlite:///{path}", "template").client  # noqa: B018 (creates the store)
+    mlflow_store.Tracker(f"sqlite:///{path}", "template").client  # noqa: B018 (creates the store)
     return path
 
 
@@ -104,7 +105,7 @@ def fresh_store(tmp_path, monkeypatch):
 def client(store):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking.split_credentials(store["uri"])[0])
+    return MlflowClient(tracking_uri=mlflow_store.split_credentials(store["uri"])[0])
 
 
 def all_runs(store):
@@ -114,19 +115,31 @@ def all_runs(store):
 
 
 def write_table(tmp_path: Path, experiments: dict[str, dict], seeds) -> Path:
-    """The study table (results/study/experiments.json) of ``experiments``."""
+    """The study table (results/study/experiments.json) of ``experiments``: each measured against the
+    baseline, when there is one."""
     table = {
         "dataset": "digits",
         "seeds": list(seeds),
-        "experiments": [{"id": e, "group": e.split("/")[0], "recipe": r} for e, r in experiments.items()],
+        "experiments": [
+            {
+                "id": e,
+                "group": e.split("/")[0],
+                "variant": e.rpartition("/")[2],
+                "reference": "baseline" if e != "baseline" and "baseline" in experiments else None,
+                "sweep": None,
+                "recipe": r,
+            }
+            for e, r in experiments.items()
+        ],
     }
     path = tmp_path / "study" / "experiments.json"
     io.write_json(path, table)
     return path
 
 
-def track_all(tmp_path, store, experiments: dict[str, dict], seeds=(0, 1), *, make=True) -> dict:
-    """Fabricate every (experiment, seed) run (and its train log), then run the study's writer once."""
+def track_all(tmp_path, store, experiments: dict[str, dict], seeds=(0, 1), *, make=True, summary=True) -> dict:
+    """Fabricate every (experiment, seed) run (and its train log), summarize them (unless ``summary`` is
+    False: the test wrote the summary), then run the study's writer once."""
     dirs = []
     for exp_id, recipe in experiments.items():
         for s in seeds:
@@ -135,9 +148,12 @@ def track_all(tmp_path, store, experiments: dict[str, dict], seeds=(0, 1), *, ma
             log = tmp_path / "logs" / exp_id / f"seed{s}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(f"train log of {exp_id} seed {s}\n")
-    return tracking.track_study(
+    table = write_table(tmp_path, experiments, seeds)
+    if summary:
+        summarize.summarize(table, tmp_path / "runs", tmp_path / "summary")
+    return track.track_study(
         dirs,
-        study_table=write_table(tmp_path, experiments, seeds),
+        study_table=table,
         runs_root=tmp_path / "runs",
         study="unit",
         out=tmp_path / "mlflow.json",
@@ -146,6 +162,25 @@ def track_all(tmp_path, store, experiments: dict[str, dict], seeds=(0, 1), *, ma
         logs_dir=tmp_path / "logs",
         **store,
     )
+
+
+def parent_runs(store) -> dict:
+    """The current parent runs by experiment."""
+    runs = all_runs(store)
+    return {
+        r.data.tags["experiment"]: r
+        for r in runs
+        if r.data.tags["kind"] == "parent" and r.data.tags["superseded"] == "false"
+    }
+
+
+def summary_numbers(summary_dir: Path, name: str = "experiments.csv") -> dict[str, dict[str, float]]:
+    """{experiment: {column: value}} of every number in a summary table (empty cells left out)."""
+    frame = summarize.read_table(summary_dir / name).set_index("experiment")
+    return {
+        exp: {c: float(v) for c, v in row.items() if not isinstance(v, str) and v == v}
+        for exp, row in frame.to_dict("index").items()
+    }
 
 
 def record(tmp_path) -> dict:
@@ -164,13 +199,13 @@ def metric_points(store, run_ids) -> dict[str, dict[str, int]]:
 
 # ----------------------------------------------------------------------------- helpers
 def test_split_credentials():  # redaction: tests/test_credentials.py
-    assert tracking.split_credentials("https://al%40ice:p%3Aw@h:1/p") == ("https://h:1/p", "al@ice", "p:w")
+    assert mlflow_store.split_credentials("https://al%40ice:p%3Aw@h:1/p") == ("https://h:1/p", "al@ice", "p:w")
 
 
 def test_credentials_move_to_mlflow_env_vars(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    t = tracking.Tracker("https://alice:s3cret@mlflow.example.org", "x", lock=tmp_path / "l.lock")
+    t = mlflow_store.Tracker("https://alice:s3cret@mlflow.example.org", "x", lock=tmp_path / "l.lock")
     assert t.uri == "https://mlflow.example.org" and t.redacted == "https://***@mlflow.example.org"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
     info = t.run_info(type("R", (), {"info": type("I", (), {"experiment_id": "1", "run_id": "r", "run_name": "n"})})())
@@ -180,16 +215,16 @@ def test_credentials_move_to_mlflow_env_vars(tmp_path, monkeypatch):
 
 def test_run_key_and_mlflow_params():
     recipe = complete({"augment": [{"name": "hflip", "p": 0.5}]})
-    key = tracking.run_key("baseline", "digits", recipe, 0)
-    assert key == tracking.run_key("baseline", "digits", json.loads(json.dumps(recipe)), 0)
+    key = mlflow_store.run_key("baseline", "digits", recipe, 0)
+    assert key == mlflow_store.run_key("baseline", "digits", json.loads(json.dumps(recipe)), 0)
     others = {
-        tracking.run_key("baseline", "digits", recipe, 1),
-        tracking.run_key("dropout/p=0.3", "digits", recipe, 0),
-        tracking.run_key("baseline", "digits", complete({"epochs": 2}), 0),
-        tracking.run_key("baseline", "digits", recipe),
+        mlflow_store.run_key("baseline", "digits", recipe, 1),
+        mlflow_store.run_key("dropout/p=0.3", "digits", recipe, 0),
+        mlflow_store.run_key("baseline", "digits", complete({"epochs": 2}), 0),
+        mlflow_store.run_key("baseline", "digits", recipe),
     }
     assert key not in others and len(others) == 4
-    flat = tracking.mlflow_params(recipe)
+    flat = mlflow_store.mlflow_params(recipe)
     assert flat["optimizer.lr"] == "0.05" and flat["model.batch_norm"] == "false"
     assert json.loads(flat["augment"]) == [{"name": "hflip", "p": 0.5}] and json.loads(flat["model.widths"]) == [
         32,
@@ -200,8 +235,8 @@ def test_run_key_and_mlflow_params():
 
 
 def test_sqlite_memory_store_rejected():
-    with pytest.raises(tracking.TrackingError, match="in-memory"):
-        tracking.Tracker("sqlite://", "x")
+    with pytest.raises(mlflow_store.TrackingError, match="in-memory"):
+        mlflow_store.Tracker("sqlite://", "x")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -266,15 +301,19 @@ def test_writer_logs_parents_children_params_metrics_artifacts(tmp_path, store):
         .read_text()
         .startswith("train log of baseline seed 0")
     )
-    # parent: seed aggregates computed from the run dirs
+    # parent: the summary's numbers (test_parent_runs_carry_exactly_the_summary), no curves of its own
     rec = record(tmp_path)
     parent = by_id[rec[("baseline", "")]["mlflow_run_id"]]
     assert parent.data.metrics["test_acc_mean"] == pytest.approx(0.805)
     assert parent.data.metrics["test_acc_std"] == pytest.approx(0.00707107, rel=1e-4)
     assert parent.data.metrics["n_seeds"] == 2 and parent.data.tags["seeds"] == "[0, 1]"
-    assert sorted(m.step for m in c.get_metric_history(parent.info.run_id, "val_loss")) == [1, 2, 3]
-    assert parent.data.tags["run_key"] == tracking.run_key("baseline", "digits", base)
-    assert "delta_acc" not in parent.data.metrics  # no summary in this study: no statistics, no error
+    assert "val_loss" not in parent.data.metrics  # per epoch: the children's
+    assert parent.data.tags["run_key"] == mlflow_store.run_key("baseline", "digits", base)
+    assert "delta_acc" not in parent.data.metrics  # the baseline is compared with nothing
+    seeds = json.loads(Path(c.download_artifacts(parent.info.run_id, "seeds.json", str(tmp_path / "dl"))).read_text())
+    assert [(r["seed"], r["run_id"]) for r in seeds] == [
+        (s, rec[("baseline", str(s))]["mlflow_run_id"]) for s in (0, 1)
+    ]
     # the record: one row per run and per parent; mlflow.json: the MLflow experiment
     assert set(rec) == {(e, s) for e in ("baseline", "dropout/p=0.3") for s in ("0", "1", "")}
     row = rec[("baseline", "0")]
@@ -290,81 +329,53 @@ def test_writer_logs_parents_children_params_metrics_artifacts(tmp_path, store):
     assert (tmp_path / "db" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
 
-def test_parent_runs_carry_the_summary_statistics_and_diagnostics(tmp_path, store):
-    import pandas as pd
-
-    exps = {"baseline": complete({"epochs": 3}), "bn/on": complete({"epochs": 3, "model": {"batch_norm": True}})}
-    stats = {
-        "experiment": ["baseline", "bn/on"],
-        "reference": ["", "baseline"],
-        "test_acc_ci_low": [0.7, 0.8],
-        "delta_acc": [None, 0.018],
-        "delta_ci_low": [None, 0.011],
-        "delta_ci_high": [None, 0.025],
-        "test": ["", "paired_t"],
-        "p_value": [None, 0.004],
-        "p_value_holm": [None, 0.01],
-        "q_value": [None, 0.02],
-        "effect_size": [None, 2.5],
-        "effect_size_kind": ["", "d_z"],
-        "prob_improvement": [None, 1.0],
-        "mde_acc": [None, 0.009],
-        "seeds_needed": [None, 3],
-        "verdict": ["", "significant"],
+def test_parent_runs_carry_exactly_the_summary(tmp_path, store):
+    """Every number of experiments.csv and diagnostics.csv, unchanged, and nothing else; their text as tags."""
+    exps = {
+        "baseline": complete({"epochs": 3}),
+        "bn/on": complete({"epochs": 3, "model": {"batch_norm": True}}),
+        "bn/off": complete({"epochs": 3, "model": {"dropout": 0.1}}),
     }
-    io.write_csv(tmp_path / "summary" / "experiments.csv", pd.DataFrame(stats))  # no diagnostics.csv yet
-    track_all(tmp_path, store, exps)
-    parents = {r.data.tags["experiment"]: r for r in all_runs(store) if r.data.tags["kind"] == "parent"}
-    bn = parents["bn/on"]
-    expected = {
-        "delta_acc": 0.018,
-        "delta_ci_low": 0.011,
-        "delta_ci_high": 0.025,
-        "p_value": 0.004,
-        "p_value_holm": 0.01,
-        "q_value": 0.02,
-        "effect_size": 2.5,
-        "prob_improvement": 1.0,
-        "mde_acc": 0.009,
-        "seeds_needed": 3,
-        "test_acc_ci_low": 0.8,
-    }
-    assert {k: bn.data.metrics[k] for k in expected} == pytest.approx(expected)
-    assert {k: bn.data.tags[k] for k in ("test", "effect_size_kind", "verdict", "reference")} == {
-        "test": "paired_t",
-        "effect_size_kind": "d_z",
-        "verdict": "significant",
-        "reference": "baseline",
-    }
-    assert "paired_t" in bn.data.tags["mlflow.note.content"] and "significant" in bn.data.tags["mlflow.note.content"]
-    base = parents["baseline"]  # empty cells: no metric, no tag (not NaN, not "")
-    assert "delta_acc" not in base.data.metrics and "verdict" not in base.data.tags
-    assert "q_value_holm" not in bn.data.metrics and "p_value_wilcoxon" not in bn.data.metrics  # absent columns
-    # the curves' diagnostics arrive: only the parents are updated, no child is logged again
-    io.write_csv(
-        tmp_path / "summary" / "diagnostics.csv",
-        pd.DataFrame(
-            {
-                "experiment": ["baseline", "bn/on"],
-                "val_loss_min_epoch": [3, 2],
-                "last_epoch": [3, 3],
-                "overfit_gap": [0.0, 0.05],
-                "val_acc_swing": [0.01, 0.02],
-                "flags": ["", "overfitting"],
-                "reading": ["", "The validation loss is lowest at epoch 2 of 3."],
-            }
-        ),
+    track_all(tmp_path, store, exps, seeds=(0, 1, 2))
+    parents = parent_runs(store)
+    experiments, diagnosis = (
+        summary_numbers(tmp_path / "summary"),
+        summary_numbers(tmp_path / "summary", "diagnostics.csv"),
     )
-    info = track_all(tmp_path, store, exps, make=False)
-    assert info["logged"] == {"children": 0, "parents": 2}
-    bn = next(r for r in all_runs(store) if r.data.tags["kind"] == "parent" and r.data.tags["experiment"] == "bn/on")
-    assert bn.data.metrics["overfit_gap"] == pytest.approx(0.05) and bn.data.metrics["val_loss_min_epoch"] == 2
+    assert set(parents) == set(experiments) == set(exps)
+    for exp, parent in parents.items():
+        assert parent.data.metrics == {**diagnosis[exp], **experiments[exp]}, exp
+        assert set(experiments[exp]).isdisjoint(diagnosis[exp])
+    row = summarize.read_table(tmp_path / "summary" / "experiments.csv").set_index("experiment").loc["bn/on"]
+    tags = parents["bn/on"].data.tags
+    assert {k: tags[k] for k in ("reference", "test", "effect_size_kind", "verdict", "status", "variant")} == {
+        k: row[k] for k in ("reference", "test", "effect_size_kind", "verdict", "status", "variant")
+    }
+    assert tags["test"] == "paired_t" and tags["verdict"] in tags["mlflow.note.content"]
+    assert "verdict" not in parents["baseline"].data.tags and "reference" not in parents["baseline"].data.tags
+    # a new reading of the curves (a new summary): only the parents are logged again, no child
+    frame = summarize.read_table(tmp_path / "summary" / "diagnostics.csv")
+    frame.loc[frame["experiment"] == "bn/on", ["flags", "reading"]] = ["overfitting", "Lowest at epoch 2 of 3."]
+    io.write_csv(tmp_path / "summary" / "diagnostics.csv", frame)
+    info = track_all(tmp_path, store, exps, seeds=(0, 1, 2), make=False, summary=False)
+    assert info["logged"] == {"children": 0, "parents": 1}
+    bn = parent_runs(store)["bn/on"]
     assert bn.data.tags["diagnostics.flags"] == "overfitting"
     assert (
-        "lowest at epoch 2" in bn.data.tags["diagnostics.reading"]
-        and "lowest at epoch 2" in bn.data.tags["mlflow.note.content"]
+        bn.data.tags["diagnostics.reading"] == "Lowest at epoch 2 of 3."
+        and "epoch 2" in bn.data.tags["mlflow.note.content"]
     )
-    assert len(client(store).get_metric_history(bn.info.run_id, "delta_acc")) == 1  # unchanged value: no new point
+    assert len(client(store).get_metric_history(bn.info.run_id, "test_acc_mean")) == 1  # unchanged: no new point
+
+
+def test_the_writer_needs_the_summary_of_every_run(tmp_path, store):
+    exps = {"baseline": complete({"epochs": 3})}
+    with pytest.raises(mlflow_store.TrackingError, match=r"experiments.csv: summary file not found"):
+        track_all(tmp_path, store, exps, summary=False)
+    summarize.summarize(write_table(tmp_path, exps, (0, 1)), tmp_path / "runs", tmp_path / "summary")
+    more = {**exps, "lr/high": complete({"optimizer": {"lr": 0.1}})}
+    with pytest.raises(mlflow_store.TrackingError, match=r"lacks experiments \['lr/high'\]: re-run summarize"):
+        track_all(tmp_path, store, more, summary=False)
 
 
 def test_writer_logs_only_new_or_changed_runs_and_supersedes(tmp_path, store):
@@ -377,15 +388,16 @@ def test_writer_logs_only_new_or_changed_runs_and_supersedes(tmp_path, store):
     assert again["logged"] == {"children": 0, "parents": 0} and again["superseded"] == 0
     assert {r.info.run_id for r in all_runs(store)} == before and metric_points(store, before) == points
     assert again == {**first, "logged": again["logged"]}
-    # one retrained run (same recipe, new results): only it and its parent are logged again
+    # one retrained run (same recipe, new results): only it is logged again, and the parents whose summary
+    # rows changed: its own and the variant's, whose Δ is measured against it
     metrics_json = tmp_path / "runs" / "baseline" / "seed1" / "metrics.json"
     io.write_json(metrics_json, {**io.read_json(metrics_json), "test_acc": 0.9})
     info = track_all(tmp_path, store, exps, make=False)
-    assert info["logged"] == {"children": 1, "parents": 1}
+    assert info["logged"] == {"children": 1, "parents": 2}
     changed = record(tmp_path)[("baseline", "1")]["mlflow_run_id"]
     assert client(store).get_run(changed).data.metrics["test_acc"] == pytest.approx(0.9)
     after = metric_points(store, before)
-    others = set(before) - {changed, record(tmp_path)[("baseline", "")]["mlflow_run_id"]}
+    others = set(before) - {changed} - {record(tmp_path)[(e, "")]["mlflow_run_id"] for e in exps}
     assert {k: after[k] for k in others} == {k: points[k] for k in others}
     points = after
     # change one variant: only its parent + children are new, the old ones are superseded, and
@@ -419,17 +431,18 @@ def test_writer_logs_only_new_or_changed_runs_and_supersedes(tmp_path, store):
 def test_missing_run_file_names_it(tmp_path, fresh_store):
     run = make_run(tmp_path / "runs" / "baseline" / "seed0", complete(), 0)
     (run / "confusion.csv").unlink()
-    with pytest.raises(tracking.TrackingError, match="confusion.csv"):
+    with pytest.raises(mlflow_store.TrackingError, match="confusion.csv"):
         track_all(tmp_path, fresh_store, {"baseline": complete()}, seeds=(0,), make=False)
     assert not Path(fresh_store["uri"].removeprefix("sqlite:///")).exists()  # failed before touching MLflow
-    with pytest.raises(tracking.TrackingError, match="'other' is not in the study table"):
-        tracking.track_study(
+    with pytest.raises(mlflow_store.TrackingError, match="'other' is not in the study table"):
+        track.track_study(
             [make_run(tmp_path / "runs" / "other" / "seed0", complete(), 0)],
             study_table=write_table(tmp_path, {"baseline": complete()}, [0]),
             runs_root=tmp_path / "runs",
             study="unit",
             out=tmp_path / "o.json",
             record=tmp_path / "r.csv",
+            summary_dir=tmp_path / "summary",
             **fresh_store,
         )
 
@@ -469,7 +482,7 @@ def test_eight_parallel_live_loggers_on_fresh_store_then_one_writer(tmp_path, fr
             )
             jobs.append((make_run(tmp_path / "runs" / e / f"seed{s}", r, s, epochs=2), e, r, s, spec))
     assert not Path(store["uri"].removeprefix("sqlite:///")).exists()  # no init: jobs race to create it
-    tracking.Tracker("sqlite:///" + str(tmp_path / "warm.db"), "warm").client  # noqa: B018 (imports once, before fork)
+    mlflow_store.Tracker("sqlite:///" + str(tmp_path / "warm.db"), "warm").client  # noqa: B018 (imports once, before fork)
     with multiprocessing.get_context("fork").Pool(8) as pool:
         pool.map(_live_one, jobs)
     kids = [r for r in all_runs(store) if r.data.tags["kind"] == "child"]
@@ -546,12 +559,12 @@ def _refused_uri() -> str:
 
 def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, monkeypatch, capsys):
     uri = _refused_uri()
-    problem = tracking.server_problem(uri)
+    problem = mlflow_store.server_problem(uri)
     assert problem.startswith(f"tracking.uri: MLflow server {uri} is not reachable (") and "\n" not in problem
-    assert tracking.server_problem("sqlite:///results/mlflow.db") is None  # local stores need no server
-    assert tracking.server_problem(f"http://user:secret@{uri.removeprefix('http://')}").count("secret") == 0
+    assert mlflow_store.server_problem("sqlite:///results/mlflow.db") is None  # local stores need no server
+    assert mlflow_store.server_problem(f"http://user:secret@{uri.removeprefix('http://')}").count("secret") == 0
 
-    for key in tracking.HTTP_LIMITS:
+    for key in mlflow_store.HTTP_LIMITS:
         monkeypatch.delenv(key, raising=False)
     # the job's own check: one error line, exit 2
     job = [
@@ -568,16 +581,18 @@ def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, 
         str(tmp_path),
         "--run",
         str(tmp_path / "r"),
+        "--summary",
+        str(tmp_path),
         "--out",
         str(tmp_path / "i.json"),
         "--record",
         str(tmp_path / "m.csv"),
     ]
-    assert tracking.cli(job) == 2
+    assert track.cli(job) == 2
     assert capsys.readouterr().err.strip() == f"error: {problem}"
     start = time.monotonic()  # MLflow's own client, with the bounded retries (MLflow's default: about 4 minutes)
     with pytest.raises(Exception, match="Max retries exceeded"):
-        tracking.init(tracking.Tracker(uri, "x", lock=tmp_path / "lock"))
+        track.init(mlflow_store.Tracker(uri, "x", lock=tmp_path / "lock"))
     assert time.monotonic() - start < 30
 
 

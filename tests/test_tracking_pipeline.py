@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from ablationlab import io, tracking
+from ablationlab import io, mlflow_store, summarize
 
 pytestmark = pytest.mark.slow
 
@@ -190,7 +190,7 @@ def test_smoke_logs_one_parent_per_experiment_and_one_child_per_seed(workdir, st
         assert by_id[child.data.tags["mlflow.parentRunId"]].data.tags["experiment"] == exp
         assert child.data.tags["run_key"] and child.data.tags["group"] == exp.split("/")[0]
         recipe = next(e["recipe"] for e in study["experiments"] if e["id"] == exp)
-        assert child.data.params == tracking.mlflow_params(recipe)
+        assert child.data.params == mlflow_store.mlflow_params(recipe)
         epochs = io.read_json(run_dir / "train.json")["epochs_run"]
         history = c.get_metric_history(child.info.run_id, "val_acc")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
@@ -201,29 +201,21 @@ def test_smoke_logs_one_parent_per_experiment_and_one_child_per_seed(workdir, st
     assert {"history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.log"} <= arts
     weights = c.download_artifacts(children[0].info.run_id, "weights.pt", str(workdir / "dl"))
     assert all(isinstance(t, torch.Tensor) for t in torch.load(weights, weights_only=True).values())
-    import pandas as pd
-
-    summary = pd.read_csv(workdir / "results/summary/experiments.csv", keep_default_na=False, na_values=[""])
+    # every parent run carries exactly the summary's numbers: experiments.csv's and diagnostics.csv's
+    tables = {
+        name: summarize.read_table(workdir / "results/summary" / name).set_index("experiment").to_dict("index")
+        for name in ("experiments.csv", "diagnostics.csv")
+    }
+    numbers = {
+        name: {e: {c: float(v) for c, v in row.items() if not isinstance(v, str) and v == v} for e, row in rows.items()}
+        for name, rows in tables.items()
+    }
+    assert {p.data.tags["experiment"] for p in parents} == set(numbers["experiments.csv"])
     for parent in parents:
         exp = parent.data.tags["experiment"]
-        assert (
-            record(workdir)[(exp, "")]["mlflow_run_id"] == parent.info.run_id and "test_acc_mean" in parent.data.metrics
-        )
-        row = summary.set_index("experiment").loc[exp]  # the summary's statistics, where defined
-        for column in (
-            "delta_acc",
-            "delta_ci_low",
-            "delta_ci_high",
-            "p_value",
-            "p_value_holm",
-            "q_value",
-            "effect_size",
-            "prob_improvement",
-            "mde_acc",
-            "seeds_needed",
-        ):
-            if column in row.index and pd.notna(row[column]):
-                assert parent.data.metrics[column] == pytest.approx(row[column]), (exp, column)
+        assert record(workdir)[(exp, "")]["mlflow_run_id"] == parent.info.run_id
+        assert parent.data.metrics == {**numbers["diagnostics.csv"][exp], **numbers["experiments.csv"][exp]}, exp
+        assert parent.data.tags["status"] == tables["experiments.csv"][exp]["status"]
         if exp == "baseline":
             assert "delta_acc" not in parent.data.metrics and "verdict" not in parent.data.tags
     info = io.read_json(workdir / "results/mlflow.json")
@@ -316,7 +308,7 @@ def test_tracking_server_gets_the_study_without_retraining(workdir, study, mlflo
 
 def test_live_logging_retrains_nothing_and_logs_each_epoch_during_training(workdir, study):
     weights = mtimes(workdir)
-    live = {"tracking": {"uri": tracking.DEFAULT_URI, "live": True}}
+    live = {"tracking": {"uri": mlflow_store.DEFAULT_URI, "live": True}}
     snakemake(workdir, overlay=live)  # back on the SQLite store, live logging on
     assert mtimes(workdir) == weights  # switching live logging on re-trains nothing
 

@@ -13,14 +13,14 @@ import sys
 import threading
 
 COMMANDS = {
-    "prepare": ("ablationlab.data", "download a dataset and write uint8 tensors + meta.json"),
+    "prepare": ("ablationlab.prepare", "download a dataset and write uint8 tensors + meta.json"),
     "train": ("ablationlab.train", "train one experiment for one or several seeds"),
     "evaluate": ("ablationlab.evaluate", "evaluate a trained run on the test split"),
     "adaptive": ("ablationlab.adaptive", "one look of adaptive seeding: verdicts so far, the next seeds"),
     "summarize": ("ablationlab.summarize", "aggregate runs into runs.csv / experiments.csv"),
     "figures": ("ablationlab.figures", "draw the report's figures"),
     "report": ("ablationlab.report", "render reports/report.html and report.pdf"),
-    "track": ("ablationlab.tracking", "log runs and experiments to MLflow"),
+    "track": ("ablationlab.track", "log runs and experiments to MLflow"),
     "study": ("ablationlab.study", "validate a config and list its experiments"),
 }
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ablationlab import io, stats, summarize
+from ablationlab import defaults, io, summarize
 from ablationlab.layout import seed_sequence
 
 PROCEDURE = "Bonferroni split over planned looks"
@@ -107,7 +107,7 @@ def look(
 
     ``previous`` is the last look's result (None at look 1); ``done`` when no seed was added.
     """
-    settings, adaptive = {**stats.DEFAULT_SETTINGS, **study.get("statistics", {})}, study["adaptive"]
+    settings, adaptive = defaults.statistics(study.get("statistics")), study["adaptive"]
     if previous is None:
         seeds = {e["id"]: list(study["seeds"]) for e in study["experiments"]}
         reasons = {e: [f"{len(study['seeds'])} initial"] for e in seeds}

@@ -1,6 +1,7 @@
 """Batched, per-image data augmentation on the training device.
 
-:func:`build` turns the recipe's ``augment`` list into an ``nn.Module`` that maps a
+:func:`build` turns the ``augment`` list of a completed, checked recipe (every item with all its keys:
+:func:`ablationlab.recipe.complete`) into an ``nn.Module`` that maps a
 float batch B×C×H×W in [0, 1] to an augmented batch of the same shape, dtype and
 device. Every image draws its own random parameters (a batched torchvision v2
 transform draws one set for the whole batch, which is a different experiment), all
@@ -20,7 +21,6 @@ image instead of re-drawing up to 10 times. Saturation, hue and grayscale leave
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -29,33 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablationlab.schema import check_recipe
-
-AUGMENT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hflip": {"p": 0.5},
-    "vflip": {"p": 0.5},
-    "crop": {"padding": 4, "p": 1.0},
-    "rotation": {"degrees": 15, "p": 1.0},
-    "color_jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.0, "p": 1.0},
-    "grayscale": {"p": 0.1},
-    "blur": {"kernel_size": 3, "sigma": [0.1, 2.0], "p": 0.5},
-    "erasing": {"scale": [0.02, 0.2], "ratio": [0.3, 3.3], "p": 0.5},
-}
+from ablationlab.recipe import AUGMENT_DEFAULTS
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def validate(augment: Any) -> list[dict[str, Any]]:
-    """Check an ``augment`` list and return it with every item's defaults filled in.
-
-    The rules are the schema's (:func:`ablationlab.schema.check_recipe`). Raises ``ValueError`` naming the
-    offending item and key, e.g. ``augment[2].name: unknown value 'foo'; choose one of: ...``.
-    """
-    check_recipe({"augment": augment})
-    return [{"name": item["name"], **copy.deepcopy(AUGMENT_DEFAULTS[item["name"]]), **item} for item in augment]
 
 
 # --------------------------------------------------------------------------- ops
@@ -243,7 +219,8 @@ class Erasing(_Op):
         return x.masked_fill(erase, 0)
 
 
-_OPS: dict[str, type[_Op]] = {
+# augment.name -> its op, whose parameters are the augmentation's keys (tests/test_defaults.py: the schema's)
+OPS: dict[str, type[_Op]] = {
     "hflip": HFlip,
     "vflip": VFlip,
     "crop": Crop,
@@ -253,16 +230,11 @@ _OPS: dict[str, type[_Op]] = {
     "blur": Blur,
     "erasing": Erasing,
 }
-assert _OPS.keys() == AUGMENT_DEFAULTS.keys()
 
 
 def build(augment: list[dict[str, Any]]) -> nn.Module:
     """The recipe's ``augment`` list as one module (applied in order; ``[]`` = identity)."""
-    ops = []
-    for spec in validate(augment):
-        kwargs = {k: v for k, v in spec.items() if k != "name"}
-        ops.append(_OPS[spec["name"]](**kwargs))
-    return nn.Sequential(*ops)
+    return nn.Sequential(*(OPS[item["name"]](**{k: v for k, v in item.items() if k != "name"}) for item in augment))
 
 
 # --------------------------------------------------------------------------- preview
@@ -277,7 +249,6 @@ def preview(images: torch.Tensor, augment: list[dict[str, Any]], seed: int = 0):
     """
     import matplotlib.pyplot as plt
 
-    specs = validate(augment)
     if images.ndim != 4 or images.dtype != torch.uint8 or images.shape[1] not in (1, 3):
         raise ValueError(
             f"preview: images must be uint8 N×C×H×W with 1 or 3 channels, got {images.dtype} {tuple(images.shape)}"
@@ -286,9 +257,10 @@ def preview(images: torch.Tensor, augment: list[dict[str, Any]], seed: int = 0):
     rows = [("original", x)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for spec in specs:
-            label = spec["name"] + "".join(f"\n{k}={v}" for k, v in spec.items() if k not in ("name", "p"))
-            rows.append((label, build([{**spec, "p": 1.0}])(x)))
+        for item in augment:
+            shown = [k for k in AUGMENT_DEFAULTS[item["name"]] if k != "p"]  # in the schema's order
+            label = item["name"] + "".join(f"\n{k}={item[k]}" for k in shown)
+            rows.append((label, build([{**item, "p": 1.0}])(x)))
     n = x.shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + 1.2, 1.2 * len(rows)), squeeze=False)
     for r, (label, batch) in enumerate(rows):

@@ -231,10 +231,10 @@ def _noise_reading(numbers: dict[str, float], context: Context) -> str:
     )
     return (
         f"Noisy end of training: validation accuracy still falls by up to {_pp(numbers['late_swing'])} from one "
-        f"epoch to the next over the last epochs and ends {_pp(numbers['last_vs_best_acc'])} below its best, more than {judged} and "
-        f"than the validation set's own noise ({_pp(numbers['noise_floor'])}): the last-epoch accuracy depends on "
-        f"where training stopped. {why}or compare the best epoch's test accuracy (test_acc_best) or stop early "
-        f"with restore_best."
+        f"epoch to the next over the last epochs and ends {_pp(numbers['last_vs_best_acc'])} below its best, "
+        f"more than {judged} and than the validation set's own noise ({_pp(numbers['noise_floor'])}): "
+        f"the last-epoch accuracy depends on where training stopped. {why}or compare the best epoch's test "
+        f"accuracy (test_acc_best) or stop early with restore_best."
     )
 
 

@@ -1,7 +1,6 @@
 """Stage ``figures``: every plot of the report, drawn from the run files (matplotlib, Agg).
 
-:func:`plan` lists the files a study gets, from ``experiments.json`` alone (so a
-workflow can declare them as outputs); :func:`figures` draws them into ``out_dir`` and
+:func:`figures` draws the files :func:`ablationlab.figure_plan.plan` lists into ``out_dir`` and
 writes ``figures.json``, the manifest the report reads::
 
     {"best_experiment": id, "dataset": str, "classes": [...],
@@ -25,21 +24,20 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ablationlab import io
+from ablationlab import defaults, io
+from ablationlab.figure_plan import FigureError, by_id, groups, new_augmentations, plan
 from ablationlab.keypath import lookup
 
-if TYPE_CHECKING:  # imported lazily: planning imports this module
+if TYPE_CHECKING:  # imported lazily: the command line imports this module for --help too
     import pandas as pd
     import torch
 
-# matplotlib, pandas, torch and the model/augmentation/data modules are imported where they are
-# used: the workflow calls plan() while it parses, and that must stay fast.
+# matplotlib, pandas, torch and the model/augmentation/data modules are imported where they are used.
 
 
 @functools.cache
@@ -54,7 +52,6 @@ def _plt():
 
 DPI = 160
 WIDTH = 6.4  # inches: the A4 text width at 2 cm margins is 6.7 in
-STUDY_GROUP = "study"
 STYLE = {
     "font.size": 8,
     "axes.titlesize": 9,
@@ -75,77 +72,6 @@ STYLE = {
 }
 REFERENCE_COLOR = "0.25"
 DIVERGED_COLOR = "#c0392b"
-
-
-class FigureError(ValueError):
-    """Inputs of the figures stage are missing or inconsistent."""
-
-
-# --------------------------------------------------------------------------- plan
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def groups(study: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Experiments by group, groups in order of first appearance (study order)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for exp in study["experiments"]:
-        out.setdefault(exp["group"], []).append(exp)
-    return out
-
-
-def _by_id(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {exp["id"]: exp for exp in study["experiments"]}
-
-
-def _new_augmentations(exps: list[dict[str, Any]], study: dict[str, Any]) -> list[dict[str, Any]]:
-    """Augmentations used in the group that its references do not use (unique up to ``p``, in order)."""
-    index = _by_id(study)
-
-    def key(item: dict[str, Any]) -> str:
-        return io.canonical_json({k: v for k, v in item.items() if k != "p"})
-
-    known = {
-        key(a)
-        for exp in exps
-        if exp["reference"] in index
-        for a in index[exp["reference"]]["recipe"].get("augment", [])
-    }
-    found: dict[str, dict[str, Any]] = {}
-    for exp in exps:
-        for item in exp["recipe"].get("augment", []):
-            if key(item) not in known:
-                found.setdefault(key(item), item)
-    return list(found.values())
-
-
-def plan(study: dict[str, Any]) -> list[dict[str, str]]:
-    """The figure files of ``study``: ``[{"file", "group", "kind"}]`` in report order."""
-    items: list[dict[str, str]] = []
-    for group, exps in groups(study).items():
-        kinds = ["curves"]
-        if group == "baseline":
-            kinds += ["params", "filters", "activations"]
-        else:
-            kinds += ["test_acc", "forest"]
-            if any(exp.get("sweep") for exp in exps):
-                kinds.append("sweep")
-            if any(exp["recipe"].get("early_stopping", {}).get("enabled") for exp in exps):
-                kinds.append("early_stopping")
-            if _new_augmentations(exps, study):
-                kinds.append("augment")
-        for kind in kinds:
-            ext = "csv" if kind == "params" else "png"
-            items.append({"file": f"{_safe(group)}_{kind}.{ext}", "group": group, "kind": kind})
-    for kind in ("comparison", "best_filters", "confusion", "misclassified"):
-        items.append({"file": f"{kind}.png", "group": STUDY_GROUP, "kind": kind})
-    files = [item["file"] for item in items]
-    clash = sorted({f for f in files if files.count(f) > 1})
-    if clash:
-        raise FigureError(f"figure file names clash: {clash} (rename the group)")
-    return items
 
 
 # --------------------------------------------------------------------------- inputs
@@ -698,16 +624,15 @@ class _Stage:
         self.study, self.meta, self.data_dir = study, meta, Path(data_dir)
         self.classes = [str(c) for c in meta["classes"]]
         self.runs = _Runs(study, Path(runs_dir))
-        self.index = _by_id(study)
+        self.index = by_id(study)
         self.groups = groups(study)
         self.experiments = experiments
         self.rows = experiments.set_index("experiment", drop=False)
         self.per_seed = _per_seed_acc(runs_table)
         self.labels = {e["id"]: _variant_label(e) for e in study["experiments"]}
         self.best = best_experiment(experiments)
-        statistics = study.get("statistics") or {}
-        self.alpha, self.looks = statistics.get("alpha", 0.05), statistics.get("looks", 1)
-        self.min_effect = statistics.get("min_effect")
+        statistics = defaults.statistics(study.get("statistics"))
+        self.alpha, self.looks, self.min_effect = statistics["alpha"], statistics["looks"], statistics["min_effect"]
 
     def members(self, group: str) -> tuple[str | None, list[str], list[str]]:
         """(reference, the group's experiment ids, reference + ids as plotted)."""
@@ -838,7 +763,7 @@ def _fig_augment(st: _Stage, group: str):
 
     x, y = st.split("train")
     picks = [int(torch.nonzero(y == c)[0]) for c in range(st.meta["num_classes"]) if (y == c).any()][:6]
-    fig = augment.preview(x[picks], _new_augmentations(st.groups[group], st.study), seed=0)
+    fig = augment.preview(x[picks], new_augmentations(st.groups[group], st.study), seed=0)
     return (
         fig,
         ("Each augmentation alone (applied with p=1 for display) on the same training images; top row: the originals."),

@@ -1,6 +1,7 @@
 """Models named in a recipe, and the parameter table of the report.
 
-``build_model(recipe["model"], in_channels, image_size, num_classes)`` builds:
+``build_model(recipe["model"], in_channels, image_size, num_classes)`` builds, from the ``model``
+section of a completed, checked recipe (:func:`ablationlab.recipe.complete`; the builder trusts it):
 
 - ``simple_cnn``: the seeds' baseline. Per block: ``convs_per_block`` × (conv k×k,
   padding k//2 [, BatchNorm2d], activation), then 2×2 max-pool [, dropout]; then
@@ -34,10 +35,15 @@ import torch
 from torch import nn
 
 from ablationlab import io
-from ablationlab.recipe import DEFAULT_RECIPE
-from ablationlab.schema import check_recipe
 
-MODEL_NAMES = ("simple_cnn", "vgg_style", "resnet18", "vgg11_bn")
+# Tables keyed by the values a model key allows: exactly the schema's values (tests/test_defaults.py).
+# model.name: one of our CNNS (value: batch norm always on) or a torchvision model (TRANSFER).
+CNNS = {"simple_cnn": False, "vgg_style": True}
+TRANSFER = {
+    # name: (torchvision.models constructor, its ImageNet weights enum member, head module path)
+    "resnet18": ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "fc"),
+    "vgg11_bn": ("vgg11_bn", "VGG11_BN_Weights.IMAGENET1K_V1", "classifier.6"),
+}
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -47,14 +53,8 @@ ACTIVATIONS = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
 }
-INITS = ("default", "kaiming", "xavier")
-DROPOUT_WHERE = ("head", "conv", "both")
-TRAIN_MODES = ("finetune", "frozen")
-_TRANSFER = {
-    # name: (torchvision.models constructor, its ImageNet weights enum member, head module path)
-    "resnet18": ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "fc"),
-    "vgg11_bn": ("vgg11_bn", "VGG11_BN_Weights.IMAGENET1K_V1", "classifier.6"),
-}
+DROPOUT_WHERE = {"head": (False, True), "conv": (True, False), "both": (True, True)}  # (after conv blocks, in head)
+TRAIN_MODES = {"finetune": False, "frozen": True}  # the backbone frozen (only the new head learns)?
 
 
 def _torchvision(name: str) -> tuple[Any, Any, str]:
@@ -62,7 +62,7 @@ def _torchvision(name: str) -> tuple[Any, Any, str]:
     here, not with this module: it costs seconds per job, and most jobs train no such model."""
     import torchvision
 
-    constructor, weights, head_path = _TRANSFER[name]
+    constructor, weights, head_path = TRANSFER[name]
     enum, member = weights.split(".")
     return getattr(torchvision.models, constructor), getattr(getattr(torchvision.models, enum), member), head_path
 
@@ -71,30 +71,19 @@ class WeightsError(ValueError):
     """A weights file that is missing, not a plain state_dict, or does not fit the model."""
 
 
-# --------------------------------------------------------------------------- options
-
-
-def _options(model: Mapping[str, Any]) -> dict[str, Any]:
-    """``model`` over the defaults, checked against the schema (:func:`ablationlab.schema.check_recipe`);
-    errors name the key (``model.<key>``)."""
-    opt = {**DEFAULT_RECIPE["model"], **model} if isinstance(model, Mapping) else model
-    check_recipe({"model": opt})
-    return opt
-
-
 # --------------------------------------------------------------------------- builders
 
 
 def build_model(model: Mapping[str, Any], in_channels: int, image_size: int, num_classes: int) -> nn.Module:
-    """Build the recipe's model for ``in_channels``×``image_size``² inputs and ``num_classes``."""
-    opt = _options(model)
+    """Build the recipe's model (its completed ``model`` section) for ``in_channels``×``image_size``² inputs
+    and ``num_classes``."""
     for key, value in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}: must be a positive integer, got {value!r}")
-    if opt["name"] in _TRANSFER:
-        return _transfer(opt, in_channels, image_size, num_classes)
-    net = _cnn(opt, in_channels, image_size, num_classes, batch_norm=opt["batch_norm"] or opt["name"] == "vgg_style")
-    _init(net, opt["init"], opt["activation"])
+    if model["name"] in TRANSFER:
+        return _transfer(model, in_channels, image_size, num_classes)
+    net = _cnn(model, in_channels, image_size, num_classes, batch_norm=model["batch_norm"] or CNNS[model["name"]])
+    _init(net, model["init"], model["activation"])
     return net
 
 
@@ -107,8 +96,7 @@ def _cnn(opt: dict, in_channels: int, image_size: int, num_classes: int, *, batc
     ``pool1``, ``drop1``, ..., ``flatten``, ``fc1``, ``bn_fc1``, ``act_fc1``, ``drop_fc1``, ...,
     and the output layer ``fc<len(hidden)+1>`` (the baseline: ``fc1`` 2048→64, ``fc2`` 64→10)."""
     k, act, p = opt["kernel_size"], opt["activation"], float(opt["dropout"])
-    conv_dropout = p > 0 and opt["dropout_where"] in ("conv", "both")
-    head_dropout = p > 0 and opt["dropout_where"] in ("head", "both")
+    conv_dropout, head_dropout = (p > 0 and where for where in DROPOUT_WHERE[opt["dropout_where"]])
     layers: dict[str, nn.Module] = {}
     channels, size = in_channels, image_size  # an odd kernel (the schema's rule) with padding k // 2 keeps the size
     for b, width in enumerate(opt["widths"], 1):
@@ -142,18 +130,26 @@ def _gain_name(activation: str) -> str:
     return activation if activation in ("relu", "leaky_relu", "selu", "tanh", "sigmoid") else "relu"
 
 
+def _kaiming(weight: torch.Tensor, gain_name: str) -> None:
+    nn.init.kaiming_normal_(weight, nonlinearity=gain_name if gain_name in ("relu", "leaky_relu") else "relu")
+
+
+def _xavier(weight: torch.Tensor, gain_name: str) -> None:
+    nn.init.xavier_uniform_(weight, gain=nn.init.calculate_gain(gain_name))
+
+
+INITS = {"default": None, "kaiming": _kaiming, "xavier": _xavier}  # weight initialiser (None: PyTorch's own)
+
+
 def _init(module: nn.Module, init: str, activation: str) -> None:
-    """Re-initialise every Conv2d/Linear weight of ``module`` (biases to 0)."""
-    if init == "default":
+    """Re-initialise every Conv2d/Linear weight of ``module`` as ``init`` says (biases to 0)."""
+    initialise = INITS[init]
+    if initialise is None:
         return
     gain_name = _gain_name(activation)
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if init == "kaiming":
-                nonlinearity = gain_name if gain_name in ("relu", "leaky_relu") else "relu"
-                nn.init.kaiming_normal_(m.weight, nonlinearity=nonlinearity)
-            else:
-                nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(gain_name))
+            initialise(m.weight, gain_name)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -194,7 +190,7 @@ def _transfer(opt: dict, in_channels: int, image_size: int, num_classes: int) ->
     elif weights != "none":
         _load_backbone(net, _read_state_dict(weights), head_path, weights)
 
-    if opt["train"] == "frozen":
+    if TRAIN_MODES[opt["train"]]:
         for param in net.parameters():
             param.requires_grad_(False)
         for param in head.parameters():

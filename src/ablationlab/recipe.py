@@ -1,8 +1,10 @@
 """Recipes: the plain dict that fully describes how one experiment trains.
 
-``DEFAULT_RECIPE`` is the seeds' baseline (simple_cnn, SGD lr 0.05, batch 64,
-cross-entropy, 10 epochs). Every other recipe is a partial dict deep-merged over a
-base; :func:`complete` fills whatever a partial recipe leaves out.
+``DEFAULT_RECIPE`` is the schema's default recipe (:func:`ablationlab.defaults.recipe`: the seeds'
+baseline, simple_cnn, SGD lr 0.05, batch 64, cross-entropy, 10 epochs). Every other recipe is a
+partial dict deep-merged over a base; :func:`complete` fills whatever a partial recipe leaves out,
+each augmentation's keys included. Completing checks nothing: the entry points check the completed
+recipe (:func:`ablationlab.schema.check_recipe`, the study and ``train``), the builders trust it.
 """
 
 from __future__ import annotations
@@ -11,43 +13,10 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-DEFAULT_RECIPE: dict[str, Any] = {
-    "model": {
-        "name": "simple_cnn",
-        "widths": [32, 64, 128],
-        "kernel_size": 5,
-        "convs_per_block": 1,
-        "hidden": [64],
-        "batch_norm": False,
-        "dropout": 0.0,
-        "dropout_where": "head",
-        "activation": "relu",
-        "init": "default",
-        "weights": "none",
-        "train": "finetune",
-    },
-    "optimizer": {
-        "name": "sgd",
-        "lr": 0.05,
-        "momentum": 0.9,
-        "nesterov": False,
-        "weight_decay": 0.0,
-    },
-    "scheduler": {"name": "none", "step_size": 5, "gamma": 0.1, "patience": 2},
-    "loss": {"name": "cross_entropy", "label_smoothing": 0.0},
-    "batch_size": 64,
-    "drop_last": True,
-    "epochs": 10,
-    "early_stopping": {
-        "enabled": False,
-        "monitor": "val_loss",
-        "patience": 5,
-        "min_delta": 0.0,
-        "restore_best": True,
-    },
-    "augment": [],
-    "input": {"resize": None, "standardize": True},
-}
+from ablationlab import defaults
+
+DEFAULT_RECIPE: dict[str, Any] = defaults.recipe()
+AUGMENT_DEFAULTS: dict[str, dict[str, Any]] = defaults.augmentations()
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,5 +31,16 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def complete(partial: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The full recipe: ``partial`` deep-merged over :data:`DEFAULT_RECIPE`."""
-    return deep_merge(DEFAULT_RECIPE, partial or {})
+    """The full recipe: ``partial`` deep-merged over :data:`DEFAULT_RECIPE`, each augmentation over its
+    defaults (an item the schema would refuse, e.g. an unknown name, is left for the check to name)."""
+    full = deep_merge(DEFAULT_RECIPE, partial or {})
+    if isinstance(full["augment"], list):
+        full["augment"] = [_augmentation(item) for item in full["augment"]]
+    return full
+
+
+def _augmentation(item: Any) -> Any:
+    name = item.get("name") if isinstance(item, Mapping) else None
+    if not isinstance(name, str) or name not in AUGMENT_DEFAULTS:
+        return item
+    return {"name": name, **copy.deepcopy(AUGMENT_DEFAULTS[name]), **item}

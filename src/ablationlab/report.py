@@ -34,7 +34,7 @@ import yaml
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from ablationlab import io, stats
+from ablationlab import defaults, io
 from ablationlab.credentials import redact
 from ablationlab.keypath import flatten
 from ablationlab.provenance import git_commit, package_versions
@@ -231,7 +231,7 @@ VERDICT_NAMES = {"significant": "significant", "no_effect": "no effect", "undeci
 def statistics_settings(study: dict[str, Any]) -> dict[str, Any]:
     """The study's ``statistics`` block (defaults filled in) with ``per_look`` = alpha / looks and ``ci``,
     the confidence level (%) of the Δ intervals."""
-    out = stats.DEFAULT_SETTINGS | {k: v for k, v in (study.get("statistics") or {}).items() if v is not None}
+    out = defaults.statistics(study.get("statistics"))
     out["per_look"] = out["alpha"] / out["looks"]
     out["ci"] = f"{(1 - out['per_look']) * 100:g}"
     return out

@@ -21,7 +21,6 @@ from torch import nn
 from . import augment, models
 from . import device as devices
 
-LOSSES = ("cross_entropy", "mse")
 EVAL_BATCH_SIZE = 512
 
 
@@ -65,19 +64,26 @@ def build_network(recipe: Mapping[str, Any], meta: Mapping[str, Any], *, pretrai
     )
 
 
+def _cross_entropy(num_classes: int, smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return lambda logits, y: F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+
+
+def _mse(num_classes: int, smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """MSE between softmax outputs and (smoothed) one-hot targets: the seeds' L2 loss."""
+
+    def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        target = F.one_hot(y, num_classes).float() * (1.0 - smoothing) + smoothing / num_classes
+        return F.mse_loss(logits.float().softmax(dim=1), target)
+
+    return mse
+
+
+LOSSES = {"cross_entropy": _cross_entropy, "mse": _mse}  # loss.name -> its maker (the schema's values)
+
+
 def make_loss(loss: Mapping[str, Any], num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``loss_fn(logits, labels) -> mean loss``: cross-entropy, or MSE between softmax and (smoothed) one-hot."""
-    smoothing = float(loss["label_smoothing"])
-    if loss["name"] == "cross_entropy":
-        return lambda logits, y: F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
-    if loss["name"] == "mse":
-
-        def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            target = F.one_hot(y, num_classes).float() * (1.0 - smoothing) + smoothing / num_classes
-            return F.mse_loss(logits.float().softmax(dim=1), target)
-
-        return mse
-    raise ValueError(f"loss.name: unknown loss {loss['name']!r} (choose from {', '.join(LOSSES)})")
+    """``loss_fn(logits, labels) -> mean loss`` of the recipe's ``loss`` section."""
+    return LOSSES[loss["name"]](num_classes, float(loss["label_smoothing"]))
 
 
 @torch.no_grad()

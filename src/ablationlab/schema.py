@@ -1,11 +1,12 @@
-"""The configuration schema (``schemas/config.schema.yaml``, package data): the one source of the
-config's and the recipe's rules.
+"""Checking against the configuration schema (``schemas/config.schema.yaml``, read by
+:mod:`ablationlab.defaults`): the one source of the config's and the recipe's rules.
 
 :func:`check` validates a configuration (filling its defaults, as Snakemake's ``validate`` does);
-:func:`check_recipe` validates a full or partial recipe against the schema's ``#/$defs/recipe``,
-which is what ``train`` (a recipe given with ``--recipe``), :func:`ablationlab.models.build_model`
-and :func:`ablationlab.augment.validate` check. Either raises :class:`ConfigError` whose message
-starts with the key path (``optimizer.lr: ...``, ``augment[2].name: unknown value 'foo'; ...``).
+:func:`check_recipe` validates a full or partial recipe against the schema's ``#/$defs/recipe``: what the
+study checks every resolved recipe against, and ``train`` a recipe given to it (``--recipe``, or
+:func:`ablationlab.train.train`); the builders (models, augment, runtime) trust a checked recipe. Either
+raises :class:`ConfigError` whose message starts with the key path (``optimizer.lr: ...``,
+``augment[2].name: unknown value 'foo'; ...``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ import difflib
 import math
 from collections.abc import Mapping
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
-# Shipped inside the package (package data), so an installed wheel validates without the repository.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+from ablationlab.defaults import load_schema
 
 _JSON_TYPES = {
     dict: "object",
@@ -37,17 +35,6 @@ _JSON_TYPES = {
 
 class ConfigError(ValueError):
     """An invalid configuration or recipe; the message starts with the offending key path."""
-
-
-@lru_cache(maxsize=4)
-def _schema(path: str) -> dict:
-    with open(path, encoding="utf-8") as fh:  # libyaml's loader: 5 ms instead of 40 (every train job reads it)
-        return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-
-
-def load_schema(path: str | Path | None = None) -> dict:
-    """The configuration schema (a fresh copy)."""
-    return copy.deepcopy(_schema(str(Path(path or SCHEMA_PATH).resolve())))
 
 
 def recipe_schema(schema: dict) -> dict:

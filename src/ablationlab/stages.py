@@ -17,7 +17,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 # the stages with a rule in the workflow (ablationlab.<stage> is the module the rule runs)
-STAGES = ("data", "study", "train", "summarize", "adaptive", "figures", "report", "tracking")
+STAGES = ("prepare", "study", "train", "summarize", "adaptive", "figures", "report", "track")
 # importer → {imported: why}: keyed by the importer, so no stage that runs it follows the import
 EXCLUDED = {
     "train": {

@@ -93,10 +93,8 @@ def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[st
 
 # --------------------------------------------------------------------------- comparisons (issue 11)
 
-DEFAULT_SETTINGS = {"alpha": 0.05, "power": 0.8, "min_effect": 0.01, "looks": 1}
 N_RESAMPLES = 2000  # bootstrap resamples of P(improvement)
 WILCOXON_MIN_PAIRS = 6  # below this the signed-rank test cannot reach p < 0.05
-VERDICTS = ("significant", "no_effect", "undecided")
 
 
 def _finite(values: Mapping[int, float]) -> dict[int, float]:

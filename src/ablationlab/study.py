@@ -27,19 +27,18 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ablationlab import io
+from ablationlab import defaults, io
 from ablationlab import recipe as recipes
 from ablationlab.credentials import redact
+from ablationlab.defaults import SCHEMA_PATH, load_schema
 from ablationlab.keypath import lookup, split_key
 from ablationlab.schema import (
-    SCHEMA_PATH,
     ConfigError,
     check,
     check_finite,
     decreasing_pair,
     hint,
     keypath,
-    load_schema,
     message,
     recipe_schema,
 )
@@ -235,6 +234,7 @@ class _Resolver:
             origin = f"{where}.sweep.values[{j}]"
             rec = copy.deepcopy(parent.recipe)
             _assign(rec, parts, value)
+            rec = recipes.complete(rec)  # a swept augmentation list or name takes its defaults
             try:
                 check(rec, self.recipe_schema, fill=False)
             except ConfigError as exc:
@@ -366,13 +366,6 @@ def _adaptive(config: dict) -> dict | None:
     }
 
 
-def statistics_settings(config: Mapping[str, Any]) -> dict:
-    """The study table's ``statistics``: alpha, power, min_effect of a validated config and the
-    planned number of looks at the data (1 with a fixed seed list; the per-look level is alpha/looks)."""
-    settings = config["statistics"]
-    return {"alpha": settings["alpha"], "power": settings["power"], "min_effect": settings["min_effect"], "looks": 1}
-
-
 def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> Study:
     """Validate ``config`` and resolve its experiments; ConfigError names the key path of any problem."""
     full = validate(config, schema_path)
@@ -383,7 +376,7 @@ def load(config: Mapping[str, Any], schema_path: str | Path | None = None) -> St
     table = {
         "dataset": full["data"]["dataset"],
         "seeds": list(full["seeds"]),
-        "statistics": statistics_settings(full),
+        "statistics": defaults.statistics(full["statistics"]),  # looks: 1, or the planned looks below
         "experiments": [
             {
                 "id": e.id,

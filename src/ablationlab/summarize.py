@@ -95,7 +95,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablationlab import diagnostics, io, stats
+from ablationlab import defaults, diagnostics, io, stats
 
 RUN_COLUMNS = [
     "experiment",
@@ -187,6 +187,8 @@ _INT_EXPERIMENT_COLUMNS = [
     "seeds_needed",
 ]
 _EXPERIMENT_KEYS = ("id", "group", "variant", "reference", "sweep", "recipe")
+# columns read back as text whatever they look like (a variant named 1, a swept value 0.3)
+_TEXT_COLUMNS = ("experiment", "group", "variant", "reference", "sweep_value", "mlflow_run_id", "mlflow_experiment_id")
 
 
 class SummaryError(ValueError):
@@ -328,11 +330,6 @@ def _first(series: pd.Series) -> Any:
     return values.iloc[0] if len(values) else None
 
 
-def _settings(study: dict[str, Any]) -> dict[str, Any]:
-    """The study table's ``statistics`` block (alpha, power, min_effect, looks), defaults for missing keys."""
-    return {**stats.DEFAULT_SETTINGS, **(study.get("statistics") or {})}
-
-
 def _comparison(variant: dict[int, float], reference: dict[int, float], settings: dict[str, Any]) -> dict[str, Any]:
     """One row's comparison columns (Holm, BH and verdict are filled in later, over families)."""
     res = stats.compare(variant, reference, alpha=settings["alpha"], power=settings["power"], looks=settings["looks"])
@@ -348,7 +345,7 @@ def _comparison(variant: dict[int, float], reference: dict[int, float], settings
 def add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
     """Fill the comparison columns of ``rows`` in place: each experiment vs its reference; Holm within
     each group (the group's experiments that have a reference); BH over the whole study; the verdict."""
-    settings = _settings(study)
+    settings = defaults.statistics(study.get("statistics"))
     compared = [row for row, exp in zip(rows, study["experiments"]) if exp["reference"]]
     for row, exp in zip(rows, study["experiments"]):
         ref = exp["reference"]
@@ -430,7 +427,7 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
 def contexts(study: dict[str, Any], runs: pd.DataFrame, experiments: pd.DataFrame) -> dict[str, diagnostics.Context]:
     """What each experiment's curves are read against (:class:`ablationlab.diagnostics.Context`): its Δ, the
     smallest effect worth detecting, the validation images, its recipe and partial last batch."""
-    min_effect = _settings(study)["min_effect"]
+    min_effect = defaults.statistics(study.get("statistics"))["min_effect"]
     delta = dict(zip(experiments["experiment"], experiments["delta_acc"]))
     out = {}
     for exp in study["experiments"]:
@@ -461,32 +458,20 @@ def summarize(
     return runs, experiments
 
 
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A table of the summary read back: empty cells NaN/None, the names and ids as text."""
+    path = Path(path)
+    if not path.exists():
+        raise SummaryError(f"{path}: summary file not found (run `python -m ablationlab summarize` first)")
+    return pd.read_csv(path, dtype=dict.fromkeys(_TEXT_COLUMNS, str), keep_default_na=False, na_values=[""])
+
+
 def read_summary(summary_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read ``runs.csv`` (with the runs' ``MLFLOW_COLUMNS`` from ``mlflow.csv`` when present)
-    and ``experiments.csv`` back (empty cells become NaN/None)."""
+    and ``experiments.csv`` back (:func:`read_table`)."""
     summary_dir = Path(summary_dir)
-    out = []
-    for name in ("runs.csv", "experiments.csv"):
-        path = summary_dir / name
-        if not path.exists():
-            raise SummaryError(f"{path}: summary file not found (run `python -m ablationlab summarize` first)")
-        out.append(
-            pd.read_csv(
-                path,
-                dtype={
-                    "experiment": str,
-                    "group": str,
-                    "variant": str,
-                    "reference": str,
-                    "sweep_value": str,
-                    "mlflow_run_id": str,
-                    "mlflow_experiment_id": str,
-                },
-                keep_default_na=False,
-                na_values=[""],
-            )
-        )
-    return _with_mlflow(out[0], summary_dir / "mlflow.csv"), out[1]
+    runs, experiments = read_table(summary_dir / "runs.csv"), read_table(summary_dir / "experiments.csv")
+    return _with_mlflow(runs, summary_dir / "mlflow.csv"), experiments
 
 
 def _with_mlflow(runs: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -65,7 +65,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, evaluate, io, models
+from . import data, defaults, evaluate, io, models
 from . import device as devices
 from .cuda_graph import CapturedStep, not_capturable
 from .recipe import complete
@@ -74,9 +74,8 @@ from .schema import check_recipe
 
 log = logging.getLogger("ablationlab.train")
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop")
-SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
-MONITORS = ("val_loss", "val_acc")
+OPTIMIZERS = defaults.allowed("optimizer.name")  # make_optimizer builds each (tests/test_defaults.py)
+SCHEDULERS = defaults.allowed("scheduler.name")  # make_scheduler builds each
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
 TIMING_COLUMNS = ("seconds", "images_per_s")
 CHECKPOINT_VERSION = 2  # 2: the best epoch's weights are kept whether or not early stopping restores them

@@ -1,10 +1,14 @@
 """Shared helpers: the validated study, paths, the final targets, per-group resources,
-library inputs.
+MLflow settings, library inputs.
 
 Included first by the Snakefile. The configuration is validated and resolved here by
 ablationlab.study (schema src/ablationlab/schemas/config.schema.yaml, defaults filled in, plus the
 semantic checks); an invalid configuration stops Snakemake with one readable message
-naming the key path, before any job is planned.
+naming the key path, before any job is planned. The rule files use what this file defines,
+never each other's names.
+
+Parsing changes nothing and prints nothing (snakemake -n, --lint and --report are safe):
+what must act before the jobs (the checks of PREFLIGHT, messages) runs in onstart, when jobs run.
 """
 
 import contextlib
@@ -34,14 +38,16 @@ envvars:
 
 import ablationlab
 from ablationlab import data as abl_data
+from ablationlab import defaults as abl_defaults
 from ablationlab import io as abl_io
 from ablationlab.layout import job_stem, seed_blocks as abl_seed_blocks
-from ablationlab import schema as abl_schema
+from ablationlab import mlflow_store as abl_mlflow
 from ablationlab import stages as abl_stages
 from ablationlab import study as abl_study
+from ablationlab import tracking as abl_tracking
 
 # the library's packaged schema: one file for both checks
-SCHEMA = abl_schema.SCHEMA_PATH
+SCHEMA = abl_defaults.SCHEMA_PATH
 ENV = "../envs/ablationlab.yaml"
 
 try:
@@ -92,15 +98,6 @@ TRAIN_LOGS = "results/logs/train"
 TRAIN_BENCHMARKS = "results/benchmarks/train"
 
 DATA_DIR = f"results/data/{DATASET}"
-DATA_VERIFIED = f"{DATA_DIR}/verified"  # prepare_data's marker (data.smk)
-DATA_PROBLEM = abl_data.corruption(DATA_DIR) if workflow.is_main_process else None
-if DATA_PROBLEM and workflow.output_settings.dryrun:
-    print(f"warning: {DATA_PROBLEM}: a run (not -n) rebuilds it", file=sys.stderr)
-elif DATA_PROBLEM:
-    # a prepared cache whose tensors no longer match their sha256 is rebuilt in this very
-    # run; its files stay ancient() inputs, so identical rebuilt data re-runs nothing else
-    print(f"warning: {DATA_PROBLEM}: prepare_data will rebuild it", file=sys.stderr)
-    Path(DATA_VERIFIED).unlink(missing_ok=True)
 RUNS_ROOT = "results/runs"
 CHECKPOINTS_ROOT = "results/checkpoints"  # <experiment>/seed<n>/last.pt: not declared, a train job resumes from it
 RUN_DIR = f"{RUNS_ROOT}/{{experiment}}/seed{{seed}}"
@@ -124,6 +121,40 @@ EVALUATE_FILES = [
 DATA_FILES = [
     f"{split}_{kind}.pt" for split in ("train", "val", "test") for kind in "xy"
 ]
+
+
+# A prepared cache whose tensors no longer match their sha256 is rebuilt in this very run (a dry
+# run plans it) without parsing changing a file: prepare_data then has one more output, an empty
+# marker named after this corrupted state (DATA_REBUILD), which the targets ask for with the
+# `verified` marker (DATA_VERIFIED): missing, so the job runs. Nothing Snakemake records (params,
+# the input set) changes, so the healthy cache re-runs nothing once more; the data files stay
+# ancient() inputs, so identical rebuilt data re-runs nothing else. The main process checks
+# (sha256 of the cache); a job on a cluster, which parses the workflow too, gets the marker's
+# name through the environment.
+def rebuild_name(problem):
+    """`rebuild-<digest>` of the cache's corrupted state: the problem, its files' sizes and mtimes."""
+    files = [Path(DATA_DIR, name) for name in DATA_FILES + ["meta.json"]]
+    state = [problem] + [
+        [f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()
+    ]
+    digest = hashlib.sha256(abl_io.canonical_json(state).encode()).hexdigest()
+    return f"rebuild-{digest[:12]}"
+
+
+REBUILD_VAR = "ABLATIONLAB_DATA_REBUILD"  # optional: registered only when set (not in envvars:)
+if workflow.is_main_process:
+    DATA_PROBLEM = abl_data.corruption(DATA_DIR)
+    DATA_REBUILD = rebuild_name(DATA_PROBLEM) if DATA_PROBLEM else ""
+    if DATA_REBUILD:
+        os.environ[REBUILD_VAR] = DATA_REBUILD
+        workflow.register_envvars(REBUILD_VAR)
+else:
+    DATA_PROBLEM, DATA_REBUILD = None, os.environ.get(REBUILD_VAR, "")
+# what `all` and the group targets ask for: prepare_data's marker (and its rebuild, see above)
+DATA_VERIFIED = [f"{DATA_DIR}/verified"] + (
+    [f"{DATA_DIR}/{DATA_REBUILD}"] if DATA_REBUILD else []
+)
+
 # the script that gives each job its own GPU(s) (see its docstring)
 GPU_SLOT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "gpu_slot.py"))
 
@@ -135,16 +166,67 @@ def verbatim(value):
     return lambda wildcards: value
 
 
+# --------------------------------------------------------------------------- MLflow
+
+# Credentials in tracking.uri (https://user:pass@host) never reach a shell command or a log:
+# they are moved into MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD environment variables
+# (inherited by local jobs, exported by sbatch) and jobs get the bare URI.
+MLFLOW_URI = abl_mlflow.export_credentials(CONFIG["tracking"]["uri"])
+# credentials given: pass them on to remote jobs (sbatch exports them anyway)
+if MLFLOW_URI != CONFIG["tracking"]["uri"]:
+    workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# the MLflow experiment of the study (config key tracking.experiment, default the study name)
+MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or STUDY_NAME
+TRACK_RULES = {"track"}  # the rules that talk to the tracking store (track.smk)
+
+
+def live_tracking(wildcards):
+    """`train --track` value of an experiment's jobs (tracking.live / system_metrics): a
+    LiveSpec, which Snakemake does not compare between runs, so switching live logging or the
+    tracking server re-trains nothing."""
+    return abl_tracking.LiveSpec(
+        uri=MLFLOW_URI,
+        mlflow_experiment=MLFLOW_EXPERIMENT,
+        study=STUDY_NAME,
+        experiment=wildcards.experiment,
+        group=EXPERIMENTS[wildcards.experiment]["group"],
+        dataset=DATASET,
+        live=CONFIG["tracking"]["live"],
+        system_metrics=CONFIG["tracking"]["system_metrics"],
+    )
+
+
+# --------------------------------------------------------------------------- before the jobs
+
 # checks before the first job (not on -n, nor when nothing is to be done): each gets the jobs
 # to run and returns an error line or None. A folder the run writes into that is read-only or
 # immutable: Snakemake would fail removing old outputs with a traceback (it names
-# write-protected files itself). track.smk adds the tracking server's check.
+# write-protected files itself). An unreachable tracking server: one line before the first
+# job, not minutes of retries per job.
 PREFLIGHT = [
-    lambda jobs: abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log])
+    lambda jobs: abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log]),
+    lambda jobs: (
+        abl_mlflow.server_problem(MLFLOW_URI)
+        if any(job.rule.name in TRACK_RULES for job in jobs)
+        else None
+    ),
 ]
 
 
+def notices():
+    """What a run (not -n) says before its first job."""
+    if DATA_PROBLEM:
+        yield f"warning: {DATA_PROBLEM}: prepare_data rebuilds it"
+    if not workflow.non_local_exec and gpu_slots_per_gpu() > 1:
+        yield (
+            f"GPU sharing (resources.<group>.jobs_per_gpu): --resources gpu= counts GPU slots,"
+            f" {gpu_slots_per_gpu()} per GPU (cap with gpu=<GPUs x {gpu_slots_per_gpu()}>)"
+        )
+
+
 onstart:
+    for line in notices():
+        print(line, file=sys.stderr)
     jobs = list(workflow.dag.needrun_jobs())
     for check in PREFLIGHT:
         if problem := check(jobs):
@@ -343,7 +425,7 @@ def seed_plan_option(wildcards, input):
 def final_targets():
     """What the Snakefile's default target asks for: every stage's final files for this study."""
     return [
-        DATA_VERIFIED,
+        *DATA_VERIFIED,
         STUDY_TABLE,
         STUDY_REPORT,
         # the study's seeds (adaptive seeding adds its further seeds through the summary)
@@ -428,14 +510,6 @@ def gpu_resource(group):
     if workflow.non_local_exec or workflow.remote_exec:
         return gpus(group)
     return gpus(group) * gpu_slots_per_gpu() // jobs_per_gpu(group)
-
-
-if workflow.is_main_process and not workflow.non_local_exec and gpu_slots_per_gpu() > 1:
-    print(
-        f"GPU sharing (resources.<group>.jobs_per_gpu): --resources gpu= counts GPU slots,"
-        f" {gpu_slots_per_gpu()} per GPU (cap with gpu=<GPUs x {gpu_slots_per_gpu()}>)",
-        file=sys.stderr,
-    )
 
 
 def gpu_model(group):

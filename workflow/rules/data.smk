@@ -1,8 +1,11 @@
 """prepare_data: fetch the dataset once and write uint8 tensors + meta.json.
 
-`verified` (touched when prepare succeeds) is what rule all and the group targets ask for:
-the workflow removes it when it finds the cache corrupted, and prepare_data runs again.
-Nothing downstream reads it, so identical rebuilt data re-runs nothing else.
+`verified` (touched when prepare succeeds) is what rule all and the group targets ask for.
+When the workflow finds the cache corrupted, prepare_data gets one more output, a marker named
+after the corrupted state that the targets ask for too, and runs (common.smk: DATA_REBUILD);
+the prepared files are ancient() inputs of their readers, so identical rebuilt data re-runs
+nothing else. Its code inputs are the downloaders and parsers (ablationlab.prepare), which no
+other stage runs.
 
 An image folder's listing is a param here (FOLDER_MANIFEST): a changed folder re-prepares
 the data. A checkpoint: for an image folder, the jobs that read the data are planned again
@@ -13,10 +16,14 @@ TRACK_CONTENT, data_version; a touched image re-trains nothing).
 
 checkpoint prepare_data:
     input:
-        code=library("data"),
+        code=library("prepare"),
     output:
         expand("results/data/{{dataset}}/{name}", name=DATA_FILES + ["meta.json"]),
         verified=touch("results/data/{dataset}/verified"),
+        # only while the cache is found corrupted: a missing marker, so the job runs (common.smk)
+        rebuild=(
+            [touch(f"results/data/{{dataset}}/{DATA_REBUILD}")] if DATA_REBUILD else []
+        ),
     log:
         "results/logs/prepare_data/{dataset}.log",
     conda:

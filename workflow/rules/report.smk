@@ -2,29 +2,30 @@
 reports/report.html (one self-contained file) and reports/report.pdf (WeasyPrint, from the
 same HTML).
 
-The figure files are known from the study table alone (ablationlab.figures.plan), so each
+The figure files are known from the study table alone (ablationlab.figure_plan.plan), so each
 is a declared output with a report() flag: `snakemake --report report.zip` shows them too.
 figures reads the study table (ancient + content digest, as summarize), the summary, the
 prepared data and the run files; render_report also reads report.json, so editing a group's
 notes or the report title re-renders the report and nothing else.
 """
 
-from ablationlab import figures as abl_figures
+from ablationlab import figure_plan as abl_figure_plan
 
 
 report: "../report/workflow.rst"
 
 
-GROUP_TITLES = {"baseline": "Baseline", abl_figures.STUDY_GROUP: "All experiments"} | {
-    g["id"]: g["title"] for g in STUDY.report["groups"]
-}
+GROUP_TITLES = {
+    "baseline": "Baseline",
+    abl_figure_plan.STUDY_GROUP: "All experiments",
+} | {g["id"]: g["title"] for g in STUDY.report["groups"]}
 # a group's category in `snakemake --report`, which formats it as a wildcard pattern (braces
 # cannot be escaped there): a title with braces is shown by its group id instead
 REPORT_CATEGORIES = {
     gid: (gid if "{" in title or "}" in title else title)
     for gid, title in GROUP_TITLES.items()
 }
-FIGURE_PLAN = abl_figures.plan(STUDY.experiments)
+FIGURE_PLAN = abl_figure_plan.plan(STUDY.experiments)
 FIGURE_FILES = [f"{FIGURES_DIR}/{item['file']}" for item in FIGURE_PLAN]
 
 # every planned figure, flagged for `snakemake --report`: caption per kind, category per group

@@ -1,8 +1,8 @@
 """MLflow tracking: one writer per study (rule `track`, one job).
 
 It runs after summarize and logs the child runs (one per seed) that are new or changed,
-updates every experiment's parent run (seed aggregates and the summary's statistics:
-experiments.csv, diagnostics.csv when present) and tags superseded runs; it is idempotent
+updates every experiment's parent run (exactly the summary's numbers: experiments.csv,
+diagnostics.csv; ablationlab.track) and tags superseded runs; it is idempotent
 (runs are found by their run_key tag; unchanged ones are skipped) and the store's only
 writer apart from live logging (tracking.live: train jobs, under a file lock with retries).
 It writes results/mlflow.json (the study's MLflow experiment: MLFLOW_INFO) and
@@ -15,53 +15,20 @@ URI is a tracking server).
 Names: `experiment` is an ablation experiment; MLflow's experiment (one per study) is always
 `mlflow_experiment` here (config key tracking.experiment).
 
-Credentials in tracking.uri (https://user:pass@host) never reach a shell command or a log:
-they are moved into MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD environment variables
-(inherited by local jobs, exported by sbatch) and jobs get the bare URI.
+MLflow settings (MLFLOW_URI: credentials moved to MLflow's environment variables, never into a
+command or log; MLFLOW_EXPERIMENT; the tracking server's check before the first job) are in
+common.smk, which the train rules' live logging shares.
 """
 
-from ablationlab import tracking as abl_tracking
+from ablationlab.credentials import redact
 
-MLFLOW_URI = abl_tracking.export_credentials(CONFIG["tracking"]["uri"])
-# credentials given: pass them on to remote jobs (sbatch exports them anyway)
-if MLFLOW_URI != CONFIG["tracking"]["uri"]:
-    workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-# the MLflow experiment of the study (config key tracking.experiment, default the study name)
-MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or STUDY_NAME
 MLFLOW_TARGET = "results/mlflow/target.json"  # tracking URI (redacted), MLflow experiment, study name
-TRACK_RULES = {"track"}  # the rules that talk to the tracking store
-
-
-# an unreachable tracking server: one line before the first job, not minutes of retries per job
-PREFLIGHT.append(
-    lambda jobs: (
-        abl_tracking.server_problem(MLFLOW_URI)
-        if any(job.rule.name in TRACK_RULES for job in jobs)
-        else None
-    )
-)
 TRACKED_FILES = [
     "recipe.json",
     "train.json",
     "history.csv",
     "weights.pt",
 ] + EVALUATE_FILES[:2]
-
-
-# `train --track {params.track:q}` values (the train rule: track=lambda wc: TRACK_LIVE[wc.experiment])
-TRACK_LIVE = {
-    exp: abl_tracking.LiveSpec(
-        uri=MLFLOW_URI,
-        mlflow_experiment=MLFLOW_EXPERIMENT,
-        study=STUDY_NAME,
-        experiment=exp,
-        group=EXPERIMENTS[exp]["group"],
-        dataset=DATASET,
-        live=CONFIG["tracking"]["live"],
-        system_metrics=CONFIG["tracking"]["system_metrics"],
-    )
-    for exp in EXPERIMENTS
-}
 
 
 localrules:
@@ -79,7 +46,7 @@ rule mlflow_init:
     log:
         "results/logs/mlflow_init/mlflow_init.log",
     params:
-        uri=verbatim(abl_tracking.redact(MLFLOW_URI)),
+        uri=verbatim(redact(MLFLOW_URI)),
         mlflow_experiment=verbatim(MLFLOW_EXPERIMENT),
         study_name=verbatim(STUDY_NAME),
     run:
@@ -92,7 +59,7 @@ rule track:
         study_table=ancient(STUDY_TABLE),
         summary=SUMMARY,
         runs=lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES),
-        code=library("tracking"),
+        code=library("track"),
     output:
         info=MLFLOW_INFO,
         record=MLFLOW_RECORD,

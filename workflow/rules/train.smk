@@ -67,8 +67,8 @@ for group in GROUPS:
                 device=CONFIG["device"],
                 compile=["--compile"] if CONFIG["compile"] else [],
                 # live MLflow logging (tracking.live / system_metrics): not compared between
-                # runs, so switching it on or off re-trains nothing (track.smk)
-                track=lambda wildcards: TRACK_LIVE[wildcards.experiment],
+                # runs, so switching it on or off re-trains nothing (common.smk)
+                track=live_tracking,
             shell:
                 "python {input.gpu_slot:q} {resources.gpu_count} --jobs-per-gpu {resources.jobs_per_gpu} --"
                 " python -m ablationlab train --data {params.data_dir:q} --recipe {params.recipe:q}"

@@ -1,0 +1,364 @@
+"""The study's MLflow store, as the study's writer (:mod:`ablationlab.track`) and live logging from
+training (:mod:`ablationlab.tracking`) both use it: one MLflow experiment per study, a run found by its
+``run_key`` tag (sha256 of the experiment id, dataset, resolved recipe and seed) and created only when
+absent (:func:`open_runs`), never duplicated.
+
+A file lock serialises create-if-absent (and, for SQLite stores, every write, so that eight jobs on one
+``mlflow.db`` never see "database is locked" nor a half-created schema), and "database is locked" is
+retried (:class:`Tracker`). Credentials never leave it: a URI such as ``https://user:pass@host`` is split
+into MLflow's ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` environment variables and a clean URI
+(:func:`export_credentials`), and every URI written or printed goes through
+:func:`ablationlab.credentials.redact`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from ablationlab import io
+from ablationlab.credentials import redact
+from ablationlab.keypath import flatten
+from ablationlab.provenance import git_commit
+
+log = logging.getLogger(__name__)
+
+_git_commit = functools.cache(git_commit)  # one git call per process, not one per run
+DEFAULT_URI = "sqlite:///results/mlflow.db"
+EPOCH_METRICS = {  # history.csv column -> MLflow metric (step = epoch)
+    "train_loss": "train_loss",
+    "train_acc": "train_acc",
+    "val_loss": "val_loss",
+    "val_acc": "val_acc",
+    "lr": "lr",
+    "seconds": "epoch_seconds",
+    "images_per_s": "images_per_s",
+}
+EXPERIMENT_TAGS = {  # the UI opens a training experiment on its runs table, not on GenAI traces
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": "ablationlab study: one parent run per experiment (mean/std over seeds), "
+    "one child run per seed nested under it. Current runs: `tags.superseded = 'false'`.",
+}
+UI_QUERY = "workflowType=machine_learning"  # MLflow 3's UI otherwise opens in its GenAI mode
+# MLflow's HTTP client retries a refused connection 7 times with exponential backoff (about
+# 4 minutes) and waits up to 120 s per request; jobs give up within seconds instead (a setting
+# already in the environment wins)
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+class TrackingError(ValueError):
+    """Bad tracking input (missing run file, inconsistent runs, unsupported URI)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without user:password@, user, password)``."""
+    parts = urlsplit(str(uri))
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user, _, password = userinfo.partition(":")
+        clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+        return clean, unquote(user) or None, unquote(password) or None
+    return str(uri), None, None
+
+
+def export_credentials(uri: str) -> str:
+    """Move ``user:password@`` of an http(s) ``uri`` into MLflow's ``MLFLOW_TRACKING_USERNAME``
+    and ``MLFLOW_TRACKING_PASSWORD`` environment variables; return the bare URI."""
+    clean, user, password = split_credentials(uri)
+    if user is not None:
+        os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password or "")
+    return clean
+
+
+def bound_http_retries() -> None:
+    """Apply :data:`HTTP_LIMITS` (unless set) before the first MLflow request of this process."""
+    for key, value in HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
+
+
+def server_problem(uri: str, timeout: float = 10.0) -> str | None:
+    """One line naming the http(s) tracking server ``uri`` and what to do if it does not answer,
+    else None; other URIs (SQLite, a directory) are local and always pass."""
+    if not str(uri).startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered (401 without credentials, 404 behind a proxy): reachable
+    except (OSError, ValueError) as exc:  # refused, unknown host, timed out, malformed
+        return (
+            f"tracking.uri: MLflow server {redact(uri)} is not reachable ({getattr(exc, 'reason', None) or exc}); "
+            "start it, or fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same "
+            "command again"
+        )
+    return None
+
+
+def run_key(experiment: str, dataset: str, recipe: Mapping[str, Any], seed: int | None = None) -> str:
+    """sha256 of the canonical (experiment, dataset, recipe, seed); ``seed=None`` keys the parent."""
+    ident = {
+        "experiment": experiment,
+        "dataset": dataset,
+        "recipe": recipe,
+        "seed": "parent" if seed is None else int(seed),
+    }
+    return hashlib.sha256(io.canonical_json(ident).encode()).hexdigest()
+
+
+def mlflow_params(recipe: Mapping[str, Any]) -> dict[str, str]:
+    """Recipe as MLflow params: dotted keys (``optimizer.lr``); non-strings as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in flatten(recipe).items()}
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def _quote(value: str) -> str:
+    value = str(value)
+    if "'" in value and '"' in value:
+        raise TrackingError(f"tag value {value!r} contains both quote characters")
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _locked_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _retry(fn: Callable, *args, attempts: int = 12, **kwargs):
+    """Call ``fn``; on SQLite "database is locked" retry with jittered exponential backoff."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MlflowException or sqlalchemy OperationalError
+            if not _locked_error(exc) or attempt == attempts - 1:
+                raise
+            delay = min(5.0, 0.05 * 2**attempt) * (0.5 + random.random())
+            log.warning("MLflow store locked, retrying in %.2f s", delay)
+            time.sleep(delay)
+
+
+# ----------------------------------------------------------------------------- store
+class Tracker:
+    """An MLflow store + experiment, with the lock that makes create-if-absent safe."""
+
+    def __init__(self, uri: str = DEFAULT_URI, name: str = "ablationlab", *, lock: str | os.PathLike | None = None):
+        from filelock import FileLock
+
+        if not name:
+            raise TrackingError("tracking: MLflow experiment name is empty")
+        # no usage telemetry from pipeline jobs (offline cluster nodes would wait on it); opt in
+        # with MLFLOW_DISABLE_TELEMETRY=false
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        bound_http_retries()
+        clean = export_credentials(uri)
+        self.uri = clean
+        self.redacted = redact(uri)
+        self.name = name
+        self.sqlite_path = _sqlite_path(clean)
+        if lock is None:
+            lock = (
+                f"{self.sqlite_path}.lock"
+                if self.sqlite_path
+                else Path("results") / f".mlflow-{hashlib.sha256(clean.encode()).hexdigest()[:12]}.lock"
+            )
+        Path(lock).parent.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(str(lock))
+        self._client = None
+        self._experiment_id: str | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            if self.sqlite_path:
+                Path(self.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+                # warm-up outside the lock: MLflow has no public call for it, but importing the SQL
+                # store (what the client loads for a sqlite: URI) is 0.7 s of the first connection
+                with contextlib.suppress(Exception):
+                    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+            with self.lock:  # the first use of a new SQLite store creates its schema
+                self._client = MlflowClient(tracking_uri=self.uri)
+                _retry(self._client.search_experiments, max_results=1)
+        return self._client
+
+    def call(self, method: str, *args, **kwargs):
+        """``client.<method>(...)``, retried on "database is locked"."""
+        return _retry(getattr(self.client, method), *args, **kwargs)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Tracker]:
+        """Hold the lock for a SQLite store (one writer at a time); no-op for servers."""
+        self.client  # connect (seconds of imports) before taking the lock  # noqa: B018 (a property with an effect)
+        with self.lock if self.sqlite_path else contextlib.nullcontext():
+            yield self
+
+    @property
+    def experiment_id(self) -> str:
+        """Id of the experiment ``name``, created (or restored) once under the lock."""
+        if self._experiment_id is None:
+            with self.lock:
+                exp = self.call("get_experiment_by_name", self.name)
+                if exp is None:
+                    location = None
+                    if self.sqlite_path:  # artifacts next to the database, not in ./mlruns
+                        location = (Path(self.sqlite_path).resolve().parent / "mlartifacts").as_uri()
+                    eid = self.call("create_experiment", self.name, artifact_location=location, tags=EXPERIMENT_TAGS)
+                else:
+                    eid = exp.experiment_id
+                    if exp.lifecycle_stage == "deleted":
+                        self.call("restore_experiment", eid)
+                    for key, value in EXPERIMENT_TAGS.items():
+                        if key not in exp.tags:
+                            self.call("set_experiment_tag", eid, key, value)
+                self._experiment_id = eid
+        return self._experiment_id
+
+    def find(self, filters: Mapping[str, Any]) -> list:
+        """Active runs of the experiment whose tags equal ``filters``, oldest first."""
+        query = " AND ".join(f"tags.{k} = {_quote(v)}" for k, v in filters.items())
+        runs, token = [], None
+        while True:  # every page: a study can hold more runs than one page
+            page = self.call(
+                "search_runs",
+                [self.experiment_id],
+                filter_string=query,
+                max_results=1000,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def ensure_run(self, key: str, *, name: str, tags: Mapping[str, str], start_time: int | None = None):
+        """``(run, created)``: the run tagged ``run_key=key``, created if absent (under the lock)."""
+        with self.lock:
+            runs = self.find({"run_key": key})
+            if runs:
+                return runs[0], False
+            tags = {**tags, "run_key": key}
+            return self.call("create_run", self.experiment_id, tags=tags, run_name=name, start_time=start_time), True
+
+    def run_info(self, run, **extra) -> dict[str, Any]:
+        """The ``mlflow.json`` record of ``run`` (URIs redacted)."""
+        eid, rid = run.info.experiment_id, run.info.run_id
+        info = {
+            "run_id": rid,
+            "experiment_id": eid,
+            "experiment_name": self.name,
+            "tracking_uri": self.redacted,
+            "run_name": run.info.run_name,
+            "url": f"#/experiments/{eid}/runs/{rid}?{UI_QUERY}",
+            "ui_url": None,
+        }
+        if self.uri.startswith(("http://", "https://")):
+            info["ui_url"] = f"{self.redacted.rstrip('/')}/{info['url']}"
+        return {**info, **extra}
+
+
+def _sqlite_path(uri: str) -> str | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///" or ":memory:" in uri:
+        raise TrackingError(
+            f"tracking uri {uri!r}: an in-memory SQLite store is not shared "
+            "between jobs; use sqlite:///path/to/mlflow.db"
+        )
+    return uri.removeprefix("sqlite:///").split("?", 1)[0]
+
+
+# ----------------------------------------------------------------------------- runs
+def log_missing(tracker: Tracker, run, *, params=None, tags=None, metrics=None, history=None) -> None:
+    """Log what ``run`` lacks: params/metrics/epoch rows already there are skipped."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    rid, now = run.info.run_id, now_ms()
+    have_params = run.data.params
+    batch_params = [Param(k, v) for k, v in (params or {}).items() if k not in have_params]
+    batch_tags = [
+        RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None and run.data.tags.get(k) != str(v)
+    ]
+    batch_metrics = [
+        Metric(k, float(v), now, 0)
+        for k, v in (metrics or {}).items()
+        if v is not None and not (k in run.data.metrics and _same(run.data.metrics[k], float(v)))
+    ]
+    for key, steps in (history or {}).items():
+        logged = {}
+        if key in run.data.metrics:
+            logged = {m.step: m.value for m in tracker.call("get_metric_history", rid, key)}
+        batch_metrics += [
+            Metric(key, float(v), now, int(step))
+            for step, v in steps.items()
+            if not (step in logged and _same(logged[step], float(v)))
+        ]
+    if batch_params or batch_tags or batch_metrics:
+        tracker.call("log_batch", rid, metrics=batch_metrics, params=batch_params, tags=batch_tags)
+
+
+def base_tags(*, study: str, experiment: str, group: str, dataset: str, kind: str) -> dict[str, str]:
+    tags = {"study": study, "experiment": experiment, "group": group, "dataset": dataset, "kind": kind}
+    commit = _git_commit()
+    if commit:  # MLflow's tag takes a bare commit (the UI links it); ours says +dirty too
+        tags.update({"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("+dirty")})
+    return tags
+
+
+def open_runs(
+    tracker: Tracker,
+    *,
+    recipe: Mapping[str, Any],
+    seed: int,
+    study: str,
+    experiment: str,
+    group: str,
+    dataset: str,
+    start_time: int | None = None,
+):
+    """``(parent, child, created)`` for one seed, both created if absent (new runs start at
+    ``start_time``, ms since the epoch, default now: the parent when its first seed started
+    training, roughly); params logged."""
+    tags = base_tags(study=study, experiment=experiment, group=group, dataset=dataset, kind="parent")
+    params = mlflow_params(recipe)
+    parent, created = tracker.ensure_run(
+        run_key(experiment, dataset, recipe), name=experiment, tags=tags, start_time=start_time
+    )
+    if created:
+        log_missing(tracker, parent, params=params)
+    child_tags = {**tags, "kind": "child", "seed": str(seed), "mlflow.parentRunId": parent.info.run_id}
+    child, created = tracker.ensure_run(
+        run_key(experiment, dataset, recipe, seed),
+        name=f"{experiment}/seed{seed}",
+        tags=child_tags,
+        start_time=start_time,
+    )
+    if created:
+        log_missing(tracker, child, params=params)
+        child = tracker.call("get_run", child.info.run_id)
+    return parent, child, created
