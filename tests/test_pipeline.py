@@ -37,14 +37,17 @@ def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.Com
 
 
 def jobs_of(log: str) -> set[tuple[str, str | None, str | None]]:
-    """(rule, experiment, seed) of every job a Snakemake log (or dry run) announces."""
+    """(rule, experiment, seeds) of every job a Snakemake log (or dry run) announces; a train job's seeds are
+    those its log file names (``results/logs/train/<experiment>/seed0-1.log``: "0-1")."""
     jobs: list[list] = []
     for line in log.splitlines():
         if match := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
             jobs.append([match[1], None, None])
         elif jobs and line.strip().startswith("wildcards:"):
             wildcards = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
-            jobs[-1][1:] = [wildcards.get("experiment"), wildcards.get("seed")]
+            jobs[-1][1] = wildcards.get("experiment")
+        elif jobs and (match := re.match(r"^\s+log: \S+/seed([\d-]+)\.log$", line)):
+            jobs[-1][2] = match[1]
     return {tuple(j) for j in jobs}
 
 
@@ -141,20 +144,31 @@ def test_changed_learning_rate_reruns_exactly_that_experiment(done):
 
 
 @pytest.mark.slow
-def test_added_seed_runs_only_the_new_seed(done):
-    jobs = plan(
-        done, "--configfile", "presets/smoke.yaml", overlay(done, "seeds.yaml", lambda c: c.update(seeds=[0, 1]))
-    )
-    expected = {
-        (rule, exp, "1")
-        for rule, exp in [
-            ("train_baseline", "baseline"),
-            ("train_batch_norm", "batch_norm/bn"),
-            ("train_dropout", "dropout/p=0.5"),
-        ]
+def test_added_seed_trains_only_the_new_seed(done, tmp_path):
+    """Each experiment's job now trains seeds 0 and 1 (one process): seed 0 resumes at its last epoch from its
+    checkpoint and trains nothing, so its files come back byte for byte; only seed 1 trains."""
+    work = tmp_path / "work"
+    shutil.copytree(done, work, symlinks=True)
+    seeds = overlay(work, "seeds.yaml", lambda c: c.update(seeds=[0, 1]))
+    jobs = plan(work, "--configfile", "presets/smoke.yaml", seeds)
+    experiments = [
+        ("train_baseline", "baseline"),
+        ("train_batch_norm", "batch_norm/bn"),
+        ("train_dropout", "dropout/p=0.5"),
+    ]
+    assert stage_jobs(jobs) == {(rule, exp, "0-1") for rule, exp in experiments}
+    kept = ("recipe.json", "history.csv", "weights.pt", "weights_best.pt", "metrics.json", "predictions.csv")
+    before = {
+        (exp, n): (work / "results/runs" / exp / "seed0" / n).read_bytes() for _, exp in experiments for n in kept
     }
-    assert stage_jobs(jobs) == expected
-    assert all(seed in (None, "1") for _, _, seed in jobs)
+    proc = snakemake(work, "--configfile", "presets/smoke.yaml", seeds)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    for (exp, name), content in before.items():
+        assert (work / "results/runs" / exp / "seed0" / name).read_bytes() == content, (exp, name)
+    for _, exp in experiments:
+        log = (work / "results/logs/train" / exp / "seed0-1.log").read_text()
+        assert "resuming from epoch" in log and "seed 0 epoch" not in log  # seed 0: no epoch trained
+        assert "seed 1 epoch 1/" in log and (work / "results/runs" / exp / "seed1" / "metrics.json").is_file()
 
 
 @pytest.mark.slow

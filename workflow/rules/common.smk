@@ -141,7 +141,9 @@ def rebuild_name(problem):
     return f"rebuild-{digest[:12]}"
 
 
-REBUILD_VAR = "ABLATIONLAB_DATA_REBUILD"  # optional: registered only when set (not in envvars:)
+REBUILD_VAR = (
+    "ABLATIONLAB_DATA_REBUILD"  # optional: registered only when set (not in envvars:)
+)
 if workflow.is_main_process:
     DATA_PROBLEM = abl_data.corruption(DATA_DIR)
     DATA_REBUILD = rebuild_name(DATA_PROBLEM) if DATA_PROBLEM else ""
