@@ -160,11 +160,22 @@ def _processes() -> list[str]:
 # --------------------------------------------------------------------------- the study on SLURM
 
 SMOKE = "presets/smoke.yaml"
-# two seeds: every train_<group> rule (train + evaluate) has several jobs (arrays); one group asks for a
-# GPU (device stays cpu: it trains on the CPU) and goes to the GPU partition, the others ask for none
+# two seeds, trained by one job per experiment (train + evaluate); the GPU group has two experiments, so
+# its train_<group> rule has several jobs (an array); it asks for a GPU (device stays cpu: it trains on the
+# CPU) and goes to the GPU partition, the others ask for none
 GPU_GROUP, GPU_PARTITION = "dropout", "gpu"
 OVERLAY = "slurm-test.yaml"
-OVERLAY_CONFIG = {"seeds": [0, 1], "resources": {GPU_GROUP: {"gpu": 1}}}
+OVERLAY_CONFIG = {
+    "seeds": [0, 1],
+    "resources": {GPU_GROUP: {"gpu": 1}},
+    "ablations": [
+        {"id": "batch_norm", "title": "Batch normalisation", "variants": {"bn": {"model": {"batch_norm": True}}}},
+        {"id": GPU_GROUP, "title": "Dropout", "sweep": {"key": "model.dropout", "label": "p", "values": [0.3, 0.5]}},
+    ],
+}
+# the sbatch calls of the train rules when every experiment's job is ready at once: one array for the group
+# of two experiments, a plain sbatch for the others
+ARRAYS = {"train_baseline": [None], "train_batch_norm": [None], f"train_{GPU_GROUP}": ["1-2"]}
 CONFIGS = ["--configfile", SMOKE, OVERLAY]
 TO_GPU_PARTITION = ["--set-resources", f"train_{GPU_GROUP}:slurm_partition={GPU_PARTITION}"]
 # test-only: poll squeue every 2 s (not 40 s) and keep the sbatch logs of successful jobs as evidence
@@ -360,8 +371,9 @@ def test_smoke_study_on_slurm_equals_local_run(slurm, smoke_on_slurm):
     print(f"\nsbatch calls: {len(calls)} for {len(remote)} jobs: {per_rule}", file=sys.stderr)
     groups = {j["rule"].split("_", 1)[1] for j in remote if j["rule"].startswith("train_")}
     assert len(groups) == 3
-    for group in groups:  # all trainings are ready together (after prepare_data): one array per group
-        assert [c["array"] for c in calls if c["rule"] == f"train_{group}"] == ["1-2"], calls
+    for group in groups:  # all trainings are ready together (after prepare_data): one sbatch per group
+        rule = f"train_{group}"
+        assert [c["array"] for c in calls if c["rule"] == rule] == ARRAYS[rule], calls
     assert len(calls) < len(remote)
     for job in remote:  # the sbatch log of each job (kept) is where SLURM wrote it
         assert list((smoke_on_slurm["slurm"] / "results" / "logs" / "slurm").glob(f"**/{job['slurm']}.log")), job
@@ -404,7 +416,8 @@ def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
         p.relative_to(workdir / "results/logs/train"): p.read_text()  # the jobs' own logs
         for p in (workdir / "results/logs/train").glob("**/seed*.log")
     }
-    assert len(logs) == 6 and {p.parts[0] for p in logs} == {"baseline", "batch_norm", GPU_GROUP}
+    assert len(logs) == 4 and {p.parts[0] for p in logs} == {"baseline", "batch_norm", GPU_GROUP}  # one per job
+    assert {p.name for p in logs} == {"seed0-1.log"}  # every job trained both seeds
     for path, log in logs.items():
         if path.parts[0] == GPU_GROUP:
             assert re.search(r"^gpu_slot: CUDA_VISIBLE_DEVICES=[01] \(set by the scheduler\)$", log, re.M), log
@@ -429,11 +442,8 @@ def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
     _check_arrays(remote, run.submissions())
     assert {j["wildcards"]["experiment"] for j in jobs if "experiment" in j["wildcards"]} == {changed}
     train = [j for j in remote if j["rule"].startswith("train_")]
-    assert sorted((j["rule"], j["wildcards"]["experiment"], j["wildcards"]["seed"]) for j in train) == [
-        (f"train_{group['id']}", changed, "0"),
-        (f"train_{group['id']}", changed, "1"),
-    ]
-    assert [c["array"] for c in run.submissions() if c["rule"].startswith("train_")] == ["1-2"]
+    assert [(j["rule"], j["wildcards"]["experiment"]) for j in train] == [(f"train_{group['id']}", changed)]
+    assert [c["array"] for c in run.submissions() if c["rule"].startswith("train_")] == [None]  # one job: both seeds
     assert _fingerprint(others) == before  # the other experiments' runs were not touched
     recipe = json.loads((workdir / "results/runs" / changed / "seed0" / "recipe.json").read_text())
     assert recipe["optimizer"]["lr"] == 0.1
@@ -446,8 +456,9 @@ def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
 
 
 def test_evaluation_change_resubmits_each_train_rule_as_one_array(slurm, smoke_on_slurm):
-    """Edited evaluation code re-runs every train job (they evaluate), which resumes at its last epoch:
-    each train_<group> rule goes to SLURM as one array (GPU group: in its partition, with a GPU)."""
+    """Edited evaluation code re-runs every train job (they evaluate), which resumes its runs at their last
+    epoch: each train_<group> rule goes to SLURM in one sbatch, an array for the group of two experiments
+    (GPU group: in its partition, with a GPU)."""
     workdir = smoke_on_slurm["slurm"]
     metrics = {d: (d / "metrics.json").read_text() for d in _runs(workdir)}
     with open(workdir / "src/ablationlab/evaluate.py", "a") as code:
@@ -455,9 +466,11 @@ def test_evaluation_change_resubmits_each_train_rule_as_one_array(slurm, smoke_o
     groups = sorted({d.relative_to(workdir / "results/runs").parts[0] for d in metrics})
     run = Snakemake(workdir, [*PROFILE, *CONFIGS, "--", *groups], smoke_on_slurm["env"], "evaluate")
     remote = _check_submitted(slurm, _jobs(run.wait()))
-    assert sorted(j["rule"] for j in remote) == sorted(f"train_{g}" for g in groups for _ in range(2))
+    assert sorted(j["rule"] for j in remote) == sorted(
+        ["train_baseline", "train_batch_norm", *[f"train_{GPU_GROUP}"] * 2]
+    )
     calls = run.submissions()
-    assert sorted((c["rule"], c["array"]) for c in calls) == [(f"train_{g}", "1-2") for g in groups]
+    assert sorted((c["rule"], c["array"]) for c in calls) == [(r, a) for r, [a] in sorted(ARRAYS.items())]
     assert [(c["gpus"], c["partition"]) for c in calls if c["rule"] == f"train_{GPU_GROUP}"] == [("1", GPU_PARTITION)]
     for log in (workdir / "results/logs/train").glob("**/seed*.log"):
         assert "resuming from epoch" in log.read_text(), log  # trained nothing again
@@ -465,54 +478,44 @@ def test_evaluation_change_resubmits_each_train_rule_as_one_array(slurm, smoke_o
 
 
 def test_scancel_mid_training_resumes_from_checkpoint(slurm, smoke_on_slurm):
-    """Both seeds of the baseline train as one array; its first task, killed by scancel after its first
-    checkpoint, resumes there on the re-run (not epoch 0) and ends with the history and weights of an
-    uninterrupted run. (Plugin 2.8.0, its issue #447: the other task then fails too, as every task's
-    outer check waits for the first task's outputs; the re-run completes it as well.)"""
+    """Both seeds of the baseline train in one job, one after the other; the job, killed by scancel after
+    seed 0's first checkpoint, resumes seed 0 there on the re-run (not at epoch 0) and ends with the histories
+    and weights of an uninterrupted run."""
     workdir, local, env = smoke_on_slurm["slurm"], smoke_on_slurm["local"], smoke_on_slurm["env"]
     epochs = 150  # ~0.05 s each: time to scancel after the first checkpoint, even on an idle machine
     for d in (workdir, local):
         (d / "long.yaml").write_text(f"baseline:\n  epochs: {epochs}\n")
         shutil.rmtree(d / "results/checkpoints/baseline", ignore_errors=True)  # those of the 1-epoch runs
     targets = [f"results/runs/baseline/seed{s}/history.csv" for s in (0, 1)]
-    # --latency-wait 5: the other task fails anyway (plugin issue #447), after 5 s instead of 60
-    killed = Snakemake(
-        workdir,
-        [*PROFILE, "--retries", "0", "--latency-wait", "5", *CONFIGS, "long.yaml", "--", *targets],
-        env,
-        "killed",
-    )
+    killed = Snakemake(workdir, [*PROFILE, "--retries", "0", *CONFIGS, "long.yaml", "--", *targets], env, "killed")
+    reference = Snakemake(local, ["--cores", "1", *CONFIGS, "long.yaml", "--", *targets], env, "long-local")
+    checkpoint = workdir / "results/checkpoints/baseline/seed0/last.pt"
     deadline = time.monotonic() + 600
-    while not SUBMITTED_ARRAY.search(killed.text()) and killed.proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    [first] = [j for j in _jobs(killed.text()) if j["rule"] == "train_baseline" and (j["slurm"] or "").endswith("_1")]
-    seed = first["wildcards"]["seed"]
-    reference = Snakemake(local, ["--cores", "1", *CONFIGS, "long.yaml", "--", targets[int(seed)]], env, "long-local")
-    checkpoint = workdir / f"results/checkpoints/baseline/seed{seed}/last.pt"
     while not checkpoint.exists() and killed.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert checkpoint.exists(), killed.text()[-4000:]
-    slurm.run("scancel", first["slurm"])
+    [job] = [j for j in _jobs(killed.text()) if j["rule"] == "train_baseline"]
+    slurm.run("scancel", job["slurm"])
     log = killed.wait(ok=False)
     assert killed.proc.returncode != 0
-    assert f"SLURM-job '{first['slurm']}' failed, SLURM status is: 'CANCELLED'" in log
-    assert not (workdir / targets[int(seed)]).exists(), f"all {epochs} epochs were done before scancel landed"
+    assert f"SLURM-job '{job['slurm']}' failed, SLURM status is: 'CANCELLED'" in log
+    assert not (workdir / targets[0]).exists(), f"all {epochs} epochs were done before scancel landed"
     assert checkpoint.exists()
 
     log = Snakemake(
         workdir, [*PROFILE, "--rerun-incomplete", *CONFIGS, "long.yaml", "--", *targets], env, "resumed"
     ).wait()
-    trained = [j for j in _check_submitted(slurm, _jobs(log)) if j["rule"] == "train_baseline"]
-    assert seed in {j["wildcards"]["seed"] for j in trained}
+    assert [j["rule"] for j in _check_submitted(slurm, _jobs(log)) if j["rule"] == "train_baseline"] == [
+        "train_baseline"
+    ]
     assert all((workdir / t).exists() for t in targets)
-    resumed = re.search(
-        r"resuming from epoch (\d+)", (workdir / f"results/logs/train/baseline/seed{seed}.log").read_text()
-    )
+    resumed = re.search(r"resuming from epoch (\d+)", (workdir / "results/logs/train/baseline/seed0-1.log").read_text())
     assert resumed and 1 <= int(resumed.group(1)) < epochs, "the re-run did not resume from the checkpoint"
     reference.wait()
-    run, ref = (d / f"results/runs/baseline/seed{seed}" for d in (workdir, local))
-    ha, hb = (pd.read_csv(d / "history.csv")[COMPARED] for d in (run, ref))
-    assert len(ha) == epochs
-    pd.testing.assert_frame_equal(ha, hb, check_exact=True)
-    wa, wb = (torch.load(d / "weights.pt", weights_only=True) for d in (run, ref))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    for seed in (0, 1):
+        run, ref = (d / f"results/runs/baseline/seed{seed}" for d in (workdir, local))
+        ha, hb = (pd.read_csv(d / "history.csv")[COMPARED] for d in (run, ref))
+        assert len(ha) == epochs
+        pd.testing.assert_frame_equal(ha, hb, check_exact=True)
+        wa, wb = (torch.load(d / "weights.pt", weights_only=True) for d in (run, ref))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
