@@ -427,11 +427,11 @@ def test_gpu_group_gets_slurm_gpus_in_its_partition(slurm, smoke_on_slurm):
 
 def test_changed_variant_resubmits_only_its_jobs(slurm, smoke_on_slurm):
     workdir = smoke_on_slurm["slurm"]
-    config = yaml.safe_load((workdir / SMOKE).read_text())
+    config = yaml.safe_load((workdir / OVERLAY).read_text())  # its ablations replace the preset's
     group = config["ablations"][0]
     variant = next(iter(group["variants"]))
     group["variants"][variant] = {**group["variants"][variant], "optimizer": {"lr": 0.1}}
-    (workdir / SMOKE).write_text(yaml.safe_dump(config, sort_keys=False))
+    (workdir / OVERLAY).write_text(yaml.safe_dump(config, sort_keys=False))
     changed = f"{group['id']}/{variant}"
     others = [d for d in _runs(workdir) if d.parent.relative_to(workdir / "results" / "runs").as_posix() != changed]
     before = _fingerprint(others)
