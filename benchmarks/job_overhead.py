@@ -5,8 +5,11 @@ Prepares the bundled 8x8 ``digits`` in a temporary directory, then runs each job
 workflow does (``python -m ablationlab train|evaluate ...``, a fresh process) and
 measures, median of ``--repeats`` runs:
 
-``train_evaluate`` is ``train --evaluate``, the pipeline's train job (it evaluates in the same
-process): compare its ``total_s`` / ``cpu_s`` with the sum of ``train``'s and ``evaluate``'s.
+``train_evaluate`` is ``train --evaluate`` of one seed: compare its ``total_s`` / ``cpu_s`` with the
+sum of ``train``'s and ``evaluate``'s. ``quick_train_job`` is the pipeline's train job in the quick
+study (presets/quick.yaml's baseline, ``--seed 0 1 2 --evaluate``: one process trains and evaluates
+the three seeds); its ``startup_share`` is ``startup_s / total_s``, the part of the job spent before
+its first epoch.
 
 - ``startup_s``: wall time from process start (just before the parent spawns it) to the
   job's first useful work: the first training step (``train.train_epoch``), the test-set
@@ -42,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = [
     "torch",
@@ -64,6 +69,7 @@ MARKERS = {
     "train": ("ablationlab.train", "train_epoch"),
     "train_evaluate": ("ablationlab.train", "train_epoch"),
     "evaluate": ("ablationlab.evaluate", "predict"),
+    "quick_train_job": ("ablationlab.train", "begin_epoch"),
 }
 RECIPE = {"model": {"widths": [8, 16], "kernel_size": 3, "hidden": [32]}, "batch_size": 64}
 
@@ -87,9 +93,22 @@ finish(entry.main(sys.argv[3:]))
 """
 
 
+def quick_recipe() -> dict:
+    """The quick study's baseline recipe (presets/quick.yaml): what its train jobs train."""
+    return yaml.safe_load((REPO / "presets" / "quick.yaml").read_text())["baseline"]
+
+
 def job_args(job: str, work: Path, seed: int, epochs: int) -> list[str]:
     """The command line of ``job`` (after ``python -m ablationlab``) on the prepared data in ``work``."""
     run = work / "runs" / f"seed{seed}"
+    if job == "quick_train_job":  # the pipeline's train job in the quick study: 3 seeds, train + evaluate
+        stamp = time.time_ns()
+        return [
+            *("train", "--data", str(work / "data"), "--recipe", json.dumps(quick_recipe()), "--seed", "0", "1", "2"),
+            *("--out", str(work / "quick" / str(stamp) / "seed{seed}")),
+            *("--checkpoint-dir", str(work / "ckpt" / f"{stamp}-{{seed}}")),
+            *("--device", "cpu", "--threads", "1", "--evaluate"),
+        ]
     if job in ("train", "train_evaluate"):
         ckpt = work / "ckpt" / f"{seed}-{time.time_ns()}"
         return [
@@ -208,6 +227,8 @@ def main() -> None:
             )
         for job in ("train", "evaluate", "train_evaluate"):
             print(line(job, measure(job, work, args.repeats, args.epochs)), flush=True)
+        quick = measure("quick_train_job", work, args.repeats, args.epochs)
+        print(line("quick_train_job", quick) + f" startup_share={quick['startup_s'] / quick['total_s']:.2f}")
 
 
 if __name__ == "__main__":
