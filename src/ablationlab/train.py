@@ -191,18 +191,15 @@ def setup(
     device: torch.device,
     *,
     compile: bool = False,
-    graph: bool = True,
 ) -> Engine:
-    """Build model, optimizer, scheduler, loss and preprocessing for ``recipe`` on ``device``.
-
-    ``graph``: the step may become a CUDA graph (:func:`capture_steps`) when the recipe and device allow it.
-    """
+    """Build model, optimizer, scheduler, loss and preprocessing for ``recipe`` on ``device``; where the recipe
+    and device allow it (``eager_reason`` None) the step can become a CUDA graph (:func:`capture_steps`)."""
     model = build_network(recipe, meta).to(device=device, memory_format=devices.memory_format(device))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: no trainable parameters (model.train: frozen left nothing to learn)")
     scaler = devices.grad_scaler(device)
-    reason = not_capturable(recipe, device, scaled=scaler.is_enabled(), compiled=compile) if graph else "not asked"
+    reason = not_capturable(recipe, device, scaled=scaler.is_enabled(), compiled=compile)
     optimizer = make_optimizer(params, recipe["optimizer"], capturable=reason is None)
     steps = steps_per_epoch(n_train, recipe["batch_size"], recipe["drop_last"])
     scheduler = make_scheduler(
@@ -557,7 +554,6 @@ class Shared:
     x_val: torch.Tensor
     y_val: torch.Tensor
     compile: bool = False
-    graph: bool = True
     stop_after: int | None = None
     progress: bool = True
 
@@ -599,7 +595,7 @@ class Run:
         sh = self.shared
         self.clock = time.perf_counter()
         seed_everything(self.seed)
-        self.engine = setup(sh.recipe, sh.meta, len(sh.y_train), sh.device, compile=sh.compile, graph=sh.graph)
+        self.engine = setup(sh.recipe, sh.meta, len(sh.y_train), sh.device, compile=sh.compile)
         capture_steps(self.engine, sh.x_train, sh.y_train)
         self.key = recipe_key(sh.recipe, self.seed, sh.meta)
         self.ckpt_path, self.init_path = self.checkpoint_dir / "last.pt", self.checkpoint_dir / "weights_init.pt"
@@ -797,8 +793,11 @@ def train_runs(
         raise ValueError(f"seeds: {seeds} repeats a seed")
     configure_determinism(dev)
     together = dev.type == "cuda" if together is None else together
-    shared = Shared(recipe, meta, dev, *_load_splits(data_dir, n_train, dev), compile=compile, stop_after=stop_after)
-    shared.progress = not (together and len(runs) > 1)  # one bar per run would interleave
+    splits = _load_splits(data_dir, n_train, dev)
+    # no progress bars for interleaved runs: one bar per run would interleave
+    shared = Shared(
+        recipe, meta, dev, *splits, compile, stop_after=stop_after, progress=not (together and len(runs) > 1)
+    )
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)  # the data is on the device before the runs' streams read it
     todo = [Run(seed, out, ckpt, shared, (on_epoch or {}).get(seed)) for seed, out, ckpt in runs]
