@@ -20,7 +20,7 @@ localrules:
 
 checkpoint adaptive_look:
     input:
-        study_table=ancient(STUDY_TABLE),
+        study_table=STUDY_TABLE,
         runs=look_runs,
         previous=previous_look,
         code=library("adaptive"),
@@ -37,7 +37,6 @@ checkpoint adaptive_look:
         mem_mb=1000,
         runtime=5,
     params:
-        study_table=STUDY_TABLE_DIGEST,
         runs_dir=RUNS_ROOT,
         previous=lambda wildcards, input: (
             ["--previous", *input.previous] if input.previous else []

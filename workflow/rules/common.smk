@@ -9,7 +9,6 @@ naming the key path, before any job is planned.
 
 import contextlib
 import functools
-import hashlib
 import math
 import os
 import re
@@ -67,11 +66,6 @@ GROUP_EXPERIMENTS = {
 # written by the study rule: the resolved experiments, the report's description of the study
 STUDY_TABLE = "results/study/experiments.json"
 STUDY_REPORT = "results/study/report.json"
-# sha256 of the canonical study table: a params value that changes only with its content (the
-# readers take the table itself as ancient(): a rewrite with the same content re-runs nothing)
-STUDY_TABLE_DIGEST = hashlib.sha256(
-    abl_io.canonical_json(STUDY.experiments).encode()
-).hexdigest()
 SUMMARY_DIR = "results/summary"
 SUMMARY = [
     f"{SUMMARY_DIR}/runs.csv",

@@ -1,8 +1,20 @@
 """study: the resolved experiment table and the report's study description.
 
-Two small JSON files from params: written where Snakemake runs (localrules), never queued
-on a cluster.
+One job per file (results/study/{name}.json), each with its own content as params, so that a
+job re-runs exactly when its file's content changes: editing a group's notes or the report
+title re-writes report.json only, and nothing that reads experiments.json re-runs. The readers
+take both files as plain inputs. (They took the table as ancient() with its digest as a
+param once; but when the study job re-runs, Snakemake 9's DAG.update_needrun skips the own
+checks of every job downstream of it and then drops those linked to it only by ancient
+inputs, so their own reasons to run, such as new run files, were never looked at.)
+Written where Snakemake runs (localrules), never queued on a cluster.
 """
+
+# each file's content: canonical JSON, rewritten only when it changes
+STUDY_FILES = {
+    "experiments": abl_io.canonical_json(STUDY.experiments),
+    "report": abl_io.canonical_json(STUDY.report),
+}
 
 
 localrules:
@@ -13,10 +25,11 @@ rule study:
     input:
         library("study"),
     output:
-        experiments=STUDY_TABLE,
-        report=STUDY_REPORT,
+        "results/study/{name}.json",
     log:
-        "results/logs/study/study.log",
+        "results/logs/study/{name}.log",
+    wildcard_constraints:
+        name="|".join(STUDY_FILES),
     conda:
         ENV
     threads: 1
@@ -24,8 +37,6 @@ rule study:
         mem_mb=1000,
         runtime=5,
     params:
-        # canonical JSON: the files are rewritten only when their content changes
-        experiments=verbatim(abl_io.canonical_json(STUDY.experiments)),
-        report=verbatim(abl_io.canonical_json(STUDY.report)),
+        content=lambda wildcards: STUDY_FILES[wildcards.name],
     script:
         "../scripts/write_study.py"

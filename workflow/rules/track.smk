@@ -69,10 +69,8 @@ localrules:
     track,
 
 
-# Where the writer logs to, as a file of its own: a root of the DAG, so a new tracking.uri,
-# MLflow experiment or study name re-runs `track` even when `study` re-runs in the same call
-# (Snakemake checks no params of a job downstream of a re-running job when its only link
-# to it is ancient: summarize's study table).
+# Where the writer logs to, as a file of its own (a root of the DAG): a new tracking.uri, MLflow
+# experiment or study name re-runs `track` through it.
 rule mlflow_init:
     output:
         MLFLOW_TARGET,
@@ -89,7 +87,7 @@ rule mlflow_init:
 rule track:
     input:
         target=MLFLOW_TARGET,
-        study_table=ancient(STUDY_TABLE),
+        study_table=STUDY_TABLE,
         summary=SUMMARY,
         runs=lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES),
         code=library("tracking"),

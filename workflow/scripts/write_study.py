@@ -1,4 +1,4 @@
-"""Rule `study`: write the study files Snakemake passes as params (canonical JSON)."""
+"""Rule `study`: write the study file whose content Snakemake passes as params (canonical JSON)."""
 
 import json
 import logging
@@ -6,6 +6,5 @@ import logging
 from ablationlab import io
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(message)s")
-for name in ("experiments", "report"):
-    io.write_json(snakemake.output[name], json.loads(snakemake.params[name]))
-    logging.info("wrote %s", snakemake.output[name])
+io.write_json(snakemake.output[0], json.loads(snakemake.params.content))
+logging.info("wrote %s", snakemake.output[0])
