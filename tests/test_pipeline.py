@@ -229,6 +229,11 @@ BAD = {
         "data: {val_size: 1.5}\n",
         "invalid configuration: data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1",
     ),
+    "two problems at once": (
+        "device: quantum\nthreads: 0\n",
+        "invalid configuration:\n  device: unknown value 'quantum'; choose one of: auto, cpu, cuda, mps\n"
+        "  threads: 0 is less than the minimum of 1",
+    ),
 }
 
 
@@ -240,8 +245,8 @@ def test_invalid_config_stops_before_any_job(done, case):
     before = sorted(p for p in (done / "results").rglob("*"))
     proc = snakemake(done, "--configfile", "presets/smoke.yaml", "bad.yaml", "--forceall")
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and message in out
-    assert "Traceback" not in out and len(out.splitlines()) <= 6, out
+    assert proc.returncode != 0 and message in out and out.count("invalid configuration") == 1, out
+    assert "Traceback" not in out and len(out.splitlines()) <= 6 + message.count("\n"), out
     assert sorted(p for p in (done / "results").rglob("*")) == before
 
 

@@ -45,7 +45,10 @@ ENV = "../envs/ablationlab.yaml"
 try:
     STUDY = abl_study.load(config, SCHEMA)
 except abl_study.ConfigError as err:
-    raise WorkflowError(f"invalid configuration: {err}") from None
+    # one problem is "<key path>: ...", several come listed under their own "invalid configuration:"
+    text = str(err)
+    prefix = "" if text.startswith("invalid configuration:") else "invalid configuration: "
+    raise WorkflowError(prefix + text) from None
 # the same schema through Snakemake (fills the same defaults into `config`; cannot fail now)
 validate(config, SCHEMA)
 
