@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -29,6 +30,7 @@ import logging
 import math
 import os
 import random
+import sqlite3
 import sys
 import tempfile
 import time
@@ -988,6 +990,24 @@ class LiveSpec:
         return format(self.text, spec)
 
 
+# SQLite's words for a write that failed for want of space, or at the device
+_SQLITE_WRITE_ERRORS = {"database or disk is full": errno.ENOSPC, "disk i/o error": errno.EIO}
+
+
+def store_write_error(exc: BaseException, uri: str) -> OSError | None:
+    """A SQLite store's failed write anywhere in ``exc``'s chain (MLflow wraps SQLAlchemy, which wraps
+    sqlite3) as the OSError that names the database file (``[Errno 28] No space left on device:
+    'results/mlflow.db'``); None for any other error or store."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and uri.startswith("sqlite:///"):
+        seen.add(id(exc))
+        code = _SQLITE_WRITE_ERRORS.get(str(exc).lower()) if isinstance(exc, sqlite3.OperationalError) else None
+        if code:
+            return OSError(code, os.strerror(code), _sqlite_path(uri))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 # ----------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ablationlab track", description=__doc__.split("\n\n")[0])
@@ -1027,5 +1047,9 @@ def cli(argv: list[str]) -> int:
     except TrackingError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if (failed := store_write_error(exc, args.uri)) is None:
+            raise
+        raise failed from None  # python -m ablationlab: one line naming the database file
     print(json.dumps({k: info[k] for k in ("experiment_id", "tracking_uri", "url", "logged")}))
     return 0

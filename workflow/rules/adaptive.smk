@@ -42,8 +42,8 @@ checkpoint adaptive_look:
             ["--previous", *input.previous] if input.previous else []
         ),
     shell:
-        "python -m ablationlab adaptive --study {input.study_table:q} --runs {params.runs_dir:q}"
-        " --look {wildcards.look} {params.previous:q} --out {output:q} > {log:q} 2>&1"
+        "python -m ablationlab --log {log:q} adaptive --study {input.study_table:q} --runs {params.runs_dir:q}"
+        " --look {wildcards.look} {params.previous:q} --out {output:q}"
 
 
 rule adaptive_seeds:
@@ -53,7 +53,5 @@ rule adaptive_seeds:
         SEED_PLAN,
     log:
         "results/logs/adaptive/seeds.log",
-    conda:
-        ENV
-    shell:
-        "cp {input:q} {output:q} 2> {log:q}"
+    run:
+        abl_io.publish(input[0], output[0])

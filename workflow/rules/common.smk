@@ -47,8 +47,9 @@ try:
 except abl_study.ConfigError as err:
     # one problem is "<key path>: ...", several come listed under their own "invalid configuration:"
     text = str(err)
-    prefix = "" if text.startswith("invalid configuration:") else "invalid configuration: "
-    raise WorkflowError(prefix + text) from None
+    if not text.startswith("invalid configuration:"):
+        text = f"invalid configuration: {text}"
+    raise WorkflowError(text) from None
 # the same schema through Snakemake (fills the same defaults into `config`; cannot fail now)
 validate(config, SCHEMA)
 

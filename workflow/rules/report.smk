@@ -76,9 +76,9 @@ rule figures:
         out_dir=output_folder("manifest"),
         seeds=seed_plan_option,
     shell:
-        "python -m ablationlab figures --study {input.study_table:q} --summary {params.summary_dir:q}"
+        "python -m ablationlab --log {log:q} figures --study {input.study_table:q} --summary {params.summary_dir:q}"
         " --data {params.data_dir:q} --runs {params.runs_dir:q} --out {params.out_dir:q}"
-        " {params.seeds:q} > {log:q} 2>&1"
+        " {params.seeds:q}"
 
 
 # The report as rendered, then as published in reports/. Snakemake removes a job's outputs
@@ -130,10 +130,10 @@ rule render_report:
         benchmarks_dir=TRAIN_BENCHMARKS,
         seeds=seed_plan_option,
     shell:
-        "python -m ablationlab report --study-report {input.study_report:q} --study {input.study_table:q}"
+        "python -m ablationlab --log {log:q} report --study-report {input.study_report:q} --study {input.study_table:q}"
         " --summary {params.summary_dir:q} --figures {params.figures_dir:q} --data {params.data_dir:q}"
         " --benchmarks {params.benchmarks_dir:q}"
-        " --out-html {output.html:q} --out-pdf {output.pdf:q} {params.seeds:q} > {log:q} 2>&1"
+        " --out-html {output.html:q} --out-pdf {output.pdf:q} {params.seeds:q}"
 
 
 # reports/report.{html,pdf}, one job each, from the rendered file: a hard link (no space needed

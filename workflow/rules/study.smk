@@ -10,17 +10,15 @@ inputs, so their own reasons to run, such as new run files, were never looked at
 Written where Snakemake runs (localrules), never queued on a cluster.
 """
 
-# each file's content: canonical JSON, rewritten only when it changes
-STUDY_FILES = {
-    "experiments": abl_io.canonical_json(STUDY.experiments),
-    "report": abl_io.canonical_json(STUDY.report),
-}
+# each file's content; the job's params are its canonical JSON, so the file is rewritten only when it changes
+STUDY_FILES = {"experiments": STUDY.experiments, "report": STUDY.report}
 
 
 localrules:
     study,
 
 
+# written in Snakemake's process (no job start-up); a write error is Snakemake's one error naming the file
 rule study:
     input:
         library("study"),
@@ -30,13 +28,7 @@ rule study:
         "results/logs/study/{name}.log",
     wildcard_constraints:
         name="|".join(STUDY_FILES),
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     params:
-        content=lambda wildcards: STUDY_FILES[wildcards.name],
-    script:
-        "../scripts/write_study.py"
+        content=lambda wildcards: abl_io.canonical_json(STUDY_FILES[wildcards.name]),
+    run:
+        abl_io.write_json(output[0], STUDY_FILES[wildcards.name])

@@ -35,5 +35,5 @@ rule summarize:
         out_dir=output_folder("runs"),
         seeds=seed_plan_option,
     shell:
-        "python -m ablationlab summarize --study {input.study_table:q} --runs {params.runs_dir:q}"
-        " --out {params.out_dir:q} {params.seeds:q} > {log:q} 2>&1"
+        "python -m ablationlab --log {log:q} summarize --study {input.study_table:q} --runs {params.runs_dir:q}"
+        " --out {params.out_dir:q} {params.seeds:q}"

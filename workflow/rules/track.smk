@@ -114,7 +114,7 @@ rule track:
         summary_dir=input_folder("summary"),
         logs_dir=TRAIN_LOGS,
     shell:
-        "python -m ablationlab track study --study-table {input.study_table:q} --runs {params.runs_dir:q}"
+        "python -m ablationlab --log {log:q} track study --study-table {input.study_table:q} --runs {params.runs_dir:q}"
         " --run {params.runs:q} --summary {params.summary_dir:q} --logs {params.logs_dir:q}"
         " --study {params.study_name:q} --out {output.info:q} --record {output.record:q}"
-        " --uri {params.uri:q} --mlflow-experiment {params.mlflow_experiment:q} > {log:q} 2>&1"
+        " --uri {params.uri:q} --mlflow-experiment {params.mlflow_experiment:q}"
