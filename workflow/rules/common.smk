@@ -83,6 +83,9 @@ MLFLOW_INFO = "results/mlflow.json"
 MLFLOW_RECORD = f"{SUMMARY_DIR}/mlflow.csv"
 REPORT_HTML = "reports/report.html"
 REPORT_PDF = "reports/report.pdf"
+# render_report's outputs, which publish_report puts in place as REPORT_HTML/PDF (report.smk); final
+# targets too: a render that failed is planned again, while the last good report stays in reports/
+RENDERED = "results/report/report.{ext}"
 # the train jobs' logs and benchmarks (wall time): <folder>/<experiment>/seed<n>.log|tsv
 TRAIN_LOGS = "results/logs/train"
 TRAIN_BENCHMARKS = "results/benchmarks/train"
@@ -334,6 +337,7 @@ def final_targets():
         *([SEED_PLAN] if ADAPTIVE else []),
         MLFLOW_INFO,
         MLFLOW_RECORD,
+        *expand(RENDERED, ext=["html", "pdf"]),
         REPORT_HTML,
         REPORT_PDF,
     ]

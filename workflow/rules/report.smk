@@ -81,11 +81,10 @@ rule figures:
         " {params.seeds:q}"
 
 
-# The report as rendered, then as published in reports/. Snakemake removes a job's outputs
-# before it runs and a failed job's outputs after it, so the user's reports/report.* are the
-# outputs of publish_report only, which runs once a render has succeeded: a failed figures or
+# The report as rendered (RENDERED), then as published in reports/. Snakemake removes a job's
+# outputs before it runs and a failed job's outputs after it, so the user's reports/report.* are
+# the outputs of publish_report only, which runs once a render has succeeded: a failed figures or
 # render_report job leaves the last good report in place.
-RENDERED = "results/report/report.{ext}"
 
 
 localrules:
