@@ -21,7 +21,7 @@ localrules:
 checkpoint adaptive_look:
     input:
         study_table=STUDY_TABLE,
-        runs=look_runs,
+        runs=after_data(look_runs),
         previous=previous_look,
         code=library("adaptive"),
     output:
@@ -48,7 +48,7 @@ checkpoint adaptive_look:
 
 rule adaptive_seeds:
     input:
-        lambda wildcards: look_file(adaptive_plan()["look"]),
+        after_data(lambda wildcards: look_file(adaptive_plan()["look"])),
     output:
         SEED_PLAN,
     log:

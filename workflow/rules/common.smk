@@ -156,16 +156,27 @@ onstart:
 TRACK_CONTENT = DATASET == "imagefolder"
 
 
-def data_files(names):
-    """Prepared data files (an input function for an image folder, see TRACK_CONTENT).
-    ancient(): re-prepared identical data re-runs nothing (data_version decides)."""
-    files = ancient(expand(f"{DATA_DIR}/{{name}}", name=names))
+def after_data(files):
+    """``files`` (a list, or an input function) as an input function that waits for prepare_data
+    when TRACK_CONTENT: the job is planned again once the data are prepared. The jobs after the
+    train jobs need it too, not only those that read the data: once a checkpoint has run,
+    Snakemake 9 plans afresh only the jobs that waited for it and keeps, for every other job, the
+    reasons to run it found before (a touched image re-ran summarize and everything after it).
+    """
+    if not TRACK_CONTENT:
+        return files
 
     def prepared(wildcards):
         checkpoints.prepare_data.get(dataset=DATASET)
-        return files
+        return files(wildcards) if callable(files) else files
 
-    return prepared if TRACK_CONTENT else files
+    return prepared
+
+
+def data_files(names):
+    """Prepared data files (after_data). ancient(): re-prepared identical data re-runs nothing
+    (data_version decides)."""
+    return after_data(ancient(expand(f"{DATA_DIR}/{{name}}", name=names)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -140,7 +140,7 @@ rule render_report:
 # or a copy, put in place atomically (abl_io.publish); run in Snakemake's process: no start-up
 rule publish_report:
     input:
-        RENDERED,
+        after_data(lambda wildcards: RENDERED.format(ext=wildcards.ext)),
     output:
         report(
             "reports/report.{ext}",

@@ -12,8 +12,10 @@ results/summary/mlflow.csv). The study table is rewritten only when its content 
 rule summarize:
     input:
         study_table=STUDY_TABLE,
-        runs=lambda wildcards: run_files(
-            EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
+        runs=after_data(
+            lambda wildcards: run_files(
+                EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
+            )
         ),
         # each experiment's seeds (adaptive seeding)
         seeds=[SEED_PLAN] if ADAPTIVE else [],

@@ -89,7 +89,7 @@ rule track:
         target=MLFLOW_TARGET,
         study_table=STUDY_TABLE,
         summary=SUMMARY,
-        runs=lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES),
+        runs=after_data(lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES)),
         code=library("tracking"),
     output:
         info=MLFLOW_INFO,
