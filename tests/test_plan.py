@@ -4,8 +4,9 @@ The issue's three commands: a complete run, then a group target after its sweep 
 (`snakemake dropout`: it trains only the new runs, the study table is left as it was), then the
 whole study, which must bring the summary, the MLflow record, the figures and the report up to
 date in one run. And what Snakemake plans from other partial states: after the group target, with
-summarize killed mid-run, with a summary file deleted. A summary table that lacked the new
-experiments once made the third command fail in render_report and take the last report with it.
+summarize killed mid-run, with a summary file deleted, with new data options. A summary table that
+lacked the new experiments once made the third command fail in render_report and take the last
+report with it; a new data.val_size once re-prepared the data and re-trained nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ pytestmark = pytest.mark.slow
 GROWN = "grown.yaml"  # presets/smoke.yaml with the dropout sweep grown from [0.5] to three values
 NEW = ["dropout/p=0.3", "dropout/p=0.2"]
 AFTER_TRAINING = {"study", "summarize", "track", "figures", "render_report", "publish_report"}
+
+
+def _grow(cfg: dict) -> None:
+    cfg["ablations"][1]["sweep"]["values"] = [0.5, 0.3, 0.2]  # the dropout group's
 
 
 def _planned(work: Path, *targets: str) -> set[str]:
@@ -55,7 +60,7 @@ def grown(tmp_path_factory) -> Path:
     work = copy_workflow(tmp_path_factory.mktemp("plan") / "study")
     first = snakemake(work)
     assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
-    overlay(work, GROWN, lambda c: c["ablations"][1]["sweep"].update(values=[0.5, 0.3, 0.2]))
+    overlay(work, GROWN, _grow)
     second = snakemake(work, GROWN, "--", "dropout")
     assert second.returncode == 0, (second.stdout + second.stderr)[-5000:]
     assert sorted(_ran(second)) == ["dropout", "train_dropout", "train_dropout"]  # the new runs only
@@ -104,6 +109,21 @@ def test_a_killed_summarize_is_planned_again_with_everything_after_it(grown, tmp
     # study too when its report.json job had not finished yet: the two study jobs run side by side
     assert AFTER_TRAINING - {"study"} | {"all"} <= _planned(work) <= AFTER_TRAINING | {"all"}
     assert (work / "reports/report.html").read_bytes() == report  # the last good report is still there
+
+
+def test_new_data_options_plan_every_train_job(third):
+    """prepare_data is due and a train job's own reason (its data param) is behind an ancient() link."""
+    work = third[0]
+    ids = [e["id"] for e in json.loads((work / "results/study/experiments.json").read_text())["experiments"]]
+
+    def new_split(cfg: dict) -> None:
+        _grow(cfg)
+        cfg["data"]["val_size"] = 0.2
+
+    overlay(work, "val.yaml", new_split)
+    jobs = plan(work, "--configfile", "presets/smoke.yaml", "val.yaml")
+    assert {exp for rule, exp, _ in jobs if rule.startswith("train_")} == set(ids)
+    assert AFTER_TRAINING | {"prepare_data"} <= {rule for rule, _, _ in jobs}
 
 
 def test_a_deleted_summary_file_is_planned_again_with_everything_after_it(third, tmp_path):
