@@ -12,9 +12,10 @@ never modified); each drill works on its own copy of it:
    ENOSPC, log included): a clear error naming the file on Snakemake's stderr, no partial output
    at a declared path, no truncated checkpoint, the last good report kept, and the next run
    completes;
-5. SIGKILL of the whole Snakemake process tree mid-training: the same command stops at the
-   stale lock, ``--unlock`` then the same command resumes from the checkpoint and ends
-   bit-identical to an uninterrupted run;
+5. SIGKILL of the whole Snakemake process tree mid-training (the same command stops at the
+   stale lock, ``--unlock``), or SIGTERM to its process group: the same command resumes from the
+   checkpoint and ends bit-identical to an uninterrupted run; a second Snakemake started in the
+   folder meanwhile is refused (its lock);
 6. a read-only results folder: one error line naming it before any job, nothing changed;
 7. hostile text (braces, LaTeX, quotes, newlines, HTML, non-ASCII) in every free-text key of
    the shared study: every command works and the HTML/PDF reports show it escaped.
@@ -490,7 +491,23 @@ def _kill_tree(proc: subprocess.Popen) -> list[int]:
     return [p.pid for p in tree]
 
 
-def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_run(work, tmp_path):
+def _terminate(proc: subprocess.Popen) -> list[int]:
+    """SIGTERM to Snakemake's process group, as a hang-up, `timeout` or a batch system sends it: the
+    training job ends mid-epoch, and Snakemake (which on its own would let running jobs finish) exits."""
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGCONT)  # jobs frozen by the test take their SIGTERM now
+    psutil.wait_procs(tree, timeout=120)
+    return [p.pid for p in tree]
+
+
+# how the running pipeline is stopped, and whether it leaves its lock behind (README: --unlock)
+STOPS = {"kill -9 of the whole tree": (_kill_tree, True), "SIGTERM": (_terminate, False)}
+
+
+@pytest.mark.parametrize("how", STOPS)
+def test_stopped_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_run(work, tmp_path, how):
+    stop, leaves_lock = STOPS[how]
     exp, epochs = "batch_norm/long", 40
     overlay = _study_overlay(
         work,
@@ -512,23 +529,30 @@ def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_ru
                 assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
                 assert time.monotonic() < deadline, "no checkpoint within 600 s"
                 time.sleep(0.05)
-            killed = _kill_tree(proc)
+            for job in psutil.Process(proc.pid).children(recursive=True):  # frozen mid-training meanwhile
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    job.send_signal(signal.SIGSTOP)
+            # a second run in the same folder is refused while the first runs, and changes nothing
+            concurrent = _smk(work, overlay, targets=[target])
+            assert concurrent.returncode != 0 and "LockException" in concurrent.stdout + concurrent.stderr
+            assert proc.poll() is None
+            stopped = stop(proc)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert len(killed) >= 2  # snakemake and at least the training job
+    assert len(stopped) >= 2  # snakemake and at least the training job
     epoch = torch.load(ckpt, weights_only=True)["epoch"]
-    assert 1 <= epoch < epochs, f"checkpoint at epoch {epoch}: the kill came too late to test resuming"
+    assert 1 <= epoch < epochs, f"checkpoint at epoch {epoch}: the stop came too late to test resuming"
     run = _run_files(work, exp)
     assert not (run / "train.json").exists()  # no output that looks complete
 
-    # the recovery the README gives: the same command fails naming the lock; --unlock, then it runs
-    locked = _smk(work, overlay, "--rerun-incomplete", targets=[target])
-    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
-    assert "It can be removed with the --unlock argument" in locked.stdout + locked.stderr
-    unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
-    assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+    if leaves_lock:  # the recovery the README gives: the same command fails naming the lock; --unlock
+        locked = _smk(work, overlay, "--rerun-incomplete", targets=[target])
+        assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+        assert "It can be removed with the --unlock argument" in locked.stdout + locked.stderr
+        unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+        assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     proc = _smk(work, overlay, "--rerun-incomplete", targets=[target])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     log = (work / "results/logs/train" / exp / "seed0.log").read_text()
