@@ -148,24 +148,23 @@ onstart:
             raise WorkflowError(problem)
 
 
-# prepare_data is a checkpoint that every job after it waits for (after_data): those jobs are
-# planned again once it has run. So a job linked to it by ancient() data files only is still
-# checked for its own reasons to run: were it planned with prepare_data due, Snakemake 9 would
-# skip its checks (it checks none downstream of a job due to run) and then drop it for the
-# ancient link (a new data.val_size, or an edited data.py, re-prepared the data and re-trained
-# nothing). Planning costs twice the job creation (benchmarks/plan_study.py), and a dry run lists
-# every job after a due prepare_data. An image folder can change while the config does not: its
-# readers get the digest of the content they read as a param (TRACK_CONTENT); other datasets
-# are checksum-verified (or bundled): their content follows from the prepare options, the param.
+# An image folder can change while the config does not: then prepare_data is a checkpoint
+# that the jobs reading its files wait for, and they are planned again once it has run, with
+# the digest of the content they read as a param. Other datasets are checksum-verified (or
+# bundled): their content follows from the prepare options, which are then the param, with
+# no re-planning (it doubles the planning time of a large study: benchmarks/plan_study.py).
 TRACK_CONTENT = DATASET == "imagefolder"
 
 
 def after_data(files):
-    """``files`` (a list, or an input function) as an input function that waits for prepare_data:
-    the job is planned again once the data are prepared. The jobs after the train jobs need it
-    too, not only those that read the data: once a checkpoint has run, Snakemake 9 plans afresh
-    only the jobs that waited for it and keeps, for every other job, the reasons to run it found
-    before (a touched image re-ran summarize and everything after it)."""
+    """``files`` (a list, or an input function) as an input function that waits for prepare_data
+    when TRACK_CONTENT: the job is planned again once the data are prepared. The jobs after the
+    train jobs need it too, not only those that read the data: once a checkpoint has run,
+    Snakemake 9 plans afresh only the jobs that waited for it and keeps, for every other job, the
+    reasons to run it found before (a touched image re-ran summarize and everything after it).
+    """
+    if not TRACK_CONTENT:
+        return files
 
     def prepared(wildcards):
         checkpoints.prepare_data.get(dataset=DATASET)

@@ -5,10 +5,9 @@ the workflow removes it when it finds the cache corrupted, and prepare_data runs
 Nothing downstream reads it, so identical rebuilt data re-runs nothing else.
 
 An image folder's listing is a param here (FOLDER_MANIFEST): a changed folder re-prepares
-the data. A checkpoint: the jobs after it are planned again once it has run (common.smk:
-after_data), and only those with a reason of their own run again (for an image folder, those
-whose view of the tensors changed: TRACK_CONTENT, data_version; a touched image re-trains
-nothing).
+the data. A checkpoint: for an image folder, the jobs that read the data are planned again
+once it has run, and only those whose view of the tensors changed run again (common.smk:
+TRACK_CONTENT, data_version; a touched image re-trains nothing).
 """
 
 
