@@ -8,12 +8,14 @@ never modified); each drill works on its own copy of it:
 2. a failing job (weights file of garbage bytes) under ``--keep-going``: the rest is produced,
    nothing finished is lost or re-run, the error names the file and the experiment;
 3. a corrupted prepared-data cache: detected (message naming the file), rebuilt, never used;
-4. a full disk (``RLIMIT_FSIZE``: writes past N bytes fail with EFBIG): a clear error naming
-   the file, no partial output at a declared path, no truncated checkpoint, and the next
-   run completes;
-5. SIGKILL of the whole Snakemake process tree mid-training: the same command stops at the
-   stale lock, ``--unlock`` then the same command resumes from the checkpoint and ends
-   bit-identical to an uninterrupted run;
+4. a full disk (``RLIMIT_FSIZE``: writes past N bytes fail with EFBIG; or a full tmpfs, a real
+   ENOSPC, log included): a clear error naming the file on Snakemake's stderr, no partial output
+   at a declared path, no truncated checkpoint, the last good report kept, and the next run
+   completes;
+5. SIGKILL of the whole Snakemake process tree mid-training (the same command stops at the
+   stale lock, ``--unlock``), or SIGTERM to its process group: the same command resumes from the
+   checkpoint and ends bit-identical to an uninterrupted run; a second Snakemake started in the
+   folder meanwhile is refused (its lock);
 6. a read-only results folder: one error line naming it before any job, nothing changed;
 7. hostile text (braces, LaTeX, quotes, newlines, HTML, non-ASCII) in every free-text key of
    the shared study: every command works and the HTML/PDF reports show it escaped.
@@ -30,6 +32,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,6 +53,7 @@ pytestmark = pytest.mark.slow
 
 OVERLAY = "faults.yaml"  # presets/smoke.yaml + the diverging group: the study of every drill
 DIVERGED = "diverge/unstable"
+MLFLOW_RECORD = "results/summary/mlflow.csv"  # the track job's output
 BN = "batch_norm/bn"
 
 
@@ -339,26 +343,79 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
 # --------------------------------------------------------------------------- 4. disk full
 
 
-def test_disk_full_while_writing_the_report_leaves_no_partial_output(work):
-    size = (work / "reports/report.html").stat().st_size
+def test_disk_full_while_writing_the_report_keeps_the_last_good_report(work):
+    last = {name: (work / "reports" / name).read_bytes() for name in ("report.html", "report.pdf")}
+    size = len(last["report.html"])
     runs_before = _snapshot(work / "results/runs")
     proc = _snakemake_limited(work, size // 2, OVERLAY, "--forcerun", "render_report")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-4000:]
     log = (work / "results/logs/report/report.log").read_text()
-    assert _names_file(log, "report.html"), log  # a clear error that names the file
+    assert _names_file(log, "report.html") and _names_file(out, "results/report/report.html"), log  # one line
 
-    # nothing at the declared paths, no temporary left behind; Snakemake plans the report again
-    leftovers = sorted(p.name for p in (work / "reports").iterdir()) if (work / "reports").exists() else []
-    assert leftovers == [], leftovers
+    # the last good report is still published; the failed render left nothing, no temporary either
+    assert {name: (work / "reports" / name).read_bytes() for name in last} == last
+    assert not (work / "results/report").exists() or not any((work / "results/report").iterdir())
     jobs = plan(work, *_config(OVERLAY))
-    assert ("render_report", None, None) in jobs and not any(r.startswith("train_") for r, _, _ in jobs)
+    assert {"render_report", "publish_report"} <= {r for r, _, _ in jobs} and not any(
+        r.startswith("train_") for r, _, _ in jobs
+    )
     assert _snapshot(work / "results/runs") == runs_before
 
     proc = _smk(work, OVERLAY)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert (work / "reports/report.html").read_text().rstrip().endswith("</html>")
     assert (work / "reports/report.pdf").read_bytes().startswith(b"%PDF")
+
+
+def _tmpfs_works() -> bool:
+    """Whether this process may mount a tmpfs in a mount namespace of its own (root, unshare)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", "/mnt"], check=False)
+    return probe.returncode == 0
+
+
+def _snakemake_on_full_disk(work: Path, full: list[str], overlay: str, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake with each folder of ``full`` (under ``work``) on a tmpfs of its own with no space left:
+    a real ENOSPC for every write there, the job's log included. The mounts live in a mount namespace
+    of Snakemake's own (``unshare -m``), so they vanish with it and hide nothing from the test."""
+    if not _tmpfs_works():
+        pytest.skip("a full disk needs a tmpfs mount: root and unshare")
+    fill = "".join(
+        f"mkdir -p {q} && mount -t tmpfs -o size=64k tmpfs {q} && (head -c 1M /dev/zero > {q}/.fill 2>/dev/null; :) && "
+        for q in map(shlex.quote, full)
+    )
+    cmd = shlex.join([str(BIN / "snakemake"), "--cores", "2", *_config(overlay), *args])
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", fill + "exec " + cmd],
+        cwd=work,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _one_line_naming(out: str, path: str) -> bool:
+    """Whether ``out`` has the one error line of a full disk naming ``path``, and no traceback."""
+    return f"error: [Errno 28] No space left on device: '{path}" in out and "Traceback" not in out
+
+
+def test_disk_full_in_figures_and_track_is_one_line_naming_the_file(work):
+    """Also when the job's own log cannot be written: the line reaches Snakemake's stderr."""
+    report = (work / "reports/report.html").read_bytes()
+    proc = _snakemake_on_full_disk(work, ["results/figures", "results/logs/figures"], OVERLAY, "--forcerun", "figures")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and _one_line_naming(out, "results/figures/"), out[-4000:]
+    assert (work / "reports/report.html").read_bytes() == report  # the last good report stays
+
+    # a new MLflow store on a full disk: track names the database file, not SQLAlchemy's traceback
+    store = _study_overlay(work, "store.yaml", lambda c: c.update(tracking={"uri": "sqlite:///store/mlflow.db"}))
+    proc = _snakemake_on_full_disk(work, ["store", "results/logs/track"], store, "--", MLFLOW_RECORD)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "rule track:" in out and _one_line_naming(out, "store/mlflow.db'"), out[-4000:]
+    assert "sqlalchemy" not in out.lower()
 
 
 def test_disk_full_while_checkpointing_keeps_the_old_checkpoint_intact(work):
@@ -439,8 +496,24 @@ def _kill_tree(proc: subprocess.Popen) -> list[int]:
     return [p.pid for p in tree]
 
 
-def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_run(work, tmp_path):
-    exp, epochs = "batch_norm/long", 40
+def _terminate(proc: subprocess.Popen) -> list[int]:
+    """SIGTERM to Snakemake's process group, as a hang-up, `timeout` or a batch system sends it: the
+    training job ends mid-epoch, and Snakemake (which on its own would let running jobs finish) exits."""
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGCONT)  # jobs frozen by the test take their SIGTERM now
+    psutil.wait_procs(tree, timeout=120)
+    return [p.pid for p in tree]
+
+
+# how the running pipeline is stopped, and whether it leaves its lock behind (README: --unlock)
+STOPS = {"kill -9 of the whole tree": (_kill_tree, True), "SIGTERM": (_terminate, False)}
+
+
+@pytest.mark.parametrize("how", STOPS)
+def test_stopped_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_run(work, tmp_path, how):
+    stop, leaves_lock = STOPS[how]
+    exp, epochs = "batch_norm/long", 12  # frozen right after its first checkpoint: epochs to spare
     overlay = _study_overlay(
         work,
         "long.yaml",
@@ -461,23 +534,30 @@ def test_killed_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_ru
                 assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
                 assert time.monotonic() < deadline, "no checkpoint within 600 s"
                 time.sleep(0.05)
-            killed = _kill_tree(proc)
+            for job in psutil.Process(proc.pid).children(recursive=True):  # frozen mid-training meanwhile
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    job.send_signal(signal.SIGSTOP)
+            # a second run in the same folder is refused while the first runs, and changes nothing
+            concurrent = _smk(work, overlay, targets=[target])
+            assert concurrent.returncode != 0 and "LockException" in concurrent.stdout + concurrent.stderr
+            assert proc.poll() is None
+            stopped = stop(proc)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert len(killed) >= 2  # snakemake and at least the training job
+    assert len(stopped) >= 2  # snakemake and at least the training job
     epoch = torch.load(ckpt, weights_only=True)["epoch"]
-    assert 1 <= epoch < epochs, f"checkpoint at epoch {epoch}: the kill came too late to test resuming"
+    assert 1 <= epoch < epochs, f"checkpoint at epoch {epoch}: the stop came too late to test resuming"
     run = _run_files(work, exp)
     assert not (run / "train.json").exists()  # no output that looks complete
 
-    # the recovery the README gives: the same command fails naming the lock; --unlock, then it runs
-    locked = _smk(work, overlay, "--rerun-incomplete", targets=[target])
-    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
-    assert "It can be removed with the --unlock argument" in locked.stdout + locked.stderr
-    unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
-    assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+    if leaves_lock:  # the recovery the README gives: the same command fails naming the lock; --unlock
+        locked = _smk(work, overlay, "--rerun-incomplete", targets=[target])
+        assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+        assert "It can be removed with the --unlock argument" in locked.stdout + locked.stderr
+        unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+        assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     proc = _smk(work, overlay, "--rerun-incomplete", targets=[target])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     log = (work / "results/logs/train" / exp / "seed0.log").read_text()

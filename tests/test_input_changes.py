@@ -7,7 +7,9 @@ file), run for its group targets (training and evaluation, not the report), then
 - an added or overwritten image: a dry run plans prepare_data and every train job (which also
   evaluates); when only test images changed, the jobs resume at their last epoch: they re-evaluate
   without re-training;
-- the weights file replaced by another with an older mtime (``cp -p``): that experiment only.
+- the weights file replaced by another with an older mtime (``cp -p``): that experiment only;
+- after a complete run of the whole study, a touched image: prepare_data only, not the summary,
+  MLflow writer, figures or report after the train jobs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +52,12 @@ def _weights(path: Path, seed: int) -> None:
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
 
 
+def _study_data() -> dict:
+    return {"dataset": "imagefolder", "root": "images", "val_size": 4, "image_size": None}
+
+
 def _study(cfg: dict) -> None:
-    cfg["data"] = {"dataset": "imagefolder", "root": "images", "val_size": 4, "image_size": None}
+    cfg["data"] = _study_data()
     cfg["baseline"]["batch_size"] = 4
     cfg["ablations"] = [
         {
@@ -109,3 +116,27 @@ def test_changed_image_folder_or_weights_rerun_exactly_what_reads_them(tmp_path)
     os.utime(tmp_path / "other.pt", (1e9, 1e9))
     shutil.copy2(tmp_path / "other.pt", work / "weights.pt")
     assert _plan(work, config) == {("train_transfer", "transfer/file", "0")}
+
+
+def _ran(proc: subprocess.CompletedProcess) -> set[str]:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", out, re.MULTILINE))
+
+
+def test_a_touched_image_reruns_only_prepare_data_after_a_complete_study(tmp_path):
+    """The smoke study (its groups, summary, MLflow record, figures, report) on an image folder."""
+    work = copy_workflow(tmp_path / "study")
+    _folder(work / "images")
+
+    def on_images(cfg: dict) -> None:
+        cfg["data"] = _study_data()
+        cfg["baseline"]["batch_size"] = 4
+
+    config = overlay(work, "images.yaml", on_images)
+    assert "render_report" in _ran(snakemake(work, config))
+    image = work / "images" / "train" / "a" / "0.png"
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    assert _ran(snakemake(work, config)) - {"all"} == {"prepare_data"}  # `all` runs nothing
+    again = snakemake(work, config, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -5,11 +5,14 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ablationlab import io
 from ablationlab.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _write_under_file_size_limit(target, size: int, limit: int = 1000) -> str:
@@ -57,6 +60,32 @@ def test_cli_reports_a_write_error_in_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(blocker / "digits") in err, err
+
+
+def _study_with_log(tmp_path: Path, limit: int | None) -> subprocess.CompletedProcess:
+    """`python -m ablationlab --log study.log study ... --out out`, every write past ``limit`` bytes failing."""
+    cmd = [sys.executable, "-m", "ablationlab", "--log", str(tmp_path / "study.log"), "study"]
+    configs = [str(REPO / "config.yaml"), str(REPO / "presets" / "smoke.yaml"), "--out", str(tmp_path / "out")]
+
+    def limit_writes() -> None:
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [*cmd, *configs], capture_output=True, text=True, preexec_fn=limit_writes, cwd=tmp_path, timeout=120
+    )
+
+
+def test_log_option_takes_the_output_and_a_write_error_still_reaches_the_terminal(tmp_path):
+    """The workflow's jobs run `python -m ablationlab --log FILE ...`: on a full disk FILE cannot be written
+    either (RLIMIT_FSIZE 0: every write fails), and the one error line naming the file is on stderr."""
+    ok = _study_with_log(tmp_path, None)
+    assert ok.returncode == 0 and ok.stdout == ok.stderr == ""
+    assert (tmp_path / "study.log").read_text().rstrip().endswith("3 experiments x 1 seeds = 3 runs on digits")
+    full = _study_with_log(tmp_path, 0)
+    target = tmp_path / "out" / "experiments.json"
+    assert full.returncode == 1 and full.stderr == f"error: [Errno 27] File too large: '{target}'\n"
+    assert (tmp_path / "study.log").read_text() == ""
 
 
 class _StudyError(ValueError):

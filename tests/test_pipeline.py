@@ -7,6 +7,7 @@ readable config errors, and the per-job GPU pool of workflow/scripts/gpu_slot.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,11 +16,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from data_fixtures import http_server
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -279,6 +282,11 @@ BAD = {
         "data: {val_size: 1.5}\n",
         "invalid configuration: data.val_size: 1.5 must be a fraction in (0, 1) or a whole count of images >= 1",
     ),
+    "two problems at once": (
+        "device: quantum\nthreads: 0\n",
+        "invalid configuration:\n  device: unknown value 'quantum'; choose one of: auto, cpu, cuda, mps\n"
+        "  threads: 0 is less than the minimum of 1",
+    ),
 }
 
 
@@ -290,8 +298,8 @@ def test_invalid_config_stops_before_any_job(done, case):
     before = sorted(p for p in (done / "results").rglob("*"))
     proc = snakemake(done, "--configfile", "presets/smoke.yaml", "bad.yaml", "--forceall")
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and message in out
-    assert "Traceback" not in out and len(out.splitlines()) <= 6, out
+    assert proc.returncode != 0 and message in out and out.count("invalid configuration") == 1, out
+    assert "Traceback" not in out and len(out.splitlines()) <= 6 + message.count("\n"), out
     assert sorted(p for p in (done / "results").rglob("*")) == before
 
 
@@ -330,22 +338,48 @@ def test_text_with_braces_quotes_and_newlines_reaches_jobs_verbatim(tmp_path):
     )  # the single MLflow writer (track)
 
 
-@pytest.mark.slow
-def test_unreachable_tracking_server_stops_before_any_job(tmp_path):
-    work = copy_workflow(tmp_path / "work")
+@contextlib.contextmanager
+def _refused_server(tmp_path: Path) -> Iterator[str]:
     with socket.socket() as sock:  # a free port nobody listens on: connections are refused
         sock.bind(("127.0.0.1", 0))
         uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    refused = overlay(work, "refused.yaml", lambda c: c.update(tracking={"uri": uri}))
-    assert snakemake(work, "-n", "--configfile", "presets/smoke.yaml", refused).returncode == 0  # a dry run plans
-    start = time.monotonic()
-    proc = snakemake(work, "--configfile", "presets/smoke.yaml", refused, timeout=120)
+    yield uri
+
+
+@contextlib.contextmanager
+def _web_server(tmp_path: Path) -> Iterator[str]:
+    """`python -m http.server`'s handler: a web server, but not MLflow (it answers MLflow's POST with 501)."""
+    (tmp_path / "www").mkdir()
+    with http_server(tmp_path / "www") as (url, _):
+        yield url.rstrip("/")
+
+
+SERVER_PROBLEMS = {
+    "refused": (
+        _refused_server,
+        "tracking.uri: MLflow server {uri} is not reachable ([Errno 111] Connection refused); start it, or "
+        "fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same command again",
+    ),
+    "not MLflow": (
+        _web_server,
+        "tracking.uri: {uri} is not an MLflow tracking server (HTTP 501 from {uri}/api/2.0/mlflow/experiments/search)",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SERVER_PROBLEMS)
+def test_tracking_server_problem_stops_before_any_job(tmp_path, case):
+    server, message = SERVER_PROBLEMS[case]
+    work = copy_workflow(tmp_path / "work")
+    with server(tmp_path) as uri:
+        config = overlay(work, "server.yaml", lambda c: c.update(tracking={"uri": uri}))
+        assert snakemake(work, "-n", "--configfile", "presets/smoke.yaml", config).returncode == 0  # a dry run plans
+        start = time.monotonic()
+        proc = snakemake(work, "--configfile", "presets/smoke.yaml", config, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and time.monotonic() - start < 60, out[-3000:]
-    assert (
-        f"tracking.uri: MLflow server {uri} is not reachable ([Errno 111] Connection refused); start it, or "
-        "fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same command again"
-    ) in out
+    assert message.format(uri=uri) in out
     assert "Traceback" not in out and not (work / "results").exists()  # before the first job
     assert not list((work / ".snakemake" / "locks").glob("*"))  # and unlocked: fix it and run again
 

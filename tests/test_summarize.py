@@ -319,6 +319,17 @@ def test_one_seed_falls_back_to_welch_and_stays_undecided():
     assert pd.isna(row["seeds_needed"]) and row["verdict"] == "undecided"
 
 
+def test_seeds_needed_is_empty_where_the_delta_is_not_worth_detecting():
+    """|Δ| < min_effect gets no seed count (the quick study's init/kaiming: Δ 2e-8, 153,421,487,307 seeds)."""
+    swing = {s: 0.02 if s % 2 else -0.02 for s in range(4)}  # paired differences ±2 pp, mean 2e-8
+    tiny = {s: acc + swing[s] + (8e-8 if s == 3 else 0.0) for s, acc in SYNTHETIC["baseline"].items()}
+    exps = summarize.aggregate(*_synthetic({**SYNTHETIC, "a/y": tiny})).set_index("experiment")
+    row = exps.loc["a/y"]
+    assert row["delta_acc"] == pytest.approx(2e-8, abs=1e-12) and row["verdict"] == "undecided"
+    assert pd.isna(row["seeds_needed"]) and row["mde_acc"] > 0.01  # too few seeds, but nothing to count
+    assert exps.loc["b/z", "delta_acc"] == pytest.approx(0.01) and exps.loc["b/z", "seeds_needed"] >= 2  # 1 pp: counted
+
+
 # ----------------------------------------------------------------------------- real runs
 
 

@@ -3,15 +3,20 @@ SQLite, a real `mlflow server`)."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import multiprocessing
 import os
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from data_fixtures import http_server
 
 from ablationlab import io, mlflow_store, summarize, track, tracking
 from ablationlab.recipe import complete
@@ -557,25 +562,9 @@ def _refused_uri() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, monkeypatch, capsys):
-    uri = _refused_uri()
-    problem = mlflow_store.server_problem(uri)
-    assert problem.startswith(f"tracking.uri: MLflow server {uri} is not reachable (") and "\n" not in problem
-    assert mlflow_store.server_problem("sqlite:///results/mlflow.db") is None  # local stores need no server
-    assert mlflow_store.server_problem(f"http://user:secret@{uri.removeprefix('http://')}").count("secret") == 0
-
-    for key in mlflow_store.HTTP_LIMITS:
-        monkeypatch.delenv(key, raising=False)
-    # the job's own check: one error line, exit 2
-    job = [
-        "study",
-        "--uri",
-        uri,
-        "--mlflow-experiment",
-        "x",
-        "--study",
-        "s",
-        "--study-table",
+def _track_job(uri: str, tmp_path: Path) -> list[str]:
+    """`track study` arguments that write to ``uri`` (the job's own server check comes first)."""
+    return ["study", "--uri", uri, "--mlflow-experiment", "x", "--study", "s", "--study-table"] + [
         str(tmp_path / "t.json"),
         "--runs",
         str(tmp_path),
@@ -588,12 +577,77 @@ def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, 
         "--record",
         str(tmp_path / "m.csv"),
     ]
-    assert track.cli(job) == 2
+
+
+def test_unreachable_server_is_one_line_naming_the_uri_within_seconds(tmp_path, monkeypatch, capsys):
+    uri = _refused_uri()
+    problem = mlflow_store.server_problem(uri)
+    assert problem.startswith(f"tracking.uri: MLflow server {uri} is not reachable (") and "\n" not in problem
+    assert mlflow_store.server_problem("sqlite:///results/mlflow.db") is None  # local stores need no server
+    assert mlflow_store.server_problem(f"http://user:secret@{uri.removeprefix('http://')}").count("secret") == 0
+
+    for key in mlflow_store.HTTP_LIMITS:
+        monkeypatch.delenv(key, raising=False)
+    # the job's own check: one error line, exit 2
+    assert track.cli(_track_job(uri, tmp_path)) == 2
     assert capsys.readouterr().err.strip() == f"error: {problem}"
     start = time.monotonic()  # MLflow's own client, with the bounded retries (MLflow's default: about 4 minutes)
     with pytest.raises(Exception, match="Max retries exceeded"):
         track.init(mlflow_store.Tracker(uri, "x", lock=tmp_path / "lock"))
     assert time.monotonic() - start < 30
+
+
+class _NotMlflow(http.server.BaseHTTPRequestHandler):
+    """A web server that is not MLflow: every POST gets ``status`` and an HTML page."""
+
+    status = 200
+
+    def do_POST(self):
+        page = b"<html><body>Welcome</body></html>"
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _serving(handler) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_web_server_that_is_not_mlflow_is_one_line_before_any_logging(tmp_path, capsys):
+    """`python -m http.server` answers MLflow's POST with 501; the check names the endpoint."""
+    (tmp_path / "www").mkdir()
+    with http_server(tmp_path / "www") as (url, _):
+        uri = url.rstrip("/")
+        problem = mlflow_store.server_problem(uri)
+        assert track.cli(_track_job(uri, tmp_path)) == 2
+    assert problem == (
+        f"tracking.uri: {uri} is not an MLflow tracking server (HTTP 501 from {uri}/api/2.0/mlflow/experiments/"
+        "search); point tracking.uri at one (mlflow server ...), or use a local store (sqlite:///results/mlflow.db "
+        "needs no server), then run the same command again"
+    )
+    assert capsys.readouterr().err.strip() == f"error: {problem}"
+    assert not (tmp_path / "i.json").exists()
+    with _serving(_NotMlflow) as uri:  # 200, but HTML
+        assert f"is not an MLflow tracking server (no MLflow answer from {uri}/api/2.0/" in mlflow_store.server_problem(
+            uri
+        )
+    with _serving(type("Denied", (_NotMlflow,), {"status": 401})) as uri:
+        assert mlflow_store.server_problem(uri).startswith(
+            f"tracking.uri: MLflow server {uri} refused the request (HTTP 401"
+        )
 
 
 # MLflow's undocumented class that LiveRun drives (tracking.py says why), checked at this version

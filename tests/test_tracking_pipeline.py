@@ -93,8 +93,9 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> str:
-    """Run the workflow up to the MLflow writer (rule track); return its output (fails the test on error).
+def snakemake(workdir: Path, *args: str, overlay: dict | None = None, until: tuple = ("--until", "track")) -> str:
+    """Run the workflow up to the MLflow writer (rule track; ``until=()``: all of it); return its output
+    (fails the test on error).
 
     ``overlay`` keys are added to the config overlay the earlier calls left (workdir/overlay.yaml)."""
     configs = [str(REPO / "presets" / "smoke.yaml")]
@@ -114,8 +115,7 @@ def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> str:
         "2",
         "--configfile",
         *configs,
-        "--until",
-        "track",
+        *until,
         *args,
     ]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
@@ -238,9 +238,15 @@ def test_report_only_edit_logs_nothing(workdir, study):
     points = metric_points(workdir, before)
     smoke = yaml.safe_load((REPO / "presets/smoke.yaml").read_text())
     smoke["ablations"][0]["notes"] = "Edited notes: only the report changes."
-    out = snakemake(workdir, overlay={"ablations": smoke["ablations"], "report": {"title": "Edited title"}})
-    assert not re.search(r"^(local)?rule (track|summarize):$", out, re.M), out[-2000:]  # the writer did not run
-    assert re.search(r"^localrule study:$", out, re.M), out[-2000:]  # the edit was seen
+    edit = {"ablations": smoke["ablations"], "report": {"title": "Edited title"}}
+    planned = snakemake(workdir, "-n", overlay=edit, until=())  # the whole workflow: the edit is seen
+    assert re.search(r"^(local)?rule study:$", planned, re.M) and re.search(
+        r"^(local)?rule render_report:$", planned, re.M
+    )
+    out = snakemake(workdir)
+    assert not re.search(r"^(local)?rule (track|summarize):$", planned + out, re.M), out[
+        -2000:
+    ]  # the writer did not run
     assert {r.info.run_id for r in runs(uri(workdir))} == before and metric_points(workdir, before) == points
 
 

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -85,6 +86,19 @@ def unwritable(paths: Iterable[str | os.PathLike]) -> str | None:
                     "then run the same command again"
                 )
     return None
+
+
+def publish(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Put the file ``src`` at ``dst`` atomically, as a hard link (no space needed: it works on a
+    full disk) or, where the file system has none, a copy; ``dst`` stays as it was until then.
+    Both names then share one file, which is fine as long as neither is written in place (every
+    writer here replaces files whole)."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system, or one without hard links
+            shutil.copy2(src, tmp)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -13,7 +13,9 @@ into MLflow's ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` environment variables an
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -21,6 +23,7 @@ import logging
 import math
 import os
 import random
+import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -94,21 +97,79 @@ def bound_http_retries() -> None:
         os.environ.setdefault(key, value)
 
 
+# a read-only call of MLflow's REST API, which any MLflow tracking server answers with a JSON object
+MLFLOW_PROBE = "/api/2.0/mlflow/experiments/search"
+_PROBE_KEYS = {"experiments", "next_page_token"}
+_NO_SERVER_NEEDED = "sqlite:///results/mlflow.db needs no server"
+
+
+def _probe(uri: str) -> urllib.request.Request:
+    """POST experiments/search (one result) to ``uri``, with MLflow's credentials from its environment."""
+    headers = {"Content-Type": "application/json"}
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    elif (user := os.environ.get("MLFLOW_TRACKING_USERNAME")) is not None:
+        pair = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+        headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+    url = uri.rstrip("/") + MLFLOW_PROBE
+    return urllib.request.Request(url, data=b'{"max_results": 1}', headers=headers, method="POST")
+
+
 def server_problem(uri: str, timeout: float = 10.0) -> str | None:
-    """One line naming the http(s) tracking server ``uri`` and what to do if it does not answer,
-    else None; other URIs (SQLite, a directory) are local and always pass."""
+    """One line naming the http(s) tracking server ``uri`` and what to do if it does not answer
+    MLflow's REST API as MLflow does (:data:`MLFLOW_PROBE`), else None; other URIs (SQLite, a
+    directory) are local and always pass."""
     if not str(uri).startswith(("http://", "https://")):
         return None
+    request = _probe(uri)
+    where = redact(request.full_url)
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return None  # it answered (401 without credentials, 404 behind a proxy): reachable
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as exc:  # it answered, but not as MLflow does
+        if exc.code in (401, 403):
+            return (
+                f"tracking.uri: MLflow server {redact(uri)} refused the request (HTTP {exc.code} from {where}); "
+                "give its user and password in tracking.uri (https://user:password@host), then run the same "
+                "command again"
+            )
+        return _not_mlflow(uri, f"HTTP {exc.code} from {where}")
     except (OSError, ValueError) as exc:  # refused, unknown host, timed out, malformed
         return (
             f"tracking.uri: MLflow server {redact(uri)} is not reachable ({getattr(exc, 'reason', None) or exc}); "
-            "start it, or fix tracking.uri (sqlite:///results/mlflow.db needs no server), then run the same "
-            "command again"
+            f"start it, or fix tracking.uri ({_NO_SERVER_NEEDED}), then run the same command again"
         )
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and answer.keys() <= _PROBE_KEYS:
+        return None
+    return _not_mlflow(uri, f"no MLflow answer from {where}")
+
+
+def _not_mlflow(uri: str, why: str) -> str:
+    return (
+        f"tracking.uri: {redact(uri)} is not an MLflow tracking server ({why}); point tracking.uri at one "
+        f"(mlflow server ...), or use a local store ({_NO_SERVER_NEEDED}), then run the same command again"
+    )
+
+
+# SQLite's words for a write that failed for want of space, or at the device
+_SQLITE_WRITE_ERRORS = {"database or disk is full": errno.ENOSPC, "disk i/o error": errno.EIO}
+
+
+def store_write_error(exc: BaseException, uri: str) -> OSError | None:
+    """A SQLite store's failed write anywhere in ``exc``'s chain (MLflow wraps SQLAlchemy, which wraps
+    sqlite3) as the OSError that names the database file (``[Errno 28] No space left on device:
+    'results/mlflow.db'``); None for any other error or store."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and uri.startswith("sqlite:///"):
+        seen.add(id(exc))
+        code = _SQLITE_WRITE_ERRORS.get(str(exc).lower()) if isinstance(exc, sqlite3.OperationalError) else None
+        if code:
+            return OSError(code, os.strerror(code), _sqlite_path(uri))
+        exc = exc.__cause__ or exc.__context__
     return None
 
 

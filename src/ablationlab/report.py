@@ -263,8 +263,11 @@ def verdict_text(row: dict[str, Any], settings: dict[str, Any]) -> str:
     if verdict == "no_effect":
         return f"no effect larger than {pct(row.get('mde_acc'))} pp (MDE at {settings['power'] * 100:g} % power)"
     needed = row.get("seeds_needed")
-    if _missing(needed) or not math.isfinite(float(needed)):
-        return "undecided: too few seeds, and the observed Δ is too small to say how many would tell"
+    if _missing(needed) or not math.isfinite(float(needed)):  # |Δ| below min_effect (summarize)
+        return (
+            f"undecided: too few seeds to rule out {pct(settings['min_effect'])} pp, the smallest effect worth "
+            f"detecting (MDE {pct(row.get('mde_acc'))} pp), and the observed Δ is smaller"
+        )
     return f"undecided: too few seeds, {integer(needed)} would be needed to tell"
 
 

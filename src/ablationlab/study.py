@@ -58,6 +58,7 @@ RESERVED_IDS = frozenset(
         "figures",
         "report",
         "render_report",
+        "publish_report",
         "mlflow_init",
         "track_experiment",
         "adaptive_look",

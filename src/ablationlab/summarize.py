@@ -68,7 +68,8 @@ effect_size(_kind)     ``d_z`` (paired) or ``hedges_g`` (Welch)
 prob_improvement(...)  P(variant > reference) over seed pairs, with ``_ci_low``/``_ci_high``
                        (BCa bootstrap, seeded)
 mde_acc                minimum detectable |Δ| at level alpha/looks and the set power
-seeds_needed           seeds per side at which the observed Δ reaches that power
+seeds_needed           seeds per side at which the observed Δ reaches that power; empty where
+                       |Δ| < min_effect (an effect not worth detecting needs no seed count)
 verdict                ``significant`` / ``no_effect`` / ``undecided`` (stats.verdict)
 epochs_mean            mean epochs run
 best_epoch_mean        mean best epoch
@@ -333,6 +334,9 @@ def _first(series: pd.Series) -> Any:
 def _comparison(variant: dict[int, float], reference: dict[int, float], settings: dict[str, Any]) -> dict[str, Any]:
     """One row's comparison columns (Holm, BH and verdict are filled in later, over families)."""
     res = stats.compare(variant, reference, alpha=settings["alpha"], power=settings["power"], looks=settings["looks"])
+    size, worth = abs(res["delta"]), settings["min_effect"]
+    if not (size >= worth or math.isclose(size, worth)):  # no seed count for it (a Δ of 2e-8 "needed" 1.5e11)
+        res["seeds_needed"] = math.nan
     return {
         "delta_acc": res["delta"],
         "delta_ci_low": _clip(res["ci_low"], -1.0, 1.0),

@@ -44,6 +44,7 @@ from ablationlab.mlflow_store import (
     open_runs,
     run_key,
     server_problem,
+    store_write_error,
 )
 
 log = logging.getLogger(__name__)
@@ -452,5 +453,9 @@ def cli(argv: list[str]) -> int:
     except TrackingError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if (failed := store_write_error(exc, args.uri)) is None:
+            raise
+        raise failed from None  # python -m ablationlab: one line naming the database file
     print(json.dumps({k: info[k] for k in ("experiment_id", "tracking_uri", "url", "logged")}))
     return 0

@@ -20,8 +20,8 @@ localrules:
 
 checkpoint adaptive_look:
     input:
-        study_table=ancient(STUDY_TABLE),
-        runs=look_runs,
+        study_table=STUDY_TABLE,
+        runs=after_data(look_runs),
         previous=previous_look,
         code=library("adaptive"),
     output:
@@ -37,24 +37,21 @@ checkpoint adaptive_look:
         mem_mb=1000,
         runtime=5,
     params:
-        study_table=STUDY_TABLE_DIGEST,
         runs_dir=RUNS_ROOT,
         previous=lambda wildcards, input: (
             ["--previous", *input.previous] if input.previous else []
         ),
     shell:
-        "python -m ablationlab adaptive --study {input.study_table:q} --runs {params.runs_dir:q}"
-        " --look {wildcards.look} {params.previous:q} --out {output:q} > {log:q} 2>&1"
+        "python -m ablationlab --log {log:q} adaptive --study {input.study_table:q} --runs {params.runs_dir:q}"
+        " --look {wildcards.look} {params.previous:q} --out {output:q}"
 
 
 rule adaptive_seeds:
     input:
-        lambda wildcards: look_file(adaptive_plan()["look"]),
+        after_data(lambda wildcards: look_file(adaptive_plan()["look"])),
     output:
         SEED_PLAN,
     log:
         "results/logs/adaptive/seeds.log",
-    conda:
-        ENV
-    shell:
-        "cp {input:q} {output:q} 2> {log:q}"
+    run:
+        abl_io.publish(input[0], output[0])

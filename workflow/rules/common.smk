@@ -13,7 +13,6 @@ what must act before the jobs (the checks of PREFLIGHT, messages) runs in onstar
 
 import contextlib
 import functools
-import hashlib
 import math
 import os
 import re
@@ -53,7 +52,11 @@ ENV = "../envs/ablationlab.yaml"
 try:
     STUDY = abl_study.load(config, SCHEMA)
 except abl_study.ConfigError as err:
-    raise WorkflowError(f"invalid configuration: {err}") from None
+    # one problem is "<key path>: ...", several come listed under their own "invalid configuration:"
+    text = str(err)
+    if not text.startswith("invalid configuration:"):
+        text = f"invalid configuration: {text}"
+    raise WorkflowError(text) from None
 # the same schema through Snakemake (fills the same defaults into `config`; cannot fail now)
 validate(config, SCHEMA)
 
@@ -74,11 +77,6 @@ GROUP_EXPERIMENTS = {
 # written by the study rule: the resolved experiments, the report's description of the study
 STUDY_TABLE = "results/study/experiments.json"
 STUDY_REPORT = "results/study/report.json"
-# sha256 of the canonical study table: a params value that changes only with its content (the
-# readers take the table itself as ancient(): a rewrite with the same content re-runs nothing)
-STUDY_TABLE_DIGEST = hashlib.sha256(
-    abl_io.canonical_json(STUDY.experiments).encode()
-).hexdigest()
 SUMMARY_DIR = "results/summary"
 SUMMARY = [
     f"{SUMMARY_DIR}/runs.csv",
@@ -92,6 +90,9 @@ MLFLOW_INFO = "results/mlflow.json"
 MLFLOW_RECORD = f"{SUMMARY_DIR}/mlflow.csv"
 REPORT_HTML = "reports/report.html"
 REPORT_PDF = "reports/report.pdf"
+# render_report's outputs, which publish_report puts in place as REPORT_HTML/PDF (report.smk); final
+# targets too: a render that failed is planned again, while the last good report stays in reports/
+RENDERED = "results/report/report.{ext}"
 # the train jobs' logs and benchmarks (wall time): <folder>/<experiment>/seed<seeds>.log|tsv,
 # one per job, which trains a block of seeds (seed0-1-2: ablationlab.layout.job_stem)
 TRAIN_LOGS = "results/logs/train"
@@ -243,16 +244,27 @@ onstart:
 TRACK_CONTENT = DATASET == "imagefolder"
 
 
-def data_files(names):
-    """Prepared data files (an input function for an image folder, see TRACK_CONTENT).
-    ancient(): re-prepared identical data re-runs nothing (data_version decides)."""
-    files = ancient(expand(f"{DATA_DIR}/{{name}}", name=names))
+def after_data(files):
+    """``files`` (a list, or an input function) as an input function that waits for prepare_data
+    when TRACK_CONTENT: the job is planned again once the data are prepared. The jobs after the
+    train jobs need it too, not only those that read the data: once a checkpoint has run,
+    Snakemake 9 plans afresh only the jobs that waited for it and keeps, for every other job, the
+    reasons to run it found before (a touched image re-ran summarize and everything after it).
+    """
+    if not TRACK_CONTENT:
+        return files
 
     def prepared(wildcards):
         checkpoints.prepare_data.get(dataset=DATASET)
-        return files
+        return files(wildcards) if callable(files) else files
 
-    return prepared if TRACK_CONTENT else files
+    return prepared
+
+
+def data_files(names):
+    """Prepared data files (after_data). ancient(): re-prepared identical data re-runs nothing
+    (data_version decides)."""
+    return after_data(ancient(expand(f"{DATA_DIR}/{{name}}", name=names)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -436,6 +448,7 @@ def final_targets():
         *([SEED_PLAN] if ADAPTIVE else []),
         MLFLOW_INFO,
         MLFLOW_RECORD,
+        *expand(RENDERED, ext=["html", "pdf"]),
         REPORT_HTML,
         REPORT_PDF,
     ]

@@ -37,6 +37,5 @@ checkpoint prepare_data:
         source=verbatim(data_source()),
         folder=FOLDER_MANIFEST,
     shell:
-        "python -m ablationlab prepare --dataset {wildcards.dataset:q}"
+        "python -m ablationlab --log {log:q} prepare --dataset {wildcards.dataset:q}"
         " --out results/data/{wildcards.dataset:q} {params.options:q} {params.source:q}"
-        " > {log:q} 2>&1"

@@ -4,9 +4,9 @@ same HTML).
 
 The figure files are known from the study table alone (ablationlab.figure_plan.plan), so each
 is a declared output with a report() flag: `snakemake --report report.zip` shows them too.
-figures reads the study table (ancient + content digest, as summarize), the summary, the
-prepared data and the run files; render_report also reads report.json, so editing a group's
-notes or the report title re-renders the report and nothing else.
+figures reads the study table, the summary, the prepared data and the run files;
+render_report also reads report.json, so editing a group's notes or the report title
+re-renders the report and nothing else (study.smk).
 """
 
 from ablationlab import figure_plan as abl_figure_plan
@@ -52,7 +52,7 @@ FIGURE_RUN_FILES = [
 
 rule figures:
     input:
-        study_table=ancient(STUDY_TABLE),
+        study_table=STUDY_TABLE,
         summary=SUMMARY,
         data=data_files(["meta.json", "train_x.pt", "train_y.pt", "test_x.pt"]),
         runs=lambda wildcards: run_files(EXPERIMENTS, FIGURE_RUN_FILES),
@@ -70,7 +70,6 @@ rule figures:
         mem_mb=2000,
         runtime=20,
     params:
-        study_table=STUDY_TABLE_DIGEST,
         data=data_version("train", "val", "test"),
         summary_dir=input_folder("summary"),
         data_dir=input_folder("data"),
@@ -78,9 +77,19 @@ rule figures:
         out_dir=output_folder("manifest"),
         seeds=seed_plan_option,
     shell:
-        "python -m ablationlab figures --study {input.study_table:q} --summary {params.summary_dir:q}"
+        "python -m ablationlab --log {log:q} figures --study {input.study_table:q} --summary {params.summary_dir:q}"
         " --data {params.data_dir:q} --runs {params.runs_dir:q} --out {params.out_dir:q}"
-        " {params.seeds:q} > {log:q} 2>&1"
+        " {params.seeds:q}"
+
+
+# The report as rendered (RENDERED), then as published in reports/. Snakemake removes a job's
+# outputs before it runs and a failed job's outputs after it, so the user's reports/report.* are
+# the outputs of publish_report only, which runs once a render has succeeded: a failed figures or
+# render_report job leaves the last good report in place.
+
+
+localrules:
+    publish_report,
 
 
 # the report stage; not named `report`, which is Snakemake's report() flag and directive
@@ -104,13 +113,8 @@ rule render_report:
         code=library("report"),
         templates=TEMPLATES,
     output:
-        html=report(
-            REPORT_HTML,
-            caption="../report/report.rst",
-            category="Report",
-            labels={"group": "report", "figure": "HTML report"},
-        ),
-        pdf=REPORT_PDF,
+        html=expand(RENDERED, ext="html"),
+        pdf=expand(RENDERED, ext="pdf"),
     log:
         "results/logs/report/report.log",
     conda:
@@ -126,7 +130,28 @@ rule render_report:
         benchmarks_dir=TRAIN_BENCHMARKS,
         seeds=seed_plan_option,
     shell:
-        "python -m ablationlab report --study-report {input.study_report:q} --study {input.study_table:q}"
+        "python -m ablationlab --log {log:q} report --study-report {input.study_report:q} --study {input.study_table:q}"
         " --summary {params.summary_dir:q} --figures {params.figures_dir:q} --data {params.data_dir:q}"
         " --benchmarks {params.benchmarks_dir:q}"
-        " --out-html {output.html:q} --out-pdf {output.pdf:q} {params.seeds:q} > {log:q} 2>&1"
+        " --out-html {output.html:q} --out-pdf {output.pdf:q} {params.seeds:q}"
+
+
+# reports/report.{html,pdf}, one job each, from the rendered file: a hard link (no space needed
+# on a full disk; it keeps the rendered file's mtime, so Snakemake sees it no older than its input)
+# or a copy, put in place atomically (abl_io.publish); run in Snakemake's process: no start-up
+rule publish_report:
+    input:
+        after_data(lambda wildcards: RENDERED.format(ext=wildcards.ext)),
+    output:
+        report(
+            "reports/report.{ext}",
+            caption="../report/report.rst",
+            category="Report",
+            labels={"group": "report", "figure": "{ext} report"},
+        ),
+    log:
+        "results/logs/report/publish_{ext}.log",
+    wildcard_constraints:
+        ext="html|pdf",
+    run:
+        abl_io.publish(input[0], output[0])

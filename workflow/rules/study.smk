@@ -1,31 +1,34 @@
 """study: the resolved experiment table and the report's study description.
 
-Two small JSON files from params: written where Snakemake runs (localrules), never queued
-on a cluster.
+One job per file (results/study/{name}.json), each with its own content as params, so that a
+job re-runs exactly when its file's content changes: editing a group's notes or the report
+title re-writes report.json only, and nothing that reads experiments.json re-runs. The readers
+take both files as plain inputs. (They took the table as ancient() with its digest as a
+param once; but when the study job re-runs, Snakemake 9's DAG.update_needrun skips the own
+checks of every job downstream of it and then drops those linked to it only by ancient
+inputs, so their own reasons to run, such as new run files, were never looked at.)
+Written where Snakemake runs (localrules), never queued on a cluster.
 """
+
+# each file's content; the job's params are its canonical JSON, so the file is rewritten only when it changes
+STUDY_FILES = {"experiments": STUDY.experiments, "report": STUDY.report}
 
 
 localrules:
     study,
 
 
+# written in Snakemake's process (no job start-up); a write error is Snakemake's one error naming the file
 rule study:
     input:
         library("study"),
     output:
-        experiments=STUDY_TABLE,
-        report=STUDY_REPORT,
+        "results/study/{name}.json",
     log:
-        "results/logs/study/study.log",
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
+        "results/logs/study/{name}.log",
+    wildcard_constraints:
+        name="|".join(STUDY_FILES),
     params:
-        # canonical JSON: the files are rewritten only when their content changes
-        experiments=verbatim(abl_io.canonical_json(STUDY.experiments)),
-        report=verbatim(abl_io.canonical_json(STUDY.report)),
-    script:
-        "../scripts/write_study.py"
+        content=lambda wildcards: abl_io.canonical_json(STUDY_FILES[wildcards.name]),
+    run:
+        abl_io.write_json(output[0], STUDY_FILES[wildcards.name])

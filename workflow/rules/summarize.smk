@@ -4,17 +4,18 @@ and diagnostics.csv (per experiment: the reading of its training curves).
 
 Reads only the study table and each run's train.json / metrics.json / history.csv (the
 MLflow writer, track.smk, runs after it: the runs' MLflow ids are in its
-results/summary/mlflow.csv). The study table is `ancient` and its content
-digest is a param: editing a group's notes or the report title rewrites experiments.json
-(same content, new mtime) without re-running this rule.
+results/summary/mlflow.csv). The study table is rewritten only when its content changes
+(study.smk): editing a group's notes or the report title does not re-run this rule.
 """
 
 
 rule summarize:
     input:
-        study_table=ancient(STUDY_TABLE),
-        runs=lambda wildcards: run_files(
-            EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
+        study_table=STUDY_TABLE,
+        runs=after_data(
+            lambda wildcards: run_files(
+                EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
+            )
         ),
         # each experiment's seeds (adaptive seeding)
         seeds=[SEED_PLAN] if ADAPTIVE else [],
@@ -32,10 +33,9 @@ rule summarize:
         mem_mb=1000,
         runtime=10,
     params:
-        study_table=STUDY_TABLE_DIGEST,
         runs_dir=RUNS_ROOT,
         out_dir=output_folder("runs"),
         seeds=seed_plan_option,
     shell:
-        "python -m ablationlab summarize --study {input.study_table:q} --runs {params.runs_dir:q}"
-        " --out {params.out_dir:q} {params.seeds:q} > {log:q} 2>&1"
+        "python -m ablationlab --log {log:q} summarize --study {input.study_table:q} --runs {params.runs_dir:q}"
+        " --out {params.out_dir:q} {params.seeds:q}"

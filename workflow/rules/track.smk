@@ -36,10 +36,8 @@ localrules:
     track,
 
 
-# Where the writer logs to, as a file of its own: a root of the DAG, so a new tracking.uri,
-# MLflow experiment or study name re-runs `track` even when `study` re-runs in the same call
-# (Snakemake checks no params of a job downstream of a re-running job when its only link
-# to it is ancient: summarize's study table).
+# Where the writer logs to, as a file of its own (a root of the DAG): a new tracking.uri, MLflow
+# experiment or study name re-runs `track` through it.
 rule mlflow_init:
     output:
         MLFLOW_TARGET,
@@ -56,9 +54,9 @@ rule mlflow_init:
 rule track:
     input:
         target=MLFLOW_TARGET,
-        study_table=ancient(STUDY_TABLE),
+        study_table=STUDY_TABLE,
         summary=SUMMARY,
-        runs=lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES),
+        runs=after_data(lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES)),
         code=library("track"),
     output:
         info=MLFLOW_INFO,
@@ -83,7 +81,7 @@ rule track:
         summary_dir=input_folder("summary"),
         logs_dir=TRAIN_LOGS,
     shell:
-        "python -m ablationlab track study --study-table {input.study_table:q} --runs {params.runs_dir:q}"
+        "python -m ablationlab --log {log:q} track study --study-table {input.study_table:q} --runs {params.runs_dir:q}"
         " --run {params.runs:q} --summary {params.summary_dir:q} --logs {params.logs_dir:q}"
         " --study {params.study_name:q} --out {output.info:q} --record {output.record:q}"
-        " --uri {params.uri:q} --mlflow-experiment {params.mlflow_experiment:q} > {log:q} 2>&1"
+        " --uri {params.uri:q} --mlflow-experiment {params.mlflow_experiment:q}"
