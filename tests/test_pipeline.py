@@ -188,7 +188,8 @@ TRAINED = {
     ("train_batch_norm", "batch_norm/bn", "0"),
     ("train_dropout", "dropout/p=0.5", "0"),
 }
-AFTER_TRAINING = {(rule, None, None) for rule in ("summarize", "figures", "track", "render_report", "all")}
+REPORT = {("render_report", None, None), ("publish_report", None, None), ("all", None, None)}  # rendered, published
+AFTER_TRAINING = {(rule, None, None) for rule in ("summarize", "figures", "track")} | REPORT
 # an edited library module -> what a dry run plans: the stages that run it (ablationlab.stages), and what
 # depends on their outputs
 EDITED = {
@@ -196,9 +197,9 @@ EDITED = {
     "evaluate.py": TRAINED | AFTER_TRAINING,  # the train jobs evaluate their runs
     "models.py": TRAINED | AFTER_TRAINING,  # figures too: it draws the models' filters
     "prepare.py": {("prepare_data", None, None), ("all", None, None)},  # a downloader or parser: no training
-    "report.py": {("render_report", None, None), ("all", None, None)},
-    "figure_plan.py": {(rule, None, None) for rule in ("figures", "render_report", "all")},
-    "track.py": {(rule, None, None) for rule in ("track", "render_report", "all")},  # MLflow's record: the report's
+    "report.py": REPORT,
+    "figure_plan.py": {("figures", None, None)} | REPORT,
+    "track.py": {("track", None, None)} | REPORT,  # MLflow's record: the report's
     "tracking.py": set(),  # live logging: only train jobs run it, and it never changes a run's files
 }
 

@@ -189,7 +189,11 @@ _INT_EXPERIMENT_COLUMNS = [
 ]
 _EXPERIMENT_KEYS = ("id", "group", "variant", "reference", "sweep", "recipe")
 # columns read back as text whatever they look like (a variant named 1, a swept value 0.3)
-_TEXT_COLUMNS = ("experiment", "group", "variant", "reference", "sweep_value", "mlflow_run_id", "mlflow_experiment_id")
+# text even where every cell of a table is empty (pandas would read such a column as float)
+_TEXT_COLUMNS = (
+    *("experiment", "group", "variant", "reference", "sweep_value", "mlflow_run_id", "mlflow_experiment_id"),
+    *("weights", "flags", "reading"),
+)
 
 
 class SummaryError(ValueError):
