@@ -3,7 +3,7 @@
 Trains the seeds' baseline (``simple_cnn``, SGD, batch 64) on CIFAR-shaped random uint8
 data (default 5000 images 3×32×32, 10 classes) and prints images/s of
 
-(a) ``library``: ``ablationlab.train.train_epoch`` — the very loop ``train()`` runs: uint8
+(a) ``library``: ``ablationlab.train.train_epoch`` — ``train()``'s step (``run_step``) over an epoch: uint8
     data on the device, randperm index slices, per-image random crop (padding 4) +
     horizontal flip, standardization, :func:`ablationlab.train.train_step` (on CUDA each step one
     CUDA graph replay, :mod:`ablationlab.cuda_graph`);

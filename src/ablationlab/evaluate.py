@@ -81,7 +81,8 @@ def evaluate_run(
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} is missing: train this run first")
     recipe = complete(io.read_json(run_dir / "recipe.json"))
-    status = io.read_json(run_dir / "train.json")["status"]
+    trained = io.read_json(run_dir / "train.json")
+    status = trained["status"]
     classes = [str(c) for c in meta["classes"]]
     loss_fn = make_loss(recipe["loss"], meta["num_classes"])
     preprocess = Preprocess(meta, recipe, dev)
@@ -89,7 +90,10 @@ def evaluate_run(
 
     model = _load_model(run_dir, "weights.pt", recipe, meta, dev)
     logits = predict(model, preprocess, x, dev).cpu()
-    best = predict(_load_model(run_dir, "weights_best.pt", recipe, meta, dev), preprocess, x, dev).cpu()
+    if trained.get("weights") == "best":  # early stopping restored the best epoch: the same weights
+        best = logits
+    else:
+        best = predict(_load_model(run_dir, "weights_best.pt", recipe, meta, dev), preprocess, x, dev).cpu()
     loss = loss_fn(logits, y).item()
     probs = logits.softmax(dim=1)
     confidence, pred = probs.max(dim=1)
