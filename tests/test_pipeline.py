@@ -87,14 +87,19 @@ def overlay(workdir: Path, name: str, change) -> str:
     return name
 
 
+# the output of each complete smoke run (`done`), by its folder
+RUN_OUTPUT: dict[Path, subprocess.CompletedProcess] = {}
+
+
 @pytest.fixture(scope="module")
 def done(tmp_path_factory) -> Path:
-    """A copy of the workflow after a complete smoke run."""
+    """A copy of the workflow after a complete smoke run (its output: RUN_OUTPUT)."""
     work = copy_workflow(tmp_path_factory.mktemp("workflow"))
     start = time.monotonic()
     proc = snakemake(work)
     print(f"\nsmoke run: {time.monotonic() - start:.0f} s", file=sys.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    RUN_OUTPUT[work] = proc
     return work
 
 
@@ -129,6 +134,23 @@ def test_smoke_run_outputs_exist_and_parse(done):
     assert list(diagnostics["experiment"]) == ids and diagnostics["reading"].str.len().gt(0).all()
     assert (done / "reports/report.html").stat().st_size > 0
     assert (done / "reports/report.pdf").read_bytes().startswith(b"%PDF")
+
+
+@pytest.mark.slow
+def test_a_run_ends_on_the_results_table_the_report_and_the_mlflow_command(done):
+    out = RUN_OUTPUT[done].stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "ablationlab", "show"], cwd=done, env=_env(), capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    assert out.endswith(shown.stdout) and shown.stdout.strip()  # the same table on demand
+    lines = shown.stdout.splitlines()
+    assert lines[0].split()[0] == "experiment" and "verdict" in lines[0]
+    assert {line.split()[0] for line in lines[1:4]} == {"baseline", "batch_norm/bn", "dropout/p=0.5"}
+    assert lines[4:] == [
+        "report: reports/report.html",
+        "MLflow: mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000",
+    ]
 
 
 @pytest.mark.slow

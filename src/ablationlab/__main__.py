@@ -25,6 +25,7 @@ COMMANDS = {
     "report": ("ablationlab.report", "render reports/report.html and report.pdf"),
     "track": ("ablationlab.track", "log runs and experiments to MLflow"),
     "study": ("ablationlab.study", "validate a config and list its experiments"),
+    "show": ("ablationlab.show", "a finished study's results table, report and MLflow command"),
 }
 
 

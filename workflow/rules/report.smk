@@ -10,6 +10,7 @@ re-renders the report and nothing else (study.smk).
 """
 
 from ablationlab import figure_plan as abl_figure_plan
+from ablationlab import show as abl_show
 
 
 report: "../report/workflow.rst"
@@ -155,3 +156,17 @@ rule publish_report:
         ext="html|pdf",
     run:
         abl_io.publish(input[0], output[0])
+
+
+# The end of a run that leaves the published report up to date (rendered in this run, or no older
+# than the summary; a group target that re-summarized without re-rendering prints nothing) says what
+# came out: the results table, the report's path and the MLflow command, as `python -m ablationlab
+# show` prints them on demand. Snakemake runs this only after jobs ran (not on -n, nor when nothing
+# was to be done); a problem with it is one warning line and never fails the run.
+onsuccess:
+    try:
+        if abl_show.report_current(REPORT_HTML, SUMMARY_DIR):
+            text = abl_show.summary(SUMMARY_DIR, REPORT_HTML, MLFLOW_INFO)
+            print(f"\n{text}", flush=True)
+    except Exception as err:
+        print(f"warning: results table: {err}", file=sys.stderr)
