@@ -12,7 +12,7 @@ the three seeds); its ``startup_share`` is ``startup_s / total_s``, the part of 
 its first epoch.
 
 - ``startup_s``: wall time from process start (just before the parent spawns it) to the
-  job's first useful work: the first epoch (``train.begin_epoch``), the test-set forward
+  job's first useful work: the first epoch (``train.Run.begin_epoch``), the test-set forward
   pass (``evaluate.predict``);
 - ``total_s``: wall time of the whole process; ``cpu_s``: its CPU time (user + system), less
   sensitive to the load of a shared machine (on 2 cores running 2 jobs at a time, a study's
@@ -66,10 +66,10 @@ HEAVY = [
     "PIL",
 ]
 MARKERS = {  # the first useful work: a run's first epoch, the test set's forward pass
-    "train": ("ablationlab.train", "begin_epoch"),
-    "train_evaluate": ("ablationlab.train", "begin_epoch"),
+    "train": ("ablationlab.train", "Run.begin_epoch"),
+    "train_evaluate": ("ablationlab.train", "Run.begin_epoch"),
     "evaluate": ("ablationlab.evaluate", "predict"),
-    "quick_train_job": ("ablationlab.train", "begin_epoch"),
+    "quick_train_job": ("ablationlab.train", "Run.begin_epoch"),
 }
 RECIPE = {"model": {"widths": [8, 16], "kernel_size": 3, "hidden": [32]}, "batch_size": 64}
 

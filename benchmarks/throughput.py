@@ -3,16 +3,17 @@
 Trains the seeds' baseline (``simple_cnn``, SGD, batch 64) on CIFAR-shaped random uint8
 data (default 5000 images 3×32×32, 10 classes) and prints images/s of
 
-(a) ``library``: ``ablationlab.train.train_epoch`` — ``train()``'s step (``run_step``) over an epoch: uint8
-    data on the device, randperm index slices, per-image random crop (padding 4) +
-    horizontal flip, standardization, :func:`ablationlab.train.train_step` (on CUDA each step one
-    CUDA graph replay, :mod:`ablationlab.cuda_graph`);
+(a) ``library``: ``train()``'s epoch (:func:`ablationlab.train.train_epochs` on one
+    :class:`~ablationlab.train.Run`): uint8 data on the device, randperm index slices, per-image
+    random crop (padding 4) + horizontal flip, standardization, :func:`ablationlab.train.train_step`
+    (on CUDA each step one CUDA graph replay, :mod:`ablationlab.cuda_graph`); the images/s of its
+    second epoch (the first warms up);
 (b) ``naive``: what the seeds did — PIL images, ``transforms.Compose([RandomCrop(32, 4),
     RandomHorizontalFlip(), ToTensor(), Normalize])``, ``DataLoader(num_workers=2,
     shuffle=True)`` and a plain forward/backward/step loop;
-(c) ``compute``: :func:`ablationlab.train.train_step` on batches prepared in advance
-    (no indexing, no augmentation; on CUDA captured the same way): the bound a data pipeline
-    can at best reach.
+(c) ``compute``: the library's step (:func:`ablationlab.train.make_step`) on inputs preprocessed
+    in advance (no augmentation; on CUDA captured the same way): the bound a data pipeline can
+    at best reach.
 
 Each measurement trains a freshly initialised model for ``--batches`` batches (after a
 short warm-up; the naive loader's worker start-up is timed, as it is paid every epoch);
@@ -27,7 +28,10 @@ the modes are measured ``--repeats`` times, interleaved, and the best of each is
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,21 +41,23 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from ablationlab import device as devices
-from ablationlab.cuda_graph import CapturedStep
 from ablationlab.recipe import complete
 from ablationlab.train import (
-    capture_steps,
+    Run,
+    Shared,
     epoch_order,
+    make_step,
+    ready,
     seed_everything,
     setup,
     steps_per_epoch,
-    train_epoch,
-    train_step,
+    train_epochs,
 )
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 META = {"channels": 3, "height": 32, "width": 32, "num_classes": 10, "mean": MEAN, "std": STD}
 WARMUP_BATCHES = 5
+VAL_IMAGES = 256  # the library mode's validation split (each epoch ends with it)
 
 
 def make_engine(recipe, x, y, dev):
@@ -61,45 +67,42 @@ def make_engine(recipe, x, y, dev):
 
 
 def bench_library(recipe, x, y, dev, batches: int) -> float:
-    """The library's training loop, as ``train()`` runs it (a CUDA graph per step where it can)."""
-    engine, x, y = make_engine(recipe, x, y, dev)
-    capture_steps(engine, x, y)
-    bs = engine.batch_size
-    train_epoch(engine, x, y, epoch_order(len(y), 0, 0, dev)[: WARMUP_BATCHES * bs])
-    return train_epoch(engine, x, y, epoch_order(len(y), 0, 1, dev)[: batches * bs])["images_per_s"]
+    """The library's training loop, as ``train()`` runs it, over ``batches`` batches per epoch: the images/s
+    of its second epoch (a CUDA graph per step where it can)."""
+    n, n_val = batches * recipe["batch_size"], VAL_IMAGES
+    with tempfile.TemporaryDirectory() as tmp:
+        shared = Shared(
+            recipe={**recipe, "epochs": 2},
+            meta=META,
+            device=dev,
+            x_train=x[:n].to(dev),
+            y_train=y[:n].to(dev),
+            x_val=x[-n_val:].to(dev),
+            y_val=y[-n_val:].to(dev),
+            progress=False,
+        )
+        run = Run(0, Path(tmp) / "run", Path(tmp) / "ckpt", shared)
+        train_epochs([run])
+    return run.state.history[-1]["images_per_s"]
 
 
 def bench_compute(recipe, x, y, dev, batches: int) -> float:
-    """:func:`train_step` alone on batches preprocessed in advance (on CUDA as one graph replay per step,
-    fed through a static buffer, as the library's steps are): the bound a data pipeline can at best reach."""
+    """The library's step alone on inputs preprocessed in advance (on CUDA as one graph replay per step, as
+    the library's steps are): the bound a data pipeline can at best reach."""
     engine, x, y = make_engine(recipe, x, y, dev)
     bs = engine.batch_size
-    order = epoch_order(len(y), 0, 1, dev)
     steps = min(batches, steps_per_epoch(len(y), bs))
-    inputs = torch.stack([engine.preprocess(x[order[i * bs : (i + 1) * bs]]) for i in range(steps)])
-    targets = torch.stack([y[order[i * bs : (i + 1) * bs]] for i in range(steps)])
-    static_in, static_t = inputs[0].clone(), targets[0].clone()
-
-    def body():
-        loss, correct = train_step(engine, static_in, static_t)
-        engine.loss_sum += loss
-        engine.correct += correct
-
-    step = body
-    if engine.eager_reason is None:  # CUDA: the same capture as the library's steps
-        step = CapturedStep(body, engine.model, engine.optimizer, [engine.loss_sum, engine.correct])
+    order = epoch_order(len(y), 0, 1, dev)[: steps * bs]
+    with torch.no_grad():
+        inputs, targets = engine.preprocess(x[order]), y[order]
+    step = make_step(replace(engine, preprocess=ready), inputs, targets)
+    batches_idx = [torch.arange(i * bs, (i + 1) * bs, device=dev) for i in range(steps)]
     engine.model.train()
-
-    def run(i: int) -> None:
-        static_in.copy_(inputs[i], non_blocking=True)
-        static_t.copy_(targets[i], non_blocking=True)
-        step()
-
     for i in range(min(WARMUP_BATCHES, steps)):
-        run(i)
+        step(batches_idx[i])
     start = time.perf_counter()
     for i in range(steps):
-        run(i)
+        step(batches_idx[i])
     engine.correct.item()  # wait for the device
     return steps * bs / (time.perf_counter() - start)
 

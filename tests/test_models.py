@@ -17,6 +17,7 @@ from ablationlab.models import (
     build_model,
     count_params,
     first_conv,
+    frozen_head,
     param_formula,
     summary,
 )
@@ -235,6 +236,7 @@ def test_vgg11_bn_frozen_only_the_new_classifier_layer_learns():
     assert [n for n, p in net.named_parameters() if p.requires_grad] == ["classifier.6.weight", "classifier.6.bias"]
     assert count_params(net)[0] == 4096 * 5 + 5
     assert net.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 5)
+    assert frozen_head(net, model({"name": "vgg11_bn", "train": "frozen"})) is None  # its frozen dropout draws
 
 
 @pytest.fixture(scope="module")
@@ -392,3 +394,17 @@ def test_frozen_backbone_keeps_batch_norm_statistics():
     net.train()
     net(torch.rand(4, 3, 32, 32))
     assert torch.equal(net.bn1.running_mean, before)
+    assert not net.bn1.training  # eval mode: normalised with the running statistics, also while training
+
+
+@pytest.mark.parametrize(
+    "keys, head",
+    [
+        ({"name": "resnet18", "weights": "none", "train": "frozen"}, "fc"),
+        ({"name": "resnet18", "weights": "none", "train": "finetune"}, None),
+        ({"name": "simple_cnn"}, None),
+    ],
+)
+def test_frozen_head_is_the_head_whose_input_depends_on_the_image_alone(keys, head):
+    net = build_model(model(keys), 3, 16, 10)
+    assert frozen_head(net, model(keys)) is (net.get_submodule(head) if head else None)

@@ -21,6 +21,7 @@ import torch
 
 from ablationlab import data, io
 from ablationlab import device as devices
+from ablationlab import train as train_mod
 from ablationlab.evaluate import evaluate
 from ablationlab.recipe import complete
 from ablationlab.train import (
@@ -28,6 +29,7 @@ from ablationlab.train import (
     OPTIMIZERS,
     TIMING_COLUMNS,
     cli,
+    frozen_features,
     make_optimizer,
     make_scheduler,
     setup,
@@ -291,6 +293,57 @@ def test_frozen_transfer_only_optimizes_the_head():
     engine = setup(recipe, meta, 100, torch.device("cpu"))
     optimized = [p for group in engine.optimizer.param_groups for p in group["params"]]
     assert sum(p.numel() for p in optimized) == 512 * 10 + 10
+
+
+FROZEN = {
+    "model": {"name": "resnet18", "weights": "none", "train": "frozen"},
+    "input": {"resize": 16, "standardize": True},
+    "optimizer": {"name": "adam", "lr": 1e-3},
+    "batch_size": 64,
+    "epochs": 2,
+}
+
+
+def _whole_network(engine, recipe, x_train, x_val):
+    """frozen_features declining: every step runs the whole network on the images."""
+    return engine, x_train, x_val
+
+
+def test_frozen_features_computed_once_give_the_same_run_bit_for_bit(digits_dir, tmp_path, monkeypatch, caplog):
+    """The head trained on features computed once per split vs the whole network run on the images every
+    step (batch norm in eval mode in both): the same history, weights and train.json, bit for bit (CPU)."""
+    with caplog.at_level("INFO", logger="ablationlab.train"):
+        train(digits_dir, FROZEN, 1, tmp_path / "cached", checkpoint_dir=tmp_path / "c1", threads=1, stop_after=1)
+        train(digits_dir, FROZEN, 1, tmp_path / "cached", checkpoint_dir=tmp_path / "c1", threads=1)  # resumed
+    assert caplog.text.count("features computed once") == 2 and "resuming from epoch 1" in caplog.text
+    monkeypatch.setattr(train_mod, "frozen_features", _whole_network)
+    train(digits_dir, FROZEN, 1, tmp_path / "whole", checkpoint_dir=tmp_path / "c2", threads=1)
+    _assert_same_run(tmp_path / "whole", tmp_path / "cached")
+    assert io.read_json(tmp_path / "cached" / "train.json")["params"] == 512 * 10 + 10
+
+
+@pytest.mark.parametrize(
+    "override, cached",
+    [
+        ({}, True),
+        ({"model": {"name": "resnet18", "weights": "none", "train": "finetune"}}, False),
+        ({"augment": [{"name": "hflip", "p": 0.5}]}, False),
+        ({"model": {"name": "simple_cnn"}}, False),
+    ],
+)
+def test_which_recipes_train_the_head_on_features_computed_once(override, cached):
+    recipe = complete({**FROZEN, **override})
+    meta = {"channels": 1, "height": 8, "width": 8, "num_classes": 10, "mean": [0.5], "std": [0.2]}
+    engine = setup(recipe, meta, 100, torch.device("cpu"))
+    x = torch.randint(0, 256, (30, 1, 8, 8), dtype=torch.uint8)
+    used, x_train, x_val = frozen_features(engine, recipe, x, x[:7])
+    assert (used is not engine) == cached
+    if cached:
+        assert used.net is engine.model.fc and used.model is engine.model
+        assert x_train.shape == (30, 512) and x_val.shape == (7, 512) and x_train.dtype == torch.float32
+        torch.testing.assert_close(used.net(x_train), engine.model.eval()(engine.preprocess(x)), rtol=0, atol=0)
+    else:
+        assert x_train is x and used.net is engine.net
 
 
 @pytest.mark.parametrize(

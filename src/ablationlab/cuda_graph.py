@@ -19,7 +19,8 @@ Which steps can be captured is decided up front (:func:`not_capturable`), from w
 on an H200 (torch 2.11): kornia's blur failed to capture, and a failed capture can leave the
 CUDA generator unusable for the rest of the process ("Offset increment outside graph capture"),
 so such recipes train eagerly from the start. A capture that fails anyway falls back to eager
-steps with a warning.
+steps with a warning. The eager step (:func:`ablationlab.train.eager_step`) is the reference: a
+captured step runs exactly its operations, only launched from a graph.
 """
 
 from __future__ import annotations
@@ -66,34 +67,50 @@ def _tensors(state: Mapping[Any, Mapping[str, Any]]) -> dict[tuple[int, str], to
 
 
 class CapturedStep:
-    """``body()`` as a CUDA graph, captured at the first call and again whenever the learning rate changed.
+    """The training step ``eager(idx)`` as a CUDA graph: ``step(idx)`` copies the batch's indices into a
+    static buffer and replays the graph, captured at the first call and again whenever the learning rate
+    changed. A capture that fails trains on with ``eager`` (``failed`` says why).
 
-    ``model``, ``optimizer`` and ``accumulators`` (tensors ``body`` adds to) are what ``body`` changes
+    ``model``, ``optimizer`` and ``accumulators`` (tensors ``eager`` adds to) are what a step changes
     besides its outputs; the warm-up before the first capture leaves them (and the RNGs) as it found them.
     """
 
     def __init__(
         self,
-        body: Callable[[], None],
+        eager: Callable[[torch.Tensor], None],
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         accumulators: list[torch.Tensor],
+        batch_size: int,
     ):
-        self.body, self.model, self.optimizer, self.accumulators = body, model, optimizer, accumulators
+        self.eager, self.model, self.optimizer, self.accumulators = eager, model, optimizer, accumulators
+        self.idx = torch.zeros(batch_size, dtype=torch.long, device=accumulators[0].device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.lrs: tuple[float, ...] | None = None
         self.captures = 0
+        self.failed: str | None = None
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        if self.failed is None:
+            self.idx.copy_(idx, non_blocking=True)
+            try:
+                if self.graph is None or self._lrs() != self.lrs:
+                    self._capture()
+                self.graph.replay()
+                return
+            except RuntimeError as exc:  # a capture the up-front check did not foresee: train on, eagerly
+                log.warning("training eagerly: the step could not be captured as a CUDA graph (%s)", exc)
+                self.graph, self.failed = None, f"capture failed: {exc}"
+        self.eager(idx)
+
+    def _body(self) -> None:
+        self.eager(self.idx)
 
     def _lrs(self) -> tuple[float, ...]:
         return tuple(float(g["lr"]) for g in self.optimizer.param_groups)
 
-    def __call__(self) -> None:
-        if self.graph is None or self._lrs() != self.lrs:
-            self._capture()
-        self.graph.replay()
-
     def _warm_up(self) -> None:
-        """Run ``body`` eagerly a few times on a side stream, then put back everything it changed."""
+        """Run the step eagerly a few times on a side stream, then put back everything it changed."""
         weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         before = {k: v.clone() for k, v in _tensors(self.optimizer.state).items()}
         sums = [a.clone() for a in self.accumulators]
@@ -102,7 +119,7 @@ class CapturedStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
-                self.body()
+                self._body()
         torch.cuda.current_stream().wait_stream(side)
         with torch.no_grad():
             for k, v in self.model.state_dict().items():
@@ -121,7 +138,7 @@ class CapturedStep:
         self.optimizer.zero_grad(set_to_none=True)  # backward allocates the grads inside the graph
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.body()
+            self._body()
         self.graph, self.lrs = graph, self._lrs()
         self.captures += 1
         log.debug("captured the training step as a CUDA graph (capture %d, lr %s)", self.captures, self.lrs)

@@ -317,3 +317,15 @@ def summary(module: nn.Module, in_channels: int, image_size: int) -> pd.DataFram
             }
         )
     return pd.DataFrame(rows, columns=["layer", "type", "output_shape", "params", "trainable", "param_formula"])
+
+
+def frozen_head(net: nn.Module, model: Mapping[str, Any]) -> nn.Module | None:
+    """The new head of a ``train: frozen`` transfer network (``model``: its recipe section) whose frozen part
+    computes the same in training as in evaluation, so that the head's input depends on the image alone:
+    batch norm stays in eval mode (:func:`_transfer`) and there is no dropout (vgg11_bn's classifier has
+    some, resnet18 none). None for any other network."""
+    if model["name"] not in TRANSFER or not TRAIN_MODES[model["train"]]:
+        return None
+    if any(isinstance(layer, nn.modules.dropout._DropoutNd) for layer in net.modules()):
+        return None
+    return net.get_submodule(TRANSFER[model["name"]][2])

@@ -5,7 +5,12 @@ tensor on the training device, moved there once per process; every epoch draws a
 ``randperm`` and batches are index slices of it. A batch goes through
 :class:`ablationlab.runtime.Preprocess` (float in [0, 1], augmented per image on the
 device, resized, standardized), then through :func:`train_step`. The validation split
-is evaluated after every epoch, without augmentation. What a trained model needs to run
+is evaluated after every epoch, without augmentation. What an epoch does, for one run or
+several, is the loop of :func:`train_epochs`; the ``train`` command reaches the step in three
+calls (:func:`cli` → :func:`train_runs` → :func:`train_epochs` → ``Run.step``: :func:`eager_step`
+or its CUDA graph replay). Where only the head of a frozen network learns and nothing is
+augmented, the frozen part's output is computed once per split and the epochs train the head
+on it (:func:`frozen_features`: the same results, bit for bit on the CPU). What a trained model needs to run
 (network, preprocessing, loss, inference) lives in :mod:`ablationlab.runtime`; this module
 is the loop, its optimizer and scheduler, determinism and checkpoints.
 
@@ -22,7 +27,7 @@ By default (``drop_last: true``) an epoch trains on full batches only: the image
 after the last full batch are not trained on in that epoch (each epoch's fresh shuffle gives
 every image the same chance). On real CIFAR-10 a partial last batch of 8 images, one noisy
 step right before every validation and the test evaluation, cost 5–17 pp and multiplied
-the seed spread by 10. ``drop_last: false`` trains on it too, as before (a single left-over
+the seed spread by 10. ``drop_last: false`` trains on it too (a single left-over
 image is still dropped: batch norm cannot train on a batch of one).
 
 After every epoch ``{checkpoint_dir}/last.pt`` is written atomically with everything
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -56,7 +62,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,23 +161,21 @@ def partial_batch(n: int, batch_size: int, drop_last: bool) -> int:
     return n % batch_size if steps_per_epoch(n, batch_size, drop_last) * batch_size > n else 0
 
 
-# --------------------------------------------------------------------------- the engine
+# --------------------------------------------------------------------------- the step
 
 
 @dataclass
 class Engine:
-    """Everything one training step needs. ``model`` owns the weights; ``net`` is what runs (maybe compiled).
-
-    ``loss_sum`` and ``correct`` accumulate the epoch on the device; ``captured`` (CUDA) replays the step
-    as a CUDA graph reading its batch indices from ``idx``; ``eager_reason`` says why it does not.
-    """
+    """Everything one training step needs. ``model`` owns the weights; ``net`` is what runs (maybe compiled,
+    or only the head of a frozen network: :func:`frozen_features`). ``loss_sum`` and ``correct`` accumulate
+    the epoch on the device; ``eager_reason`` says why the step cannot be a CUDA graph (None: it can)."""
 
     model: nn.Module
     net: Callable[[torch.Tensor], torch.Tensor]
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    preprocess: Preprocess
+    preprocess: Callable[..., torch.Tensor]
     scaler: torch.amp.GradScaler
     device: torch.device
     batch_size: int
@@ -180,8 +184,6 @@ class Engine:
     correct: torch.Tensor
     step_scheduler_per_batch: bool = False
     eager_reason: str | None = None
-    captured: CapturedStep | None = None
-    idx: torch.Tensor | None = None
 
 
 def setup(
@@ -193,7 +195,7 @@ def setup(
     compile: bool = False,
 ) -> Engine:
     """Build model, optimizer, scheduler, loss and preprocessing for ``recipe`` on ``device``; where the recipe
-    and device allow it (``eager_reason`` None) the step can become a CUDA graph (:func:`capture_steps`)."""
+    and device allow it (``eager_reason`` None) the step becomes a CUDA graph (:func:`make_step`)."""
     model = build_network(recipe, meta).to(device=device, memory_format=devices.memory_format(device))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -244,71 +246,60 @@ def train_step(engine: Engine, inputs: torch.Tensor, targets: torch.Tensor) -> t
     return loss.detach().float() * n, (logits.detach().argmax(dim=1) == targets).sum()
 
 
-def _eager_step(engine: Engine, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+def eager_step(engine: Engine, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+    """One training step on the images ``x[idx]`` (preprocessed, augmented), added to the engine's sums."""
     batch_loss, batch_correct = train_step(engine, engine.preprocess(x[idx], train=True), y[idx])
     engine.loss_sum += batch_loss
     engine.correct += batch_correct
 
 
-def capture_steps(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> None:
-    """From now on run each step on ``x``/``y`` as a CUDA graph replay, where the recipe allows it
-    (``engine.eager_reason`` is None); the batch's indices reach the graph through ``engine.idx``."""
+def make_step(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """``step(idx)``: one training step on ``x[idx]``, ``y[idx]`` (data on the device). :func:`eager_step`, or
+    its CUDA graph replay (:class:`ablationlab.cuda_graph.CapturedStep`) where ``engine.eager_reason`` is None."""
+    eager = functools.partial(eager_step, engine, x, y)
     if engine.eager_reason is not None:
-        return
-    engine.idx = torch.zeros(engine.batch_size, dtype=torch.long, device=engine.device)
-    engine.captured = CapturedStep(
-        lambda: _eager_step(engine, x, y, engine.idx), engine.model, engine.optimizer, [engine.loss_sum, engine.correct]
-    )
+        return eager
+    return CapturedStep(eager, engine.model, engine.optimizer, [engine.loss_sum, engine.correct], engine.batch_size)
 
 
-def run_step(engine: Engine, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
-    """One training step on the images ``x[idx]``: a graph replay when captured, else eager."""
-    if engine.captured is not None:
-        engine.idx.copy_(idx, non_blocking=True)
-        try:
-            engine.captured()
-            return
-        except RuntimeError as exc:  # a capture the up-front check did not foresee: train on, eagerly
-            log.warning("training eagerly: the step could not be captured as a CUDA graph (%s)", exc)
-            engine.captured, engine.eager_reason = None, f"capture failed: {exc}"
-    _eager_step(engine, x, y, idx)
+def ready(x: torch.Tensor, train: bool = False) -> torch.Tensor:
+    """The preprocessing of inputs that are ready already (the features of :func:`frozen_features`)."""
+    return x
 
 
-def begin_epoch(engine: Engine) -> None:
-    """Training mode and zeroed accumulators."""
-    engine.model.train()
-    engine.loss_sum.zero_()
-    engine.correct.zero_()
+def frozen_features(
+    engine: Engine, recipe: Mapping[str, Any], x_train: torch.Tensor, x_val: torch.Tensor
+) -> tuple[Engine, torch.Tensor, torch.Tensor]:
+    """What the head of a frozen network sees, computed once: ``(engine, train inputs, val inputs)``.
 
-
-def end_epoch(engine: Engine, seen: int, started: float) -> dict[str, float]:
-    """The epoch's training loss, accuracy, seconds and images/s (one device sync)."""
-    train_loss, train_correct = engine.loss_sum.item(), engine.correct.item()
-    seconds = time.perf_counter() - started
-    return {
-        "train_loss": train_loss / seen,
-        "train_acc": train_correct / seen,
-        "train_seconds": seconds,
-        "images_per_s": seen / seconds,
-    }
-
-
-def train_epoch(
-    engine: Engine, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, on_step: Callable[[], None] | None = None
-) -> dict[str, float]:
-    """One pass over ``x``/``y`` (uint8 and labels on the device) in the order ``order`` (indices on the device)."""
-    begin_epoch(engine)
-    seen, start, bs = 0, time.perf_counter(), engine.batch_size
-    for step in range(steps_per_epoch(len(order), bs, engine.drop_last)):
-        idx = order[step * bs : (step + 1) * bs]
-        run_step(engine, x, y, idx)
-        seen += len(idx)
-        if on_step is not None:
-            on_step()
-    return end_epoch(engine, seen, start)
+    Where only the head learns, the frozen part computes the same in training as in evaluation
+    (:func:`ablationlab.models.frozen_head`: batch norm in eval mode, no dropout) and the input
+    pipeline has no augmentation, the head's inputs depend on the image alone: they are computed
+    once per split (in :func:`ablationlab.runtime.predict`'s batches) and each epoch trains and
+    validates the head on them (an engine whose ``net`` is the head, inputs ``ready``). The head
+    then runs on the same tensors as in the whole network: on the CPU the results are bit-identical
+    (tests/test_train.py). Any other recipe: the engine and the images, unchanged.
+    """
+    head = models.frozen_head(engine.model, recipe["model"])
+    if head is None or recipe["augment"]:
+        return engine, x_train, x_val
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    try:
+        engine.model.eval()
+        features = []
+        for x in (x_train, x_val):
+            predict(engine.model, engine.preprocess, x, engine.device)
+            features.append(torch.cat(seen))
+            seen.clear()
+    finally:
+        hook.remove()
+    log.info("frozen backbone without augmentation: its features computed once, only the head trains on them")
+    return replace(engine, net=head, preprocess=ready), features[0], features[1]
 
 
 def validate_epoch(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Validation loss and accuracy of the model (eval mode, no augmentation) on ``x``/``y``."""
     engine.model.eval()
     logits = predict(engine.net, engine.preprocess, x, engine.device)
     return {"val_loss": engine.loss_fn(logits, y).item(), "val_acc": (logits.argmax(dim=1) == y).float().mean().item()}
@@ -500,13 +491,6 @@ def _progress(epoch: int, epochs: int, total: int):
     return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, file=sys.stderr)
 
 
-def _history_row(epoch: int, lr: float, seconds: float, measured: dict[str, float]) -> dict[str, float]:
-    """The epoch's ``history.csv`` row (``HISTORY_COLUMNS``) from what training and validation measured."""
-    row = {"epoch": epoch, **{k: measured[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}}
-    row.update(lr=lr, seconds=seconds, images_per_s=measured["images_per_s"])
-    return row
-
-
 def _log_epoch(row: dict[str, float], epochs: int, bar, seed: int) -> None:
     """One line per epoch: on the progress bar when there is one (then closed), else in the log."""
     summary = (
@@ -556,14 +540,39 @@ class Shared:
     compile: bool = False
     stop_after: int | None = None
     progress: bool = True
+    swap_rng: bool = False  # runs interleaved on the CPU: each run's RNG states swapped in for its turns
+
+
+@dataclass
+class Epoch:
+    """One run's epoch in progress: its number, shuffled order, learning rate, the weights to fall back to
+    when it diverges, its progress bar (or None) and its start time."""
+
+    number: int
+    order: torch.Tensor
+    batch_size: int
+    lr: float
+    last_finite: dict[str, torch.Tensor]
+    bar: Any = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def batch(self, i: int) -> torch.Tensor:
+        """The indices of step ``i``; advances the progress bar."""
+        if self.bar is not None:
+            self.bar.update()
+        return self.order[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def row(self, train: Mapping[str, float], val: Mapping[str, float]) -> dict[str, float]:
+        """The epoch's ``history.csv`` row (``HISTORY_COLUMNS``) from what training and validation measured."""
+        row = {"epoch": self.number, **{k: train[k] for k in ("train_loss", "train_acc")}, **val}
+        row.update(lr=self.lr, seconds=time.perf_counter() - self.started, images_per_s=train["images_per_s"])
+        return row
 
 
 class Run:
-    """One seed of the experiment, trained one epoch phase at a time (:func:`train_together` interleaves runs).
-
-    ``turn()`` is the context of every phase: the run's CPU RNG states (swapped in and out when runs
-    interleave) and, on CUDA, its own stream.
-    """
+    """One seed of the experiment: its engine, step, loop state and files, built (and resumed from its
+    checkpoint) at construction; :func:`train_epochs` drives it. ``turn()`` is the context of everything
+    it does: its RNG states (swapped in and out when runs interleave on the CPU) and, on CUDA, its stream."""
 
     def __init__(
         self,
@@ -573,56 +582,37 @@ class Run:
         shared: Shared,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ):
-        self.seed, self.out_dir, self.checkpoint_dir = seed, Path(out_dir), Path(checkpoint_dir)
-        self.shared, self.on_epoch = shared, on_epoch
-        self.epochs, self.es = shared.recipe["epochs"], shared.recipe["early_stopping"]
-        self.stream = torch.cuda.Stream(shared.device) if shared.device.type == "cuda" else None
+        sh = shared
+        self.clock = time.perf_counter()
+        self.seed, self.out_dir, self.shared = seed, Path(out_dir), sh
+        self.on_epoch = on_epoch or (lambda row: None)
+        self.epochs, self.es = sh.recipe["epochs"], sh.recipe["early_stopping"]
+        self.ckpt_path, self.init_path = Path(checkpoint_dir) / "last.pt", Path(checkpoint_dir) / "weights_init.pt"
+        self.key = recipe_key(sh.recipe, seed, sh.meta)
+        self.stream = torch.cuda.Stream(sh.device) if sh.device.type == "cuda" else None
         self.rng: dict[str, Any] | None = None
+        with self.turn():  # seeded, built (bad model/augment settings fail here), resumed
+            seed_everything(seed)
+            engine = setup(sh.recipe, sh.meta, len(sh.y_train), sh.device, compile=sh.compile)
+            self.state = _start(engine, self.ckpt_path, self.init_path, self.key)
+            self.engine, self.x_train, self.x_val = frozen_features(engine, sh.recipe, sh.x_train, sh.x_val)
+            self.step = make_step(self.engine, self.x_train, sh.y_train)
+        self.rng = rng_state(accelerators=False) if sh.swap_rng else None
+        self.wall_before = self.state.wall_seconds
+        self.steps = steps_per_epoch(len(sh.y_train), self.engine.batch_size, self.engine.drop_last)
+        self.seen = min(self.steps * self.engine.batch_size, len(sh.y_train))  # images trained on per epoch
         self.stopped = False
         self.result: dict[str, Any] | None = None
+        self._log_start()
 
     @contextlib.contextmanager
-    def turn(self, swap_rng: bool):
-        if swap_rng and self.rng is not None:
+    def turn(self):
+        if self.rng is not None:
             set_rng_state(self.rng)
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             yield
-        if swap_rng:
+        if self.rng is not None:
             self.rng = rng_state(accelerators=False)
-
-    def start(self) -> None:
-        """Seed, build the engine (bad model/augment settings fail here) and restore the checkpoint, if any."""
-        sh = self.shared
-        self.clock = time.perf_counter()
-        seed_everything(self.seed)
-        self.engine = setup(sh.recipe, sh.meta, len(sh.y_train), sh.device, compile=sh.compile)
-        capture_steps(self.engine, sh.x_train, sh.y_train)
-        self.key = recipe_key(sh.recipe, self.seed, sh.meta)
-        self.ckpt_path, self.init_path = self.checkpoint_dir / "last.pt", self.checkpoint_dir / "weights_init.pt"
-        self.state = _start(self.engine, self.ckpt_path, self.init_path, self.key)
-        self.wall_before = self.state.wall_seconds
-        self.steps = steps_per_epoch(len(sh.y_train), self.engine.batch_size, self.engine.drop_last)
-        log.info(
-            "training %s on %s (%d train / %d val images, %d steps of %d per epoch%s), seed %d, device %s, "
-            "%d trainable parameters, %s",
-            sh.recipe["model"]["name"],
-            sh.meta.get("dataset", "?"),
-            len(sh.y_train),
-            len(sh.y_val),
-            self.steps,
-            self.engine.batch_size,
-            self._partial_text(),
-            self.seed,
-            devices.describe(sh.device),
-            models.count_params(self.engine.model)[0],
-            "CUDA-graph steps" if self.engine.captured is not None else f"eager steps ({self.engine.eager_reason})",
-        )
-
-    def _partial_text(self) -> str:
-        n, bs, drop = len(self.shared.y_train), self.engine.batch_size, self.engine.drop_last
-        if partial := partial_batch(n, bs, drop):
-            return f", the last of {partial} images"
-        return f"; {n % bs} left-over images dropped per epoch" if n % bs else ""
 
     def wants_epoch(self) -> bool:
         """Whether another epoch is due: not once finished, stopped early, diverged or at ``stop_after``."""
@@ -636,36 +626,44 @@ class Run:
             return False
         return True
 
-    def begin_epoch(self) -> None:
-        sh, engine = self.shared, self.engine
-        self.epoch, self.last_finite = self.state.epoch + 1, cpu_state(engine.model)
-        self.lr = engine.optimizer.param_groups[0]["lr"]
-        self.bar = _progress(self.epoch, self.epochs, self.steps) if sh.progress else None
-        self.tic = time.perf_counter()
-        self.order = epoch_order(len(sh.y_train), self.seed, self.epoch, sh.device)
-        self.seen = 0
-        begin_epoch(engine)
+    def begin_epoch(self) -> Epoch:
+        """The next epoch: training mode, zeroed sums, a fresh shuffle."""
+        engine, number = self.engine, self.state.epoch + 1
+        engine.model.train()
+        engine.loss_sum.zero_()
+        engine.correct.zero_()
+        return Epoch(
+            number=number,
+            order=epoch_order(len(self.shared.y_train), self.seed, number, self.shared.device),
+            batch_size=engine.batch_size,
+            lr=engine.optimizer.param_groups[0]["lr"],
+            last_finite=cpu_state(engine.model),
+            bar=_progress(number, self.epochs, self.steps) if self.shared.progress else None,
+        )
 
-    def step(self, i: int) -> None:
-        bs = self.engine.batch_size
-        idx = self.order[i * bs : (i + 1) * bs]
-        run_step(self.engine, self.shared.x_train, self.shared.y_train, idx)
-        self.seen += len(idx)
-        if self.bar is not None:
-            self.bar.update()
+    def train_metrics(self, epoch: Epoch) -> dict[str, float]:
+        """The epoch's training loss, accuracy and images/s (one device sync)."""
+        loss, correct = self.engine.loss_sum.item(), self.engine.correct.item()
+        return {
+            "train_loss": loss / self.seen,
+            "train_acc": correct / self.seen,
+            "images_per_s": self.seen / (time.perf_counter() - epoch.started),
+        }
 
-    def end_epoch(self) -> None:
-        sh, state = self.shared, self.state
-        measured = end_epoch(self.engine, self.seen, self.tic) | validate_epoch(self.engine, sh.x_val, sh.y_val)
-        row = _history_row(self.epoch, self.lr, time.perf_counter() - self.tic, measured)
-        _log_epoch(row, self.epochs, self.bar, self.seed)
-        state.history.append(row)
-        state.epoch = self.epoch
-        _end_of_epoch(state, row, self.engine, self.es, self.last_finite)
-        state.wall_seconds = self.wall_before + time.perf_counter() - self.clock
-        _save_checkpoint(self.ckpt_path, self.key, self.seed, state, self.engine)
-        if self.on_epoch is not None:
-            self.on_epoch(row)
+    def validate(self) -> dict[str, float]:
+        return validate_epoch(self.engine, self.x_val, self.shared.y_val)
+
+    def judge(self, row: dict[str, float], last_finite: dict[str, torch.Tensor]) -> None:
+        """Divergence, best epoch, epoch scheduler and early stopping after ``row`` (:func:`_end_of_epoch`)."""
+        _end_of_epoch(self.state, row, self.engine, self.es, last_finite)
+
+    def checkpoint(self) -> None:
+        """``last.pt``, atomically: everything needed to continue after this epoch."""
+        self.state.wall_seconds = self.wall_before + time.perf_counter() - self.clock
+        _save_checkpoint(self.ckpt_path, self.key, self.seed, self.state, self.engine)
+
+    def log_epoch(self, row: dict[str, float], epoch: Epoch) -> None:
+        _log_epoch(row, self.epochs, epoch.bar, self.seed)
 
     def finish(self) -> None:
         """Write the run's files (``train.json`` last) and let go of its engine; ``result`` is train.json's
@@ -678,7 +676,34 @@ class Run:
             wall = self.wall_before + time.perf_counter() - self.clock
             self.result = self._result(weights, wall)
             self._write_outputs()
-        self.engine = None  # frees the model, optimizer and captured graph (GPU memory) before the next run
+        self.engine = self.step = None  # frees the model, optimizer and captured graph (GPU memory)
+
+    def _captured(self) -> bool:
+        return isinstance(self.step, CapturedStep) and self.step.failed is None
+
+    def _log_start(self) -> None:
+        sh = self.shared
+        log.info(
+            "training %s on %s (%d train / %d val images, %d steps of %d per epoch%s), seed %d, device %s, "
+            "%d trainable parameters, %s",
+            sh.recipe["model"]["name"],
+            sh.meta.get("dataset", "?"),
+            len(sh.y_train),
+            len(sh.y_val),
+            self.steps,
+            self.engine.batch_size,
+            self._partial_text(),
+            self.seed,
+            devices.describe(sh.device),
+            models.count_params(self.engine.model)[0],
+            "CUDA-graph steps" if self._captured() else f"eager steps ({self.engine.eager_reason})",
+        )
+
+    def _partial_text(self) -> str:
+        n, bs, drop = len(self.shared.y_train), self.engine.batch_size, self.engine.drop_last
+        if partial := partial_batch(n, bs, drop):
+            return f", the last of {partial} images"
+        return f"; {n % bs} left-over images dropped per epoch" if n % bs else ""
 
     def _result(self, weights: str, wall_seconds: float) -> dict[str, Any]:
         """The content of ``train.json``."""
@@ -700,7 +725,7 @@ class Run:
             "val_images": len(self.shared.y_val),
             "steps_per_epoch": self.steps,
             "partial_batch": partial_batch(n, self.engine.batch_size, self.engine.drop_last),
-            "cuda_graph": self.engine.captured is not None,
+            "cuda_graph": self._captured(),
             "device": devices.describe(self.shared.device),
             "torch_version": torch.__version__,
             "wall_seconds": wall_seconds,
@@ -729,34 +754,39 @@ class Run:
         )
 
 
-def train_together(runs: Sequence[Run]) -> None:
-    """Train ``runs`` epoch by epoch, their steps interleaved (on CUDA each on its own stream, so the GPU
-    works on all of them at once); each run writes its files as soon as it is done. On the CPU each run's RNG
-    states are swapped in for its turns, so that interleaving changes no run; on a GPU the steps draw from the
-    device's generator and the host's RNGs are not used while training (no swap: it would cost more than a
-    CUDA-graph step)."""
-    swap = len(runs) > 1 and runs[0].shared.device.type == "cpu"
-    for run in runs:
-        with run.turn(swap):
-            run.start()
+# --------------------------------------------------------------------------- the epoch
+
+
+def train_epochs(runs: Sequence[Run]) -> None:
+    """Train ``runs`` (one, or several at once) epoch by epoch until each is done, then write its files.
+
+    Several runs interleave their steps (on CUDA each on its own stream, so the GPU works on all of
+    them at once); on the CPU each run's RNG states are swapped in for its turns, so that interleaving
+    changes no run. Runs trained together have the same number of steps per epoch.
+    """
     active = list(runs)
     while active:
-        going = [run for run in active if run.wants_epoch()]
+        for run in [run for run in active if not run.wants_epoch()]:
+            with run.turn():
+                run.finish()  # weights.pt (best or last), history.csv, ..., train.json last
+        active = [run for run in active if run.result is None]
+        epochs = []
         for run in active:
-            if run not in going:
-                with run.turn(swap):
-                    run.finish()
-        active = going
-        for run in active:
-            with run.turn(swap):
-                run.begin_epoch()
+            with run.turn():
+                epochs.append(run.begin_epoch())  # train mode, zeroed sums, a fresh shuffle
         for i in range(active[0].steps if active else 0):
-            for run in active:
-                with run.turn(swap):
-                    run.step(i)
-        for run in active:
-            with run.turn(swap):
-                run.end_epoch()
+            for run, epoch in zip(active, epochs):
+                with run.turn():
+                    run.step(epoch.batch(i))  # eager_step, or its CUDA graph replay
+        for run, epoch in zip(active, epochs):
+            with run.turn():
+                row = epoch.row(run.train_metrics(epoch), run.validate())
+                run.log_epoch(row, epoch)
+                run.state.history.append(row)
+                run.state.epoch = epoch.number
+                run.judge(row, epoch.last_finite)  # divergence, best epoch, epoch scheduler, early stopping
+                run.checkpoint()  # last.pt: weights, optimizer, RNGs, loop state
+                run.on_epoch(row)  # live MLflow logging
 
 
 def train_runs(
@@ -792,18 +822,36 @@ def train_runs(
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: {seeds} repeats a seed")
     configure_determinism(dev)
-    together = dev.type == "cuda" if together is None else together
-    splits = _load_splits(data_dir, n_train, dev)
-    # no progress bars for interleaved runs: one bar per run would interleave
+    together = (dev.type == "cuda" if together is None else together) and len(runs) > 1
+    x_train, y_train, x_val, y_val = _load_splits(data_dir, n_train, dev)
     shared = Shared(
-        recipe, meta, dev, *splits, compile, stop_after=stop_after, progress=not (together and len(runs) > 1)
+        recipe=recipe,
+        meta=meta,
+        device=dev,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        compile=compile,
+        stop_after=stop_after,
+        progress=not together,  # one bar per run would interleave
+        # on a GPU the steps draw from the device's generator and the host's RNGs are not used while
+        # training: no swap (it would cost more than a CUDA-graph step)
+        swap_rng=together and dev.type == "cpu",
     )
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)  # the data is on the device before the runs' streams read it
-    todo = [Run(seed, out, ckpt, shared, (on_epoch or {}).get(seed)) for seed, out, ckpt in runs]
-    for group in [todo] if together else [[run] for run in todo]:
-        train_together(group)
-    return [run.result for run in todo]
+    hooks = on_epoch or {}
+    if together:
+        group = [Run(seed, out, ckpt, shared, hooks.get(seed)) for seed, out, ckpt in runs]
+        train_epochs(group)
+        return [run.result for run in group]
+    results = []
+    for seed, out, ckpt in runs:  # one at a time: a run's engine is built once the previous one is let go
+        run = Run(seed, out, ckpt, shared, hooks.get(seed))
+        train_epochs([run])
+        results.append(run.result)
+    return results
 
 
 def train(
