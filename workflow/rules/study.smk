@@ -10,8 +10,19 @@ inputs, so their own reasons to run, such as new run files, were never looked at
 Written where Snakemake runs (localrules), never queued on a cluster.
 """
 
-# each file's content; the job's params are its canonical JSON, so the file is rewritten only when it changes
+# each file's content; the job's params are its key digests (abl_io.key_digests), one param each, so
+# the file is rewritten only when it changes and the reason names the keys that changed
 STUDY_FILES = {"experiments": STUDY.experiments, "report": STUDY.report}
+STUDY_DIGESTS = {name: abl_io.key_digests(obj) for name, obj in STUDY_FILES.items()}
+
+
+def study_params():
+    """{param name: function}: the study job's i-th key digest of its file ("" past its last)."""
+    count = max(map(len, STUDY_DIGESTS.values()))
+    return {
+        f"key{i}": lambda wildcards, i=i: (STUDY_DIGESTS[wildcards.name][i:] or [""])[0]
+        for i in range(count)
+    }
 
 
 localrules:
@@ -29,6 +40,6 @@ rule study:
     wildcard_constraints:
         name="|".join(STUDY_FILES),
     params:
-        content=lambda wildcards: abl_io.canonical_json(STUDY_FILES[wildcards.name]),
+        **study_params(),
     run:
         abl_io.write_json(output[0], STUDY_FILES[wildcards.name])
