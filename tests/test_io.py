@@ -163,7 +163,8 @@ def test_key_digests_name_what_changed_and_cover_the_whole_content():
         after = json.loads(json.dumps(study))
         edit(after)
         new = io.key_digests(after)
-        return sorted(e.split()[0] for e in set(new) - set(before)), sorted(e.split()[0] for e in set(before) - set(new))
+        keys = lambda entries: sorted(e.split()[0] for e in entries)  # noqa: E731
+        return keys(set(new) - set(before)), keys(set(before) - set(new))
 
     lr = lambda s: s["experiments"][1]["recipe"]["optimizer"].update(lr=0.2)  # noqa: E731
     assert changed(lr) == (["(all)", "experiments[dropout/p=0.5].recipe.optimizer"],) * 2

@@ -170,7 +170,7 @@ def canonical_json(obj: Any) -> str:
 
 def key_digests(obj: Any, depth: int = 4) -> list[str]:
     """``obj`` as short ``"<key path> <digest>"`` entries (12 hex digits of the sha256 of the canonical
-    JSON): one per value ``depth`` keys deep or shallower, lists of mappings with unique ``id``\ s
+    JSON): one per value ``depth`` keys deep or shallower, lists of mappings with unique ids
     entered by id (``experiments[dropout/p=0.5].recipe.optimizer``) with an ``[order]`` entry, and an
     ``(all)`` entry of the whole. Two objects have the same entries exactly when their canonical JSON
     is the same, and those that differ name the keys that changed."""

@@ -50,11 +50,11 @@ SCHEMA = abl_defaults.SCHEMA_PATH
 ENV = "../envs/ablationlab.yaml"
 
 
-
 def refuse(message):
     """Stop Snakemake with ``message`` alone: a WorkflowError raised here is followed by the line
     of this file that raised it, which reads like a traceback; SystemExit prints the message only
-    (exit status 1; raised in onstart, Snakemake still releases its lock on the way out)."""
+    (exit status 1; raised in onstart, Snakemake still releases its lock on the way out).
+    """
     raise SystemExit(message)
 
 
