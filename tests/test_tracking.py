@@ -260,6 +260,7 @@ def test_store_problem_names_a_local_store_that_cannot_be_written(tmp_path, monk
         assert mlflow_store.store_problem(uri) == (
             f"tracking.uri: [Errno 13] Folder of the MLflow store not writable: 'results': {again}"
         )
+    assert "in-memory SQLite store is not shared" in mlflow_store.store_problem("sqlite://")
     nested = "sqlite:///store/a/mlflow.db"  # the nearest folder that exists decides
     with immutable(tmp_path):
         assert mlflow_store.store_problem(nested) == (

@@ -154,7 +154,10 @@ def store_problem(uri: str, timeout: float = 10.0) -> str | None:
     read-only mount) or whose folder is (SQLite writes its journal and the lock next to it)."""
     if str(uri).startswith(("http://", "https://")):
         return server_problem(uri, timeout)
-    path = _sqlite_path(uri)
+    try:
+        path = _sqlite_path(uri)
+    except TrackingError as exc:  # an in-memory store
+        return str(exc)
     if path is None:
         return None
     db = Path(path)
