@@ -453,7 +453,7 @@ def test_disk_full_while_checkpointing_keeps_the_old_checkpoint_intact(work):
 
 @contextlib.contextmanager
 def _read_only(folder: Path):
-    """``folder`` made unwritable: chattr +i as root (root ignores chmod), chmod otherwise."""
+    """``folder`` (or a file) made unwritable: chattr +i as root (root ignores chmod), chmod otherwise."""
     if os.geteuid() != 0:
         folder.chmod(0o555)
         undo = ["chmod", "755", str(folder)]
@@ -480,6 +480,42 @@ def test_read_only_results_folder_is_one_error_line_and_nothing_is_lost(work):
     assert _snapshot(work / "results") == before  # stopped before the first job: nothing touched
     proc = _smk(work, OVERLAY, "--forcerun", "summarize", targets=target)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_unwritable_tracking_store_is_one_line_naming_it_before_any_job(work):
+    overlay = _study_overlay(
+        work, "variant.yaml", lambda c: _group(c, "batch_norm")["variants"]["bn"].update({"optimizer": {"lr": 0.02}})
+    )
+    before = _snapshot(work / "results")
+    with _read_only(work / "results/mlflow.db"):
+        proc = _smk(work, overlay)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert out.rstrip().endswith(
+        "tracking.uri: [Errno 13] MLflow store not writable: 'results/mlflow.db': make it writable, then run "
+        "the same command again"
+    ), out[-3000:]
+    assert "Traceback" not in out and 'File "' not in out, out[-3000:]
+    assert _snapshot(work / "results") == before  # refused before the first job: no training lost
+    assert not list((work / ".snakemake" / "locks").glob("*"))
+    proc = _smk(work, overlay)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_a_locked_published_report_is_named_and_the_build_keeps_its_own(work):
+    overlay = _study_overlay(work, "title.yaml", lambda c: c["study"].update(title="Locked report drill"))
+    published, rendered = work / "reports/report.html", work / "results/report/report.html"
+    assert published.stat().st_ino != rendered.stat().st_ino  # a copy: editing one leaves the other alone
+    with _read_only(published):
+        proc = _smk(work, overlay)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "reports/report.html" in out, out[-3000:]
+        assert "results/report/report.html" not in out, out[-3000:]  # a file the user never touched
+        assert os.access(rendered, os.W_OK)
+    proc = _smk(work, overlay)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "Locked report drill" in published.read_text() and published.read_bytes() == rendered.read_bytes()
+    assert published.stat().st_ino != rendered.stat().st_ino
 
 
 # --------------------------------------------------------------------------- 5. killed pipeline

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import resource
 import subprocess
 import sys
@@ -50,6 +53,45 @@ def test_unwritable_directory_names_the_target(tmp_path):
     blocker.write_text("a file where a directory should be")
     with pytest.raises(OSError, match=r"results/summary/runs\.csv"):
         io.write_json(blocker / "summary" / "runs.csv", {})
+
+
+@contextlib.contextmanager
+def immutable(path: Path):
+    """``path`` made immutable (chattr +i: even root cannot replace, remove or write it)."""
+    if os.geteuid() != 0 or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i needs root and a file system that supports it")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_publish_puts_a_copy_of_its_own_in_place(tmp_path):
+    rendered, published = tmp_path / "results" / "report.html", tmp_path / "reports" / "report.html"
+    io.write_text(rendered, "<p>first</p>")
+    io.publish(rendered, published)
+    assert published.read_text() == "<p>first</p>"
+    assert published.stat().st_ino != rendered.stat().st_ino and published.stat().st_nlink == 1
+    assert published.stat().st_mtime_ns == rendered.stat().st_mtime_ns  # never older than its input
+    published.write_text("<p>annotated by the user</p>")  # the user's copy: the build's stays
+    assert rendered.read_text() == "<p>first</p>"
+    io.write_text(rendered, "<p>second</p>")
+    io.publish(rendered, published)
+    assert published.read_text() == "<p>second</p>"
+    assert sorted(p.name for p in published.parent.iterdir()) == ["report.html"]  # no temporary left
+
+
+def test_publishing_onto_an_immutable_file_names_it_and_keeps_the_last_report(tmp_path):
+    rendered, published = tmp_path / "results" / "report.html", tmp_path / "reports" / "report.html"
+    io.write_text(rendered, "<p>first</p>")
+    io.publish(rendered, published)
+    with immutable(published):
+        io.write_text(rendered, "<p>second</p>")  # the build's copy is not the file the user locked
+        with pytest.raises(OSError) as err:
+            io.publish(rendered, published)
+        assert err.value.filename == str(published) and str(rendered) not in str(err.value)
+        assert published.read_text() == "<p>first</p>"
+    assert sorted(p.name for p in published.parent.iterdir()) == ["report.html"]
 
 
 def test_cli_reports_a_write_error_in_one_line(tmp_path, capsys):
@@ -102,3 +144,32 @@ def test_json_errors_name_the_file_in_one_line(tmp_path):
         io.read_json(tmp_path / "missing.json")
     with io.json_errors(good):
         assert io.read_json(good) == [1]
+
+
+def test_key_digests_name_what_changed_and_cover_the_whole_content():
+    study = {
+        "name": "s",
+        "experiments": [
+            {"id": "baseline", "recipe": {"optimizer": {"lr": 0.1, "name": "sgd"}, "epochs": 3}},
+            {"id": "dropout/p=0.5", "recipe": {"optimizer": {"lr": 0.1, "name": "sgd"}, "epochs": 3}},
+        ],
+        "notes": {"text": "x" * 5000},
+    }
+    before = io.key_digests(study)
+    assert all(len(entry) < 80 for entry in before)  # compact: a digest, never the value
+    assert len(set(before)) == len(before)
+
+    def changed(edit):
+        after = json.loads(json.dumps(study))
+        edit(after)
+        new = io.key_digests(after)
+        keys = lambda entries: sorted(e.split()[0] for e in entries)  # noqa: E731
+        return keys(set(new) - set(before)), keys(set(before) - set(new))
+
+    lr = lambda s: s["experiments"][1]["recipe"]["optimizer"].update(lr=0.2)  # noqa: E731
+    assert changed(lr) == (["(all)", "experiments[dropout/p=0.5].recipe.optimizer"],) * 2
+    assert changed(lambda s: s["notes"].update(text="y")) == (["(all)", "notes.text"],) * 2
+    assert changed(lambda s: s["experiments"].reverse()) == (["(all)", "experiments[order]"],) * 2
+    added = changed(lambda s: s.update(author="a"))
+    assert added == (["(all)", "author"], ["(all)"])
+    assert changed(lambda s: None) == ([], [])

@@ -306,12 +306,35 @@ def test_pickle_with_a_payload_is_refused_and_never_runs(tmp_path, imagenet_shap
     assert not marker.exists()
     # says what is wrong and what a valid file is; never steers to unpickling (PyTorch's own hint)
     assert str(err.value) == (
-        f"model.weights: {evil} is not a plain state_dict (Trying to load unsupported GLOBAL posix.mkdir whose "
-        "module posix is blocked.); a weights file holds only tensors by parameter name, as written by "
-        "torch.save(model.state_dict(), path)"
+        f"model.weights: {evil} is not a plain state_dict: it holds a pickled Python object (posix.mkdir), which "
+        "is never unpickled; only a plain state_dict is accepted (tensors by parameter name, as written by "
+        "torch.save(model.state_dict(), path))"
     )
     torch.load(evil, weights_only=False)  # the payload is real: an unsafe load runs it
     assert marker.exists()
+
+
+class Holder:
+    """A plain class: torch.save of an instance pickles a reference to it."""
+
+    def __init__(self):
+        self.weight = torch.zeros(2)
+
+
+@pytest.mark.parametrize("obj", [Holder(), {"conv1.weight": torch.zeros(1), "holder": Holder()}])
+def test_pickled_object_is_refused_naming_its_class_never_how_to_load_it(tmp_path, obj):
+    path = tmp_path / "holder.pt"
+    torch.save(obj, path)
+    with pytest.raises(WeightsError) as err:
+        build_model(model({"name": "resnet18", "weights": str(path)}), 3, 32, 10)
+    message = str(err.value)
+    assert message == (
+        f"model.weights: {path} is not a plain state_dict: it holds a pickled Python object "
+        f"({Holder.__module__}.Holder), which is never unpickled; only a plain state_dict is accepted "
+        "(tensors by parameter name, as written by torch.save(model.state_dict(), path))"
+    )
+    for advice in ("\x1b", "can still be loaded", "safe_globals", "trust", "weights_only"):
+        assert advice not in message
 
 
 def test_garbage_file_is_refused_without_pytorchs_unpickling_hint(tmp_path):
@@ -320,7 +343,7 @@ def test_garbage_file_is_refused_without_pytorchs_unpickling_hint(tmp_path):
     with pytest.raises(WeightsError) as err:
         build_model(model({"name": "resnet18", "weights": str(path)}), 3, 32, 10)
     message = str(err.value)
-    assert message.startswith(f"model.weights: {path} is not a plain state_dict (")
+    assert message.startswith(f"model.weights: {path} is not a plain state_dict: it holds pickled data that is not")
     assert "torch.save(model.state_dict(), path)" in message and "\n" not in message
     assert "weights_only" not in message and "likely succeed" not in message
 

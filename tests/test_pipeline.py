@@ -326,6 +326,42 @@ def test_invalid_config_stops_before_any_job(done, case):
     assert sorted(p for p in (done / "results").rglob("*")) == before
 
 
+def test_config_error_is_its_message_alone(tmp_path):
+    work = copy_workflow(tmp_path / "work")
+    (work / "bad.yaml").write_text("sedds: [1]\n")
+    proc = snakemake(work, "-n", "--configfile", "presets/smoke.yaml", "bad.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith("invalid configuration: sedds: unknown key 'sedds' (did you mean 'seeds'?)"), out
+    assert 'File "' not in out and "Error in file" not in out, out  # no line that reads like a traceback
+
+
+STUDY_FILES = ["results/study/experiments.json", "results/study/report.json"]
+
+
+@pytest.mark.slow
+def test_a_changed_config_is_reported_by_the_keys_that_changed(tmp_path):
+    work = copy_workflow(tmp_path / "work")
+    assert snakemake(work, "--", *STUDY_FILES).returncode == 0
+
+    def change(cfg):
+        bn = next(g for g in cfg["ablations"] if g["id"] == "batch_norm")
+        bn["notes"] = "Noted: " + "n" * 2000
+        bn["variants"]["bn"]["optimizer"] = {"lr": 0.02}
+
+    changed = overlay(work, "changed.yaml", change)
+    proc = snakemake(work, "-n", "--configfile", changed, "--", *STUDY_FILES)
+    out = proc.stdout + proc.stderr
+    reasons = [line for line in out.splitlines() if line.strip().startswith("reason:")]
+    assert proc.returncode == 0 and len(reasons) == 2, out
+    assert "experiments[batch_norm/bn].recipe.optimizer" in reasons[0] + reasons[1], out
+    assert "groups[batch_norm].notes" in reasons[0] + reasons[1], out
+    assert "Noted" not in out and "0.02" not in out and all(len(r) < 800 for r in reasons), out  # keys, not values
+    unchanged = snakemake(work, "-n", "--", *STUDY_FILES)
+    assert unchanged.returncode == 0 and "Nothing to be done" in unchanged.stdout + unchanged.stderr
+
+
 # --------------------------------------------------------------------------- user text
 
 # braces (Snakemake wildcards: {seed} and {experiment} are real ones), LaTeX, quotes, a

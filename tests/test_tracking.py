@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from data_fixtures import http_server
+from test_io import immutable
 
 from ablationlab import io, mlflow_store, summarize, track, tracking
 from ablationlab.recipe import complete
@@ -242,6 +243,29 @@ def test_run_key_and_mlflow_params():
 def test_sqlite_memory_store_rejected():
     with pytest.raises(mlflow_store.TrackingError, match="in-memory"):
         mlflow_store.Tracker("sqlite://", "x")
+
+
+def test_store_problem_names_a_local_store_that_cannot_be_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = "sqlite:///results/mlflow.db"
+    assert mlflow_store.store_problem(uri) is None  # not there yet: its folder is created on first use
+    mlflow_store.Tracker(uri, "x").client  # noqa: B018 (creates the store)
+    assert mlflow_store.store_problem(uri) is None
+    again = "make it writable, then run the same command again"
+    with immutable(tmp_path / "results" / "mlflow.db"):
+        assert mlflow_store.store_problem(uri) == (
+            f"tracking.uri: [Errno 13] MLflow store not writable: 'results/mlflow.db': {again}"
+        )
+    with immutable(tmp_path / "results"):  # SQLite writes its journal next to the database
+        assert mlflow_store.store_problem(uri) == (
+            f"tracking.uri: [Errno 13] Folder of the MLflow store not writable: 'results': {again}"
+        )
+    assert "in-memory SQLite store is not shared" in mlflow_store.store_problem("sqlite://")
+    nested = "sqlite:///store/a/mlflow.db"  # the nearest folder that exists decides
+    with immutable(tmp_path):
+        assert mlflow_store.store_problem(nested) == (
+            f"tracking.uri: [Errno 13] Folder of the MLflow store not writable: '.': {again}"
+        )
 
 
 # ----------------------------------------------------------------------------- runs

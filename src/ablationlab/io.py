@@ -89,16 +89,11 @@ def unwritable(paths: Iterable[str | os.PathLike]) -> str | None:
 
 
 def publish(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Put the file ``src`` at ``dst`` atomically, as a hard link (no space needed: it works on a
-    full disk) or, where the file system has none, a copy; ``dst`` stays as it was until then.
-    Both names then share one file, which is fine as long as neither is written in place (every
-    writer here replaces files whole)."""
+    """Put a copy of the file ``src`` at ``dst`` atomically (its own file, with ``src``'s mtime):
+    ``dst`` stays as it was until the copy is complete, and editing or locking either file leaves
+    the other alone. A failure names ``dst``."""
     with atomic_path(dst) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:  # another file system, or one without hard links
-            shutil.copy2(src, tmp)
+        shutil.copy2(src, tmp)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -171,6 +166,31 @@ def configure_logging() -> None:
 def canonical_json(obj: Any) -> str:
     """The one serialisation of a recipe: sorted keys, no whitespace variance."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable)
+
+
+def key_digests(obj: Any, depth: int = 4) -> list[str]:
+    """``obj`` as short ``"<key path> <digest>"`` entries (12 hex digits of the sha256 of the canonical
+    JSON): one per value ``depth`` keys deep or shallower, lists of mappings with unique ids
+    entered by id (``experiments[dropout/p=0.5].recipe.optimizer``) with an ``[order]`` entry, and an
+    ``(all)`` entry of the whole. Two objects have the same entries exactly when their canonical JSON
+    is the same, and those that differ name the keys that changed."""
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:12]
+
+    def walk(value: Any, path: str, level: int) -> Iterator[str]:
+        ids = [v.get("id") for v in value if isinstance(v, dict)] if isinstance(value, list) else None
+        if level < depth and isinstance(value, dict) and value:
+            for key in sorted(value):
+                yield from walk(value[key], f"{path}.{key}" if path else str(key), level + 1)
+        elif level < depth and ids and len(ids) == len(value) == len(set(ids)) and all(isinstance(i, str) for i in ids):
+            yield f"{path}[order] {digest(ids)}"
+            for item in value:
+                yield from walk(item, f"{path}[{item['id']}]", level + 1)
+        else:
+            yield f"{path} {digest(value)}"
+
+    return [f"(all) {digest(obj)}", *walk(obj, "", 0)]
 
 
 def _jsonable(obj: Any) -> Any:

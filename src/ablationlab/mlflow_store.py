@@ -148,6 +148,34 @@ def server_problem(uri: str, timeout: float = 10.0) -> str | None:
     return _not_mlflow(uri, f"no MLflow answer from {where}")
 
 
+def store_problem(uri: str, timeout: float = 10.0) -> str | None:
+    """One line naming why jobs could not write the tracking store ``uri``, else None: a server's
+    problem (:func:`server_problem`), or a SQLite database that is read-only (``chattr +i``, a
+    read-only mount) or whose folder is (SQLite writes its journal and the lock next to it)."""
+    if str(uri).startswith(("http://", "https://")):
+        return server_problem(uri, timeout)
+    try:
+        path = _sqlite_path(uri)
+    except TrackingError as exc:  # an in-memory store
+        return str(exc)
+    if path is None:
+        return None
+    db = Path(path)
+    if db.exists() and not os.access(db, os.W_OK):
+        return _not_writable("MLflow store", db)
+    folder = db.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return _not_writable("Folder of the MLflow store", folder)
+    return None
+
+
+def _not_writable(what: str, path: Path) -> str:
+    error = OSError(errno.EACCES, f"{what} not writable", str(path))
+    return f"tracking.uri: {error}: make it writable, then run the same command again"
+
+
 def _not_mlflow(uri: str, why: str) -> str:
     return (
         f"tracking.uri: {redact(uri)} is not an MLflow tracking server ({why}); point tracking.uri at one "

@@ -25,6 +25,8 @@ configurations work on small images (e.g. 8×8 digits).
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -184,8 +186,8 @@ def _transfer(opt: dict, in_channels: int, image_size: int, num_classes: int) ->
         except Exception as exc:  # no network, a bad cached file, ...
             raise WeightsError(
                 f"model.weights: could not load the ImageNet weights of {name} from {cached} "
-                f"or {imagenet.url} ({type(exc).__name__}: {exc})"
-            ) from exc
+                f"or {imagenet.url} ({type(exc).__name__}: {_refusal(exc)})"
+            ) from None
         _load_backbone(net, state, head_path, str(cached))
     elif weights != "none":
         _load_backbone(net, _read_state_dict(weights), head_path, weights)
@@ -207,11 +209,25 @@ def _stay_in_eval(layer: nn.Module, _inputs) -> None:
     layer.eval()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ACCEPTED = (
+    "only a plain state_dict is accepted (tensors by parameter name, as written by "
+    "torch.save(model.state_dict(), path))"
+)
+
+
 def _refusal(exc: Exception) -> str:
-    """Why torch.load refused a file, without PyTorch's advice to retry with weights_only=False
-    (unpickling: arbitrary code execution)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and "weights_only" not in line]
-    return " ".join(line.split("use case: ", 1)[-1] for line in lines) or type(exc).__name__
+    """What a file that ``torch.load(weights_only=True)`` refused holds, in our words: PyTorch's own
+    text advises loading it unsafely (unpickling runs arbitrary code) and carries colour codes."""
+    text = _ANSI.sub("", str(exc))
+    if isinstance(exc, pickle.UnpicklingError):
+        if found := re.search(r"GLOBAL ([\w.]+)", text):
+            return f"it holds a pickled Python object ({found.group(1)}), which is never unpickled"
+        return "it holds pickled data that is not tensors, which is never unpickled"
+    if isinstance(exc, EOFError):
+        return "the file is empty or cut short"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return first.split(". ", 1)[0].rstrip(".")
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -221,10 +237,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         state = io.load_torch(file)
     except Exception as exc:
-        raise WeightsError(
-            f"model.weights: {path} is not a plain state_dict ({_refusal(exc)}); a weights file holds only "
-            "tensors by parameter name, as written by torch.save(model.state_dict(), path)"
-        ) from exc
+        raise WeightsError(f"model.weights: {path} is not a plain state_dict: {_refusal(exc)}; {_ACCEPTED}") from None
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

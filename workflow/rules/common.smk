@@ -49,6 +49,15 @@ from ablationlab import tracking as abl_tracking
 SCHEMA = abl_defaults.SCHEMA_PATH
 ENV = "../envs/ablationlab.yaml"
 
+
+def refuse(message):
+    """Stop Snakemake with ``message`` alone: a WorkflowError raised here is followed by the line
+    of this file that raised it, which reads like a traceback; SystemExit prints the message only
+    (exit status 1; raised in onstart, Snakemake still releases its lock on the way out).
+    """
+    raise SystemExit(message)
+
+
 try:
     STUDY = abl_study.load(config, SCHEMA)
 except abl_study.ConfigError as err:
@@ -56,7 +65,7 @@ except abl_study.ConfigError as err:
     text = str(err)
     if not text.startswith("invalid configuration:"):
         text = f"invalid configuration: {text}"
-    raise WorkflowError(text) from None
+    refuse(text)
 # the same schema through Snakemake (fills the same defaults into `config`; cannot fail now)
 validate(config, SCHEMA)
 
@@ -180,7 +189,14 @@ if MLFLOW_URI != CONFIG["tracking"]["uri"]:
     workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 # the MLflow experiment of the study (config key tracking.experiment, default the study name)
 MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or STUDY_NAME
-TRACK_RULES = {"track"}  # the rules that talk to the tracking store (track.smk)
+# the rules that write to the tracking store: track (track.smk), the train rules with live logging
+TRACK_RULES = {"track"}
+
+
+def writes_store(job):
+    return job.rule.name in TRACK_RULES or (
+        CONFIG["tracking"]["live"] and job.rule.name.startswith("train")
+    )
 
 
 def live_tracking(wildcards):
@@ -204,14 +220,12 @@ def live_tracking(wildcards):
 # checks before the first job (not on -n, nor when nothing is to be done): each gets the jobs
 # to run and returns an error line or None. A folder the run writes into that is read-only or
 # immutable: Snakemake would fail removing old outputs with a traceback (it names
-# write-protected files itself). An unreachable tracking server: one line before the first
-# job, not minutes of retries per job.
+# write-protected files itself). An unreachable tracking server, or a local store that cannot be
+# written: one line before the first job, not minutes of retries or training lost.
 PREFLIGHT = [
     lambda jobs: abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log]),
     lambda jobs: (
-        abl_mlflow.server_problem(MLFLOW_URI)
-        if any(job.rule.name in TRACK_RULES for job in jobs)
-        else None
+        abl_mlflow.store_problem(MLFLOW_URI) if any(map(writes_store, jobs)) else None
     ),
 ]
 
@@ -233,7 +247,7 @@ onstart:
     jobs = list(workflow.dag.needrun_jobs())
     for check in PREFLIGHT:
         if problem := check(jobs):
-            raise WorkflowError(problem)
+            refuse(problem)
 
 
 # An image folder can change while the config does not: then prepare_data is a checkpoint
@@ -301,7 +315,7 @@ def folder_manifest():
     try:
         return abl_data.folder_manifest(CONFIG["data"]["root"])
     except abl_data.DataError as err:
-        raise WorkflowError(f"data.root: {err}") from None
+        refuse(f"data.root: {err}")
 
 
 FOLDER_MANIFEST = folder_manifest()

@@ -137,9 +137,9 @@ rule render_report:
         " --out-html {output.html:q} --out-pdf {output.pdf:q} {params.seeds:q}"
 
 
-# reports/report.{html,pdf}, one job each, from the rendered file: a hard link (no space needed
-# on a full disk; it keeps the rendered file's mtime, so Snakemake sees it no older than its input)
-# or a copy, put in place atomically (abl_io.publish); run in Snakemake's process: no start-up
+# reports/report.{html,pdf}, one job each, from the rendered file: a copy of its own (editing or
+# locking it leaves the build's file alone) with the rendered file's mtime, so Snakemake sees it no
+# older than its input, put in place atomically (abl_io.publish); run in Snakemake's process
 rule publish_report:
     input:
         after_data(lambda wildcards: RENDERED.format(ext=wildcards.ext)),
