@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from ablationlab.formats import number_text, pct, pp
+
 COLUMNS = [
     "experiment",
     "val_loss_min_epoch",
@@ -182,14 +184,6 @@ def flags(numbers: dict[str, float], context: Context, n_diverged: int = 0) -> l
     return out
 
 
-def _pp(x: float) -> str:
-    return f"{x * 100:.1f} pp"
-
-
-def _epoch(x: float) -> str:
-    return f"{x:g}" if x == int(x) else f"{x:.1f}"
-
-
 def causes(context: Context) -> list[tuple[str, str]]:
     """(likely cause, what to do) pairs for a noisy end of training, read from the recipe."""
     recipe, found = context.recipe or {}, []
@@ -219,9 +213,9 @@ def causes(context: Context) -> list[tuple[str, str]]:
 
 def _noise_reading(numbers: dict[str, float], context: Context) -> str:
     judged = (
-        f"the Δ of {_pp(abs(context.delta))} being judged"
+        f"the Δ of {pp(abs(context.delta), signed=False)} pp being judged"
         if context.delta is not None and abs(context.delta) >= context.min_effect
-        else f"the smallest effect worth detecting ({_pp(context.min_effect)})"
+        else f"the smallest effect worth detecting ({pp(context.min_effect, signed=False)} pp)"
     )
     found = causes(context)
     why = (
@@ -230,9 +224,10 @@ def _noise_reading(numbers: dict[str, float], context: Context) -> str:
         else "No cause stands out in the recipe. What to do: "
     )
     return (
-        f"Noisy end of training: validation accuracy still falls by up to {_pp(numbers['late_swing'])} from one "
-        f"epoch to the next over the last epochs and ends {_pp(numbers['last_vs_best_acc'])} below its best, "
-        f"more than {judged} and than the validation set's own noise ({_pp(numbers['noise_floor'])}): "
+        f"Noisy end of training: validation accuracy still falls by up to "
+        f"{pp(numbers['late_swing'], signed=False)} pp from one epoch to the next over the last epochs and ends "
+        f"{pp(numbers['last_vs_best_acc'], signed=False)} pp below its best, more than {judged} and than the "
+        f"validation set's own noise ({pp(numbers['noise_floor'], signed=False)} pp): "
         f"the last-epoch accuracy depends on where training stopped. {why}or compare the best epoch's test "
         f"accuracy (test_acc_best) or stop early with restore_best."
     )
@@ -255,32 +250,33 @@ def reading(
         )
     if math.isnan(numbers["last_epoch"]):
         return " ".join(parts) or "No finite training curve to diagnose."
-    end = _epoch(numbers["last_epoch"])
+    end = number_text(numbers["last_epoch"])
     if "overfitting" in found:
         parts.append(
             f"Overfitting: the validation loss reaches its minimum around epoch "
-            f"{_epoch(numbers['val_loss_min_epoch'])} of {end} and then rises by {numbers['overfit_gap']:.3g}"
-            f" (train–val accuracy gap {_pp(numbers['train_val_acc_gap'])}); the last-epoch weights compared "
-            f"here are past their best, so early stopping could change this verdict."
+            f"{number_text(numbers['val_loss_min_epoch'])} of {end} and then rises by {numbers['overfit_gap']:.3g}"
+            f" (train–val accuracy gap {pp(numbers['train_val_acc_gap'], signed=False)} pp); the last-epoch weights "
+            f"compared here are past their best, so early stopping could change this verdict."
         )
     if "unstable" in found:
         parts.append(_noise_reading(numbers, context))
     if "underfitting" in found and numbers["train_acc_last"] < UNDERFIT_TRAIN_ACC:
         parts.append(
-            f"Under-fitting: training accuracy ends at only {numbers['train_acc_last'] * 100:.1f} %; more "
+            f"Under-fitting: training accuracy ends at only {pct(numbers['train_acc_last'])} %; more "
             f"epochs or capacity could change the verdict."
         )
     elif "underfitting" in found:
         parts.append(
             f"Still improving at the end: the validation loss still falls by "
-            f"{-numbers['val_loss_trend'] * 100:.0f} % per epoch over the last epochs (training accuracy "
-            f"{numbers['train_acc_last'] * 100:.1f} %); the verdict holds for this training budget, more epochs "
+            f"{pct(-numbers['val_loss_trend'], 0)} % per epoch over the last epochs (training accuracy "
+            f"{pct(numbers['train_acc_last'])} %); the verdict holds for this training budget, more epochs "
             f"could change it."
         )
     if not parts:
         parts.append(
-            f"Curves look healthy: validation loss lowest at epoch {_epoch(numbers['val_loss_min_epoch'])} of "
-            f"{end}, validation accuracy falls by at most {_pp(numbers['late_swing'])} between two of the last epochs; "
+            f"Curves look healthy: validation loss lowest at epoch {number_text(numbers['val_loss_min_epoch'])} of "
+            f"{end}, validation accuracy falls by at most {pp(numbers['late_swing'], signed=False)} pp between two of "
+            f"the last epochs; "
             f"the last-epoch accuracy is a fair estimate."
         )
     return " ".join(parts)
