@@ -4,6 +4,7 @@ Output (``docs/contracts.md``, section *Data*): ``{train,val,test}_x.pt`` (uint8
 N×C×H×W), ``{train,val,test}_y.pt`` (int64 N) and ``meta.json``, written last, which
 records the sha256 of every tensor file; :mod:`ablationlab.data` reads and checks them.
 
+Each dataset's raw files, checksums, hosts and parser are named in :mod:`ablationlab.datasets`.
 Raw files live under ``{root}/{dataset}/`` (``root`` is the image folder itself for
 ``imagefolder``). Downloads come from the official URLs (the ones torchvision uses), or
 from ``mirror``: a base URL (``https://host/path/`` or ``file:///dir/``) under which the
