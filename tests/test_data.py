@@ -15,7 +15,7 @@ import torch
 from data_fixtures import build_cifar10, build_cifar100, build_mnist, build_svhn, http_server
 from PIL import Image
 
-from ablationlab import data, prepare
+from ablationlab import data, datasets, prepare
 from ablationlab.data import DataError
 
 FILES = [f"{s}_{k}.pt" for s in data.SPLITS for k in "xy"]
@@ -23,6 +23,36 @@ FILES = [f"{s}_{k}.pt" for s in data.SPLITS for k in "xy"]
 
 def sha256_bytes(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_registry_downloads_torchvisions_files():
+    """The URLs and md5s of every downloaded dataset are those torchvision.datasets verifies."""
+    import torchvision.datasets as tv
+
+    def split(url):
+        base, _, name = url.rpartition("/")
+        return base + "/", name
+
+    expected = {
+        "cifar10": ((split(tv.CIFAR10.url)[0],), {tv.CIFAR10.filename: tv.CIFAR10.tgz_md5}),
+        "cifar100": ((split(tv.CIFAR100.url)[0],), {tv.CIFAR100.filename: tv.CIFAR100.tgz_md5}),
+        "mnist": (tuple(tv.MNIST.mirrors), dict(tv.MNIST.resources)),
+        "fashion_mnist": (tuple(tv.FashionMNIST.mirrors), dict(tv.FashionMNIST.resources)),
+        "svhn": (
+            (split(tv.SVHN.split_list["train"][0])[0],),
+            {tv.SVHN.split_list[s][1]: tv.SVHN.split_list[s][2] for s in ("train", "test")},
+        ),
+    }
+    downloaded = {d.name: (d.urls, dict(d.files)) for d in datasets.DATASETS.values() if d.downloaded}
+    assert downloaded == expected
+
+
+def test_unknown_dataset_names_the_known_ones(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'cifar11'; choose one of cifar10, cifar100, mnist"):
+        prepare.prepare("cifar11", tmp_path / "d", root=tmp_path)
 
 
 # --------------------------------------------------------------------------- digits
@@ -86,10 +116,10 @@ def test_image_size_resizes_every_split(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"val_size": 0}, "val_size must be a fraction"),
-        ({"val_size": 1.5}, "must be whole"),
+        ({"val_size": 0}, "val_size: 0 must be a fraction in \\(0, 1\\) or a whole count"),
+        ({"val_size": 1.5}, "val_size: 1.5 must be a fraction"),
         ({"val_size": 5}, "cannot make a stratified validation split of 5 images"),
-        ({"val_size": 10_000}, "smaller than the training set"),
+        ({"val_size": 10_000}, "val_size: 10000 leaves no training images \\(the training set has 1437\\)"),
         ({"image_size": 0}, "image_size must be a positive integer"),
         ({"split_seed": "1"}, "split_seed must be a non-negative integer, got '1'"),
     ],

@@ -13,7 +13,7 @@ import inspect
 import pytest
 import torch
 
-from ablationlab import augment, defaults, models, prepare, runtime, study, train
+from ablationlab import augment, datasets, defaults, models, prepare, runtime, train
 from ablationlab.recipe import AUGMENT_DEFAULTS, DEFAULT_RECIPE, complete
 
 SCHEMA = defaults.load_schema()
@@ -88,9 +88,12 @@ def test_every_early_stopping_monitor_is_a_history_column():
     assert set(defaults.allowed("early_stopping.monitor")) <= set(train.HISTORY_COLUMNS)
 
 
-def test_every_dataset_has_a_source():
-    assert set(SCHEMA["properties"]["data"]["properties"]["dataset"]["enum"]) == set(prepare.DATASETS)
-    assert set(study.TRAIN_POOL) <= set(prepare.DATASETS)
+def test_the_schema_offers_exactly_the_registered_datasets():
+    assert SCHEMA["properties"]["data"]["properties"]["dataset"]["enum"] == list(datasets.NAMES)
+
+
+def test_every_registered_dataset_has_a_parser():
+    assert {d.parser for d in datasets.DATASETS.values()} == set(prepare.PARSERS)
 
 
 def test_statistics_settings_take_the_schema_defaults_for_what_is_left_out():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +11,8 @@ from test_summarize import study_runs  # noqa: F401  (session fixture: a small r
 
 from ablationlab import figure_plan, figures, io, models
 from ablationlab.runtime import build_network
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -186,3 +189,45 @@ def test_missing_inputs_give_clear_errors(study_runs, tmp_path):  # noqa: F811
     study["experiments"].append({**study["experiments"][1], "id": "batch_norm/extra"})
     with pytest.raises(SummaryError, match=r"lacks experiments \['batch_norm/extra'\]"):
         figures.figures(study, root / "summary", data_dir, root / "runs", tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- captions
+
+KINDS = sorted({*figures._DRAW, "params"})
+
+
+def test_every_kind_has_one_caption_template_and_the_workflow_reads_it():
+    assert sorted(p.stem for p in figure_plan.CAPTIONS.glob("*.rst")) == KINDS
+    rules = (REPO / "workflow" / "rules" / "report.smk").read_text(encoding="utf-8")
+    assert '"caption": str(abl_figure_plan.caption_file(item["kind"]))' in rules
+    assert not [p.name for p in (REPO / "workflow" / "report").glob("*.rst") if p.stem in KINDS]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_snakemake_renders_each_caption_without_the_figures_values(kind):
+    """What `snakemake --report` shows: the template under Snakemake's Jinja settings with none of the
+    figure's values, then reStructuredText, without a docutils complaint."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)  # snakemake.report's environment
+    text = env.from_string(figure_plan.caption_file(kind).read_text(encoding="utf-8")).render(snakemake=None)
+    assert text.strip() and "  " not in text and "None" not in text and " ." not in text and "()" not in text
+    html = publish_parts(text, writer="html", settings_overrides={"report_level": 1})["body"]
+    assert "system-message" not in html and "<p>" in html
+
+
+def test_the_report_captions_are_the_templates_with_the_figures_values():
+    assert figures.figure_caption("curves", n="3") == (
+        "Training (dashed) and validation (solid) loss and accuracy per epoch: mean over 3 seeds, "
+        "band = min–max over seeds."
+    )
+    assert figures.figure_caption("early_stopping", full=None, stops=["a: stopped at epoch 3 (best 2)"]) == (
+        "Early stopping: the monitored validation curve of each seed, dashed line where it stopped, star at its "
+        "best epoch. a: stopped at epoch 3 (best 2)."
+    )
+    assert figures.figure_caption("forest", reference=None, level="95").startswith(
+        "Δ test accuracy against the reference with its 95% confidence interval (paired t"
+    )
+    with pytest.raises(ValueError, match=r"caption 'misclassified' reads \['experiment', 'n', 'seed'\], given"):
+        figures.figure_caption("misclassified", experiment="x", n=3)  # the generic text would hide a lost value

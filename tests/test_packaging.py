@@ -43,6 +43,7 @@ def test_wheel_validates_a_study_outside_the_repository(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "ablationlab/schemas/config.schema.yaml" in names
     assert "ablationlab/templates/report.html.j2" in names
+    assert "ablationlab/templates/captions/curves.rst" in names  # read by the figures stage and Snakemake
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     work = tmp_path / "elsewhere"  # no repository around: only the config files a user has

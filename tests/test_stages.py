@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # what each stage runs; a change here is a change of what editing a module re-runs
 MAP = {
-    "prepare": ["data", "io", "prepare"],
-    "study": ["credentials", "defaults", "io", "keypath", "recipe", "schema", "study"],
+    "prepare": ["data", "datasets", "io", "prepare"],
+    "study": ["credentials", "datasets", "defaults", "io", "keypath", "recipe", "schema", "study"],
     "train": [
         "augment",
         "cuda_graph",
@@ -30,8 +30,8 @@ MAP = {
         "schema",
         "train",
     ],
-    "summarize": ["defaults", "diagnostics", "io", "stats", "summarize"],
-    "adaptive": ["adaptive", "defaults", "diagnostics", "io", "layout", "stats", "summarize"],
+    "summarize": ["defaults", "diagnostics", "formats", "io", "stats", "summarize"],
+    "adaptive": ["adaptive", "defaults", "diagnostics", "formats", "io", "layout", "stats", "summarize"],
     "figures": [
         "augment",
         "data",
@@ -40,6 +40,7 @@ MAP = {
         "diagnostics",
         "figure_plan",
         "figures",
+        "formats",
         "io",
         "keypath",
         "models",
@@ -48,11 +49,23 @@ MAP = {
         "stats",
         "summarize",
     ],
-    "report": ["credentials", "defaults", "diagnostics", "io", "keypath", "provenance", "report", "stats", "summarize"],
+    "report": [
+        "credentials",
+        "defaults",
+        "diagnostics",
+        "formats",
+        "io",
+        "keypath",
+        "provenance",
+        "report",
+        "stats",
+        "summarize",
+    ],
     "track": [
         "credentials",
         "defaults",
         "diagnostics",
+        "formats",
         "io",
         "keypath",
         "layout",
@@ -66,6 +79,7 @@ MAP = {
 # what no training depends on: the downloaders and parsers, the statistics and the report, MLflow
 NOT_TRAINING = {
     "prepare",
+    "datasets",
     "stats",
     "summarize",
     "diagnostics",
@@ -144,7 +158,7 @@ def test_training_runs_none_of_the_downloaders_statistics_report_or_mlflow_code(
 
 
 def test_code_inputs_are_the_files_under_the_given_folder():
-    files = ["src/ablationlab/data.py", "src/ablationlab/io.py", "src/ablationlab/prepare.py"]
+    files = [f"src/ablationlab/{m}.py" for m in ("data", "datasets", "io", "prepare")]
     assert stages.code_inputs("prepare") == [str(stages.PACKAGE / Path(f).name) for f in files]
     assert stages.code_inputs("prepare", "src/ablationlab") == files
     assert all(Path(f).is_file() for stage in stages.STAGES for f in stages.code_inputs(stage))

@@ -12,7 +12,7 @@ import yaml
 from snakemake.utils import update_config
 from snakemake.utils import validate as snakemake_validate
 
-from ablationlab import data, recipe, study, train
+from ablationlab import data, datasets, recipe, study, train
 from ablationlab.defaults import SCHEMA_PATH as SCHEMA
 from ablationlab.defaults import load_schema
 
@@ -395,7 +395,7 @@ def test_existing_weights_file_and_image_folder_pass(smoke_config, tmp_path, mon
 
 def test_train_pool_sizes_match_prepared_digits(digits_dir):
     meta = data.load_meta(digits_dir)
-    assert meta["splits"]["train"] + meta["splits"]["val"] == study.TRAIN_POOL["digits"]
+    assert meta["splits"]["train"] + meta["splits"]["val"] == datasets.get("digits").train_pool
     assert study._train_size({"dataset": "digits", "val_size": 0.1}) == meta["splits"]["train"]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ablationlab import defaults, io, summarize
+from ablationlab.formats import pp
 from ablationlab.layout import seed_sequence
 
 PROCEDURE = "Bonferroni split over planned looks"
@@ -45,16 +46,12 @@ def assess(study: Mapping[str, Any], accuracy: Mapping[str, Mapping[int, float]]
     return [row for row in rows if row["reference"]]
 
 
-def _pp(x: float) -> str:
-    return "–" if x is None or math.isnan(x) else f"{x * 100:.1f} pp"
-
-
 def why_undecided(row: Mapping[str, Any], min_effect: float) -> str:
     """``dropout/p=0.5 vs baseline undecided (MDE 2.1 pp > 1.0 pp)``."""
     head = f"{row['experiment']} vs {row['reference']}"
     if math.isnan(row["mde_acc"]):
         return f"{head} not testable yet (too few seeds or no spread)"
-    return f"{head} undecided (MDE {_pp(row['mde_acc'])} > {_pp(min_effect)})"
+    return f"{head} undecided (MDE {pp(row['mde_acc'], signed=False)} pp > {pp(min_effect, signed=False)} pp)"
 
 
 def next_seeds(

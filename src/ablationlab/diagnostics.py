@@ -38,6 +38,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from ablationlab.formats import number_text, pct, pp
+
 COLUMNS = [
     "experiment",
     "val_loss_min_epoch",
@@ -213,18 +215,6 @@ def swings(numbers: dict[str, float], context: Context) -> bool:
     return numbers["late_swing"] > max(numbers["noise_floor"], context.min_effect)
 
 
-def _pp(x: float) -> str:
-    return f"{x * 100:.1f} pp"
-
-
-def _percent(x: float) -> str:
-    return f"{x * 100:.0f} %"
-
-
-def _epoch(x: float) -> str:
-    return f"{x:g}" if x == int(x) else f"{x:.1f}"
-
-
 def causes(context: Context) -> list[tuple[str, str]]:
     """(likely cause, what to do) pairs for a noisy end of training, read from the recipe."""
     recipe, found = context.recipe or {}, []
@@ -254,9 +244,9 @@ def causes(context: Context) -> list[tuple[str, str]]:
 
 def _judged(context: Context) -> str:
     return (
-        f"the Δ of {_pp(abs(context.delta))} being judged"
+        f"the Δ of {pp(abs(context.delta), signed=False)} pp being judged"
         if context.delta is not None and abs(context.delta) >= context.min_effect
-        else f"the smallest effect worth detecting ({_pp(context.min_effect)})"
+        else f"the smallest effect worth detecting ({pp(context.min_effect, signed=False)} pp)"
     )
 
 
@@ -269,9 +259,10 @@ def _noise_reading(numbers: dict[str, float], context: Context) -> str:
         else "No cause stands out in the recipe. What to do: "
     )
     return (
-        f"Noisy end of training: validation accuracy still falls by up to {_pp(numbers['late_swing'])} from one "
-        f"epoch to the next over the last epochs and ends {_pp(numbers['last_vs_best_acc'])} below its best, "
-        f"more than {judged} and than the validation set's own noise ({_pp(numbers['noise_floor'])}): "
+        f"Noisy end of training: validation accuracy still falls by up to "
+        f"{pp(numbers['late_swing'], signed=False)} pp from one epoch to the next over the last epochs and ends "
+        f"{pp(numbers['last_vs_best_acc'], signed=False)} pp below its best, more than {judged} and than the "
+        f"validation set's own noise ({pp(numbers['noise_floor'], signed=False)} pp): "
         f"the last-epoch accuracy depends on where training stopped. {why}or compare the best epoch's test "
         f"accuracy (test_acc_best) or stop early with restore_best."
     )
@@ -294,47 +285,48 @@ def reading(
         )
     if math.isnan(numbers["last_epoch"]):
         return " ".join(parts) or "No finite training curve to diagnose."
-    end = _epoch(numbers["last_epoch"])
+    end = number_text(numbers["last_epoch"])
     if "overfitting" in found:
-        rise = "" if loss_rises(numbers) else f", within its noise ({_percent(numbers['loss_noise'])})"
+        rise = "" if loss_rises(numbers) else f", within its noise ({pct(numbers['loss_noise'], 0)} %)"
         parts.append(
             f"Overfitting: the validation loss reaches its minimum around epoch "
-            f"{_epoch(numbers['val_loss_min_epoch'])} of {end} and then rises by {numbers['overfit_gap']:.3g}"
-            f"{rise} (train–val accuracy gap {_pp(numbers['train_val_acc_gap'])}); the last-epoch weights "
-            f"compared here are past their best, so early stopping could change this verdict."
+            f"{number_text(numbers['val_loss_min_epoch'])} of {end} and then rises by {numbers['overfit_gap']:.3g}"
+            f"{rise} (train–val accuracy gap {pp(numbers['train_val_acc_gap'], signed=False)} pp); the last-epoch "
+            f"weights compared here are past their best, so early stopping could change this verdict."
         )
     if "unstable" in found:
         parts.append(_noise_reading(numbers, context))
     elif swings(numbers, context):
         parts.append(
-            f"Late swing: validation accuracy falls by up to {_pp(numbers['late_swing'])} between two of the "
-            f"last epochs, more than the validation set's own noise ({_pp(numbers['noise_floor'])}) but less "
-            f"than {_judged(context)}: the verdict stands, but the last-epoch accuracy is uncertain by about "
+            f"Late swing: validation accuracy falls by up to {pp(numbers['late_swing'], signed=False)} pp between "
+            f"two of the last epochs, more than the validation set's own noise "
+            f"({pp(numbers['noise_floor'], signed=False)} pp) but less than {_judged(context)}: "
+            f"the verdict stands, but the last-epoch accuracy is uncertain by about "
             f"that much (compare test_acc_best, or let the learning rate decay)."
         )
     if "underfitting" in found and numbers["train_acc_last"] < UNDERFIT_TRAIN_ACC:
         parts.append(
-            f"Under-fitting: training accuracy ends at only {numbers['train_acc_last'] * 100:.1f} %; more "
+            f"Under-fitting: training accuracy ends at only {pct(numbers['train_acc_last'])} %; more "
             f"epochs or capacity could change the verdict."
         )
     elif "underfitting" in found:
         parts.append(
             f"Still improving at the end: the validation loss still falls by "
-            f"{-numbers['val_loss_trend'] * 100:.0f} % per epoch over the last epochs (training accuracy "
-            f"{numbers['train_acc_last'] * 100:.1f} %); the verdict holds for this training budget, more epochs "
+            f"{pct(-numbers['val_loss_trend'], 0)} % per epoch over the last epochs (training accuracy "
+            f"{pct(numbers['train_acc_last'])} %); the verdict holds for this training budget, more epochs "
             f"could change it."
         )
     if not parts:
         noise = (
             f" (the rise of {numbers['overfit_gap']:.3g} after it is within the loss's noise, "
-            f"{_percent(numbers['loss_noise'])})"
+            f"{pct(numbers['loss_noise'], 0)} %)"
             if numbers["overfit_rise"] >= OVERFIT_LOSS_RISE and not loss_rises(numbers)
             else ""
         )
         parts.append(
-            f"Curves look healthy: validation loss lowest at epoch {_epoch(numbers['val_loss_min_epoch'])} of "
-            f"{end}{noise}, validation accuracy falls by at most {_pp(numbers['late_swing'])} between two of the "
-            f"last epochs; the last-epoch accuracy is a fair estimate."
+            f"Curves look healthy: validation loss lowest at epoch {number_text(numbers['val_loss_min_epoch'])} of "
+            f"{end}{noise}, validation accuracy falls by at most {pp(numbers['late_swing'], signed=False)} pp between "
+            f"two of the last epochs; the last-epoch accuracy is a fair estimate."
         )
     return " ".join(parts)
 

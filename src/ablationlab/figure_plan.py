@@ -2,16 +2,22 @@
 
 The workflow declares them as the outputs of the ``figures`` rule while it parses, so this module
 is small and imports nothing heavy; :mod:`ablationlab.figures` draws them.
+
+Each kind's caption is one Jinja template, :func:`caption_file`: :mod:`ablationlab.figures` renders it
+with the figure's values for the report, and Snakemake's ``report(caption=...)`` renders the same file
+without them (a template words what it says then with ``default`` and ``is defined``).
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from ablationlab import io
 
 STUDY_GROUP = "study"  # the group of the study-wide figures
+CAPTIONS = Path(__file__).resolve().parent / "templates" / "captions"
 
 
 class FigureError(ValueError):
@@ -81,3 +87,8 @@ def plan(study: dict[str, Any]) -> list[dict[str, str]]:
     if clash:
         raise FigureError(f"figure file names clash: {clash} (rename the group)")
     return items
+
+
+def caption_file(kind: str) -> Path:
+    """The caption template of a figure kind (reStructuredText with Jinja, one line)."""
+    return CAPTIONS / f"{kind}.rst"

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ablationlab import defaults, io
-from ablationlab.figure_plan import FigureError, by_id, groups, new_augmentations, plan
+from ablationlab.figure_plan import FigureError, by_id, caption_file, groups, new_augmentations, plan
+from ablationlab.formats import diverged, missing, pct, percent, pvalue, value_text
 from ablationlab.keypath import lookup
 
 if TYPE_CHECKING:  # imported lazily: the command line imports this module for --help too
@@ -131,14 +132,28 @@ def _label(text: Any) -> str:
 def _variant_label(exp: dict[str, Any]) -> str:
     sweep = exp.get("sweep")
     if sweep:
-        return f"{sweep['key'].split('.')[-1]}={_fmt_value(sweep['value'])}"
+        return f"{sweep['key'].split('.')[-1]}={value_text(sweep['value'])}"
     return exp["variant"]
 
 
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+@functools.cache
+def _caption_template(kind: str):
+    """(template, the names of the values it reads) of a figure kind's caption."""
+    import jinja2
+    import jinja2.meta
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    source = caption_file(kind).read_text(encoding="utf-8")
+    return env.from_string(source), frozenset(jinja2.meta.find_undeclared_variables(env.parse(source)))
+
+
+def figure_caption(kind: str, **values: Any) -> str:
+    """The caption of a ``kind`` figure: its template (:func:`ablationlab.figure_plan.caption_file`)
+    rendered with every value it reads (those Snakemake's report renders it without)."""
+    template, names = _caption_template(kind)
+    if set(values) != names:
+        raise ValueError(f"caption {kind!r} reads {sorted(names)}, given {sorted(values)}")
+    return template.render(**values)
 
 
 def _save(fig, path: Path) -> None:
@@ -224,8 +239,7 @@ def _points(
     n = len(rows)
     for i, (_, row) in enumerate(rows.iterrows()):
         y = n - 1 - i
-        diverged = str(row["status"]).startswith("diverged")
-        color = DIVERGED_COLOR if diverged else (colors or {}).get(row["experiment"], "C0")
+        color = DIVERGED_COLOR if diverged(row) else (colors or {}).get(row["experiment"], "C0")
         if row["experiment"] == reference:
             color = REFERENCE_COLOR
         mean = row["test_acc_mean"] * 100
@@ -245,7 +259,7 @@ def _points(
             ax.plot(mean, y, "o", color=color, ms=5, zorder=3)
         seeds = per_seed.get(row["experiment"], [])
         ax.plot(np.asarray(seeds) * 100, [y] * len(seeds), "o", mfc="none", mec=color, ms=3.5, alpha=0.8, zorder=2)
-        if diverged:
+        if diverged(row):
             ax.annotate(
                 _label(row["status"]),
                 (mean, y),
@@ -288,18 +302,13 @@ def draw_test_acc(rows: pd.DataFrame, per_seed: dict[str, list[float]], labels: 
 VERDICT_COLORS = {"significant": "#1e7b34", "no_effect": "0.45", "undecided": "#d68910", "": "0.65"}
 
 
-def _absent(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
 def _verdict_note(row: pd.Series) -> str:
     """The right-hand annotation of a forest row: Holm p and verdict."""
-    if str(row.get("status", "")).startswith("diverged"):
+    if diverged(row):
         return _label(row["status"])
-    holm, verdict = row.get("p_value_holm"), row.get("verdict")
-    p = "–" if holm is None or _absent(holm) else ("<0.001" if holm < 0.001 else f"{holm:.3f}")
-    text = "" if verdict is None or _absent(verdict) else str(verdict).replace("_", " ")
-    return f"Holm p {p}" + (f" · {text}" if text else "")
+    verdict = row.get("verdict")
+    text = "" if missing(verdict) else str(verdict).replace("_", " ")
+    return f"Holm p {pvalue(row.get('p_value_holm'))}" + (f" · {text}" if text else "")
 
 
 def draw_forest(rows: pd.DataFrame, labels: dict[str, str], min_effect: float | None = None):
@@ -312,14 +321,14 @@ def draw_forest(rows: pd.DataFrame, labels: dict[str, str], min_effect: float | 
     shown, outliers = [0.0, *([-min_effect * 100, min_effect * 100] if min_effect else [])], []
     for i, (_, row) in enumerate(rows.iterrows()):
         y, delta = n - 1 - i, row.get("delta_acc")
-        if _absent(delta):
+        if missing(delta):
             continue
-        if str(row.get("status", "")).startswith("diverged"):
+        if diverged(row):
             outliers.append((y, delta * 100))
             continue
         color = VERDICT_COLORS.get(str(row.get("verdict") or ""), "0.65")
         low, high = row.get("delta_ci_low"), row.get("delta_ci_high")
-        if not (_absent(low) or _absent(high)):
+        if not (missing(low) or missing(high)):
             ax.errorbar(
                 delta * 100,
                 y,
@@ -360,7 +369,7 @@ def draw_forest(rows: pd.DataFrame, labels: dict[str, str], min_effect: float | 
     right = ax.secondary_yaxis("right")
     right.set_yticks(range(n))
     right.set_yticklabels(
-        [_verdict_note(r) if not _absent(r.get("delta_acc")) else "no test" for _, r in rows.iterrows()][::-1]
+        [_verdict_note(r) if not missing(r.get("delta_acc")) else "no test" for _, r in rows.iterrows()][::-1]
     )
     right.tick_params(length=0)
     right.spines["right"].set_visible(False)
@@ -397,7 +406,7 @@ def draw_sweep(key: str, points: list[tuple[Any, Any, list[float]]], reference: 
         ax.errorbar(xs, means, yerr=err, fmt=fmt, color=color, capsize=3, lw=1.2, ms=5, label=label)
         for x, row, acc in zip(xs, rows, seeds):
             ax.plot([x] * len(acc), np.asarray(acc) * 100, "o", mfc="none", mec=color, ms=3.5, alpha=0.7)
-            if str(row["status"]).startswith("diverged"):
+            if diverged(row):
                 ax.annotate(
                     _label(row["status"]),
                     (x, row["test_acc_mean"] * 100),
@@ -412,7 +421,7 @@ def draw_sweep(key: str, points: list[tuple[Any, Any, list[float]]], reference: 
     ticks = list(values)
     if reference is not None:
         ref_value, ref_row, ref_seeds = reference
-        label = f"reference ({_label(_fmt_value(ref_value))})"
+        label = f"reference ({_label(value_text(ref_value))})"
         ax.axhline(ref_row["test_acc_mean"] * 100, color=REFERENCE_COLOR, ls=":", lw=1)
         if numeric and _is_number(ref_value):
             draw([ref_value], [ref_row], [ref_seeds], REFERENCE_COLOR, "s", label)
@@ -425,10 +434,10 @@ def draw_sweep(key: str, points: list[tuple[Any, Any, list[float]]], reference: 
         ax.set_xscale("log")
     if not numeric:
         ax.set_xticks(xs)
-        ax.set_xticklabels([_label(_fmt_value(v)) for v in values])
+        ax.set_xticklabels([_label(value_text(v)) for v in values])
     elif len(ticks) <= 8:
         ax.set_xticks(ticks)
-        ax.set_xticklabels([_fmt_value(v) for v in ticks])
+        ax.set_xticklabels([value_text(v) for v in ticks])
         ax.minorticks_off()
     ax.set(xlabel=_label(key), ylabel="test accuracy (%)")
     ax.legend(frameon=False)
@@ -583,7 +592,7 @@ def draw_misclassified(images: torch.Tensor, rows: pd.DataFrame, classes: list[s
             ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
         ax.set_title(
             f"{_label(classes[int(row['label'])])} → {_label(classes[int(row['pred'])])}\n"
-            f"({row['confidence'] * 100:.0f}%)",
+            f"({pct(row['confidence'], 0)}%)",
             fontsize=6.5,
         )
     fig.tight_layout()
@@ -600,7 +609,8 @@ def _per_seed_acc(runs: pd.DataFrame) -> dict[str, list[float]]:
 
 def best_experiment(experiments: pd.DataFrame) -> str:
     """Highest mean test accuracy among experiments not entirely diverged (first in study order on ties)."""
-    ok = experiments[(experiments["status"] != "diverged") & experiments["test_acc_mean"].notna()]
+    alive = np.array([not diverged(row, every=True) for row in experiments.to_dict("records")], dtype=bool)
+    ok = experiments[experiments["test_acc_mean"].notna() & alive]
     if ok.empty:
         ok = experiments[experiments["test_acc_mean"].notna()]
     if ok.empty:
@@ -656,30 +666,19 @@ def _fig_curves(st: _Stage, group: str):
             "label": st.label(i, ids),
             "histories": st.runs.histories(i),
             "reference": i == ref,
-            "diverged": int(st.rows.loc[i, "n_diverged"] or 0) > 0,
+            "diverged": diverged(st.rows.loc[i]),
         }
         for i in members
     ]
     counts = sorted({len(st.runs.seeds(i)) for i in members})
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    caption = (
-        f"Training (dashed) and validation (solid) loss and accuracy per epoch: mean over "
-        f"{n} seeds, band = min–max over seeds."
-    )
-    return draw_curves(series), caption, members
+    return draw_curves(series), figure_caption("curves", n=n), members
 
 
 def _fig_test_acc(st: _Stage, group: str):
     ref, ids, members = st.members(group)
     fig = draw_test_acc(st.rows.loc[members], st.per_seed, {i: st.label(i, ids) for i in members}, ref)
-    return (
-        fig,
-        (
-            "Test accuracy: mean (filled) with 95% t-interval over seeds, single seeds as open dots; "
-            "dotted line: the reference."
-        ),
-        members,
-    )
+    return fig, figure_caption("test_acc"), members
 
 
 def _fig_forest(st: _Stage, group: str):
@@ -687,16 +686,7 @@ def _fig_forest(st: _Stage, group: str):
     compared = [i for i in ids if i != ref]
     level = 1 - st.alpha / st.looks
     fig = draw_forest(st.rows.loc[compared], {i: st.labels[i] for i in compared}, st.min_effect)
-    return (
-        fig,
-        (
-            f"Δ test accuracy against {ref or 'the reference'} with its {level * 100:g}% confidence interval "
-            f"(paired t over shared seeds, else Welch); filled: significant after Holm, open: not; colour = "
-            f"verdict (green significant, grey no effect, orange undecided, red diverged); grey band: "
-            f"± the smallest effect worth detecting."
-        ),
-        compared,
-    )
+    return fig, figure_caption("forest", reference=ref, level=percent(level)), compared
 
 
 def _fig_sweep(st: _Stage, group: str):
@@ -711,7 +701,7 @@ def _fig_sweep(st: _Stage, group: str):
         reference = (ref_value, st.rows.loc[ref], st.per_seed.get(ref, []))
     return (
         draw_sweep(key, points, reference),
-        f"Test accuracy over {key} (mean ± 95% t-interval, seeds as open dots).",
+        figure_caption("sweep", key=key),
         [e["id"] for e in swept],
     )
 
@@ -749,11 +739,8 @@ def _fig_early_stopping(st: _Stage, group: str):
             + ", ".join(str(t.get("best_epoch")) for t in trained)
             + ")"
         )
-    caption = (
-        "Early stopping: the monitored validation curve of each seed, dashed line where it stopped, star at "
-        "its best epoch" + (f", over the full run {full['id']} (grey)" if full else "") + f". {'; '.join(stops)}."
-    )
-    return draw_early_stopping(panels), caption, [e["id"] for e in stopped] + ([full["id"]] if full else [])
+    text = figure_caption("early_stopping", full=full["id"] if full else None, stops=stops)
+    return draw_early_stopping(panels), text, [e["id"] for e in stopped] + ([full["id"]] if full else [])
 
 
 def _fig_augment(st: _Stage, group: str):
@@ -766,7 +753,7 @@ def _fig_augment(st: _Stage, group: str):
     fig = augment.preview(x[picks], new_augmentations(st.groups[group], st.study), seed=0)
     return (
         fig,
-        ("Each augmentation alone (applied with p=1 for display) on the same training images; top row: the originals."),
+        figure_caption("augment"),
         [e["id"] for e in st.groups[group]],
     )
 
@@ -788,21 +775,19 @@ def _first_conv_weights(st: _Stage, exp_id: str) -> tuple[int, torch.Tensor, tor
     return seed, out[0], out[1]
 
 
-def _filters(st: _Stage, exp_id: str):
+def _filters(st: _Stage, exp_id: str, kind: str):
     seed, before, after = _first_conv_weights(st, exp_id)
-    caption = (
-        f"First convolutional layer of {exp_id} (seed {seed}): {before.shape[0]} filters of "
-        f"{before.shape[2]}×{before.shape[3]}, before and after training (each filter scaled to its own range)."
-    )
-    return draw_filters(before, after), caption, [exp_id]
+    size = f"{before.shape[2]}×{before.shape[3]}"
+    text = figure_caption(kind, experiment=exp_id, seed=seed, filters=before.shape[0], size=size)
+    return draw_filters(before, after), text, [exp_id]
 
 
 def _fig_filters(st: _Stage, group: str):
-    return _filters(st, st.groups[group][0]["id"])
+    return _filters(st, st.groups[group][0]["id"], "filters")
 
 
 def _fig_best_filters(st: _Stage, group: str):
-    return _filters(st, st.best)
+    return _filters(st, st.best, "best_filters")
 
 
 def _fig_activations(st: _Stage, group: str):
@@ -810,11 +795,9 @@ def _fig_activations(st: _Stage, group: str):
     seed, d = st.runs.first_run_with(exp_id, "activations.npz")
     with np.load(d / "activations.npz") as npz:
         image, conv1 = npz["image"], npz["conv1"]
-    caption = (
-        f"Feature maps of the first convolutional layer of {exp_id} (seed {seed}) for test image 0 "
-        f"({min(len(conv1), MAX_MAPS)} of {len(conv1)} maps, each scaled to its own range)."
-    )
-    return draw_activations(image, conv1), caption, [exp_id]
+    shown = min(len(conv1), MAX_MAPS)
+    text = figure_caption("activations", experiment=exp_id, seed=seed, shown=shown, total=len(conv1))
+    return draw_activations(image, conv1), text, [exp_id]
 
 
 def _fig_comparison(st: _Stage, group: str):
@@ -832,14 +815,7 @@ def _fig_comparison(st: _Stage, group: str):
         {r.experiment: palette[r.group] for r in ranked.itertuples()},
     )
     fig.tight_layout()
-    return (
-        fig,
-        (
-            "All experiments ranked by mean test accuracy (95% t-interval, seeds as open dots, colour = group; "
-            "dotted line: the baseline)."
-        ),
-        list(ranked["experiment"]),
-    )
+    return fig, figure_caption("comparison"), list(ranked["experiment"])
 
 
 def _fig_confusion(st: _Stage, group: str):
@@ -856,10 +832,7 @@ def _fig_confusion(st: _Stage, group: str):
         raise FigureError(f"{st.runs.runs_dir}: no run of {st.best!r} has confusion.csv")
     return (
         draw_confusion(total, st.classes, f"{st.best}: {len(used)} seed(s)"),
-        (
-            f"Confusion matrix of the best experiment, {st.best}, summed over seeds {', '.join(map(str, used))} "
-            f"(counts; colour = share of the true class)."
-        ),
+        figure_caption("confusion", experiment=st.best, seeds=", ".join(map(str, used))),
         [st.best],
     )
 
@@ -872,10 +845,7 @@ def _fig_misclassified(st: _Stage, group: str):
     x, _ = st.split("test")
     return (
         draw_misclassified(x, wrong, st.classes),
-        (
-            f"Misclassified test images of {st.best} (seed {seed}; the {len(wrong)} lowest test indices): "
-            f"true → predicted class (confidence)."
-        ),
+        figure_caption("misclassified", experiment=st.best, seed=seed, n=len(wrong)),
         [st.best],
     )
 
@@ -926,7 +896,7 @@ def figures(
                 manifest.append(
                     {
                         **item,
-                        "caption": "Parameters per layer of the baseline model.",
+                        "caption": figure_caption("params"),
                         "experiments": [st.groups[item["group"]][0]["id"]],
                         "width_in": WIDTH,
                     }

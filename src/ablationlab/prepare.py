@@ -4,6 +4,7 @@ Output (``docs/contracts.md``, section *Data*): ``{train,val,test}_x.pt`` (uint8
 N×C×H×W), ``{train,val,test}_y.pt`` (int64 N) and ``meta.json``, written last, which
 records the sha256 of every tensor file; :mod:`ablationlab.data` reads and checks them.
 
+Each dataset's raw files, checksums, hosts and parser are named in :mod:`ablationlab.datasets`.
 Raw files live under ``{root}/{dataset}/`` (``root`` is the image folder itself for
 ``imagefolder``). Downloads come from the official URLs (the ones torchvision uses), or
 from ``mirror``: a base URL (``https://host/path/`` or ``file:///dir/``) under which the
@@ -33,91 +34,22 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ablationlab import io
+from ablationlab import datasets, io
 from ablationlab.data import DataError, verify
 
 if TYPE_CHECKING:  # torch is imported lazily
     import torch
 
-DIGITS_TEST_SIZE = 0.2
-DIGITS_TEST_SEED = 0
 META_VERSION = 1
 
 
 # --------------------------------------------------------------------------- sources
 
-
-@dataclass(frozen=True)
-class Source:
-    """Where a dataset's raw files come from: base URLs (tried in order) and md5s."""
-
-    urls: tuple[str, ...]
-    files: dict[str, str]  # file name -> md5 (torchvision's)
-    source: str
-
-
-_MNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-
-SOURCES: dict[str, Source] = {
-    "cifar10": Source(
-        ("https://www.cs.toronto.edu/~kriz/",),
-        {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
-        "CIFAR-10 (Krizhevsky 2009), python version; official test batch as test split",
-    ),
-    "cifar100": Source(
-        ("https://www.cs.toronto.edu/~kriz/",),
-        {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
-        "CIFAR-100 (Krizhevsky 2009), python version, 100 fine labels; official test set",
-    ),
-    "mnist": Source(
-        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-        dict(
-            zip(
-                _MNIST_FILES,
-                (
-                    "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                    "d53e105ee54ea40749a09fcbcd1e9432",
-                    "9fb629c4189551a2d022fa330f9573f3",
-                    "ec29112dd5afa0611ce80d1b7f02629c",
-                ),
-            )
-        ),
-        "MNIST (LeCun et al.), idx files; official t10k test set",
-    ),
-    "fashion_mnist": Source(
-        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        dict(
-            zip(
-                _MNIST_FILES,
-                (
-                    "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                    "25c81989df183df01b3e8a0aad5dffbe",
-                    "bef4ecab320f06d8554ea6380940ec79",
-                    "bb300cfdad3c16e7a12a480ee83cd310",
-                ),
-            )
-        ),
-        "Fashion-MNIST (Xiao et al. 2017), idx files; official t10k test set",
-    ),
-    "svhn": Source(
-        ("http://ufldl.stanford.edu/housenumbers/",),
-        {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"},
-        "SVHN cropped digits 32x32 (Netzer et al. 2011), train + test (not extra); label 10 mapped to 0",
-    ),
-}
-
-DATASETS = (*SOURCES, "imagefolder", "digits")
 
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -201,7 +133,7 @@ def fetch(
     dataset: str, root: str | os.PathLike, *, mirror: str | None = None, checksums: Mapping[str, str] | None = None
 ) -> dict[str, Path]:
     """Make sure every raw file of ``dataset`` is in ``{root}/{dataset}/`` with its checksum."""
-    src = SOURCES[dataset]
+    src = datasets.get(dataset)
     checksums = dict(checksums or {})
     unknown = sorted(set(checksums) - set(src.files))
     if unknown:
@@ -283,7 +215,7 @@ def _unpickle(path: Path) -> dict:
         raise DataError(f"cannot read CIFAR batch {path.name}: {exc}") from exc
 
 
-def _cifar(dataset: str, files: dict[str, Path]):
+def _cifar(dataset: str, files: dict[str, Path], root: Path, image_size: int | None):
     fine = dataset == "cifar100"
     folder = "cifar-100-python" if fine else "cifar-10-batches-py"
     train_names = ["train"] if fine else [f"data_batch_{i}" for i in range(1, 6)]
@@ -324,7 +256,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-def _mnist(dataset: str, files: dict[str, Path]):
+def _mnist(dataset: str, files: dict[str, Path], root: Path, image_size: int | None):
     def load(prefix):
         x = _read_idx(files[f"{prefix}-images-idx3-ubyte.gz"], 3)[:, None]
         y = _read_idx(files[f"{prefix}-labels-idx1-ubyte.gz"], 1).astype(np.int64)
@@ -336,7 +268,7 @@ def _mnist(dataset: str, files: dict[str, Path]):
     return load("train"), load("t10k"), classes
 
 
-def _svhn(dataset: str, files: dict[str, Path]):
+def _svhn(dataset: str, files: dict[str, Path], root: Path, image_size: int | None):
     import scipy.io
 
     def load(name):
@@ -351,14 +283,16 @@ def _svhn(dataset: str, files: dict[str, Path]):
     return load("train_32x32.mat"), load("test_32x32.mat"), [str(i) for i in range(10)]
 
 
-def _digits():
+def _digits(dataset: str, files: dict[str, Path], root: Path, image_size: int | None):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
     x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     y = d.target.astype(np.int64)
-    tr, te = train_test_split(np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=y, random_state=DIGITS_TEST_SEED)
+    tr, te = train_test_split(
+        np.arange(len(y)), test_size=datasets.DIGITS_TEST_SIZE, stratify=y, random_state=datasets.DIGITS_TEST_SEED
+    )
     tr, te = np.sort(tr), np.sort(te)
     return (x[tr], y[tr]), (x[te], y[te]), [str(i) for i in range(10)]
 
@@ -384,7 +318,7 @@ def _refuse_outside_links(root: Path, paths: list[Path]) -> None:
             )
 
 
-def _imagefolder(root: Path, image_size: int | None):
+def _imagefolder(dataset: str, files: dict[str, Path], root: Path, image_size: int | None):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not root.is_dir():
@@ -471,23 +405,14 @@ def _strict_decoding():
 # --------------------------------------------------------------------------- prepare
 
 
-def _val_count(val_size: float, n: int) -> int:
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size <= 0:
-        raise DataError(f"val_size must be a fraction in (0, 1) or a count >= 1, got {val_size!r}")
-    if val_size < 1:
-        return int(np.ceil(val_size * n))
-    if val_size != int(val_size):
-        raise DataError(f"val_size >= 1 is a count of images and must be whole, got {val_size!r}")
-    if val_size >= n:
-        raise DataError(f"val_size {int(val_size)} must be smaller than the training set ({n} images)")
-    return int(val_size)
-
-
 def split_train_val(y: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, deterministic split of indices ``0..len(y)-1`` into (train, val), each sorted."""
     from sklearn.model_selection import train_test_split
 
-    n_val = _val_count(val_size, len(y))
+    try:
+        n_val = datasets.val_count(val_size, len(y))
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     try:
         tr, va = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y, random_state=seed)
     except ValueError as exc:
@@ -524,41 +449,40 @@ def _check_prepare_args(
     dataset: str, val_size: float, split_seed: int, image_size: int | None, checksums: Mapping[str, str] | None
 ) -> None:
     """DataError for a bad argument of :func:`prepare`, before any download."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    try:
+        entry = datasets.get(dataset)
+        datasets.check_val_size(val_size)  # before any download
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise DataError(f"image_size must be a positive integer, got {image_size!r}")
-    if checksums and dataset not in SOURCES:
+    if checksums and not entry.downloaded:
         raise DataError(f"checksums apply to downloaded datasets only, not {dataset!r}")
     if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
         raise DataError(f"split_seed must be a non-negative integer, got {split_seed!r}")
-    _val_count(val_size, 2**62)  # type check before any download
+
+
+# the readers of the datasets' raw files (datasets.Dataset.parser): (dataset, its fetched files, root,
+# image_size) -> ((train x, y), (test x, y), class names)
+PARSERS: dict[str, Callable] = {
+    "cifar": _cifar,
+    "idx": _mnist,
+    "svhn": _svhn,
+    "digits": _digits,
+    "imagefolder": _imagefolder,
+}
 
 
 def _read_source(
     dataset: str, root: Path, image_size: int | None, mirror: str | None, checksums: Mapping[str, str] | None
 ) -> tuple:
     """``(train, test, classes, source text)`` of ``dataset``, fetched (and verified) if it is downloaded."""
-    if dataset == "digits":
-        train, test, classes = _digits()
-        source = (
-            f"scikit-learn load_digits (8x8, 0..16 scaled to 0..255); no official test split: "
-            f"stratified {DIGITS_TEST_SIZE:.0%} test split with seed {DIGITS_TEST_SEED}"
-        )
-    elif dataset == "imagefolder":
-        train, test, classes = _imagefolder(root, image_size)
-        source = f"image folder {root.resolve()} (train/ and test/ sub-directories)"
-    else:
-        files = fetch(dataset, root, mirror=mirror, checksums=checksums)
-        parser: Callable = {
-            "cifar10": _cifar,
-            "cifar100": _cifar,
-            "mnist": _mnist,
-            "fashion_mnist": _mnist,
-            "svhn": _svhn,
-        }[dataset]
-        train, test, classes = parser(dataset, files)
-        source = SOURCES[dataset].source + (f"; fetched from mirror {mirror}" if mirror else "")
+    entry = datasets.get(dataset)
+    files = fetch(dataset, root, mirror=mirror, checksums=checksums) if entry.downloaded else {}
+    train, test, classes = PARSERS[entry.parser](dataset, files, root, image_size)
+    source = entry.source.format(root=root.resolve())
+    if mirror and entry.downloaded:
+        source += f"; fetched from mirror {mirror}"
     return train, test, classes, source
 
 
@@ -664,7 +588,7 @@ def cli(argv: list[str] | None = None) -> int:
         epilog="Raw files are cached in ROOT/DATASET/. Example: python -m ablationlab prepare "
         "--dataset cifar10 --out results/data/cifar10 --root data/raw --val-size 0.1",
     )
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", required=True, choices=datasets.NAMES)
     parser.add_argument("--out", required=True, help="output directory (e.g. results/data/cifar10)")
     parser.add_argument(
         "--root",

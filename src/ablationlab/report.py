@@ -36,6 +36,20 @@ from markupsafe import Markup
 
 from ablationlab import defaults, io
 from ablationlab.credentials import redact
+from ablationlab.formats import (
+    diverged,
+    integer,
+    number,
+    number_text,
+    pct,
+    percent,
+    plural,
+    pp,
+    pvalue,
+    seconds,
+    value_text,
+)
+from ablationlab.formats import missing as _missing
 from ablationlab.keypath import flatten
 from ablationlab.provenance import git_commit, package_versions
 from ablationlab.summarize import SummaryError, load_study, read_summary
@@ -50,69 +64,8 @@ class ReportError(ValueError):
 # --------------------------------------------------------------------------- formatting
 
 
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA
-
-
-def pct(x: Any, digits: int = 1) -> str:
-    """A fraction as a percentage without the sign: 0.9731 → ``97.3``; missing → ``–``."""
-    return "–" if _missing(x) else f"{float(x) * 100:.{digits}f}"
-
-
-def pp(x: Any, digits: int = 1) -> str:
-    """A difference of fractions in percentage points, signed: 0.018 → ``+1.8``."""
-    if _missing(x):
-        return "–"
-    text = f"{float(x) * 100:+.{digits}f}"
-    return "±" + text[1:] if float(text) == 0 else text
-
-
-def pvalue(p: Any) -> str:
-    if _missing(p):
-        return "–"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def integer(x: Any) -> str:
-    return "–" if _missing(x) else f"{int(x):,}"
-
-
-def number(x: Any, digits: int = 1) -> str:
-    return "–" if _missing(x) else f"{float(x):.{digits}f}"
-
-
-def number_text(x: Any) -> str:
-    """A count that may be a mean: ``14`` or ``14.5``."""
-    return "–" if _missing(x) else f"{float(x):g}" if float(x) == int(float(x)) else f"{float(x):.1f}"
-
-
-def seconds(x: Any) -> str:
-    if _missing(x):
-        return "–"
-    x = float(x)
-    return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min" if x < 7200 else f"{x / 3600:.1f} h"
-
-
 def formula(text: Any) -> str:
     return "" if _missing(text) else str(text).replace("*", "×")
-
-
-def value_text(value: Any) -> str:
-    """A recipe value as short text (augmentation lists as ``hflip(p=0.5), crop(...)``)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
-        return ", ".join(
-            v["name"] + "(" + ", ".join(f"{k}={value_text(w)}" for k, w in v.items() if k != "name") + ")"
-            for v in value
-        )
-    if isinstance(value, list):
-        return "[" + ", ".join(value_text(v) for v in value) + "]" if value else "[]"
-    return str(value)
 
 
 # --------------------------------------------------------------------------- safe markdown
@@ -233,12 +186,8 @@ def statistics_settings(study: dict[str, Any]) -> dict[str, Any]:
     the confidence level (%) of the Δ intervals."""
     out = defaults.statistics(study.get("statistics"))
     out["per_look"] = out["alpha"] / out["looks"]
-    out["ci"] = f"{(1 - out['per_look']) * 100:g}"
+    out["ci"] = percent(1 - out["per_look"])
     return out
-
-
-def _plural(n: Any, word: str) -> str:
-    return f"{integer(n)} {word}{'' if n == 1 else 's'}"
 
 
 def _p_equals(p: float) -> str:
@@ -249,9 +198,9 @@ def _p_equals(p: float) -> str:
 def seeds_text(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
     """How many seeds a comparison used: ``3 seeds`` (paired, or equal n) or ``4 vs 3 seeds``."""
     if row.get("test") == "paired_t" and not _missing(row.get("n_pairs")):
-        return _plural(row["n_pairs"], "seed")
+        return plural(row["n_pairs"], "seed")
     n, m = row.get("n") or 0, (reference or {}).get("n")
-    return _plural(n, "seed") if reference is None or n == m else f"{n} vs {m} seeds"
+    return plural(n, "seed") if reference is None or n == m else f"{n} vs {m} seeds"
 
 
 def verdict_text(row: dict[str, Any], settings: dict[str, Any]) -> str:
@@ -261,7 +210,8 @@ def verdict_text(row: dict[str, Any], settings: dict[str, Any]) -> str:
     if verdict == "significant":
         return "significant"
     if verdict == "no_effect":
-        return f"no effect larger than {pct(row.get('mde_acc'))} pp (MDE at {settings['power'] * 100:g} % power)"
+        mde = pp(row.get("mde_acc"), signed=False)
+        return f"no effect larger than {mde} pp (MDE at {percent(settings['power'])} % power)"
     needed = row.get("seeds_needed")
     if _missing(needed) or not math.isfinite(float(needed)):  # |Δ| below min_effect (summarize)
         return (
@@ -282,13 +232,13 @@ def finding(
     judged by, and the verdict (significant / no effect above the MDE / undecided)."""
     settings = settings or statistics_settings({})
     n = row.get("n") or 0
-    if str(row.get("status", "")).startswith("diverged"):
+    if diverged(row):
         return (
             f"{label}: diverged in {row.get('n_diverged')} of {row.get('n_seeds')} seeds; "
             f"mean test accuracy {pct(row.get('test_acc_mean'))} %."
         )
     if reference is None or _missing(row.get("delta_acc")):
-        return f"{label}: {pct(row.get('test_acc_mean'))} % test accuracy ({_plural(n, 'seed')})."
+        return f"{label}: {pct(row.get('test_acc_mean'))} % test accuracy ({plural(n, 'seed')})."
     seeds = seeds_text(row, reference)
     head = f"{label}: {pp(row['delta_acc'])} pp vs {ref_label}"
     if _missing(row.get("p_value")) or _missing(row.get("p_value_holm")):
@@ -299,7 +249,7 @@ def finding(
     return (
         f"{head} ({settings['ci']} % CI {pp(row['delta_ci_low'])}…{pp(row['delta_ci_high'])}, "
         f"{TEST_NAMES.get(row.get('test'), row.get('test'))} over {seeds}, Holm p {_p_equals(row['p_value_holm'])}"
-        f" of {_plural(row.get('holm_family'), 'comparison')}{level}) — {verdict_text(row, settings)}."
+        f" of {plural(row.get('holm_family'), 'comparison')}{level}) — {verdict_text(row, settings)}."
     )
 
 
@@ -330,8 +280,7 @@ def group_findings(
         findings.append(
             {
                 "text": text,
-                "significant": rows[e].get("verdict") == "significant"
-                and not str(rows[e].get("status", "")).startswith("diverged"),
+                "significant": rows[e].get("verdict") == "significant" and not diverged(rows[e]),
             }
         )
     return findings
@@ -349,8 +298,7 @@ def verdict_rows(ids: list[str], ref: str | None, rows: dict[str, dict[str, Any]
         r = rows[e]
         if e == ref or _missing(r.get("reference")):
             continue
-        diverged = str(r.get("status", "")).startswith("diverged")
-        verdict = "diverged" if diverged else VERDICT_NAMES.get(r.get("verdict"), "no test")
+        verdict = "diverged" if diverged(r) else VERDICT_NAMES.get(r.get("verdict"), "no test")
         out.append(
             {
                 "label": label(e),
@@ -403,11 +351,7 @@ def significance_overview(experiments: list[dict[str, Any]], settings: dict[str,
             "p_holm": r.get("p_value_holm"),
             "q": r.get("q_value"),
             "below": not _missing(r.get("q_value")) and r["q_value"] < settings["alpha"],
-            "verdict": (
-                "diverged"
-                if str(r.get("status", "")).startswith("diverged")
-                else VERDICT_NAMES.get(r.get("verdict"), "no test")
-            ),
+            "verdict": "diverged" if diverged(r) else VERDICT_NAMES.get(r.get("verdict"), "no test"),
         }
         for r in ranked
     ]
@@ -470,7 +414,7 @@ class _Sections:
 
     def table_rows(self, ids: list[str], reference: str | None) -> list[dict[str, Any]]:
         rows = self.rows
-        candidates = [i for i in ids if rows[i]["status"] != "diverged" and rows[i]["test_acc_mean"] is not None]
+        candidates = [i for i in ids if not diverged(rows[i], every=True) and rows[i]["test_acc_mean"] is not None]
         best = max(candidates, key=lambda i: rows[i]["test_acc_mean"], default=None)
         return [
             {
@@ -478,7 +422,7 @@ class _Sections:
                 "label": self.label(i),
                 "is_reference": i == reference,
                 "is_best": i == best and len(ids) > 1,
-                "diverged": str(rows[i]["status"]).startswith("diverged"),
+                "diverged": diverged(rows[i]),
             }
             for i in ids
         ]
@@ -585,7 +529,7 @@ class _Sections:
             r["delta_baseline"] = (
                 None if base_mean is None or r["experiment"] == "baseline" else r["test_acc_mean"] - base_mean
             )
-            r["diverged"] = str(r["status"]).startswith("diverged")
+            r["diverged"] = diverged(r)
         best_id = self.manifest.get("best_experiment")
         return {
             "anchor": "sec-comparison",
@@ -678,8 +622,8 @@ def _appendix(
 def _number_and_list(chapters: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
     """Number the chapters (None: absent) 1, 2, … in order, then the appendix A: the table of contents."""
     present = [c for c in chapters if c is not None]
-    for number, chapter in enumerate(present, 1):
-        chapter["number"] = number
+    for n, chapter in enumerate(present, 1):
+        chapter["number"] = n
     return [{"anchor": c["anchor"], "number": c["number"], "title": c["title"]} for c in present] + [
         {"anchor": "sec-appendix", "number": "A", "title": "Reproducibility"}
     ]
@@ -717,7 +661,7 @@ def build_context(
         "sections": sections,
         "comparison": comparison,
         "toc": _number_and_list([setup, baseline, *sections, comparison]),
-        "diverged_runs": _records(runs[runs["status"] == "diverged"]),
+        "diverged_runs": [r for r in _records(runs) if diverged(r)],
         "appendix": _appendix(study_report, runs, benchmarks),
         "alpha": build.settings["alpha"],
         "statistics": build.settings,
@@ -773,6 +717,7 @@ def environment() -> jinja2.Environment:
         formula=formula,
         value_text=value_text,
     )
+    env.tests["diverged"] = diverged
     return env
 
 

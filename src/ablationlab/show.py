@@ -18,8 +18,10 @@ from typing import Any
 
 import pandas as pd
 
+from ablationlab.formats import diverged, pct, pp
+from ablationlab.formats import missing as _missing
 from ablationlab.mlflow_store import split_credentials
-from ablationlab.report import VERDICT_NAMES, pct, pp
+from ablationlab.report import VERDICT_NAMES
 from ablationlab.summarize import read_table
 
 COLUMNS = ["experiment", "reference", "test_acc_mean", "test_acc_std", "delta_acc", "verdict", "status"]
@@ -31,13 +33,9 @@ class ShowError(ValueError):
     """No finished study to show, or a summary that lacks what the table needs."""
 
 
-def _missing(x: Any) -> bool:
-    return x is None or x is pd.NA or (isinstance(x, float) and x != x)
-
-
 def verdict(row: dict[str, Any]) -> str:
     """An experiment's verdict as the report names it: ``diverged`` over any test, ``reference`` without one."""
-    if str(row.get("status") or "").startswith("diverged"):
+    if diverged(row):
         return "diverged"
     if _missing(row.get("reference")):
         return "reference"

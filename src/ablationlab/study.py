@@ -27,7 +27,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ablationlab import defaults, io
+from ablationlab import datasets, defaults, io
 from ablationlab import recipe as recipes
 from ablationlab.credentials import redact
 from ablationlab.defaults import SCHEMA_PATH, load_schema
@@ -66,17 +66,6 @@ RESERVED_IDS = frozenset(
     }
 )
 RESERVED_PREFIXES = ("train_", "evaluate_")  # the per-group rules train_<id>, evaluate_<id>
-
-# Images in the training pool (before the validation split) of the datasets whose size is
-# fixed, so that a batch larger than the train split is caught before any job runs.
-TRAIN_POOL = {
-    "cifar10": 50_000,
-    "cifar100": 50_000,
-    "mnist": 60_000,
-    "fashion_mnist": 60_000,
-    "svhn": 73_257,
-    "digits": 1_437,  # 1797 images minus the fixed 20 % test split
-}
 
 NAMED_WEIGHTS = ("imagenet", "none")
 
@@ -290,16 +279,12 @@ class _Resolver:
 
 def _train_size(data: dict) -> int | None:
     """Images left for training after the validation split, if the dataset's size is known."""
-    val_size = data["val_size"]
-    if val_size >= 1 and val_size != int(val_size):
-        raise ConfigError(f"data.val_size: {val_size} must be a fraction in (0, 1) or a whole count of images >= 1")
-    pool = TRAIN_POOL.get(data["dataset"])
-    if pool is None:
-        return None
-    n_val = math.ceil(val_size * pool) if val_size < 1 else int(val_size)
-    if n_val >= pool:
-        raise ConfigError(f"data.val_size: {val_size} leaves no training images ({data['dataset']} has {pool})")
-    return pool - n_val
+    pool = datasets.get(data["dataset"]).train_pool
+    try:
+        datasets.check_val_size(data["val_size"])
+        return None if pool is None else pool - datasets.val_count(data["val_size"], pool)
+    except ValueError as exc:
+        raise ConfigError(f"data.{exc}") from None
 
 
 def _check_variant(resolver: _Resolver, exp: _Experiment) -> None:

@@ -29,10 +29,12 @@ REPORT_CATEGORIES = {
 FIGURE_PLAN = abl_figure_plan.plan(STUDY.experiments)
 FIGURE_FILES = [f"{FIGURES_DIR}/{item['file']}" for item in FIGURE_PLAN]
 
-# every planned figure, flagged for `snakemake --report`: caption per kind, category per group
+# every planned figure, flagged for `snakemake --report`: category per group, and the caption
+# template per kind that the figures stage renders into the report (by absolute path: Snakemake
+# reads a relative one from this file's folder)
 FIGURE_FLAGS = [
     {
-        "caption": f"../report/{item['kind']}.rst",
+        "caption": str(abl_figure_plan.caption_file(item["kind"])),
         "category": REPORT_CATEGORIES.get(item["group"], item["group"]),
         "labels": {"group": item["group"], "figure": item["kind"]},
     }
@@ -40,6 +42,12 @@ FIGURE_FLAGS = [
 ]
 FIGURES = [report(f, **flags) for f, flags in zip(FIGURE_FILES, FIGURE_FLAGS)]
 TEMPLATES = sorted(str(p) for p in (LIB / "templates").glob("*") if p.is_file())
+CAPTIONS = sorted(
+    {
+        str(LIB / "templates" / "captions" / f"{item['kind']}.rst")
+        for item in FIGURE_PLAN
+    }
+)
 FIGURE_RUN_FILES = [
     "history.csv",
     "train.json",
@@ -59,6 +67,7 @@ rule figures:
         runs=lambda wildcards: run_files(EXPERIMENTS, FIGURE_RUN_FILES),
         seeds=[SEED_PLAN] if ADAPTIVE else [],
         code=library("figures"),
+        captions=CAPTIONS,
     output:
         figures=FIGURES,
         manifest=FIGURE_MANIFEST,
