@@ -93,7 +93,7 @@ want pipeline && grep -h -A40 "^group " "$OUT/gpu_pipeline.log" >> "$OUT/summary
 # 6. N train jobs per GPU, plain time-sharing against NVIDIA MPS (PARTS=sharing SHARING_JOBS=4: one
 # N per call keeps a call within 5 minutes)
 want sharing && step gpu_sharing 300 python3 benchmarks/gpu_pipeline.py sharing --data "$CIFAR" \
-    --work "$WORK/pipeline" --device "$DEVICE" --jobs ${SHARING_JOBS:-4} --limit-s "${SHARING_LIMIT_S:-130}" \
+    --work "$WORK/pipeline" --device "$DEVICE" --jobs ${SHARING_JOBS:-4} --limit-s "${SHARING_LIMIT_S:-100}" \
     ${SHARING_EXTRA:-}
 want sharing && grep -h "^sharing" "$OUT/gpu_sharing.log" >> "$OUT/summary.txt"
 

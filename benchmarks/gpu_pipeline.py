@@ -4,7 +4,7 @@
 ``../shared/data/cifar10-jpeg.tgz``; ``--images N`` keeps the first N images of each split), writes
 an overlay of ``config.yaml`` (``data.dataset: imagefolder`` on it, every transfer variant with
 ``weights: none``: ImageNet weights cannot be downloaded there, and cost the same to train) and runs
-``snakemake`` on both in ``--work``, every experiment, ``--limit-s`` seconds per call at most. A
+``snakemake`` on both in ``--work``, every experiment, the call ``--limit-s`` seconds at most (unpacking included). A
 call cut short leaves its finished jobs: the next call with the same ``--work`` goes on from there
 (the figures add up over calls). A background ``nvidia-smi`` samples the GPU's utilisation; the
 table gives per group the runs trained, the wall span of its train jobs (first start to last end),
@@ -19,13 +19,13 @@ then the whole study::
 only (their group targets: no tail), at ``--jobs`` train jobs per GPU (gpu_slot.py's
 ``jobs_per_gpu``, ``--resources gpu=J``), once plain (time-sharing: the jobs' kernels take turns)
 and once under NVIDIA MPS (``nvidia-cuda-mps-control -d``: kernels of several processes run at
-once); one line per setting::
+once); ``--limit-s`` bounds each setting (two per ``--jobs`` value); one line per setting::
 
     sharing jobs_per_gpu=4 mps=on wall_s=<s> runs=<n> gpu_busy=<share>
 
     python benchmarks/gpu_pipeline.py study [--limit-s 280] [--data TGZ_OR_FOLDER] [--images N]
         [--epochs E] [--seeds 0 1 2] [--cores 16] [--threads 2] [--jobs-per-gpu 4] [--work DIR]
-    python benchmarks/gpu_pipeline.py sharing [--jobs 2 4 8] [--groups 6] [--limit-s 280] ...
+    python benchmarks/gpu_pipeline.py sharing [--jobs 4] [--groups 6] [--limit-s 100] ...
 
 On a CPU (``--device cpu``, tiny ``--images`` and ``--epochs 1``) it runs the same steps; the busy
 column is then ``n/a``.
@@ -164,13 +164,16 @@ def snakemake(
     tic = time.time()
     with log.open("a") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        finished = False
         try:
-            finished = proc.wait(timeout=limit_s) == 0
-        except subprocess.TimeoutExpired:  # Snakemake stops its jobs on SIGINT; whatever is left, with it
-            finished = False
-            os.killpg(proc.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
+            finished = proc.wait(timeout=max(1.0, limit_s)) == 0
+        except subprocess.TimeoutExpired:
+            pass
+        finally:  # out of time or stopped (SIGTERM): Snakemake stops its jobs on SIGINT; what is left, with it
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=20)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -206,7 +209,8 @@ def study(args: argparse.Namespace, root: Path) -> None:
     prepare_work(work, over)
     log, trace = work / "snakemake.log", work / "gpu_samples.csv"
     with sampling(trace) as sampled:
-        wall, finished = snakemake(work, args.cores, args.jobs_per_gpu, args.limit_s, log)
+        limit = args.limit_s - (time.time() - args.started)  # the unpacking counts too
+        wall, finished = snakemake(work, args.cores, args.jobs_per_gpu, limit, log)
     walls = work / "walls.txt"  # the calls' wall times, added up over calls
     with walls.open("a") as fh:
         fh.write(f"{wall:.1f} {int(finished)}\n")
@@ -262,9 +266,11 @@ def sharing(args: argparse.Namespace, root: Path) -> None:
     groups = [g["id"] for g in config["ablations"] if g["id"] != "transfer"][: args.groups]
     work = Path(args.work) / "sharing"
     over = overlay(config, root, args, only=groups)
+    over["resources"] = gpu_resources(1, args.device)
+    prepare_work(work, over)  # the data first, outside the timing: every setting then trains the same jobs
+    snakemake(work, args.cores, 1, args.limit_s, work / "snakemake.log", [*groups, "--until", "prepare_data"])
     for jobs_per_gpu in args.jobs:
         for use_mps in (False, True):
-            # the same prepared data for every setting; every setting trains the same jobs afresh
             for done in ("runs", "checkpoints", "benchmarks", "logs"):
                 shutil.rmtree(work / "results" / done, ignore_errors=True)
             over["resources"] = gpu_resources(jobs_per_gpu, args.device)
@@ -300,9 +306,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs-per-gpu", type=int, default=4, help="study mode: train jobs sharing the GPU")
     parser.add_argument("--jobs", type=int, nargs="+", default=[2, 4, 8], help="sharing mode: jobs per GPU")
     parser.add_argument("--groups", type=int, default=6, help="sharing mode: the first N non-transfer groups")
-    parser.add_argument("--limit-s", type=float, default=280, help="seconds per snakemake call at most (280)")
+    parser.add_argument(
+        "--limit-s", type=float, default=280, help="study: seconds of the whole call; sharing: of each setting (280)"
+    )
     parser.add_argument("--work", default="/tmp/ablationlab-gpu-pipeline")
     args = parser.parse_args(argv)
+    args.started = time.time()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: stop snakemake's jobs too
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
