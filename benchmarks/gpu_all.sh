@@ -85,6 +85,18 @@ want startup && grep -h "startup_s" "$OUT/startup.log" >> "$OUT/summary.txt"
 want study && step gpu_study 500 python3 benchmarks/gpu_study.py --data "$CIFAR" --work "$WORK" \
     --parallel 8 --threads 2 --minutes "$STUDY_MINUTES" --device "$DEVICE" ${STUDY_EXTRA:-}
 want study && grep -h "study_wall_s" "$OUT/gpu_study.log" >> "$OUT/summary.txt"
+# 5. the default study through snakemake, every experiment (transfer with weights: none), a table per
+# group; a second call with the same work folder goes on where the first stopped (PARTS=pipeline)
+want pipeline && step gpu_pipeline 300 python3 benchmarks/gpu_pipeline.py study --data "$CIFAR" \
+    --work "$WORK/pipeline" --device "$DEVICE" --limit-s "${PIPELINE_LIMIT_S:-270}" ${PIPELINE_EXTRA:-}
+want pipeline && grep -h -A40 "^group " "$OUT/gpu_pipeline.log" >> "$OUT/summary.txt"
+# 6. N train jobs per GPU, plain time-sharing against NVIDIA MPS (PARTS=sharing SHARING_JOBS=4: one
+# N per call keeps a call within 5 minutes)
+want sharing && step gpu_sharing 300 python3 benchmarks/gpu_pipeline.py sharing --data "$CIFAR" \
+    --work "$WORK/pipeline" --device "$DEVICE" --jobs ${SHARING_JOBS:-4} --limit-s "${SHARING_LIMIT_S:-100}" \
+    ${SHARING_EXTRA:-}
+want sharing && grep -h "^sharing" "$OUT/gpu_sharing.log" >> "$OUT/summary.txt"
+
 python3 - "$WORK/runs" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys, collections
 from pathlib import Path

@@ -22,9 +22,14 @@ its first epoch.
   does not import it). ``-X importtime`` slows imports a little: compare its figures with
   each other, and ``startup_s`` between versions.
 
-Prints one ``python`` line (bare interpreter start-up), then one line per job::
+The yardstick, measured in the same run: ``import_torch`` is a bare ``python -c "import torch"``
+(fastest of ``--repeats``); ``startup_min_s`` and ``total_min_s`` are the fastest of the job's runs
+(the least disturbed by the machine's load), ``startup_x_torch`` / ``total_x_torch`` those over the
+yardstick: figures that scale from one machine to another.
 
-    job=train startup_s=1.62 total_s=1.95 cpu_s=1.90 imports_s=1.40 torch=1.10 pandas=0.21 ...
+Prints one ``python`` line (bare interpreter start-up), one ``import_torch`` line, then one line per job::
+
+    job=train startup_s=1.62 total_s=1.95 cpu_s=1.90 imports_s=1.40 torch=1.10 pandas=0.21 ... startup_x_torch=1.2
 
     python benchmarks/job_overhead.py [--repeats 5] [--epochs 4]
 
@@ -178,7 +183,7 @@ def import_times(argv: list[str]) -> dict[str, float]:
     return found
 
 
-def measure(job: str, work: Path, repeats: int, epochs: int) -> dict[str, float | None]:
+def measure(job: str, work: Path, repeats: int, epochs: int, torch_s: float) -> dict[str, float | None]:
     totals, cpus, startups, imports = [], [], [], []
     for rep in range(repeats):
         total, cpu, startup = timed(job_args(job, work, rep % 3, epochs), job, work)
@@ -195,6 +200,11 @@ def measure(job: str, work: Path, repeats: int, epochs: int) -> dict[str, float 
     for name in HEAVY:
         values = [i[name] for i in imports if name in i]
         result[name] = statistics.median(values) if values else None
+    marked = [s for s in startups if s is not None]
+    result["startup_min_s"] = min(marked) if marked else None
+    result["total_min_s"] = min(totals)
+    result["startup_x_torch"] = min(marked) / torch_s if marked else None
+    result["total_x_torch"] = min(totals) / torch_s
     return result
 
 
@@ -217,6 +227,8 @@ def main() -> None:
         )
         bare = statistics.median(timed([sys.executable, "-c", "pass"], None, work)[0] for _ in range(args.repeats))
         print(f"job=python total_s={bare:.2f}", flush=True)
+        torch_s = min(timed([sys.executable, "-c", "import torch"], None, work)[0] for _ in range(args.repeats))
+        print(f"job=import_torch total_min_s={torch_s:.2f}", flush=True)
         for seed in range(3):  # the runs that evaluate reads
             subprocess.run(
                 [sys.executable, "-m", "ablationlab", *job_args("train", work, seed, args.epochs)],
@@ -226,8 +238,8 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )
         for job in ("train", "evaluate", "train_evaluate"):
-            print(line(job, measure(job, work, args.repeats, args.epochs)), flush=True)
-        quick = measure("quick_train_job", work, args.repeats, args.epochs)
+            print(line(job, measure(job, work, args.repeats, args.epochs, torch_s)), flush=True)
+        quick = measure("quick_train_job", work, args.repeats, args.epochs, torch_s)
         print(line("quick_train_job", quick) + f" startup_share={quick['startup_s'] / quick['total_s']:.2f}")
 
 

@@ -173,3 +173,35 @@ def test_key_digests_name_what_changed_and_cover_the_whole_content():
     added = changed(lambda s: s.update(author="a"))
     assert added == (["(all)", "author"], ["(all)"])
     assert changed(lambda s: None) == ([], [])
+
+
+def test_write_table_writes_what_pandas_writes(tmp_path):
+    """Every kind of column the run files hold (ints, float32 and float64, bools, text needing quotes,
+    missing values, ints mixed with floats), byte for byte as pandas' to_csv(index=False) writes them."""
+    import numpy as np
+    import pandas as pd
+
+    columns = {
+        "index": np.arange(4),
+        "label": np.array([3, 1, 4, 1], dtype=np.int64),
+        "confidence": np.array([0.1, 0.99999, 1 / 3, 1e-7], dtype=np.float32),
+        "loss": [1 / 3, float("nan"), 1e16, float("inf")],
+        "val": [None, 0.5, 2.0, None],
+        "mixed": [1, 2.5, 3, 4],
+        "ints": [1, 2, 3, 4],
+        "correct": np.array([True, False, True, True]),
+        "name": ["a", "b,c", 'say "hi"', ""],
+        "empty": [None, None, None, None],
+    }
+    io.write_table(tmp_path / "ours.csv", columns)
+    pd.DataFrame(columns).to_csv(tmp_path / "pandas.csv", index=False)
+    assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+    io.write_table(tmp_path / "none.csv", {"epoch": [], "loss": []})
+    pd.DataFrame({"epoch": [], "loss": []}).to_csv(tmp_path / "none_pandas.csv", index=False)
+    assert (tmp_path / "none.csv").read_bytes() == (tmp_path / "none_pandas.csv").read_bytes()
+
+
+def test_write_table_refuses_columns_of_different_lengths(tmp_path):
+    with pytest.raises(ValueError, match="different lengths"):
+        io.write_table(tmp_path / "t.csv", {"a": [1, 2], "b": [1]})
+    assert not (tmp_path / "t.csv").exists()

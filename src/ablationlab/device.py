@@ -13,8 +13,13 @@ when the device is not CUDA.
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 
 import torch
+
+# torch.optim.Optimizer's methods wrapped in torch._disable_dynamo (torch/optim/optimizer.py)
+_DYNAMO_DISABLED_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
 
 
 def pick(device: str = "auto") -> torch.device:
@@ -79,3 +84,52 @@ def describe(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return device.type
+
+
+def optimizers_without_dynamo() -> None:
+    """Let torch's optimizers run without importing ``torch._dynamo`` (nearly as costly to import as torch).
+
+    Outside torch.compile the import buys nothing: ``Optimizer.add_param_group``, ``zero_grad``,
+    ``state_dict`` and ``load_state_dict`` are wrapped in ``torch._disable_dynamo`` (its first call
+    imports ``torch._dynamo`` to turn off a frame hook that only torch.compile turns on), and each
+    optimizer's ``step`` in a wrapper that imports it to mark graph breaks (no-ops outside tracing)
+    around the step run with grad mode ``defaults["differentiable"]``. Here the disabled form of
+    each method is the method itself, and each ``step`` runs the same step in the same grad mode.
+    Does nothing once ``torch._dynamo`` is imported: then something may compile.
+    """
+    if "torch._dynamo" in sys.modules:
+        return
+    from torch.optim.optimizer import _use_grad_for_differentiable
+
+    use_grad_code = _use_grad_for_differentiable(lambda *args: None).__code__  # the step's wrapper
+    for name in _DYNAMO_DISABLED_METHODS:
+        original = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
+        if original is not None and not hasattr(original, "__dynamo_disable"):
+            original.__dynamo_disable = original
+    for cls in _subclasses(torch.optim.Optimizer):
+        step = cls.__dict__.get("step")
+        hooked = getattr(step, "hooked", False)  # wrapped by Optimizer.profile_hook_step already
+        use_grad = step.__wrapped__ if hooked else step
+        if getattr(use_grad, "__code__", None) is not use_grad_code:
+            continue
+        eager = _eager_step(use_grad.__wrapped__)
+        if hooked:
+            eager = torch.optim.Optimizer.profile_hook_step(eager)
+            eager.hooked = True
+        cls.step = eager
+
+
+def _eager_step(step):
+    @functools.wraps(step)
+    def eager_step(self, *args, **kwargs):
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return step(self, *args, **kwargs)
+
+    return eager_step
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import data, io, models
@@ -108,21 +107,21 @@ def evaluate_run(
         for i, name in enumerate(classes)
     }
 
-    predictions = pd.DataFrame(
-        {
-            "index": np.arange(len(y)),
-            "label": y.numpy(),
-            "pred": pred.numpy(),
-            "confidence": confidence.numpy(),
-            "correct": correct.numpy(),
-        }
+    predictions = {
+        "index": np.arange(len(y)),
+        "label": y.numpy(),
+        "pred": pred.numpy(),
+        "confidence": confidence.numpy(),
+        "correct": correct.numpy(),
+    }
+    io.write_table(run_dir / "predictions.csv", predictions)
+    wrong = ~predictions["correct"]
+    io.write_table(
+        run_dir / "misclassified.csv",
+        {k: predictions[k][wrong][:MISCLASSIFIED_SAMPLE] for k in ("index", "label", "pred", "confidence")},
     )
-    io.write_csv(run_dir / "predictions.csv", predictions)
-    wrong = predictions.loc[~predictions["correct"], ["index", "label", "pred", "confidence"]]
-    io.write_csv(run_dir / "misclassified.csv", wrong.head(MISCLASSIFIED_SAMPLE))
-    frame = pd.DataFrame(confusion.numpy(), columns=classes)
-    frame.insert(0, "true", classes)
-    io.write_csv(run_dir / "confusion.csv", frame)
+    matrix = confusion.numpy()
+    io.write_table(run_dir / "confusion.csv", {"true": classes, **{c: matrix[:, j] for j, c in enumerate(classes)}})
 
     image = preprocess(x[:1].to(dev), train=False)
     with devices.autocast(dev):

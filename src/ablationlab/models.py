@@ -30,13 +30,15 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import nn
 
 from ablationlab import io
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Tables keyed by the values a model key allows: exactly the schema's values (tests/test_defaults.py).
 # model.name: one of our CNNS (value: batch norm always on) or a torchvision model (TRANSFER).
@@ -308,6 +310,7 @@ def summary(module: nn.Module, in_channels: int, image_size: int) -> pd.DataFram
 
     Runs one forward pass (torchinfo, eval mode, batch of 2 zeros on the module's device).
     """
+    import pandas as pd  # here, not at the top: the train jobs import this module and need no pandas
     import torchinfo
 
     names = {id(m): name for name, m in module.named_modules()}

@@ -67,7 +67,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -202,6 +201,8 @@ def setup(
         raise ValueError("model: no trainable parameters (model.train: frozen left nothing to learn)")
     scaler = devices.grad_scaler(device)
     reason = not_capturable(recipe, device, scaled=scaler.is_enabled(), compiled=compile)
+    if not compile:
+        devices.optimizers_without_dynamo()
     optimizer = make_optimizer(params, recipe["optimizer"], capturable=reason is None)
     steps = steps_per_epoch(n_train, recipe["batch_size"], recipe["drop_last"])
     scheduler = make_scheduler(
@@ -736,7 +737,7 @@ class Run:
         """The run files (``docs/contracts.md``), ``train.json`` last."""
         out, state, model = self.out_dir, self.state, self.engine.model
         io.write_json(out / "recipe.json", self.shared.recipe)
-        io.write_csv(out / "history.csv", pd.DataFrame(state.history, columns=HISTORY_COLUMNS))
+        io.write_table(out / "history.csv", {c: [row.get(c) for row in state.history] for c in HISTORY_COLUMNS})
         io.save_torch(out / "weights_init.pt", io.load_torch(self.init_path))
         final = cpu_state(model)
         io.save_torch(out / "weights.pt", final)
