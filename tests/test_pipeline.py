@@ -137,7 +137,7 @@ EDITED = {
     "report.py": REPORT,
     "figure_plan.py": {("figures", None, None)} | REPORT,
     "track.py": {("track", None, None)} | REPORT,  # MLflow's record: the report's
-    "tracking.py": set(),  # live logging: only train jobs run it, and it never changes a run's files
+    "live_mlflow.py": set(),  # live logging: only train jobs run it, and it never changes a run's files
 }
 
 

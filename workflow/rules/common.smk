@@ -43,7 +43,7 @@ from ablationlab.layout import job_stem, seed_blocks as abl_seed_blocks
 from ablationlab import mlflow_store as abl_mlflow
 from ablationlab import stages as abl_stages
 from ablationlab import study as abl_study
-from ablationlab import tracking as abl_tracking
+from ablationlab import live_mlflow
 
 # the library's packaged schema: one file for both checks
 SCHEMA = abl_defaults.SCHEMA_PATH
@@ -187,7 +187,7 @@ def live_tracking(wildcards):
     """`train --track` value of an experiment's jobs (tracking.live / system_metrics): a
     LiveSpec, which Snakemake does not compare between runs, so switching live logging or the
     tracking server re-trains nothing."""
-    return abl_tracking.LiveSpec(
+    return live_mlflow.LiveSpec(
         uri=MLFLOW_URI,
         mlflow_experiment=MLFLOW_EXPERIMENT,
         study=STUDY_NAME,
