@@ -322,7 +322,7 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
     ran = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", out, re.M))
     assert ran == {"prepare_data", "train_batch_norm", "batch_norm"}, ran
 
-    # rebuilt: the same bytes as before the corruption, matching meta.json; training used verified data
+    # rebuilt: the bytes it held before the corruption, matching meta.json; training used verified data
     assert (data_dir / "train_x.pt").read_bytes() == original
     meta = json.loads((data_dir / "meta.json").read_text())
     assert meta["sha256"]["train_x.pt"] == hashlib.sha256(original).hexdigest()

@@ -1,11 +1,11 @@
 """The plan is right the first time, from any earlier state (the real workflow, smoke preset, slow).
 
-The issue's three commands: a complete run, then a group target after its sweep gained two values
+Three commands: a complete run, then a group target after its sweep gained two values
 (`snakemake dropout`: it trains only the new runs, the study table is left as it was), then the
 whole study, which must bring the summary, the MLflow record, the figures and the report up to
 date in one run. And what Snakemake plans from other partial states: after the group target, with
-summarize killed mid-run, with a summary file deleted. A summary table that lacked the new
-experiments once made the third command fail in render_report and take the last report with it.
+summarize killed mid-run, with a summary file deleted. The third command must not fail in
+render_report on a summary table that lacks the added experiments, nor take the last report with it.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ By default (``drop_last: true``) an epoch trains on full batches only: the image
 after the last full batch are not trained on in that epoch (each epoch's fresh shuffle gives
 every image the same chance). On real CIFAR-10 a partial last batch of 8 images, one noisy
 step right before every validation and the test evaluation, cost 5–17 pp and multiplied
-the seed spread by 10. ``drop_last: false`` trains on it too, as before (a single left-over
+the seed spread by 10. ``drop_last: false`` trains on it too (a single left-over
 image is still dropped: batch norm cannot train on a batch of one).
 
 After every epoch ``{checkpoint_dir}/last.pt`` is written atomically with everything

@@ -124,7 +124,7 @@ DATA_FILES = [
 ]
 
 
-# A prepared cache whose tensors no longer match their sha256 is rebuilt in this very run (a dry
+# A prepared cache whose tensors do not match their sha256 is rebuilt in this very run (a dry
 # run plans it) without parsing changing a file: prepare_data then has one more output, an empty
 # marker named after this corrupted state (DATA_REBUILD), which the targets ask for with the
 # `verified` marker (DATA_VERIFIED): missing, so the job runs. Nothing Snakemake records (params,
