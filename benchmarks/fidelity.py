@@ -1,4 +1,4 @@
-"""Do the pipeline's numbers hold on real data? The seeds' baseline, + BatchNorm and + flip/crop on CIFAR-10.
+"""Do the pipeline's numbers hold on real data? The source reports' baseline, + BatchNorm and + flip/crop on CIFAR-10.
 
 Trains each experiment for ``--seeds`` seeds with the library's own train jobs (``python -m
 ablationlab train --seed ... --evaluate``, one process per experiment and setting, ``--parallel``
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     parser.add_argument("--drop-last", nargs="+", default=["true", "false"], choices=["true", "false"])
     parser.add_argument(
-        "--scheduler", default="none", help="the learning-rate schedule of every experiment (default: none, the seeds')"
+        "--scheduler",
+        default="none",
+        help="the learning-rate schedule of every experiment (default: none, the source reports')",
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per job")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the real-data and hardware-pace benchmarks in one bounded run on one GPU
-# machine (issues 18 and 19): a 10-epoch seeds' baseline run, throughput at batch 64 and 512, the
+# machine: a 10-epoch run of the source reports' baseline, throughput at batch 64 and 512, the
 # drop_last fidelity table on real CIFAR-10 (5 seeds with drop_last true: the "15 runs" figure; 3
 # with false), the default study's train jobs (bounded by STUDY_MINUTES) and a transfer sample.
 #
@@ -42,7 +42,7 @@ from pathlib import Path; from train_jobs import prepared
 t = time.perf_counter(); print(prepared('$CIFAR', Path('$WORK')), f'{time.perf_counter() - t:.1f} s')"
 DATA=$WORK/data
 
-# 1. one 10-epoch run of the seeds' baseline, start-up and evaluation included (target <= 8 s)
+# 1. one 10-epoch run of the source reports' baseline, start-up and evaluation included (target <= 8 s)
 want single && for seed in 0 1; do
     step "single_run_$seed" 120 bash -c "TIMEFORMAT='single_run_wall_s=%R'; time python3 -m ablationlab train \
         --data $DATA --recipe '{\"epochs\": $EPOCHS}' --seed $seed --out $WORK/single/s$seed \
@@ -62,7 +62,7 @@ want fidelity && step fidelity_true 240 python3 benchmarks/fidelity.py --data "$
     --epochs "$EPOCHS" --drop-last true --parallel 3 --threads 2 --device "$DEVICE" --json "$OUT/fidelity_true.json"
 want fidelity && step fidelity_false 300 python3 benchmarks/fidelity.py --data "$CIFAR" --work "$WORK" --seeds "$SEEDS_FALSE" \
     --epochs "$EPOCHS" --drop-last false --parallel 3 --threads 2 --device "$DEVICE" --json "$OUT/fidelity_false.json"
-# the same with a decaying learning rate (what the diagnostics advise for the seeds' constant one)
+# the same with a decaying learning rate (what the diagnostics advise for the source reports' constant one)
 want cosine && step fidelity_cosine 240 python3 benchmarks/fidelity.py --data "$CIFAR" --work "$WORK" \
     --seeds "$SEEDS_TRUE" --epochs "$EPOCHS" --drop-last true --scheduler cosine --parallel 3 --threads 2 \
     --device "$DEVICE" --json "$OUT/fidelity_cosine.json"

@@ -1,6 +1,6 @@
 """Training throughput: the library's path vs a naive torchvision recipe vs the compute-only bound.
 
-Trains the seeds' baseline (``simple_cnn``, SGD, batch 64) on CIFAR-shaped random uint8
+Trains the source reports' baseline (``simple_cnn``, SGD, batch 64) on CIFAR-shaped random uint8
 data (default 5000 images 3×32×32, 10 classes) and prints images/s of
 
 (a) ``library``: ``train()``'s epoch (:func:`ablationlab.train.train_epochs` on one
@@ -108,7 +108,7 @@ def bench_compute(recipe, x, y, dev, batches: int) -> float:
 
 
 class PILDataset(Dataset):
-    """The seeds' pipeline: one PIL image per sample, transformed one at a time."""
+    """The source reports' pipeline: one PIL image per sample, transformed one at a time."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, transform):
         self.images = [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).numpy()]

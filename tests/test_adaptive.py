@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import copy_workflow, jobs_of, plan, snakemake, stage_jobs
 
 from ablationlab import adaptive, study
 from ablationlab.summarize import SummaryError, experiment_seeds, with_seed_plan
@@ -177,8 +178,6 @@ ADAPTIVE_STUDY = {
 def test_adaptive_study_end_to_end(tmp_path):
     """Seeds go only to undecided comparisons, up to the cap; a rerun plans nothing; a changed
     recipe re-trains only its own sequence."""
-    from test_pipeline import copy_workflow, jobs_of, plan, snakemake, stage_jobs
-
     from ablationlab.layout import seed_blocks
 
     work = copy_workflow(tmp_path / "wf")

@@ -1,4 +1,4 @@
-"""Code shape: no function in the library is longer than a screen (issue 13)."""
+"""Code shape: no function in the library is longer than a screen."""
 
 import ast
 from pathlib import Path

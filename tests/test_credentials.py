@@ -1,4 +1,4 @@
-"""One redaction for every file, log and report (issue 13): the whole user-info part goes."""
+"""One redaction for every file, log and report: the whole user-info part goes."""
 
 import pytest
 

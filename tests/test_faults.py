@@ -47,7 +47,7 @@ import pypdf
 import pytest
 import torch
 import yaml
-from test_pipeline import BIN, HOSTILE, _env, copy_workflow, hostile_text, plan, snakemake
+from helpers import BIN, HOSTILE, copy_tree, copy_workflow, hostile_text, kill_tree, plan, snakemake, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +55,6 @@ OVERLAY = "faults.yaml"  # presets/smoke.yaml + the diverging group: the study o
 DIVERGED = "diverge/unstable"
 MLFLOW_RECORD = "results/summary/mlflow.csv"  # the track job's output
 BN = "batch_norm/bn"
-
-
-def _copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    return dst
 
 
 def _study_overlay(work: Path, name: str, change) -> str:
@@ -75,7 +70,7 @@ def _config(overlay: str) -> list[str]:
 
 
 def _smk(work: Path, overlay: str, *args: str, targets=()) -> subprocess.CompletedProcess:
-    """test_pipeline.snakemake with the overlay after presets/smoke.yaml; ``--`` ends --configfile's list."""
+    """helpers.snakemake with the overlay after presets/smoke.yaml; ``--`` ends --configfile's list."""
     return snakemake(work, overlay, *args, *(["--", *targets] if targets else []))
 
 
@@ -108,7 +103,7 @@ def _limit_file_size(limit: int):
 def _snakemake_limited(work: Path, limit: int, overlay: str, *args: str, targets=()) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "snakemake"), "--cores", "2", *_config(overlay), *args, "--", *targets]
     return subprocess.run(
-        cmd, cwd=work, env=_env(), capture_output=True, text=True, timeout=900, preexec_fn=_limit_file_size(limit)
+        cmd, cwd=work, env=venv_env(), capture_output=True, text=True, timeout=900, preexec_fn=_limit_file_size(limit)
     )
 
 
@@ -117,7 +112,7 @@ def _ablationlab(work: Path, *args: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "ablationlab", *args],
         cwd=work,
-        env=_env() | {"PYTHONPATH": str(work / "src")},
+        env=venv_env() | {"PYTHONPATH": str(work / "src")},
         capture_output=True,
         text=True,
         timeout=600,
@@ -156,7 +151,7 @@ def study(tmp_path_factory) -> Path:
 @pytest.fixture
 def work(study, tmp_path) -> Path:
     """A private copy of the completed study (mtimes kept, so Snakemake sees it complete)."""
-    return _copy_tree(study, tmp_path / "study")
+    return copy_tree(study, tmp_path / "study")
 
 
 # --------------------------------------------------------------------------- 1. diverging recipe
@@ -211,7 +206,7 @@ def test_diverging_recipe_is_marked_everywhere_and_the_study_completes(study):
 
 
 def test_hostile_text_in_every_free_text_key_is_rendered_escaped(study, tmp_path):
-    """The drills' study has HOSTILE text in every free-text key (test_pipeline.hostile_text)."""
+    """The drills' study has HOSTILE text in every free-text key (helpers.hostile_text)."""
     import mlflow
     from markupsafe import escape
 
@@ -327,7 +322,7 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
     ran = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", out, re.M))
     assert ran == {"prepare_data", "train_batch_norm", "batch_norm"}, ran
 
-    # rebuilt: the same bytes as before the corruption, matching meta.json; training used verified data
+    # rebuilt: the bytes it held before the corruption, matching meta.json; training used verified data
     assert (data_dir / "train_x.pt").read_bytes() == original
     meta = json.loads((data_dir / "meta.json").read_text())
     assert meta["sha256"]["train_x.pt"] == hashlib.sha256(original).hexdigest()
@@ -390,7 +385,7 @@ def _snakemake_on_full_disk(work: Path, full: list[str], overlay: str, *args: st
     return subprocess.run(
         ["unshare", "-m", "sh", "-c", fill + "exec " + cmd],
         cwd=work,
-        env=_env(),
+        env=venv_env(),
         capture_output=True,
         text=True,
         timeout=900,
@@ -521,17 +516,6 @@ def test_a_locked_published_report_is_named_and_the_build_keeps_its_own(work):
 # --------------------------------------------------------------------------- 5. killed pipeline
 
 
-def _kill_tree(proc: subprocess.Popen) -> list[int]:
-    """SIGKILL Snakemake and every process it started (the whole tree, as a crash or an OOM kill would)."""
-    parent = psutil.Process(proc.pid)
-    tree = [parent] + parent.children(recursive=True)
-    for p in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(tree, timeout=30)
-    return [p.pid for p in tree]
-
-
 def _terminate(proc: subprocess.Popen) -> list[int]:
     """SIGTERM to Snakemake's process group, as a hang-up, `timeout` or a batch system sends it: the
     training job ends mid-epoch, and Snakemake (which on its own would let running jobs finish) exits."""
@@ -543,7 +527,7 @@ def _terminate(proc: subprocess.Popen) -> list[int]:
 
 
 # how the running pipeline is stopped, and whether it leaves its lock behind (README: --unlock)
-STOPS = {"kill -9 of the whole tree": (_kill_tree, True), "SIGTERM": (_terminate, False)}
+STOPS = {"kill -9 of the whole tree": (kill_tree, True), "SIGTERM": (_terminate, False)}
 
 
 @pytest.mark.parametrize("how", STOPS)
@@ -562,7 +546,7 @@ def test_stopped_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_r
     cmd = [str(BIN / "snakemake"), "--cores", "2", *_config(overlay)]
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(
-            [*cmd, "--", target], cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*cmd, "--", target], cwd=work, env=venv_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             deadline = time.monotonic() + 600
@@ -592,7 +576,9 @@ def test_stopped_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_r
         locked = _smk(work, overlay, "--rerun-incomplete", targets=[target])
         assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
         assert "It can be removed with the --unlock argument" in locked.stdout + locked.stderr
-        unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+        unlock = subprocess.run(
+            [*cmd, "--unlock"], cwd=work, env=venv_env(), capture_output=True, text=True, timeout=300
+        )
         assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     proc = _smk(work, overlay, "--rerun-incomplete", targets=[target])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_summarize import study_runs  # noqa: F401  (session fixture: a small real study)
 
 from ablationlab import figure_plan, figures, io, models
 from ablationlab.runtime import build_network
@@ -22,14 +21,14 @@ def _png_size(path) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def drawn(study_runs, tmp_path_factory):  # noqa: F811
+def drawn(study_runs, tmp_path_factory):
     root, data_dir = study_runs
     out = tmp_path_factory.mktemp("figures")
     manifest = figures.figures(root / "study" / "experiments.json", root / "summary", data_dir, root / "runs", out)
     return root, data_dir, out, manifest
 
 
-def test_plan_follows_the_study(study_runs):  # noqa: F811
+def test_plan_follows_the_study(study_runs):
     root, _ = study_runs
     study = io.read_json(root / "study" / "experiments.json")
     plan = figure_plan.plan(study)
@@ -179,7 +178,7 @@ def test_log_axis_for_learning_rates():
     assert figures._label("cost $5 and $x$") == r"cost \$5 and \$x\$"
 
 
-def test_missing_inputs_give_clear_errors(study_runs, tmp_path):  # noqa: F811
+def test_missing_inputs_give_clear_errors(study_runs, tmp_path):
     from ablationlab.summarize import SummaryError
 
     root, data_dir = study_runs

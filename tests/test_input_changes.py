@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import copy_workflow, overlay, plan, snakemake
 from PIL import Image
-from test_pipeline import copy_workflow, overlay, plan, snakemake
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_pipeline import copy_workflow
+from helpers import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 # what setuptools needs to build the wheel: copied so the build leaves nothing in the checkout

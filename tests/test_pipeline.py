@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -21,70 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from data_fixtures import http_server
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-COPIED = ["Snakefile", "config.yaml", "workflow", "profiles", "presets", "src"]
-STAGES = ("prepare_data",)  # with train_<group> (which also evaluates): the jobs that must not re-run needlessly
-
-
-def _env() -> dict:
-    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-
-
-def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "presets/smoke.yaml", *args]
-    return subprocess.run(cmd, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def jobs_of(log: str) -> set[tuple[str, str | None, str | None]]:
-    """(rule, experiment, seeds) of every job a Snakemake log (or dry run) announces; a train job's seeds are
-    those its log file names (``results/logs/train/<experiment>/seed0-1.log``: "0-1")."""
-    jobs: list[list] = []
-    for line in log.splitlines():
-        if match := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
-            jobs.append([match[1], None, None])
-        elif jobs and line.strip().startswith("wildcards:"):
-            wildcards = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
-            jobs[-1][1] = wildcards.get("experiment")
-        elif jobs and (match := re.match(r"^\s+log: \S+/seed([\d-]+)\.log$", line)):
-            jobs[-1][2] = match[1]
-    return {tuple(j) for j in jobs}
-
-
-def plan(workdir: Path, *args: str) -> list[tuple[str, str | None, str | None]]:
-    """Jobs of a dry run: sorted (rule, experiment, seed)."""
-    proc = snakemake(workdir, "-n", *args)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    return sorted(jobs_of(out))
-
-
-def stage_jobs(jobs) -> set:
-    """The training-side jobs of a plan (train_<group>, prepare_data)."""
-    return {j for j in jobs if j[0].startswith("train_") or j[0] in STAGES}
-
-
-def copy_workflow(dest: Path, names=COPIED) -> Path:
-    """The workflow (``names`` of the repository, default COPIED) copied into ``dest``: a directory of its own."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
-def overlay(workdir: Path, name: str, change) -> str:
-    """A --configfile overlay: presets/smoke.yaml changed by ``change`` (lists replace, so it is complete)."""
-    cfg = yaml.safe_load((workdir / "presets" / "smoke.yaml").read_text())
-    change(cfg)
-    (workdir / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return name
+from helpers import BIN, REPO, copy_workflow, hostile_text, overlay, plan, snakemake, stage_jobs, venv_env
 
 
 # the output of each complete smoke run (`done`), by its folder
@@ -222,7 +159,7 @@ EDITED = {
     "report.py": REPORT,
     "figure_plan.py": {("figures", None, None)} | REPORT,
     "track.py": {("track", None, None)} | REPORT,  # MLflow's record: the report's
-    "tracking.py": set(),  # live logging: only train jobs run it, and it never changes a run's files
+    "live_mlflow.py": set(),  # live logging: only train jobs run it, and it never changes a run's files
 }
 
 
@@ -364,20 +301,6 @@ def test_a_changed_config_is_reported_by_the_keys_that_changed(tmp_path):
 
 # --------------------------------------------------------------------------- user text
 
-# braces (Snakemake wildcards: {seed} and {experiment} are real ones), LaTeX, quotes, a
-# backslash, shell syntax, HTML, non-ASCII and a newline: passed through verbatim everywhere
-HOSTILE = "x {word} {experiment} {seed} $\\frac{1}{2}$ \"dq\" 'sq' \\back $HOME `id` <b>é中</b>\nline 2"
-
-
-def hostile_text(cfg: dict) -> dict:
-    """``cfg`` with HOSTILE (tagged by key) in every free-text key (ids and study.name are constrained)."""
-    cfg["study"].update(title=f"study.title {HOSTILE}", author=f"study.author {HOSTILE}")
-    cfg["report"] = {"title": f"report.title {HOSTILE}"}
-    cfg["tracking"] = {"experiment": f"tracking.experiment {HOSTILE}"}
-    for group in cfg["ablations"]:
-        group.update(title=f"{group['id']}.title {HOSTILE}", notes=f"{group['id']}.notes {HOSTILE}")
-    return cfg
-
 
 @pytest.mark.slow
 def test_text_with_braces_quotes_and_newlines_reaches_jobs_verbatim(tmp_path):
@@ -450,7 +373,7 @@ def test_snakemake_lint_is_clean():
     proc = subprocess.run(
         [str(BIN / "snakemake"), "--lint", "--configfile", "presets/smoke.yaml"],
         cwd=REPO,
-        env=_env(),
+        env=venv_env(),
         capture_output=True,
         text=True,
         timeout=300,

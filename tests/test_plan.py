@@ -1,11 +1,11 @@
 """The plan is right the first time, from any earlier state (the real workflow, smoke preset, slow).
 
-The issue's three commands: a complete run, then a group target after its sweep gained two values
+Three commands: a complete run, then a group target after its sweep gained two values
 (`snakemake dropout`: it trains only the new runs, the study table is left as it was), then the
 whole study, which must bring the summary, the MLflow record, the figures and the report up to
 date in one run. And what Snakemake plans from other partial states: after the group target, with
-summarize killed mid-run, with a summary file deleted. A summary table that lacked the new
-experiments once made the third command fail in render_report and take the last report with it.
+summarize killed mid-run, with a summary file deleted. The third command must not fail in
+render_report on a summary table that lacks the added experiments, nor take the last report with it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-from test_faults import _copy_tree, _kill_tree
-from test_pipeline import BIN, _env, copy_workflow, overlay, plan, snakemake
+from helpers import BIN, copy_tree, copy_workflow, kill_tree, overlay, plan, snakemake, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +68,7 @@ def grown(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def third(grown, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The third command, once, on a copy of ``grown``."""
-    work = _copy_tree(grown, tmp_path_factory.mktemp("third") / "study")
+    work = copy_tree(grown, tmp_path_factory.mktemp("third") / "study")
     return work, snakemake(work, GROWN)
 
 
@@ -93,17 +92,17 @@ def test_the_third_command_brings_everything_up_to_date_in_one_run(third):
 
 
 def test_a_killed_summarize_is_planned_again_with_everything_after_it(grown, tmp_path):
-    work = _copy_tree(grown, tmp_path / "study")
+    work = copy_tree(grown, tmp_path / "study")
     report = (work / "reports/report.html").read_bytes()
     cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "presets/smoke.yaml", GROWN]
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=work, env=venv_env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while not _running(proc, "summarize"):
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
             time.sleep(0.02)
-        _kill_tree(proc)  # Snakemake and summarize mid-run, as a power loss would
-    unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+        kill_tree(proc)  # Snakemake and summarize mid-run, as a power loss would
+    unlock = subprocess.run([*cmd, "--unlock"], cwd=work, env=venv_env(), capture_output=True, text=True, timeout=300)
     assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     # study too when its report.json job had not finished yet: the two study jobs run side by side
     assert AFTER_TRAINING - {"study"} | {"all"} <= _planned(work) <= AFTER_TRAINING | {"all"}
@@ -131,6 +130,6 @@ def test_new_data_options_plan_every_train_job(third):
 
 
 def test_a_deleted_summary_file_is_planned_again_with_everything_after_it(third, tmp_path):
-    work = _copy_tree(third[0], tmp_path / "study")
+    work = copy_tree(third[0], tmp_path / "study")
     (work / "results/summary/experiments.csv").unlink()
     assert _planned(work) == AFTER_TRAINING - {"study"} | {"all"}

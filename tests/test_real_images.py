@@ -94,8 +94,8 @@ def test_filters_and_activation_maps_of_a_real_picture(real_run, tmp_path):
 
 
 def test_throughput_modes_share_their_device_handling():
-    """bench_compute once indexed CPU images with device indices (a crash on CUDA): every mode now takes the
-    data through make_engine, which puts it on the training device; on this machine all run on the CPU."""
+    """Every mode takes the data through make_engine, which puts it on the training device (CPU images
+    indexed with device indices crash on CUDA); on this machine all run on the CPU."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import throughput
 

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pandas as pd
 import pypdf
 import pytest
-from test_summarize import GROUPS, study_runs  # noqa: F401  (session fixture: a small real study)
+from helpers import STUDY_CONFIG
 
 from ablationlab import figures, io, report
 from ablationlab.__main__ import main
@@ -41,7 +41,7 @@ def _parse(text: str) -> _Collect:
 
 
 @pytest.fixture(scope="module")
-def rendered(study_runs, tmp_path_factory):  # noqa: F811
+def rendered(study_runs, tmp_path_factory):
     root, data_dir = study_runs
     out = tmp_path_factory.mktemp("report")
     figures.figures(root / "study" / "experiments.json", root / "summary", data_dir, root / "runs", out / "figures")
@@ -88,7 +88,7 @@ def test_every_group_has_its_section_table_and_figures(rendered):
     ids = [a.get("id") for _, a in doc.tags]
     plain = "".join(doc.text)
     exps = pd.read_csv(root / "summary" / "experiments.csv")
-    for gid, (title, *_rest) in GROUPS.items():
+    for gid, title in ((g["id"], g["title"]) for g in STUDY_CONFIG["ablations"]):
         assert f"sec-{gid}" in ids and title in plain
         section = text[text.index(f'id="sec-{gid}"') :]
         section = section[: section.index("</section>")]
@@ -341,11 +341,12 @@ def test_user_text_is_escaped_never_executed(rendered):
 
 
 def test_reproducibility_appendix(rendered):
-    _, out, _ = rendered
+    root, out, _ = rendered
     text = (out / "report.html").read_text(encoding="utf-8")
     plain = "".join(_parse(text).text)
     assert 'href="http://127.0.0.1:5000/#/experiments/1/runs/abc123"' in text  # MLflow link from mlflow.json
-    assert "abc1234" in plain and "0" * 64 in plain  # commit and config hash
+    config_hash = io.read_json(root / "study" / "report.json")["config_hash"]
+    assert "abc1234" in plain and config_hash in plain  # commit and config hash
     for package in ("torch", "torchvision", "mlflow", "snakemake", "weasyprint"):
         assert re.search(rf"{package}\s*\d+\.\d+", plain)
     assert "train/baseline/seed0" in plain and "12.5 s" in plain  # wall time per job from the benchmark file
@@ -358,7 +359,7 @@ def test_pdf_pages_text_and_toc(rendered):
     assert 10 <= len(reader.pages) <= 40
     pages = [p.extract_text() for p in reader.pages]
     text = "\n".join(pages)
-    for title, *_rest in GROUPS.values():
+    for title in (g["title"] for g in STUDY_CONFIG["ablations"]):
         assert title in text
     assert "Comparison of all experiments" in text and "Reproducibility" in text
     exps = pd.read_csv(root / "summary" / "experiments.csv")

@@ -104,7 +104,7 @@ from numpy import io as not_ours
 
 
 def later():
-    from ablationlab import tracking
+    from ablationlab import live_mlflow
     from .evaluate import evaluate
 
     class Inner:
@@ -115,7 +115,7 @@ def later():
 
 def test_the_scan_finds_module_and_function_level_imports_in_every_form():
     found = stages.imported_names(SOURCE)
-    assert found == {"io", "data", "recipe", "keypath", "models", "stats", "tracking", "evaluate", "summarize"}
+    assert found == {"io", "data", "recipe", "keypath", "models", "stats", "live_mlflow", "evaluate", "summarize"}
 
 
 def test_the_map_of_every_stage():
@@ -124,14 +124,14 @@ def test_the_map_of_every_stage():
 
 def test_train_runs_evaluate_but_not_its_live_logging():
     assert "evaluate" in stages.modules("train")  # train --evaluate
-    assert "tracking" in stages.imports("train")  # imported plainly, and excluded by the table
-    assert "tracking" not in stages.modules("train") and "tracking" not in stages.modules("figures")
+    assert "live_mlflow" in stages.imports("train")  # imported plainly, and excluded by the table
+    assert "live_mlflow" not in stages.modules("train") and "live_mlflow" not in stages.modules("figures")
 
 
 def test_every_exclusion_is_a_real_import_with_a_reason():
     for importer, excluded in stages.EXCLUDED.items():
         for module, why in excluded.items():
-            assert module in stages.imports(importer), f"{importer} no longer imports {module}: drop the exclusion"
+            assert module in stages.imports(importer), f"{importer} does not import {module}: drop the exclusion"
             assert why.strip()
 
 
@@ -154,7 +154,7 @@ def test_no_stage_imports_the_library_by_name():
 
 def test_training_runs_none_of_the_downloaders_statistics_report_or_mlflow_code():
     assert not NOT_TRAINING & set(stages.modules("train"))
-    assert "tracking" not in stages.modules("track")  # live logging: nothing but the train jobs run it
+    assert "live_mlflow" not in stages.modules("track")  # live logging: nothing but the train jobs run it
 
 
 def test_code_inputs_are_the_files_under_the_given_folder():

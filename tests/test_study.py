@@ -253,8 +253,8 @@ BAD = {
         "ablations[dropout].sweep.values[1]: duplicate experiment id 'dropout/p=0.5'",
     ),
     "reserved group id": (
-        lambda c: c["ablations"][0].update(id="evaluate"),
-        "ablations[evaluate].id: 'evaluate' is reserved",
+        lambda c: c["ablations"][0].update(id="summarize"),
+        "ablations[summarize].id: 'summarize' is reserved",
     ),
     "group id of a rule's name": (
         lambda c: c["ablations"][0].update(id="train_x"),
@@ -362,11 +362,20 @@ def test_invalid_config_names_the_key(smoke_config, case):
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
 
 
-@pytest.mark.parametrize("val_size", [0.5, 1, 100, 100.0])
-def test_val_size_fraction_or_whole_count_passes(smoke_config, val_size):
+# digits: 1437 training-pool images; a fraction takes ceil(fraction × 1437) of them, a whole count that many
+@pytest.mark.parametrize(("val_size", "n_train"), [(0.5, 718), (1, 1436), (100, 1337), (100.0, 1337)])
+def test_val_size_fraction_or_whole_count_passes(smoke_config, val_size, n_train):
+    """Both forms pass, and the train split they leave is the one batch_size is checked against."""
     cfg = copy.deepcopy(smoke_config)
     cfg["data"]["val_size"] = val_size
-    study.load(cfg)
+    cfg["baseline"]["batch_size"] = n_train  # one full batch: allowed
+    assert study.load(cfg).config["data"]["val_size"] == val_size
+    cfg["baseline"]["batch_size"] = n_train + 1
+    with pytest.raises(
+        study.ConfigError,
+        match=rf"batch_size {n_train + 1} is larger than the train split of digits \({n_train} images\)",
+    ):
+        study.load(cfg)
 
 
 def test_several_schema_errors_are_listed_together(smoke_config):
@@ -622,10 +631,14 @@ def test_cli_rejects_yaml_nan_and_inf(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: resources.default.mem_mb: -inf is not a finite number"
 
 
-def test_every_rule_name_is_a_reserved_group_id():
-    """A group's target rule is named after its id: an id may name no other rule."""
+def test_the_reserved_group_ids_are_the_workflows_rule_names():
+    """A group's target rule is named after its id: an id may name no other rule, and every reserved id is a
+    rule of the workflow (or the baseline's experiment id); the per-group train rules carry the reserved prefix."""
     import re
 
     files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
-    names = {n for f in files for n in re.findall(r"^(?:rule|checkpoint) (\w+):", f.read_text(), re.M)}
-    assert "render_report" in names and names <= study.RESERVED_IDS, names - study.RESERVED_IDS
+    text = "".join(f.read_text() for f in files)
+    names = set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.M))
+    assert names | {"baseline"} == study.RESERVED_IDS, study.RESERVED_IDS ^ (names | {"baseline"})
+    prefixes = set(re.findall(r"^\s+name:\s+f\"(\w+)\{group\}", text, re.M))
+    assert prefixes == set(study.RESERVED_PREFIXES) == {"train_"}

@@ -1,14 +1,11 @@
-"""summarize + stats: statistics against scipy and known numbers; real digits runs → runs.csv / experiments.csv.
-
-``make_study`` (also used by test_figures.py and test_report.py) writes a contract-conformant
-``experiments.json`` + ``report.json`` and trains/evaluates every run with the real stages.
+"""summarize + stats: statistics against scipy and known numbers; real digits runs → runs.csv / experiments.csv
+(the ``study_runs`` fixture of conftest.py: a small real study, also used by test_figures.py and test_report.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,158 +14,7 @@ from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from ablationlab import evaluate, io, report, stats, summarize, train
-from ablationlab.recipe import complete, deep_merge
-
-XSS_NOTES = (
-    "Does BN help? <script>alert(1)</script>\n\n<img src=x onerror=alert(1)>\n\n"
-    "[click](javascript:alert(1)) and **bold**"
-)
-
-BASE = {
-    "model": {"widths": [8, 16], "hidden": [32], "kernel_size": 3},
-    "optimizer": {"name": "momentum", "lr": 0.05},
-    "batch_size": 64,
-    "epochs": 2,
-}
-
-# group id -> (title, notes, [(variant, partial recipe, sweep or None)], sweep_key)
-GROUPS = {
-    "batch_norm": ("Batch normalisation", XSS_NOTES, [("bn", {"model": {"batch_norm": True}}, None)], None),
-    "dropout": (
-        "Dropout sweep",
-        "Dropout in the head, **p** swept.",
-        [(f"p={p}", {"model": {"dropout": p}}, {"key": "model.dropout", "value": p}) for p in (0.2, 0.5)],
-        "model.dropout",
-    ),
-    "early_stopping": (
-        "Early stopping",
-        None,
-        [("patience=1", {"epochs": 4, "early_stopping": {"enabled": True, "patience": 1, "monitor": "val_acc"}}, None)],
-        None,
-    ),
-    "augmentation": ("Augmentation", "", [("hflip", {"augment": [{"name": "hflip", "p": 0.5}]}, None)], None),
-    "optimizer": (
-        "Learning rate too high",
-        "lr 1000 must diverge.",
-        [("lr=1000", {"optimizer": {"name": "sgd", "lr": 1000.0}}, None)],
-        None,
-    ),
-}
-
-
-def make_study(root: Path, data_dir: Path, *, groups=GROUPS, seeds=(0, 1), base=BASE, train_runs=True) -> dict:
-    """Write root/study/{experiments,report}.json and train + evaluate every run into root/runs."""
-    root = Path(root)
-    baseline = complete(base)
-    experiments = [
-        {
-            "id": "baseline",
-            "group": "baseline",
-            "variant": "baseline",
-            "reference": None,
-            "sweep": None,
-            "recipe": baseline,
-        }
-    ]
-    report_groups = []
-    for gid, (title, notes, variants, sweep_key) in groups.items():
-        ids = []
-        for variant, partial, sweep in variants:
-            exp_id = f"{gid}/{variant}"
-            ids.append(exp_id)
-            experiments.append(
-                {
-                    "id": exp_id,
-                    "group": gid,
-                    "variant": variant,
-                    "reference": "baseline",
-                    "sweep": sweep,
-                    "recipe": deep_merge(baseline, partial),
-                }
-            )
-        report_groups.append(
-            {
-                "id": gid,
-                "title": title,
-                "notes": notes,
-                "reference": "baseline",
-                "sweep_key": sweep_key,
-                "experiments": ids,
-            }
-        )
-    study = {"dataset": "digits", "seeds": list(seeds), "experiments": experiments}
-    config = {
-        "data": {"dataset": "digits"},
-        "seeds": list(seeds),
-        "baseline": base,
-        "ablations": {g: {"title": t} for g, (t, *_rest) in groups.items()},
-    }
-    report = {
-        "name": "test-study",
-        "title": "Digits <ablation> study",
-        "dataset": "digits",
-        "seeds": list(seeds),
-        "groups": report_groups,
-        "config": config,
-        "config_hash": "0" * 64,
-        "tracking": {"tracking_uri": "http://alice:s3cret@127.0.0.1:5000"},
-    }
-    io.write_json(root / "study" / "experiments.json", study)
-    io.write_json(root / "study" / "report.json", report)
-    if train_runs:
-        for exp in experiments:
-            for seed in seeds:
-                out = root / "runs" / exp["id"] / f"seed{seed}"
-                train.train(
-                    data_dir,
-                    exp["recipe"],
-                    seed,
-                    out,
-                    checkpoint_dir=root / "checkpoints" / exp["id"] / f"seed{seed}",
-                    device="cpu",
-                    threads=1,
-                )
-                evaluate.evaluate(data_dir, out, device="cpu")
-    return study
-
-
-@pytest.fixture(scope="session")
-def study_runs(tmp_path_factory, digits_dir):
-    """A small real study (7 experiments × 2 seeds on digits) with its summary: (root, data_dir)."""
-    root = tmp_path_factory.mktemp("study")
-    make_study(root, digits_dir)
-    summarize.summarize(root / "study" / "experiments.json", root / "runs", root / "summary")
-    # the MLflow writer's record (ablationlab.tracking, after summarize): one tracked run, its parent
-    io.write_csv(
-        root / "summary" / "mlflow.csv",
-        pd.DataFrame(
-            [
-                {
-                    "experiment": "baseline",
-                    "seed": 0,
-                    "kind": "child",
-                    "mlflow_run_id": "abc123",
-                    "mlflow_parent_run_id": "p1",
-                    "mlflow_experiment_id": "1",
-                    "mlflow_url": "#/experiments/1/runs/abc123",
-                    "run_key": "k",
-                },
-                {
-                    "experiment": "baseline",
-                    "seed": "",
-                    "kind": "parent",
-                    "mlflow_run_id": "p1",
-                    "mlflow_parent_run_id": "",
-                    "mlflow_experiment_id": "1",
-                    "mlflow_url": "#/experiments/1/runs/p1",
-                    "run_key": "kp",
-                },
-            ]
-        ),
-    )
-    return root, digits_dir
-
+from ablationlab import io, report, stats, summarize
 
 # ----------------------------------------------------------------------------- statistics
 
@@ -338,22 +184,6 @@ def test_summary_files_from_real_runs(study_runs):
     study = io.read_json(root / "study" / "experiments.json")
     runs = pd.read_csv(root / "summary" / "runs.csv")
     exps = pd.read_csv(root / "summary" / "experiments.csv", keep_default_na=False, na_values=[""])
-    assert list(runs.columns[:14]) == [
-        "experiment",
-        "group",
-        "seed",
-        "status",
-        "test_acc",
-        "test_loss",
-        "test_top5",
-        "epochs_run",
-        "best_epoch",
-        "best_val_acc",
-        "best_val_loss",
-        "params",
-        "wall_seconds",
-        "device",
-    ]
     assert list(runs.columns) == summarize.RUN_COLUMNS  # the MLflow ids are the writer's (mlflow.csv)
     assert list(exps.columns) == summarize.EXPERIMENT_COLUMNS
     assert len(runs) == len(study["experiments"]) * 2 and len(exps) == len(study["experiments"])

@@ -1,4 +1,4 @@
-"""The MLflow store, the study's writer (track) and live logging (tracking) against real MLflow stores (temp
+"""The MLflow store, the study's writer (track) and live logging (live_mlflow) against real MLflow stores (temp
 SQLite, a real `mlflow server`)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from data_fixtures import http_server
 from test_io import immutable
 
-from ablationlab import io, mlflow_store, summarize, track, tracking
+from ablationlab import io, live_mlflow, mlflow_store, summarize, track
 from ablationlab.recipe import complete
 
 CLASSES = ["zero", "one", "two"]
@@ -489,7 +489,7 @@ def _live_one(args):
     run_dir, exp_id, recipe, seed, spec = args
     import pandas as pd
 
-    with tracking.live_run(spec, recipe=recipe, seed=seed) as on_epoch:
+    with live_mlflow.live_run(spec, recipe=recipe, seed=seed) as on_epoch:
         for row in pd.read_csv(run_dir / "history.csv").to_dict("records"):
             on_epoch(row)
     return exp_id, seed
@@ -501,7 +501,7 @@ def test_eight_parallel_live_loggers_on_fresh_store_then_one_writer(tmp_path, fr
     jobs = []
     for s in range(4):
         for e, r in exps.items():
-            spec = tracking.live_spec(
+            spec = live_mlflow.live_spec(
                 uri=store["uri"],
                 mlflow_experiment=store["mlflow_experiment"],
                 experiment=e,
@@ -531,7 +531,7 @@ def test_eight_parallel_live_loggers_on_fresh_store_then_one_writer(tmp_path, fr
 
 def test_live_hook_then_track_completes_same_run(tmp_path, store):
     recipe = complete({"epochs": 3})
-    spec = tracking.live_spec(
+    spec = live_mlflow.live_spec(
         uri=store["uri"],
         mlflow_experiment=store["mlflow_experiment"],
         experiment="baseline",
@@ -545,13 +545,13 @@ def test_live_hook_then_track_completes_same_run(tmp_path, store):
     import pandas as pd
 
     rows = pd.read_csv(run / "history.csv").to_dict("records")
-    with tracking.live_run(spec, recipe=recipe, seed=0) as on_epoch:
+    with live_mlflow.live_run(spec, recipe=recipe, seed=0) as on_epoch:
         for row in rows[:2]:
             on_epoch(row)
         (kid,) = [r for r in all_runs(store) if r.data.tags["kind"] == "child"]
         assert kid.info.status == "RUNNING" and kid.data.metrics["val_acc"] == pytest.approx(0.6)
         time.sleep(1.0)
-    with tracking.live_run(spec, recipe=recipe, seed=0) as on_epoch:  # resumed job: epoch 2 again, then 3
+    with live_mlflow.live_run(spec, recipe=recipe, seed=0) as on_epoch:  # resumed job: epoch 2 again, then 3
         for row in rows[1:]:
             on_epoch(row)
     track_all(tmp_path, store, {"baseline": recipe}, seeds=(0,), make=False)
@@ -561,7 +561,7 @@ def test_live_hook_then_track_completes_same_run(tmp_path, store):
     c = client(store)
     assert sorted(m.step for m in c.get_metric_history(kids[0].info.run_id, "val_acc")) == [1, 2, 3]
     assert any(k.startswith("system/cpu_utilization") for k in kids[0].data.metrics)
-    off = tracking.LiveSpec(
+    off = live_mlflow.LiveSpec(
         uri=store["uri"],
         mlflow_experiment=store["mlflow_experiment"],
         experiment="baseline",
@@ -570,7 +570,7 @@ def test_live_hook_then_track_completes_same_run(tmp_path, store):
         **IDENT,
     )
     assert not isinstance(off, str) and f"{off}" == ""  # Snakemake does not compare non-builtin params
-    with tracking.live_run(str(off), recipe=recipe, seed=0) as on_epoch:
+    with live_mlflow.live_run(str(off), recipe=recipe, seed=0) as on_epoch:
         assert on_epoch is None
 
 
@@ -674,7 +674,7 @@ def test_a_web_server_that_is_not_mlflow_is_one_line_before_any_logging(tmp_path
         )
 
 
-# MLflow's undocumented class that LiveRun drives (tracking.py says why), checked at this version
+# MLflow's undocumented class that LiveRun drives (live_mlflow.py says why), checked at this version
 MLFLOW_CHECKED = "3.17.2"
 
 
@@ -687,7 +687,7 @@ def test_system_metrics_monitor_is_what_live_logging_calls():
 
     pin = re.search(r'"mlflow==([^"]+)"', (Path(__file__).parents[1] / "pyproject.toml").read_text())[1]
     assert pin == mlflow.__version__ == MLFLOW_CHECKED, (
-        f"mlflow {pin} pinned, {mlflow.__version__} installed: tracking.LiveRun uses the undocumented "
+        f"mlflow {pin} pinned, {mlflow.__version__} installed: live_mlflow.LiveRun uses the undocumented "
         "SystemMetricsMonitor(run_id, sampling_interval=, resume_logging=, tracking_uri=).start()/.finish(); "
         "check it in the new version, then set MLFLOW_CHECKED"
     )

@@ -84,7 +84,7 @@ def reference(digits_dir, tmp_path_factory):
 
 
 def test_baseline_cnn_reaches_95_percent_on_digits(digits_dir, tmp_path):
-    recipe = {"optimizer": {"name": "adam", "lr": 1e-3}, "epochs": 15}  # the seeds' simple_cnn otherwise
+    recipe = {"optimizer": {"name": "adam", "lr": 1e-3}, "epochs": 15}  # the source reports' simple_cnn otherwise
     result = train(digits_dir, recipe, 0, tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", threads=1)
     assert result["status"] == "finished" and result["epochs_run"] == 15
     assert result["wall_seconds"] < 60

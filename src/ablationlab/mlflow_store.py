@@ -1,5 +1,5 @@
 """The study's MLflow store, as the study's writer (:mod:`ablationlab.track`) and live logging from
-training (:mod:`ablationlab.tracking`) both use it: one MLflow experiment per study, a run found by its
+training (:mod:`ablationlab.live_mlflow`) both use it: one MLflow experiment per study, a run found by its
 ``run_key`` tag (sha256 of the experiment id, dataset, resolved recipe and seed) and created only when
 absent (:func:`open_runs`), never duplicated.
 

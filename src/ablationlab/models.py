@@ -3,12 +3,12 @@
 ``build_model(recipe["model"], in_channels, image_size, num_classes)`` builds, from the ``model``
 section of a completed, checked recipe (:func:`ablationlab.recipe.complete`; the builder trusts it):
 
-- ``simple_cnn``: the seeds' baseline. Per block: ``convs_per_block`` × (conv k×k,
+- ``simple_cnn``: the source reports' baseline. Per block: ``convs_per_block`` × (conv k×k,
   padding k//2 [, BatchNorm2d], activation), then 2×2 max-pool [, dropout]; then
   flatten, ``hidden`` × (Linear [, BatchNorm1d], activation [, dropout]), Linear to
   the classes. Defaults give 390,410 parameters on 3×32×32 / 10 classes.
-- ``vgg_style``: the same block builder with batch norm always on (the seeds' best
-  hand-made models); give it a VGG shape with e.g. ``widths: [64, 128, 256, 512]``,
+- ``vgg_style``: the same block builder with batch norm always on (the source reports'
+  best hand-made models); give it a VGG shape with e.g. ``widths: [64, 128, 256, 512]``,
   ``kernel_size: 3``, ``convs_per_block: 2``, ``hidden: [512]``, ``dropout``.
 - ``resnet18``, ``vgg11_bn``: torchvision models with a new head (``fc`` /
   ``classifier.6``) for ``num_classes``. ``weights``: ``none`` (from scratch),

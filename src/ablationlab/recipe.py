@@ -1,7 +1,7 @@
 """Recipes: the plain dict that fully describes how one experiment trains.
 
-``DEFAULT_RECIPE`` is the schema's default recipe (:func:`ablationlab.defaults.recipe`: the seeds'
-baseline, simple_cnn, SGD lr 0.05, batch 64, cross-entropy, 10 epochs). Every other recipe is a
+``DEFAULT_RECIPE`` is the schema's default recipe (:func:`ablationlab.defaults.recipe`: the source
+reports' baseline, simple_cnn, SGD lr 0.05, batch 64, cross-entropy, 10 epochs). Every other recipe is a
 partial dict deep-merged over a base; :func:`complete` fills whatever a partial recipe leaves out,
 each augmentation's keys included. Completing checks nothing: the entry points check the completed
 recipe (:func:`ablationlab.schema.check_recipe`, the study and ``train``), the builders trust it.

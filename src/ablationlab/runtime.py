@@ -69,7 +69,7 @@ def _cross_entropy(num_classes: int, smoothing: float) -> Callable[[torch.Tensor
 
 
 def _mse(num_classes: int, smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """MSE between softmax outputs and (smoothed) one-hot targets: the seeds' L2 loss."""
+    """MSE between softmax outputs and (smoothed) one-hot targets: the source reports' L2 loss."""
 
     def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = F.one_hot(y, num_classes).float() * (1.0 - smoothing) + smoothing / num_classes

@@ -21,7 +21,7 @@ STAGES = ("prepare", "study", "train", "summarize", "adaptive", "figures", "repo
 # importer → {imported: why}: keyed by the importer, so no stage that runs it follows the import
 EXCLUDED = {
     "train": {
-        "tracking": "live MLflow logging (train --track): writes to MLflow, never to the run's files",
+        "live_mlflow": "live MLflow logging (train --track): writes to MLflow, never to the run's files",
     },
 }
 

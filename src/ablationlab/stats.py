@@ -91,7 +91,7 @@ def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[st
     }
 
 
-# --------------------------------------------------------------------------- comparisons (issue 11)
+# --------------------------------------------------------------------------- comparisons
 
 N_RESAMPLES = 2000  # bootstrap resamples of P(improvement)
 WILCOXON_MIN_PAIRS = 6  # below this the signed-rank test cannot reach p < 0.05

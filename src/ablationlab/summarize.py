@@ -32,7 +32,7 @@ val_images         validation images
 
 :func:`read_summary` adds ``mlflow_run_id``, ``mlflow_experiment_id`` and ``mlflow_url``
 (the MLflow UI link or its ``#/experiments/...`` fragment) from ``mlflow.csv``, which the
-MLflow writer (``ablationlab.tracking``, after this stage) writes next to these files;
+MLflow writer (``ablationlab.track``, after this stage) writes next to these files;
 empty when the study is not tracked.
 
 ``experiments.csv`` — one row per experiment, in study order; statistics are over

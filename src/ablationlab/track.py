@@ -11,7 +11,7 @@ It logs what is new or changed (:mod:`ablationlab.mlflow_store`: runs found by t
 tag): a child whose ``files_sha256`` tag matches its run directory and a parent whose
 ``inputs_sha256`` matches its inputs are not touched. A run whose recipe changed gets a new run key,
 hence a new run; the old one is tagged ``superseded=true``, never deleted. Live logging from
-training (:mod:`ablationlab.tracking`) may write to the same runs meanwhile.
+training (:mod:`ablationlab.live_mlflow`) may write to the same runs meanwhile.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def log_parent(
     existing: Mapping[str, Any],
 ):
     """Log (or update) the parent run of one experiment: its recipe (params), ``summary`` (its
-    ``{"metrics", "tags"}`` from the summary, :func:`read_summary`) and its seeds' child runs (``runs``,
+    ``{"metrics", "tags"}`` from the summary, :func:`parent_records`) and its seeds' child runs (``runs``,
     each with its ``run``) in ``seeds.json``. Skipped when its ``inputs_sha256`` tag says nothing
     changed; return ``(parent run, logged)``."""
     experiment = ident["experiment"]
@@ -281,7 +281,7 @@ def mark_superseded(tracker: Tracker, current: Mapping[tuple[str, str], str]) ->
     return superseded
 
 
-def read_summary(summary_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:
+def parent_records(summary_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:
     """``{experiment: {"metrics": {...}, "tags": {...}}}`` of the parent runs: every number of the
     experiment's rows of ``experiments.csv`` and ``diagnostics.csv`` (when there) under its column's
     name, every text as a tag (``diagnostics.<column>`` for the curves' reading); empty cells are left out."""
@@ -364,7 +364,7 @@ def track_study(
     experiment) and ``record`` (``RECORD_COLUMNS``: one row per run and per parent)."""
     table = io.read_json(study_table)
     by_experiment = _load_runs(run_dirs, Path(runs_root), table, Path(logs_dir) if logs_dir else None)
-    summary = read_summary(summary_dir)
+    summary = parent_records(summary_dir)
     if missing := [e for e in by_experiment if e not in summary]:
         raise TrackingError(f"{Path(summary_dir) / 'experiments.csv'} lacks experiments {missing}: re-run summarize")
     groups, dataset = {e["id"]: e["group"] for e in table["experiments"]}, table["dataset"]

@@ -810,7 +810,7 @@ def train_runs(
     ``stop_after=k`` stops each run once k epochs are done (checkpoint left, no outputs written; its result
     is ``{"status": "stopped", "epochs_run": k}``): used to test resuming. ``on_epoch[seed](row)`` is called
     with each epoch's history row once it is checkpointed (live MLflow logging:
-    :func:`ablationlab.tracking.live_run`). Returns the content of each run's ``train.json``, in order.
+    :func:`ablationlab.live_mlflow.live_run`). Returns the content of each run's ``train.json``, in order.
     """
     recipe = complete(recipe)
     dev = devices.pick(device)
@@ -911,9 +911,9 @@ def _live_tracking(stack: contextlib.ExitStack, spec: str, recipe: Mapping[str, 
     """
     if not spec.strip():
         return {}
-    from ablationlab import tracking
+    from ablationlab import live_mlflow
 
-    return {seed: stack.enter_context(tracking.live_run(spec, recipe=complete(recipe), seed=seed)) for seed in seeds}
+    return {seed: stack.enter_context(live_mlflow.live_run(spec, recipe=complete(recipe), seed=seed)) for seed in seeds}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -971,7 +971,7 @@ def _parser() -> argparse.ArgumentParser:
         "--track",
         default="",
         metavar="SPEC",
-        help="live MLflow logging of every epoch: the JSON of ablationlab.tracking.live_spec "
+        help="live MLflow logging of every epoch: the JSON of ablationlab.live_mlflow.live_spec "
         "(the pipeline passes it when tracking.live or tracking.system_metrics is on)",
     )
     parser.add_argument(

@@ -43,7 +43,7 @@ from ablationlab.layout import job_stem, seed_blocks as abl_seed_blocks
 from ablationlab import mlflow_store as abl_mlflow
 from ablationlab import stages as abl_stages
 from ablationlab import study as abl_study
-from ablationlab import tracking as abl_tracking
+from ablationlab import live_mlflow
 
 # the library's packaged schema: one file for both checks
 SCHEMA = abl_defaults.SCHEMA_PATH
@@ -133,7 +133,7 @@ DATA_FILES = [
 ]
 
 
-# A prepared cache whose tensors no longer match their sha256 is rebuilt in this very run (a dry
+# A prepared cache whose tensors do not match their sha256 is rebuilt in this very run (a dry
 # run plans it) without parsing changing a file: prepare_data then has one more output, an empty
 # marker named after this corrupted state (DATA_REBUILD), which the targets ask for with the
 # `verified` marker (DATA_VERIFIED): missing, so the job runs. Nothing Snakemake records (params,
@@ -203,7 +203,7 @@ def live_tracking(wildcards):
     """`train --track` value of an experiment's jobs (tracking.live / system_metrics): a
     LiveSpec, which Snakemake does not compare between runs, so switching live logging or the
     tracking server re-trains nothing."""
-    return abl_tracking.LiveSpec(
+    return live_mlflow.LiveSpec(
         uri=MLFLOW_URI,
         mlflow_experiment=MLFLOW_EXPERIMENT,
         study=STUDY_NAME,

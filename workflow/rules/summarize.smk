@@ -1,6 +1,7 @@
 """summarize: runs.csv (one row per run), experiments.csv (per experiment: mean, std,
-95 % t-interval, min/max, Δ vs the reference with a Welch p-value, epochs, parameters, status)
-and diagnostics.csv (per experiment: the reading of its training curves).
+95 % t-interval, min/max, Δ vs the reference with a paired t-test over the shared seeds (Welch
+without pairs), Holm, BH and the verdict, epochs, parameters, status) and diagnostics.csv
+(per experiment: the reading of its training curves).
 
 Reads only the study table and each run's train.json / metrics.json / history.csv (the
 MLflow writer, track.smk, runs after it: the runs' MLflow ids are in its
