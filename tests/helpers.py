@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 
 from ablationlab import evaluate, io, study, train
@@ -186,3 +187,14 @@ def make_study(root: Path, data_dir: Path) -> dict:
             train.train(data_dir, exp["recipe"], seed, out, checkpoint_dir=checkpoints, device="cpu", threads=1)
             evaluate.evaluate(data_dir, out, device="cpu")
     return resolved.experiments
+
+
+@contextlib.contextmanager
+def immutable(path: Path):
+    """``path`` made immutable (chattr +i: even root cannot replace, remove or write it)."""
+    if os.geteuid() != 0 or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i needs root and a file system that supports it")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)

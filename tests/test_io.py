@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import immutable
 
 from ablationlab import io
 from ablationlab.__main__ import main
@@ -53,17 +52,6 @@ def test_unwritable_directory_names_the_target(tmp_path):
     blocker.write_text("a file where a directory should be")
     with pytest.raises(OSError, match=r"results/summary/runs\.csv"):
         io.write_json(blocker / "summary" / "runs.csv", {})
-
-
-@contextlib.contextmanager
-def immutable(path: Path):
-    """``path`` made immutable (chattr +i: even root cannot replace, remove or write it)."""
-    if os.geteuid() != 0 or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
-        pytest.skip("chattr +i needs root and a file system that supports it")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 def test_publish_puts_a_copy_of_its_own_in_place(tmp_path):

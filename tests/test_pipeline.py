@@ -23,7 +23,6 @@ import pytest
 from data_fixtures import http_server
 from helpers import BIN, REPO, copy_workflow, hostile_text, overlay, plan, snakemake, stage_jobs, venv_env
 
-
 # the output of each complete smoke run (`done`), by its folder
 RUN_OUTPUT: dict[Path, subprocess.CompletedProcess] = {}
 
@@ -77,7 +76,12 @@ def test_smoke_run_outputs_exist_and_parse(done):
 def test_a_run_ends_on_the_results_table_the_report_and_the_mlflow_command(done):
     out = RUN_OUTPUT[done].stdout
     shown = subprocess.run(
-        [sys.executable, "-m", "ablationlab", "show"], cwd=done, env=_env(), capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "ablationlab", "show"],
+        cwd=done,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shown.returncode == 0 and shown.stderr == "", shown.stderr
     assert out.endswith(shown.stdout) and shown.stdout.strip()  # the same table on demand

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from data_fixtures import http_server
-from test_io import immutable
+from helpers import immutable
 
 from ablationlab import io, live_mlflow, mlflow_store, summarize, track
 from ablationlab.recipe import complete
