@@ -65,7 +65,7 @@ rule figures:
         "results/logs/figures/figures.log",
     conda:
         ENV
-    threads: 1
+    threads: 4  # figures drawn in parallel processes (Snakemake caps it at --cores)
     resources:
         mem_mb=2000,
         runtime=20,
@@ -79,7 +79,7 @@ rule figures:
     shell:
         "python -m ablationlab --log {log:q} figures --study {input.study_table:q} --summary {params.summary_dir:q}"
         " --data {params.data_dir:q} --runs {params.runs_dir:q} --out {params.out_dir:q}"
-        " {params.seeds:q}"
+        " --jobs {threads} {params.seeds:q}"
 
 
 # The report as rendered (RENDERED), then as published in reports/. Snakemake removes a job's
