@@ -21,7 +21,8 @@ a fresh process each), into fresh output folders:
 - ``track_again``: ``track`` once more with nothing changed: it must log nothing (checked)
 
 Prints a yardstick (``python -c "import torch"``, the minimum of 3) and one line per stage and size:
-seconds (the minimum of ``--repeats``: the machine may be shared), seconds per run, and growth
+seconds and CPU seconds (user + system; the minimum of ``--repeats``: the machine may be shared),
+seconds per run, and growth
 (seconds / seconds at the smallest size, against the size's ratio: linear growth has them equal)::
 
     python benchmarks/tail_scaling.py [--sizes 1,2,4] [--repeats 2] [--work DIR] [--profile DIR]
@@ -35,8 +36,10 @@ import argparse
 import copy
 import hashlib
 import json
+import math
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -54,6 +57,7 @@ RUN_FILES = (  # what a train --evaluate job writes, besides the weights
 )
 WEIGHTS = ("weights_init.pt", "weights.pt", "weights_best.pt")
 PROFILE = "import cProfile, sys; from ablationlab.__main__ import main; cProfile.run('main(sys.argv[2:])', sys.argv[1])"
+LAST_CPU = [0.0]  # CPU seconds of the last _run
 STAGES = ("summarize", "track", "figures", "report", "track_again")
 
 
@@ -64,13 +68,20 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run(cmd: list[str], *, profile: Path | None = None, log: Path | None = None) -> float:
-    """Wall seconds of ``cmd`` (a ``python -m ...`` command) in a fresh process; raise on failure."""
+    """Wall seconds of ``cmd`` (a ``python -m ...`` command) in a fresh process; raise on failure.
+    Its CPU seconds (user + system, its children's too) are added to ``CPU[cmd[3]]``."""
     if profile is not None:  # python -m ablationlab ends without teardown: profile main() instead
         cmd = [cmd[0], "-c", PROFILE, str(profile), *cmd[3:]]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     done = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    LAST_CPU[0] = _cpu() - cpu
     if log is not None:
         log.write_text(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -291,19 +302,22 @@ def _experiments(table: Path) -> list[str]:
     return [e["id"] for e in json.loads(table.read_text())["experiments"]]
 
 
-def tail(paths: dict[str, Path], out: Path, figure_jobs: int, profile: Path | None, tag: str) -> dict[str, float]:
-    """Run the tail's stages into the fresh folder ``out``: {stage: seconds}."""
+def tail(
+    paths: dict[str, Path], out: Path, figure_jobs: int, profile: Path | None, tag: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Run the tail's stages into the fresh folder ``out``: ({stage: wall seconds}, {stage: CPU seconds})."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    seconds = {}
+    seconds, cpu = {}, {}
     for stage, cmd in commands(paths, out, figure_jobs).items():
         prof = profile / f"{stage}-{tag}.prof" if profile else None
         seconds[stage] = _run(cmd, profile=prof, log=out / f"{stage}.log")
+        cpu[stage] = LAST_CPU[0]
         if stage.startswith("track"):
             logged = json.loads((out / "mlflow.json").read_text())["logged"]
             if stage == "track_again" and any(logged.values()):
                 raise SystemExit(f"track with nothing changed logged {logged}")
-    return seconds
+    return seconds, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,17 +341,19 @@ def main(argv: list[str] | None = None) -> int:
     for k in sizes:
         paths = build(work, k, big_weights=args.big_weights)
         best: dict[str, float] = {}
+        best_cpu: dict[str, float] = {}
         for _ in range(args.repeats):
-            got = tail(paths, work / f"out-{k}x", args.figure_jobs, args.profile, f"{k}x")
-            best = {s: min(best.get(s, float("inf")), got[s]) for s in got}
+            got, cpu = tail(paths, work / f"out-{k}x", args.figure_jobs, args.profile, f"{k}x")
+            best = {s: min(best.get(s, math.inf), got[s]) for s in got}
+            best_cpu = {s: min(best_cpu.get(s, math.inf), cpu[s]) for s in cpu}
+        best["total"], best_cpu["total"] = sum(best.values()), sum(best_cpu.values())
         results[k] = best
         n_runs = len(_experiments(paths["study"] / "experiments.json")) * len(SEEDS)
         for stage in (*STAGES, "total"):
-            secs = sum(best.values()) if stage == "total" else best[stage]
-            first = sum(results[sizes[0]].values()) if stage == "total" else results[sizes[0]][stage]
+            secs = best[stage]
             print(
-                f"stage={stage:<11} size={k}x runs={n_runs:<4} seconds={secs:7.2f} per_run={secs / n_runs:.3f} "
-                f"growth={secs / first:5.2f} (size x{k / sizes[0]:g})",
+                f"stage={stage:<11} size={k}x runs={n_runs:<4} seconds={secs:7.2f} cpu_s={best_cpu[stage]:7.2f} "
+                f"per_run={secs / n_runs:.3f} growth={secs / results[sizes[0]][stage]:5.2f} (size x{k / sizes[0]:g})",
                 flush=True,
             )
     return 0
