@@ -65,7 +65,8 @@ rule figures:
         "results/logs/figures/figures.log",
     conda:
         ENV
-    threads: 4  # figures drawn in parallel processes (Snakemake caps it at --cores)
+    # figures drawn in parallel processes, one core left for track, which runs beside it
+    threads: max(1, (workflow.cores or 1) - 1)
     resources:
         mem_mb=2000,
         runtime=20,
