@@ -22,8 +22,8 @@ a fresh process each), into fresh output folders:
 
 Prints a yardstick (``python -c "import torch"``, the minimum of 3) and one line per stage and size:
 seconds and CPU seconds (user + system; the minimum of ``--repeats``: the machine may be shared),
-seconds per run, and growth
-(seconds / seconds at the smallest size, against the size's ratio: linear growth has them equal)::
+seconds per run, and growth (seconds / seconds at the smallest size, CPU seconds likewise, against the
+size's ratio: linear growth has them equal; on a loaded machine compare the CPU seconds)::
 
     python benchmarks/tail_scaling.py [--sizes 1,2,4] [--repeats 2] [--work DIR] [--profile DIR]
 
@@ -327,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="folder for the study files (kept; default: temporary)")
     parser.add_argument("--profile", type=Path, default=None, help="write each stage's cProfile into this folder")
     parser.add_argument(
-        "--figure-jobs", type=int, default=0, help="figures --jobs (0: leave it out: the stage's default)"
+        "--figure-jobs",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="figures --jobs (default: the figures rule's threads under --cores all, cores - 1; 0: leave it out)",
     )
     parser.add_argument("--big-weights", action="store_true", help="the transfer group's real ImageNet-size weights")
     args = parser.parse_args(argv)
@@ -338,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     print(f"yardstick: python -c 'import torch' {yardstick():.2f} s (min of 3); cores {os.cpu_count()}")
     results: dict[int, dict[str, float]] = {}
+    cpu_results: dict[int, dict[str, float]] = {}
     for k in sizes:
         paths = build(work, k, big_weights=args.big_weights)
         best: dict[str, float] = {}
@@ -347,13 +351,14 @@ def main(argv: list[str] | None = None) -> int:
             best = {s: min(best.get(s, math.inf), got[s]) for s in got}
             best_cpu = {s: min(best_cpu.get(s, math.inf), cpu[s]) for s in cpu}
         best["total"], best_cpu["total"] = sum(best.values()), sum(best_cpu.values())
-        results[k] = best
+        results[k], cpu_results[k] = best, best_cpu
         n_runs = len(_experiments(paths["study"] / "experiments.json")) * len(SEEDS)
         for stage in (*STAGES, "total"):
             secs = best[stage]
             print(
                 f"stage={stage:<11} size={k}x runs={n_runs:<4} seconds={secs:7.2f} cpu_s={best_cpu[stage]:7.2f} "
-                f"per_run={secs / n_runs:.3f} growth={secs / results[sizes[0]][stage]:5.2f} (size x{k / sizes[0]:g})",
+                f"per_run={secs / n_runs:.3f} growth={secs / results[sizes[0]][stage]:5.2f} "
+                f"cpu_growth={best_cpu[stage] / cpu_results[sizes[0]][stage]:5.2f} (size x{k / sizes[0]:g})",
                 flush=True,
             )
     return 0
