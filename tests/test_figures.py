@@ -66,6 +66,16 @@ def test_every_planned_figure_is_drawn(drawn):
     assert manifest["classes"] == [str(i) for i in range(10)]
 
 
+def test_figures_drawn_in_parallel_are_the_same_files(drawn, tmp_path):
+    root, data_dir, out, manifest = drawn
+    parallel = figures.figures(
+        root / "study" / "experiments.json", root / "summary", data_dir, root / "runs", tmp_path, jobs=2
+    )
+    assert parallel == manifest
+    for item in manifest["figures"]:
+        assert (tmp_path / item["file"]).read_bytes() == (out / item["file"]).read_bytes(), item["file"]
+
+
 def test_best_experiment_and_params_table(drawn):
     root, data_dir, out, manifest = drawn
     exps = pd.read_csv(root / "summary" / "experiments.csv")

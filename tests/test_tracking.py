@@ -457,6 +457,35 @@ def test_writer_logs_only_new_or_changed_runs_and_supersedes(tmp_path, store):
     assert {r.info.run_id for r in runs if r.data.tags["superseded"] == "false"} == before
 
 
+def test_writer_store_calls_are_a_few_per_run_and_searches_do_not_grow(tmp_path, store, monkeypatch):
+    from mlflow import MlflowClient
+
+    calls: dict[str, int] = {}
+    for name in (
+        "search_runs",
+        "create_run",
+        "log_batch",
+        "set_tag",
+        "set_terminated",
+        "log_artifact",
+        "log_artifacts",
+    ):
+        method = getattr(MlflowClient, name)
+
+        def counted(self, *args, _name=name, _method=method, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(MlflowClient, name, counted)
+    exps = {f"dropout/p={p}": complete({"epochs": 3, "model": {"dropout": p}}) for p in (0.1, 0.2, 0.3)}
+    info = track_all(tmp_path, store, exps)
+    assert info["logged"] == {"children": 6, "parents": 3}
+    writes = {k: v for k, v in calls.items() if k != "search_runs"}
+    # per run: created, one batch (params, metrics, tags), its artifacts, finished, files_sha256/inputs_sha256
+    assert writes == {"create_run": 9, "log_batch": 18, "log_artifacts": 9, "set_terminated": 9}
+    assert calls["search_runs"] <= 3  # the store is searched a fixed number of times, not once per run
+
+
 def test_missing_run_file_names_it(tmp_path, fresh_store):
     run = make_run(tmp_path / "runs" / "baseline" / "seed0", complete(), 0)
     (run / "confusion.csv").unlink()

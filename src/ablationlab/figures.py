@@ -866,6 +866,59 @@ _DRAW = {
 }
 
 
+def _draw_item(st: _Stage, item: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Draw (or write) one item of the plan into ``out_dir``; return its manifest entry."""
+    if item["kind"] == "params":
+        table = params_table(st.groups[item["group"]][0]["recipe"], st.meta)
+        with io.atomic_path(out_dir / item["file"]) as tmp:
+            table.to_csv(tmp, index=False)
+        return {
+            **item,
+            "caption": figure_caption("params"),
+            "experiments": [st.groups[item["group"]][0]["id"]],
+            "width_in": WIDTH,
+        }
+    with _plt().rc_context(STYLE):
+        fig, caption, exps = _DRAW[item["kind"]](st, item["group"])
+        width = round(min(WIDTH, fig.get_figwidth()), 2)
+        _save(fig, out_dir / item["file"])
+    return {**item, "caption": caption, "experiments": exps, "width_in": width}
+
+
+def _stage(study: dict[str, Any], summary_dir: str | Path, data_dir: str | Path, runs_dir: str | Path) -> _Stage:
+    from ablationlab import data
+    from ablationlab.summarize import SummaryError, read_summary
+
+    runs_table, experiments = read_summary(summary_dir)
+    missing = [e["id"] for e in study["experiments"] if e["id"] not in set(experiments["experiment"])]
+    if missing:
+        raise SummaryError(f"{Path(summary_dir) / 'experiments.csv'} lacks experiments {missing}: re-run summarize")
+    return _Stage(study, runs_table, experiments, data.load_meta(data_dir), data_dir, runs_dir)
+
+
+_WORKER: dict[str, Any] = {}  # a pool worker's stage, read once per process
+
+
+def _worker_init(inputs: tuple) -> None:
+    _WORKER["stage"] = _stage(*inputs)
+
+
+def _worker_draw(item: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    return _draw_item(_WORKER["stage"], item, out_dir)
+
+
+def _pool(jobs: int, inputs: tuple):
+    """A pool of ``jobs`` processes, each with its own stage: forked where the platform can
+    (the parent's imports come along), else spawned."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context(method), initializer=_worker_init, initargs=(inputs,)
+    )
+
+
 def figures(
     study: str | Path | dict[str, Any],
     summary_dir: str | Path,
@@ -873,39 +926,24 @@ def figures(
     runs_dir: str | Path,
     out_dir: str | Path,
     seed_plan: str | Path | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Draw every figure of :func:`plan` into ``out_dir``; write and return ``figures.json``."""
-    from ablationlab import data
-    from ablationlab.summarize import SummaryError, load_study, read_summary
+    """Draw every figure of :func:`plan` into ``out_dir``; write and return ``figures.json``.
+    ``jobs`` > 1 draws them in that many processes (each figure drawn alone: the same files)."""
+    from ablationlab.summarize import load_study
 
     if not isinstance(study, dict):
         study = load_study(study, seed_plan)
     out_dir = Path(out_dir)
-    runs_table, experiments = read_summary(summary_dir)
-    missing = [e["id"] for e in study["experiments"] if e["id"] not in set(experiments["experiment"])]
-    if missing:
-        raise SummaryError(f"{Path(summary_dir) / 'experiments.csv'} lacks experiments {missing}: re-run summarize")
-    st = _Stage(study, runs_table, experiments, data.load_meta(data_dir), data_dir, runs_dir)
-    manifest: list[dict[str, Any]] = []
-    with _plt().rc_context(STYLE):
-        for item in plan(study):
-            if item["kind"] == "params":
-                table = params_table(st.groups[item["group"]][0]["recipe"], st.meta)
-                with io.atomic_path(out_dir / item["file"]) as tmp:
-                    table.to_csv(tmp, index=False)
-                manifest.append(
-                    {
-                        **item,
-                        "caption": figure_caption("params"),
-                        "experiments": [st.groups[item["group"]][0]["id"]],
-                        "width_in": WIDTH,
-                    }
-                )
-                continue
-            fig, caption, exps = _DRAW[item["kind"]](st, item["group"])
-            width = round(min(WIDTH, fig.get_figwidth()), 2)
-            _save(fig, out_dir / item["file"])
-            manifest.append({**item, "caption": caption, "experiments": exps, "width_in": width})
+    inputs = (study, summary_dir, data_dir, runs_dir)
+    st = _stage(*inputs)
+    items = plan(study)
+    jobs = max(1, min(jobs, len(items)))
+    if jobs == 1:
+        manifest = [_draw_item(st, item, out_dir) for item in items]
+    else:
+        with _pool(jobs, inputs) as pool:
+            manifest = list(pool.map(_worker_draw, items, [out_dir] * len(items)))
     result = {"best_experiment": st.best, "dataset": st.meta.get("dataset"), "classes": st.classes, "figures": manifest}
     io.write_json(out_dir / "figures.json", result)
     return result
@@ -919,7 +957,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--runs", required=True, help="results/runs")
     parser.add_argument("--out", required=True, help="output folder (results/figures)")
     parser.add_argument("--seeds", help="adaptive seeding's results/adaptive/seeds.json: each experiment's seeds")
+    parser.add_argument("--jobs", type=int, default=1, help="processes drawing figures (default 1)")
     args = parser.parse_args(argv)
-    result = figures(args.study, args.summary, args.data, args.runs, args.out, args.seeds)
+    result = figures(args.study, args.summary, args.data, args.runs, args.out, args.seeds, jobs=args.jobs)
     print(f"drew {len(result['figures'])} figures into {args.out}")
     return 0

@@ -278,6 +278,8 @@ class Tracker:
         self.lock = FileLock(str(lock))
         self._client = None
         self._experiment_id: str | None = None
+        self._held = False  # a SQLite session holds the lock
+        self._keys: dict[str, str] | None = None  # run_key -> run id, read once in a session
 
     @property
     def client(self):
@@ -303,8 +305,15 @@ class Tracker:
     def session(self) -> Iterator[Tracker]:
         """Hold the lock for a SQLite store (one writer at a time); no-op for servers."""
         self.client  # connect (seconds of imports) before taking the lock  # noqa: B018 (a property with an effect)
-        with self.lock if self.sqlite_path else contextlib.nullcontext():
+        if not self.sqlite_path:
             yield self
+            return
+        with self.lock:
+            self._held = True  # no other writer until the lock is released: run keys read once (ensure_run)
+            try:
+                yield self
+            finally:
+                self._held, self._keys = False, None
 
     @property
     def experiment_id(self) -> str:
@@ -348,11 +357,22 @@ class Tracker:
     def ensure_run(self, key: str, *, name: str, tags: Mapping[str, str], start_time: int | None = None):
         """``(run, created)``: the run tagged ``run_key=key``, created if absent (under the lock)."""
         with self.lock:
-            runs = self.find({"run_key": key})
-            if runs:
-                return runs[0], False
+            if self._held and self._keys is None:
+                self._keys = {}
+                for run in self.find({}):  # oldest first: the run a search for its key finds
+                    self._keys.setdefault(run.data.tags.get("run_key"), run.info.run_id)
+            if self._keys is not None:
+                if key in self._keys:
+                    return self.call("get_run", self._keys[key]), False
+            else:
+                runs = self.find({"run_key": key})
+                if runs:
+                    return runs[0], False
             tags = {**tags, "run_key": key}
-            return self.call("create_run", self.experiment_id, tags=tags, run_name=name, start_time=start_time), True
+            run = self.call("create_run", self.experiment_id, tags=tags, run_name=name, start_time=start_time)
+            if self._keys is not None:
+                self._keys[key] = run.info.run_id
+            return run, True
 
     def run_info(self, run, **extra) -> dict[str, Any]:
         """The ``mlflow.json`` record of ``run`` (URIs redacted)."""
@@ -429,16 +449,18 @@ def open_runs(
     group: str,
     dataset: str,
     start_time: int | None = None,
+    log_params: bool = True,
 ):
     """``(parent, child, created)`` for one seed, both created if absent (new runs start at
     ``start_time``, ms since the epoch, default now: the parent when its first seed started
-    training, roughly); params logged."""
+    training, roughly); params logged on creation unless ``log_params`` is false (the caller
+    logs them with the rest of the run in one batch)."""
     tags = base_tags(study=study, experiment=experiment, group=group, dataset=dataset, kind="parent")
     params = mlflow_params(recipe)
     parent, created = tracker.ensure_run(
         run_key(experiment, dataset, recipe), name=experiment, tags=tags, start_time=start_time
     )
-    if created:
+    if created and log_params:
         log_missing(tracker, parent, params=params)
     child_tags = {**tags, "kind": "child", "seed": str(seed), "mlflow.parentRunId": parent.info.run_id}
     child, created = tracker.ensure_run(
@@ -447,7 +469,7 @@ def open_runs(
         tags=child_tags,
         start_time=start_time,
     )
-    if created:
+    if created and log_params:
         log_missing(tracker, child, params=params)
         child = tracker.call("get_run", child.info.run_id)
     return parent, child, created

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -65,17 +66,19 @@ ARTIFACTS = ("history.csv", "metrics.json", "confusion.csv", "weights.pt", "reci
 
 
 def _log_artifacts(tracker: Tracker, run, files: Mapping[str, Path]) -> None:
-    """Upload ``{artifact name: local file}`` unless an artifact of that name and size exists."""
+    """Upload ``{artifact name: local file}`` unless an artifact of that name and size exists:
+    the missing ones in one call, from a folder of links to them (copies where links fail)."""
     have = {a.path: a.file_size for a in tracker.call("list_artifacts", run.info.run_id)}
+    missing = {name: path for name, path in files.items() if have.get(name) != path.stat().st_size}
+    if not missing:
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in files.items():
-            if have.get(name) == path.stat().st_size:
-                continue
-            if path.name != name:
-                target = Path(tmp) / name
-                target.write_bytes(path.read_bytes())
-                path = target
-            tracker.call("log_artifact", run.info.run_id, str(path))
+        for name, path in missing.items():
+            try:
+                os.link(path, Path(tmp) / name)
+            except OSError:
+                shutil.copyfile(path, Path(tmp) / name)
+        tracker.call("log_artifacts", run.info.run_id, tmp)
 
 
 def _finish(tracker: Tracker, run, end_time: int | None = None) -> None:
@@ -139,13 +142,15 @@ def _content_digest(*parts: Any) -> str:
 
 def log_child(tracker: Tracker, data: Mapping[str, Any], ident: Mapping[str, str]):
     """Log one run (``_read_run`` output plus ``dir``, ``digest``, ``log``) as a child run;
-    return it. Its ``files_sha256`` tag is set last: a half-logged run is logged again."""
+    return it (its ids and identifying tags; not read back). Its ``files_sha256`` tag is set last:
+    a half-logged run is logged again."""
     train, metrics, seed, run_dir = data["train"], data["metrics"], int(data["train"]["seed"]), data["dir"]
     # the run spans the training (train.json is written last; wall_seconds: the training time,
     # resumes included), not the writer: the UI's duration
     end_ms = int((run_dir / "train.json").stat().st_mtime * 1000)
     start_ms = end_ms - int(1000 * float(train.get("wall_seconds") or 0))
-    _, child, _ = open_runs(tracker, recipe=data["recipe"], seed=seed, start_time=start_ms, **ident)
+    # the params go into the run's one batch below (the parent's: log_parent)
+    _, child, _ = open_runs(tracker, recipe=data["recipe"], seed=seed, start_time=start_ms, log_params=False, **ident)
     final = {f"test_{k}": metrics.get(f"test_{k}") for k in ("loss", "acc", "top5")}
     final.update(
         {k: train.get(k) for k in ("best_val_loss", "best_val_acc", "best_epoch", "epochs_run", "wall_seconds")}
@@ -158,6 +163,7 @@ def log_child(tracker: Tracker, data: Mapping[str, Any], ident: Mapping[str, str
         }
     )
     tags = {
+        "superseded": "false",  # the run being logged is its seed's current one (mark_superseded)
         "status": metrics.get("status") or train.get("status"),
         "device": train.get("device"),
         "torch_version": train.get("torch_version"),
@@ -170,7 +176,7 @@ def log_child(tracker: Tracker, data: Mapping[str, Any], ident: Mapping[str, str
     _log_artifacts(tracker, child, files)
     _finish(tracker, child, end_time=end_ms)
     log_missing(tracker, child, tags={"files_sha256": data["digest"]})
-    return tracker.call("get_run", child.info.run_id)
+    return child
 
 
 def _note(experiment: str, metrics: Mapping[str, float], tags: Mapping[str, str], seeds: list[int]) -> str:
@@ -251,6 +257,7 @@ def log_parent(
             **tags,
             **summary_tags,
             "seeds": json.dumps(seeds),
+            "superseded": "false",  # the parent being logged is its experiment's current one
             "mlflow.note.content": _note(experiment, metrics, summary_tags, seeds),
         },
     )

@@ -75,7 +75,8 @@ rule figures:
         "results/logs/figures/figures.log",
     conda:
         ENV
-    threads: 1
+    # figures drawn in parallel processes, one core left for track, which runs beside it
+    threads: max(1, (workflow.cores or 1) - 1)
     resources:
         mem_mb=2000,
         runtime=20,
@@ -89,7 +90,7 @@ rule figures:
     shell:
         "python -m ablationlab --log {log:q} figures --study {input.study_table:q} --summary {params.summary_dir:q}"
         " --data {params.data_dir:q} --runs {params.runs_dir:q} --out {params.out_dir:q}"
-        " {params.seeds:q}"
+        " --jobs {threads} {params.seeds:q}"
 
 
 # The report as rendered (RENDERED), then as published in reports/. Snakemake removes a job's
