@@ -25,9 +25,9 @@ checkpoint adaptive_look:
         previous=previous_look,
         code=library("adaptive"),
     output:
-        "results/adaptive/look{look}.json",
+        look_file("{look}"),
     log:
-        "results/logs/adaptive/look{look}.log",
+        abl_layout.log_path("adaptive", "look{look}"),
     wildcard_constraints:
         look=r"[1-9]\d*",
     conda:
@@ -52,6 +52,6 @@ rule adaptive_seeds:
     output:
         SEED_PLAN,
     log:
-        "results/logs/adaptive/seeds.log",
+        abl_layout.log_path("adaptive", "seeds"),
     run:
         abl_io.publish(input[0], output[0])

@@ -39,7 +39,28 @@ import ablationlab
 from ablationlab import data as abl_data
 from ablationlab import defaults as abl_defaults
 from ablationlab import io as abl_io
-from ablationlab.layout import job_stem, seed_blocks as abl_seed_blocks
+from ablationlab import layout as abl_layout
+from ablationlab.layout import (
+    CHECKPOINTS_ROOT,
+    DATA_FILES,
+    EVALUATE_FILES,
+    FIGURE_MANIFEST,
+    MLFLOW_INFO,
+    MLFLOW_RECORD,
+    RENDERED,
+    REPORT_HTML,
+    REPORT_PDF,
+    RUNS_ROOT,
+    SEED_PLAN,
+    STUDY_REPORT,
+    STUDY_TABLE,
+    SUMMARY,
+    TRAIN_BENCHMARKS,
+    TRAIN_FILES,
+    TRAIN_LOGS,
+    job_stem,
+    seed_blocks as abl_seed_blocks,
+)
 from ablationlab import mlflow_store as abl_mlflow
 from ablationlab import stages as abl_stages
 from ablationlab import study as abl_study
@@ -70,58 +91,11 @@ GROUP_EXPERIMENTS = {
     gid: [e for e in EXPERIMENTS if EXPERIMENTS[e]["group"] == gid] for gid in GROUPS
 }
 
-# Files between the stages, named here and not as rules.<rule>.output: Snakemake hashes a list
-# input whole for every file of it when a rule references another rule's output, seconds of
+# Files between the stages (ablationlab.layout), not as rules.<rule>.output: Snakemake hashes a
+# list input whole for every file of it when a rule references another rule's output, seconds of
 # planning for a large study (benchmarks/plan_study.py). A job gets the folder of its inputs or
 # outputs as input_folder()/output_folder() params, and a root of many (RUNS_ROOT) as a constant.
-# written by the study rule: the resolved experiments, the report's description of the study
-STUDY_TABLE = "results/study/experiments.json"
-STUDY_REPORT = "results/study/report.json"
-SUMMARY_DIR = "results/summary"
-SUMMARY = [
-    f"{SUMMARY_DIR}/runs.csv",
-    f"{SUMMARY_DIR}/experiments.csv",
-    f"{SUMMARY_DIR}/diagnostics.csv",
-]
-FIGURES_DIR = "results/figures"
-FIGURE_MANIFEST = f"{FIGURES_DIR}/figures.json"
-# written by the track rule: the study's MLflow experiment, every run's MLflow id and link
-MLFLOW_INFO = "results/mlflow.json"
-MLFLOW_RECORD = f"{SUMMARY_DIR}/mlflow.csv"
-REPORT_HTML = "reports/report.html"
-REPORT_PDF = "reports/report.pdf"
-# render_report's outputs, which publish_report puts in place as REPORT_HTML/PDF (report.smk); final
-# targets too: a render that failed is planned again, while the last good report stays in reports/
-RENDERED = "results/report/report.{ext}"
-# the train jobs' logs and benchmarks (wall time): <folder>/<experiment>/seed<seeds>.log|tsv,
-# one per job, which trains a block of seeds (seed0-1-2: ablationlab.layout.job_stem)
-TRAIN_LOGS = "results/logs/train"
-TRAIN_BENCHMARKS = "results/benchmarks/train"
-
-DATA_DIR = f"results/data/{DATASET}"
-RUNS_ROOT = "results/runs"
-CHECKPOINTS_ROOT = "results/checkpoints"  # <experiment>/seed<n>/last.pt: not declared, a train job resumes from it
-RUN_DIR = f"{RUNS_ROOT}/{{experiment}}/seed{{seed}}"
-TRAIN_FILES = [
-    "recipe.json",
-    "history.csv",
-    "train.json",
-    "weights_init.pt",
-    "weights.pt",
-    "weights_best.pt",
-]
-EVALUATE_FILES = [
-    "metrics.json",
-    "confusion.csv",
-    "predictions.csv",
-    "misclassified.csv",
-    "activations.npz",
-]
-
-
-DATA_FILES = [
-    f"{split}_{kind}.pt" for split in ("train", "val", "test") for kind in "xy"
-]
+DATA_DIR = abl_layout.data_dir(DATASET)
 
 
 # A prepared cache whose tensors no longer match their sha256 is rebuilt in this very run (a dry
@@ -255,7 +229,7 @@ def after_data(files):
         return files
 
     def prepared(wildcards):
-        checkpoints.prepare_data.get(dataset=DATASET)
+        checkpoints.prepare_data.get()
         return files(wildcards) if callable(files) else files
 
     return prepared
@@ -284,7 +258,7 @@ def data_version(*splits):
 
     def digest(wildcards):
         # raises while prepare_data is pending: Snakemake asks again once it has run
-        checkpoints.prepare_data.get(dataset=DATASET)
+        checkpoints.prepare_data.get()
         st = Path(DATA_DIR, "meta.json").stat()
         return _data_digest(splits, (st.st_mtime_ns, st.st_size, st.st_ino))
 
@@ -357,7 +331,6 @@ def weights_digest(wildcards):
 
 # adaptive seeding (adaptive.smk): each experiment's seeds come from the last look
 ADAPTIVE = "adaptive" in STUDY.experiments
-SEED_PLAN = "results/adaptive/seeds.json"
 
 
 def seed_blocks():
@@ -381,15 +354,14 @@ def experiment_seeds(exp):
 def run_files(experiments, names, seeds=None):
     """results/runs/<experiment>/seed<n>/<name> for every experiment, its seeds (or `seeds`) and name."""
     return [
-        f"{RUNS_ROOT}/{exp}/seed{seed}/{name}"
+        abl_layout.run_path(exp, seed, name)
         for exp in experiments
         for seed in (experiment_seeds(exp) if seeds is None else seeds)
         for name in names
     ]
 
 
-def look_file(k):
-    return f"results/adaptive/look{k}.json"
+look_file = abl_layout.look_path
 
 
 @functools.lru_cache(maxsize=None)
@@ -422,7 +394,10 @@ def adaptive_plan():
 def look_runs(wildcards):
     seeds = look_seeds(int(wildcards.look))
     return [
-        f"{RUNS_ROOT}/{e}/seed{s}/metrics.json" for e in EXPERIMENTS for s in seeds[e]
+        abl_layout.run_path(e, s, name)
+        for e in EXPERIMENTS
+        for s in seeds[e]
+        for name in abl_layout.ADAPTIVE_READS
     ]
 
 

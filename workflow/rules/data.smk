@@ -18,14 +18,12 @@ checkpoint prepare_data:
     input:
         code=library("prepare"),
     output:
-        expand("results/data/{{dataset}}/{name}", name=DATA_FILES + ["meta.json"]),
-        verified=touch("results/data/{dataset}/verified"),
+        expand(f"{DATA_DIR}/{{name}}", name=DATA_FILES + [abl_layout.DATA_META]),
+        verified=touch(f"{DATA_DIR}/verified"),
         # only while the cache is found corrupted: a missing marker, so the job runs (common.smk)
-        rebuild=(
-            [touch(f"results/data/{{dataset}}/{DATA_REBUILD}")] if DATA_REBUILD else []
-        ),
+        rebuild=([touch(f"{DATA_DIR}/{DATA_REBUILD}")] if DATA_REBUILD else []),
     log:
-        "results/logs/prepare_data/{dataset}.log",
+        abl_layout.log_path("prepare_data", DATASET),
     conda:
         ENV
     threads: 1
@@ -35,7 +33,9 @@ checkpoint prepare_data:
     params:
         options=verbatim(data_options()),
         source=verbatim(data_source()),
+        dataset=DATASET,
         folder=FOLDER_MANIFEST,
+        out_dir=output_folder("verified"),
     shell:
-        "python -m ablationlab --log {log:q} prepare --dataset {wildcards.dataset:q}"
-        " --out results/data/{wildcards.dataset:q} {params.options:q} {params.source:q}"
+        "python -m ablationlab --log {log:q} prepare --dataset {params.dataset:q}"
+        " --out {params.out_dir:q} {params.options:q} {params.source:q}"

@@ -26,7 +26,7 @@ REPORT_CATEGORIES = {
     for gid, title in GROUP_TITLES.items()
 }
 FIGURE_PLAN = abl_figure_plan.plan(STUDY.experiments)
-FIGURE_FILES = [f"{FIGURES_DIR}/{item['file']}" for item in FIGURE_PLAN]
+FIGURE_FILES = [f"{abl_layout.FIGURES_DIR}/{item['file']}" for item in FIGURE_PLAN]
 
 # every planned figure, flagged for `snakemake --report`: caption per kind, category per group
 FIGURE_FLAGS = [
@@ -39,15 +39,6 @@ FIGURE_FLAGS = [
 ]
 FIGURES = [report(f, **flags) for f, flags in zip(FIGURE_FILES, FIGURE_FLAGS)]
 TEMPLATES = sorted(str(p) for p in (LIB / "templates").glob("*") if p.is_file())
-FIGURE_RUN_FILES = [
-    "history.csv",
-    "train.json",
-    "weights_init.pt",
-    "weights.pt",
-    "confusion.csv",
-    "misclassified.csv",
-    "activations.npz",
-]
 
 
 rule figures:
@@ -55,14 +46,14 @@ rule figures:
         study_table=STUDY_TABLE,
         summary=SUMMARY,
         data=data_files(["meta.json", "train_x.pt", "train_y.pt", "test_x.pt"]),
-        runs=lambda wildcards: run_files(EXPERIMENTS, FIGURE_RUN_FILES),
+        runs=lambda wildcards: run_files(EXPERIMENTS, abl_layout.FIGURE_READS),
         seeds=[SEED_PLAN] if ADAPTIVE else [],
         code=library("figures"),
     output:
         figures=FIGURES,
         manifest=FIGURE_MANIFEST,
     log:
-        "results/logs/figures/figures.log",
+        abl_layout.log_path("figures", "figures"),
     conda:
         ENV
     threads: 1
@@ -105,7 +96,7 @@ rule render_report:
         meta=data_files(["meta.json"]),
         # wall time per train job: results/benchmarks/train/<experiment>/seed<seeds>.tsv
         benchmarks=lambda wildcards: [
-            f"{TRAIN_BENCHMARKS}/{exp}/{stem}.tsv"
+            abl_layout.train_job_file(TRAIN_BENCHMARKS, exp, stem, "tsv")
             for exp in EXPERIMENTS
             for stem in train_jobs(exp)
         ],
@@ -116,7 +107,7 @@ rule render_report:
         html=expand(RENDERED, ext="html"),
         pdf=expand(RENDERED, ext="pdf"),
     log:
-        "results/logs/report/report.log",
+        abl_layout.log_path("report", "report"),
     conda:
         ENV
     threads: 1
@@ -144,13 +135,13 @@ rule publish_report:
         after_data(lambda wildcards: RENDERED.format(ext=wildcards.ext)),
     output:
         report(
-            "reports/report.{ext}",
+            abl_layout.PUBLISHED,
             caption="../report/report.rst",
             category="Report",
             labels={"group": "report", "figure": "{ext} report"},
         ),
     log:
-        "results/logs/report/publish_{ext}.log",
+        abl_layout.log_path("report", "publish_{ext}"),
     wildcard_constraints:
         ext="html|pdf",
     run:

@@ -23,9 +23,9 @@ rule study:
     input:
         library("study"),
     output:
-        "results/study/{name}.json",
+        f"{abl_layout.STUDY_DIR}/{{name}}.json",
     log:
-        "results/logs/study/{name}.log",
+        abl_layout.log_path("study", "{name}"),
     wildcard_constraints:
         name="|".join(STUDY_FILES),
     params:

@@ -13,9 +13,7 @@ rule summarize:
     input:
         study_table=STUDY_TABLE,
         runs=after_data(
-            lambda wildcards: run_files(
-                EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
-            )
+            lambda wildcards: run_files(EXPERIMENTS, abl_layout.SUMMARIZE_READS)
         ),
         # each experiment's seeds (adaptive seeding)
         seeds=[SEED_PLAN] if ADAPTIVE else [],
@@ -25,7 +23,7 @@ rule summarize:
         experiments=SUMMARY[1],
         diagnostics=SUMMARY[2],
     log:
-        "results/logs/summarize/summarize.log",
+        abl_layout.log_path("summarize", "summarize"),
     conda:
         ENV
     threads: 1

@@ -22,13 +22,7 @@ common.smk, which the train rules' live logging shares.
 
 from ablationlab.credentials import redact
 
-MLFLOW_TARGET = "results/mlflow/target.json"  # tracking URI (redacted), MLflow experiment, study name
-TRACKED_FILES = [
-    "recipe.json",
-    "train.json",
-    "history.csv",
-    "weights.pt",
-] + EVALUATE_FILES[:2]
+MLFLOW_TARGET = abl_layout.MLFLOW_TARGET
 
 
 localrules:
@@ -42,7 +36,7 @@ rule mlflow_init:
     output:
         MLFLOW_TARGET,
     log:
-        "results/logs/mlflow_init/mlflow_init.log",
+        abl_layout.log_path("mlflow_init", "mlflow_init"),
     params:
         uri=verbatim(redact(MLFLOW_URI)),
         mlflow_experiment=verbatim(MLFLOW_EXPERIMENT),
@@ -56,13 +50,15 @@ rule track:
         target=MLFLOW_TARGET,
         study_table=STUDY_TABLE,
         summary=SUMMARY,
-        runs=after_data(lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES)),
+        runs=after_data(
+            lambda wildcards: run_files(EXPERIMENTS, abl_layout.TRACK_READS)
+        ),
         code=library("track"),
     output:
         info=MLFLOW_INFO,
         record=MLFLOW_RECORD,
     log:
-        "results/logs/track/track.log",
+        abl_layout.log_path("track", "track"),
     conda:
         ENV
     threads: 1

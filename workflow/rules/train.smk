@@ -34,14 +34,18 @@ for group in GROUPS:
                 gpu_slot=ancient(GPU_SLOT),
             output:
                 [
-                    f"{RUNS_ROOT}/{{experiment}}/seed{seed}/{name}"
+                    abl_layout.run_path("{experiment}", seed, name)
                     for seed in block_seeds
                     for name in TRAIN_FILES + EVALUATE_FILES
                 ],
             log:
-                f"{TRAIN_LOGS}/{{experiment}}/{job_stem(block_seeds)}.log",
+                abl_layout.train_job_file(
+                    TRAIN_LOGS, "{experiment}", block_seeds, "log"
+                ),
             benchmark:
-                f"{TRAIN_BENCHMARKS}/{{experiment}}/{job_stem(block_seeds)}.tsv"
+                abl_layout.train_job_file(
+                    TRAIN_BENCHMARKS, "{experiment}", block_seeds, "tsv"
+                )
             wildcard_constraints:
                 experiment=experiment_regex(GROUP_EXPERIMENTS[group]),
             conda:
@@ -62,8 +66,12 @@ for group in GROUPS:
                 data_dir=input_folder("data"),
                 seeds=block_seeds,
                 # {seed} stands for each seed of the block (train --out/--checkpoint-dir)
-                run_dirs=lambda wildcards: f"{RUNS_ROOT}/{wildcards.experiment}/seed{{seed}}",
-                checkpoints=lambda wildcards: f"{CHECKPOINTS_ROOT}/{wildcards.experiment}/seed{{seed}}",
+                run_dirs=lambda wildcards: abl_layout.run_path(
+                    wildcards.experiment, "{seed}"
+                ),
+                checkpoints=lambda wildcards: abl_layout.checkpoint_path(
+                    wildcards.experiment, "{seed}"
+                ),
                 device=CONFIG["device"],
                 compile=["--compile"] if CONFIG["compile"] else [],
                 # live MLflow logging (tracking.live / system_metrics): not compared between
