@@ -126,13 +126,13 @@ def data_dir(dataset: str, key: str = "") -> str:
     return f"{DATA_ROOT}/{dataset}-{key}" if key else f"{DATA_ROOT}/{dataset}"
 
 
-def stale_data_dirs(dataset: str, key: str, root: str | Path = DATA_ROOT) -> list[Path]:
-    """The prepared folders of ``dataset`` other than the one of ``key`` (other options or code)."""
-    keep = Path(data_dir(dataset, key)).name
+def stale_data_dirs(keep: str | Path) -> list[Path]:
+    """The prepared folders of ``keep``'s dataset other than ``keep`` (other options or code):
+    ``results/data/<dataset>-<key>`` and ``results/data/<dataset>``."""
+    keep = Path(keep)
+    dataset = keep.name.rsplit("-", 1)[0]
     pattern = re.compile(re.escape(dataset) + r"(-[0-9a-f]{12})?")
-    return sorted(
-        p for p in Path(root).glob(f"{dataset}*") if p.is_dir() and p.name != keep and pattern.fullmatch(p.name)
-    )
+    return sorted(p for p in keep.parent.glob(f"{dataset}*") if p.is_dir() and p != keep and pattern.fullmatch(p.name))
 
 
 def job_stem(seeds: Sequence[int]) -> str:

@@ -16,6 +16,7 @@ import functools
 import math
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -66,6 +67,10 @@ from ablationlab import stages as abl_stages
 from ablationlab import study as abl_study
 from ablationlab import tracking as abl_tracking
 
+LIB = Path(ablationlab.__file__).resolve().parent
+with contextlib.suppress(ValueError):
+    LIB = LIB.relative_to(Path.cwd().resolve())
+
 # the library's packaged schema: one file for both checks
 SCHEMA = abl_defaults.SCHEMA_PATH
 ENV = "../envs/ablationlab.yaml"
@@ -91,11 +96,43 @@ GROUP_EXPERIMENTS = {
     gid: [e for e in EXPERIMENTS if EXPERIMENTS[e]["group"] == gid] for gid in GROUPS
 }
 
+
 # Files between the stages (ablationlab.layout), not as rules.<rule>.output: Snakemake hashes a
 # list input whole for every file of it when a rule references another rule's output, seconds of
 # planning for a large study (benchmarks/plan_study.py). A job gets the folder of its inputs or
 # outputs as input_folder()/output_folder() params, and a root of many (RUNS_ROOT) as a constant.
-DATA_DIR = abl_layout.data_dir(DATASET)
+def data_options():
+    """Options of `prepare` that change the prepared tensors (params of prepare_data)."""
+    data = CONFIG["data"]
+    options = [
+        "--val-size",
+        str(data["val_size"]),
+        "--split-seed",
+        str(data["split_seed"]),
+    ]
+    if data["image_size"] is not None:
+        options += ["--image-size", str(data["image_size"])]
+    if data["dataset"] == "imagefolder":
+        options += ["--root", data["root"]]
+    return options
+
+
+def data_source():
+    """Where raw files come from (checksum-verified, so they do not change the data)."""
+    data = CONFIG["data"]
+    options = ["--root", data["root"]] if data["dataset"] != "imagefolder" else []
+    if data["mirror"]:
+        options += ["--mirror", data["mirror"]]
+    return options
+
+
+# The prepared data's folder is named after what decides its tensors (ablationlab.layout.data_key):
+# the prepare options and the code that both writes and reads them (data.py, io.py:
+# ablationlab.stages.shared_code). A change of either is another folder, so every job that reads
+# the data is planned again by its missing input, a dry run included; the folders of other keys
+# are removed when a run prepares this one (prune_data).
+DATA_CODE = abl_stages.shared_code("prepare", ("train", "figures"), LIB)
+DATA_DIR = abl_layout.data_dir(DATASET, abl_layout.data_key(data_options(), DATA_CODE))
 
 
 # A prepared cache whose tensors no longer match their sha256 is rebuilt in this very run (a dry
@@ -201,6 +238,17 @@ def notices():
         )
 
 
+def prune_data(jobs):
+    """Remove the dataset's prepared folders of other options or code when ``jobs`` prepare this one."""
+    if any(job.rule.name == "prepare_data" for job in jobs):
+        for stale in abl_layout.stale_data_dirs(DATA_DIR):
+            shutil.rmtree(stale)
+            print(
+                f"removed {stale}: prepared for other data options or code",
+                file=sys.stderr,
+            )
+
+
 onstart:
     for line in notices():
         print(line, file=sys.stderr)
@@ -208,6 +256,7 @@ onstart:
     for check in PREFLIGHT:
         if problem := check(jobs):
             raise WorkflowError(problem)
+    prune_data(jobs)
 
 
 # An image folder can change while the config does not: then prepare_data is a checkpoint
@@ -279,31 +328,6 @@ def folder_manifest():
 
 
 FOLDER_MANIFEST = folder_manifest()
-
-
-def data_options():
-    """Options of `prepare` that change the prepared tensors (params of prepare_data)."""
-    data = CONFIG["data"]
-    options = [
-        "--val-size",
-        str(data["val_size"]),
-        "--split-seed",
-        str(data["split_seed"]),
-    ]
-    if data["image_size"] is not None:
-        options += ["--image-size", str(data["image_size"])]
-    if data["dataset"] == "imagefolder":
-        options += ["--root", data["root"]]
-    return options
-
-
-def data_source():
-    """Where raw files come from (checksum-verified, so they do not change the data)."""
-    data = CONFIG["data"]
-    options = ["--root", data["root"]] if data["dataset"] != "imagefolder" else []
-    if data["mirror"]:
-        options += ["--mirror", data["mirror"]]
-    return options
 
 
 def _weights(wildcards):
@@ -511,10 +535,6 @@ def experiment_group(wildcards):
 
 
 # --------------------------------------------------------------------------- library inputs
-
-LIB = Path(ablationlab.__file__).resolve().parent
-with contextlib.suppress(ValueError):
-    LIB = LIB.relative_to(Path.cwd().resolve())
 
 
 def library(stage):
