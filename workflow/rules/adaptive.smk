@@ -5,12 +5,17 @@ every experiment on the seeds it has so far (the study's at look 1, else what lo
 decided), tests every comparison, and gives each undecided one `step` more seeds for both
 sides. Only those new seed jobs are planned next; the first look that adds none is the
 last, copied to results/adaptive/seeds.json, and every aggregating stage asks for the
-seeds it names (experiment_seeds in common.smk). A finished study plans nothing again;
-a changed recipe re-trains its own runs and re-reads the (cheap, local) looks, whose
+seeds it names (experiment_seeds in common.smk, from adaptive_plan). A finished study plans
+nothing again; a changed recipe re-trains its own runs and re-reads the (cheap, local) looks, whose
 verdicts on the other experiments' unchanged runs stay as they were.
 
-Nothing here is requested when adaptive seeding is off.
+Nothing here is requested when adaptive seeding is off. The looks' results as the workflow reads
+them (read_look, adaptive_plan, the runs each look reads) are in adaptive_looks.smk, included
+here (Snakemake's linter keeps functions and rules in separate files).
 """
+
+
+include: "adaptive_looks.smk"
 
 
 localrules:

@@ -10,6 +10,18 @@ re-renders the report and nothing else (study.smk).
 """
 
 from ablationlab import figure_plan as abl_figure_plan
+from ablationlab import io as abl_io
+from ablationlab import layout as abl_layout
+from ablationlab.layout import (
+    FIGURE_MANIFEST,
+    MLFLOW_RECORD,
+    RENDERED,
+    SEED_PLAN,
+    STUDY_REPORT,
+    STUDY_TABLE,
+    SUMMARY,
+    TRAIN_BENCHMARKS,
+)
 
 
 report: "../report/workflow.rst"

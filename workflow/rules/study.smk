@@ -10,6 +10,9 @@ inputs, so their own reasons to run, such as new run files, were never looked at
 Written where Snakemake runs (localrules), never queued on a cluster.
 """
 
+from ablationlab import io as abl_io
+from ablationlab import layout as abl_layout
+
 # each file's content; the job's params are its canonical JSON, so the file is rewritten only when it changes
 STUDY_FILES = {"experiments": STUDY.experiments, "report": STUDY.report}
 

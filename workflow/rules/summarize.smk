@@ -8,6 +8,9 @@ results/summary/mlflow.csv). The study table is rewritten only when its content 
 (study.smk): editing a group's notes or the report title does not re-run this rule.
 """
 
+from ablationlab import layout as abl_layout
+from ablationlab.layout import RUNS_ROOT, SEED_PLAN, STUDY_TABLE, SUMMARY
+
 
 rule summarize:
     input:

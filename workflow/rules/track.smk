@@ -15,12 +15,46 @@ URI is a tracking server).
 Names: `experiment` is an ablation experiment; MLflow's experiment (one per study) is always
 `mlflow_experiment` here (config key tracking.experiment).
 
-MLflow settings (MLFLOW_URI: credentials moved to MLflow's environment variables, never into a
-command or log; MLFLOW_EXPERIMENT; the tracking server's check before the first job) are in
-common.smk, which the train rules' live logging shares.
+MLflow settings are defined here (MLFLOW_URI: credentials moved to MLflow's environment
+variables, never into a command or log; MLFLOW_EXPERIMENT; the tracking server's check before the
+first job); the train rules' live logging (train.smk) reads them too.
 """
 
+import os
+
+from ablationlab import io as abl_io
+from ablationlab import layout as abl_layout
+from ablationlab import mlflow_store as abl_mlflow
 from ablationlab.credentials import redact
+from ablationlab.layout import (
+    MLFLOW_INFO,
+    MLFLOW_RECORD,
+    RUNS_ROOT,
+    STUDY_TABLE,
+    SUMMARY,
+    TRAIN_LOGS,
+)
+
+# Credentials in tracking.uri (https://user:pass@host) never reach a shell command or a log:
+# they are moved into MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD environment variables
+# (inherited by local jobs, exported by sbatch) and jobs get the bare URI.
+MLFLOW_URI = abl_mlflow.export_credentials(CONFIG["tracking"]["uri"])
+# credentials given: pass them on to remote jobs (sbatch exports them anyway)
+if MLFLOW_URI != CONFIG["tracking"]["uri"]:
+    workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# the MLflow experiment of the study (config key tracking.experiment, default the study name)
+MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or STUDY_NAME
+TRACK_RULES = {"track"}  # the rules that talk to the tracking store
+
+# an unreachable tracking server: one line before the first job, not minutes of retries per job
+PREFLIGHT.append(
+    lambda jobs: (
+        abl_mlflow.server_problem(MLFLOW_URI)
+        if any(job.rule.name in TRACK_RULES for job in jobs)
+        else None
+    )
+)
+
 
 MLFLOW_TARGET = abl_layout.MLFLOW_TARGET
 
