@@ -9,6 +9,7 @@ One place answers "where does a run's output live?"::
     results/adaptive/                 look<k>.json, seeds.json (adaptive seeding)
     results/summary/                  runs.csv, experiments.csv, diagnostics.csv; mlflow.csv (track)
     results/figures/                  the figures and figures.json
+    results/mlflow.db                 the default MLflow store (its lock: results/mlflow.db.lock)
     results/mlflow.json, results/mlflow/target.json   the MLflow writer's record and target
     results/report/report.{ext}       the rendered report; reports/report.{ext} the published one
     results/logs/<rule>/..., results/benchmarks/train/...   logs and train jobs' wall times
@@ -42,6 +43,7 @@ SEED_PLAN = f"{ADAPTIVE_DIR}/seeds.json"
 SUMMARY_DIR = f"{RESULTS}/summary"
 SUMMARY = [f"{SUMMARY_DIR}/runs.csv", f"{SUMMARY_DIR}/experiments.csv", f"{SUMMARY_DIR}/diagnostics.csv"]
 MLFLOW_RECORD = f"{SUMMARY_DIR}/mlflow.csv"  # every run's MLflow id and link (track)
+MLFLOW_DB = f"{RESULTS}/mlflow.db"  # the default tracking store (tracking.uri sqlite:///results/mlflow.db)
 MLFLOW_INFO = f"{RESULTS}/mlflow.json"  # the study's MLflow experiment (track)
 MLFLOW_TARGET = f"{RESULTS}/mlflow/target.json"  # tracking URI (redacted), MLflow experiment, study name
 FIGURES_DIR = f"{RESULTS}/figures"
