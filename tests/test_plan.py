@@ -145,7 +145,7 @@ def test_after_a_data_change_the_dry_run_lists_the_jobs_the_run_executes(third, 
     work = _copy_tree(third[0], tmp_path / "study")
     old = {p.name for p in (work / "results/data").iterdir()}
     args = change(work)
-    planned = set(plan(work, *args))
+    planned = set(plan(work, "--configfile", "presets/smoke.yaml", *args))
     proc = snakemake(work, *args)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
