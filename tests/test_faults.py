@@ -290,7 +290,7 @@ def test_failing_job_keeps_going_and_loses_nothing(work):
 
 
 def test_corrupted_data_cache_is_detected_and_rebuilt(work):
-    data_dir = work / "results/data/digits"
+    (data_dir,) = (work / "results/data").glob("digits-*")  # named after its options and code (layout.data_key)
     original = (data_dir / "train_x.pt").read_bytes()
     corrupt = bytearray(original)
     middle = len(corrupt) // 2
@@ -302,14 +302,15 @@ def test_corrupted_data_cache_is_detected_and_rebuilt(work):
         work, "lr.yaml", lambda c: _group(c, "batch_norm")["variants"]["bn"].update(optimizer={"lr": 0.02})
     )  # forces the batch_norm/bn train job
     train_log = work / "results/logs/train" / BN / "seed0.log"
-    found = r"results/data/digits/train_x\.pt is corrupted \(sha256 mismatch\)"
+    found = rf"{data_dir.relative_to(work)}/train_x\.pt is corrupted \(sha256 mismatch\)"
 
     # a dry run plans the rebuild and changes nothing (parsing never writes)
     before = _snapshot(data_dir)
     proc = _smk(work, overlay, "-n")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and re.search(r"^checkpoint prepare_data:$", out, re.M), out[-3000:]
-    assert re.search(r"reason: Missing output files: results/data/digits/rebuild-\w+$", out, re.M), out[-3000:]
+    rebuild = rf"reason: Missing output files: {data_dir.relative_to(work)}/rebuild-\w+$"
+    assert re.search(rebuild, out, re.M), out[-3000:]
     assert not re.search(found, out)  # parsing prints nothing; a run says it before its first job
     assert _snapshot(data_dir) == before
 
@@ -588,7 +589,7 @@ def test_stopped_pipeline_resumes_from_checkpoint_and_matches_an_uninterrupted_r
 
     # an uninterrupted run of the same recipe and seed, straight through the CLI
     clean = tmp_path / "clean"
-    data = ("--data", "results/data/digits")
+    data = ("--data", str(next((work / "results/data").glob("digits-*"))))
     _ablationlab(
         work,
         "train",

@@ -49,7 +49,8 @@ def test_smoke_run_outputs_exist_and_parse(done):
     assert ids == ["baseline", "batch_norm/bn", "dropout/p=0.5"] and table["seeds"] == [0]
     report = json.loads((done / "results/study/report.json").read_text())
     assert [g["id"] for g in report["groups"]] == ["batch_norm", "dropout"]
-    assert json.loads((done / "results/data/digits/meta.json").read_text())["splits"]["train"] == 1293
+    (data,) = (done / "results/data").glob("digits-*")  # named after its options and code (layout.data_key)
+    assert json.loads((data / "meta.json").read_text())["splits"]["train"] == 1293
     for exp in ids:
         run = done / "results/runs" / exp / "seed0"
         assert json.loads((run / "recipe.json").read_text()) == next(

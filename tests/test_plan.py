@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-from helpers import BIN, copy_tree, copy_workflow, kill_tree, overlay, plan, snakemake, venv_env
+from helpers import BIN, copy_tree, copy_workflow, jobs_of, kill_tree, overlay, plan, snakemake, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -109,13 +109,6 @@ def test_a_killed_summarize_is_planned_again_with_everything_after_it(grown, tmp
     assert (work / "reports/report.html").read_bytes() == report  # the last good report is still there
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: prepare_data due by its own params hides the train jobs' own reasons behind their ancient() "
-    "data link (Snakemake 9's update_needrun); the next run re-trains. Waiting for prepare_data as a checkpoint "
-    "for every dataset (common.smk after_data) fixes it, at twice the job creation per plan, and trips "
-    "Snakemake's --until with checkpoints (jobs run with <TBD> inputs): not done yet",
-)
 def test_new_data_options_plan_every_train_job(third):
     work = third[0]
     ids = [e["id"] for e in json.loads((work / "results/study/experiments.json").read_text())["experiments"]]
@@ -133,3 +126,33 @@ def test_a_deleted_summary_file_is_planned_again_with_everything_after_it(third,
     work = copy_tree(third[0], tmp_path / "study")
     (work / "results/summary/experiments.csv").unlink()
     assert _planned(work) == AFTER_TRAINING - {"study"} | {"all"}
+
+
+def _new_val_size(work: Path) -> list[str]:
+    overlay(work, "val.yaml", lambda cfg: (_grow(cfg), cfg["data"].update(val_size=0.3)))
+    return ["val.yaml"]
+
+
+def _edited_data_code(work: Path) -> list[str]:
+    with open(work / "src/ablationlab/data.py", "a", encoding="utf-8") as module:
+        module.write("# a comment\n")
+    return [GROWN]
+
+
+@pytest.mark.parametrize("change", [_new_val_size, _edited_data_code], ids=["val_size", "data.py"])
+def test_after_a_data_change_the_dry_run_lists_the_jobs_the_run_executes(third, tmp_path, change):
+    work = copy_tree(third[0], tmp_path / "study")
+    old = {p.name for p in (work / "results/data").iterdir()}
+    args = change(work)
+    planned = set(plan(work, "--configfile", "presets/smoke.yaml", *args))
+    proc = snakemake(work, *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert jobs_of(out) == planned, out[-5000:]
+    ids = [e["id"] for e in json.loads((work / "results/study/experiments.json").read_text())["experiments"]]
+    assert {exp for rule, exp, _ in planned if rule.startswith("train_")} == set(ids)
+    assert AFTER_TRAINING - {"study"} <= {rule for rule, _, _ in planned}
+    # the run prepared its data in a folder of its own and removed the one it replaced
+    (data,) = (work / "results/data").iterdir()
+    assert data.name not in old and re.search(rf"removed results/data/{next(iter(old))}: ", out)
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, *args, "-n"))

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ablationlab import defaults, io, summarize
+from ablationlab import defaults, io, layout, summarize
 from ablationlab.formats import pp
 from ablationlab.layout import seed_sequence
 
@@ -151,7 +151,7 @@ def read_accuracy(study: Mapping[str, Any], runs_dir: str | Path, seeds: Mapping
     for exp in study["experiments"]:
         found = {}
         for seed in seeds[exp["id"]]:
-            value = io.read_json(Path(runs_dir) / exp["id"] / f"seed{seed}" / "metrics.json").get("test_acc")
+            value = io.read_json(layout.run_dir(runs_dir, exp["id"], seed) / "metrics.json").get("test_acc")
             if value is not None and math.isfinite(value):
                 found[seed] = float(value)
         accuracy[exp["id"]] = found

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from ablationlab import layout
 from ablationlab.formats import number_text, pct, pp
 
 COLUMNS = [
@@ -369,7 +370,7 @@ def diagnose(runs: pd.DataFrame, runs_dir: str | Path, contexts: Mapping[str, Co
     experiment's :class:`Context` in ``contexts`` (default: none)."""
     rows = []
     for experiment, mine in runs.groupby("experiment", sort=False):
-        paths = [Path(runs_dir) / str(experiment) / f"seed{seed}" / "history.csv" for seed in mine["seed"]]
+        paths = [layout.run_dir(runs_dir, str(experiment), seed) / "history.csv" for seed in mine["seed"]]
         histories = [pd.read_csv(p) if p.exists() else None for p in paths]
         context = (contexts or {}).get(str(experiment))
         rows.append(experiment_row(str(experiment), histories, list(mine["status"]), context))

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import data, io, models
+from . import data, io, layout, models
 from . import device as devices
 from .recipe import complete
 from .runtime import Preprocess, build_network, make_loss, predict
@@ -41,7 +41,6 @@ from .runtime import Preprocess, build_network, make_loss, predict
 log = logging.getLogger("ablationlab.evaluate")
 
 MISCLASSIFIED_SAMPLE = 16
-RUN_FILES = ("recipe.json", "train.json", "weights.pt", "weights_best.pt")  # what evaluation reads
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -76,7 +75,7 @@ def evaluate_run(
     """Evaluate the run in ``run_dir`` on the test images ``x`` (uint8) and labels ``y`` of the prepared data
     described by ``meta``; write the run's evaluation files; return metrics.json."""
     run_dir = Path(run_dir)
-    for name in RUN_FILES:
+    for name in layout.EVALUATE_READS:
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} is missing: train this run first")
     recipe = complete(io.read_json(run_dir / "recipe.json"))

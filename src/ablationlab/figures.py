@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ablationlab import defaults, io
+from ablationlab import defaults, io, layout
 from ablationlab.figure_plan import FigureError, by_id, caption_file, groups, new_augmentations, plan
 from ablationlab.formats import diverged, missing, pct, percent, pvalue, value_text
 from ablationlab.keypath import lookup
@@ -91,9 +91,7 @@ class _Runs:
         return experiment_seeds(self.study, next(e for e in self.study["experiments"] if e["id"] == exp_id))
 
     def dir(self, exp_id: str, seed: int) -> Path:
-        from ablationlab.summarize import run_dir
-
-        return run_dir(self.runs_dir, exp_id, seed)
+        return layout.run_dir(self.runs_dir, exp_id, seed)
 
     def histories(self, exp_id: str) -> list[pd.DataFrame]:
         import pandas as pd

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ablationlab import io
+from ablationlab import io, layout
 from ablationlab.credentials import redact
 from ablationlab.keypath import flatten
 from ablationlab.provenance import git_commit
@@ -40,7 +40,7 @@ from ablationlab.provenance import git_commit
 log = logging.getLogger(__name__)
 
 _git_commit = functools.cache(git_commit)  # one git call per process, not one per run
-DEFAULT_URI = "sqlite:///results/mlflow.db"
+DEFAULT_URI = f"sqlite:///{layout.MLFLOW_DB}"
 EPOCH_METRICS = {  # history.csv column -> MLflow metric (step = epoch)
     "train_loss": "train_loss",
     "train_acc": "train_acc",
@@ -272,7 +272,7 @@ class Tracker:
             lock = (
                 f"{self.sqlite_path}.lock"
                 if self.sqlite_path
-                else Path("results") / f".mlflow-{hashlib.sha256(clean.encode()).hexdigest()[:12]}.lock"
+                else Path(layout.RESULTS) / f".mlflow-{hashlib.sha256(clean.encode()).hexdigest()[:12]}.lock"
             )
         Path(lock).parent.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(lock))

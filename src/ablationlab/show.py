@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from ablationlab import layout
 from ablationlab.formats import diverged, pct, pp
 from ablationlab.formats import missing as _missing
 from ablationlab.mlflow_store import split_credentials
@@ -108,9 +109,9 @@ def report_current(report: str | Path, summary_dir: str | Path) -> bool:
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablationlab show", description=__doc__.split("\n")[0])
-    parser.add_argument("--summary", default="results/summary", help="the summary folder (experiments.csv)")
-    parser.add_argument("--report", default="reports/report.html", help="the published report")
-    parser.add_argument("--mlflow", default="results/mlflow.json", help="the MLflow experiment's record")
+    parser.add_argument("--summary", default=layout.SUMMARY_DIR, help="the summary folder (experiments.csv)")
+    parser.add_argument("--report", default=layout.REPORT_HTML, help="the published report")
+    parser.add_argument("--mlflow", default=layout.MLFLOW_INFO, help="the MLflow experiment's record")
     args = parser.parse_args(argv)
     try:
         print(summary(args.summary, args.report, args.mlflow))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -64,6 +65,13 @@ def modules(stage: str) -> list[str]:
             seen.add(name)
             todo.extend(imports(name) - seen - EXCLUDED.get(name, {}).keys())
     return sorted(seen)
+
+
+def shared_code(writer: str, readers: Sequence[str], package_dir: str | Path = PACKAGE) -> list[str]:
+    """The code inputs of stage ``writer`` that a stage of ``readers`` runs too: the code that both
+    writes and reads the writer's files (prepare and the data's readers: data.py, io.py)."""
+    read = {m for stage in readers for m in modules(stage)}
+    return [str(Path(package_dir, f"{m}.py")) for m in modules(writer) if m in read]
 
 
 def code_inputs(stage: str, package_dir: str | Path = PACKAGE) -> list[str]:

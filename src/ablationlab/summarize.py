@@ -97,6 +97,7 @@ from typing import Any
 import pandas as pd
 
 from ablationlab import defaults, diagnostics, io, stats
+from ablationlab.layout import run_dir
 
 RUN_COLUMNS = [
     "experiment",
@@ -247,11 +248,6 @@ def _load_study(path: str | Path) -> dict[str, Any]:
         if exp["reference"] is not None and exp["reference"] not in ids:
             raise SummaryError(f"{path}: experiment {exp['id']!r} has unknown reference {exp['reference']!r}")
     return study
-
-
-def run_dir(runs_dir: str | Path, experiment: str, seed: int) -> Path:
-    """``results/runs/{experiment}/seed{n}``."""
-    return Path(runs_dir) / experiment / f"seed{seed}"
 
 
 def _read_optional(path: Path) -> dict[str, Any]:

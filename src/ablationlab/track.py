@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ablationlab import io, summarize
+from ablationlab import io, layout, summarize
 from ablationlab.credentials import redact
 from ablationlab.layout import job_log, stem_seeds
 from ablationlab.mlflow_store import (
@@ -50,7 +50,6 @@ from ablationlab.mlflow_store import (
 
 log = logging.getLogger(__name__)
 
-DIGEST_FILES = ("recipe.json", "train.json", "history.csv", "metrics.json", "confusion.csv")
 RECORD_COLUMNS = (
     "experiment",
     "seed",
@@ -61,7 +60,6 @@ RECORD_COLUMNS = (
     "mlflow_url",
     "run_key",
 )
-RUN_FILES = ("recipe.json", "train.json", "history.csv", "metrics.json", "confusion.csv", "weights.pt")
 ARTIFACTS = ("history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.json")
 
 
@@ -102,7 +100,7 @@ def _history(path: Path) -> dict[str, dict[int, float]]:
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
     """What a child run logs of one run directory: its recipe, train.json, metrics.json and history."""
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    missing = [name for name in layout.TRACK_READS if not (run_dir / name).is_file()]
     if missing:
         raise TrackingError(f"run {run_dir}: missing {', '.join(missing)}")
     data = {
@@ -127,11 +125,11 @@ def init(tracker: Tracker) -> dict[str, Any]:
 
 
 def files_digest(run_dir: Path) -> str:
-    """sha256 over a run's small result files (``DIGEST_FILES``): retraining or re-evaluating
+    """sha256 over a run's small result files (``layout.TRACK_DIGESTED``): retraining or re-evaluating
     changes it (``train.json`` holds the wall time). Tagged ``files_sha256`` on the child run
     once it is completely logged, so an unchanged run is skipped without reading the store."""
     digest = hashlib.sha256()
-    for name in DIGEST_FILES:
+    for name in layout.TRACK_DIGESTED:
         digest.update(name.encode() + b"\0" + (run_dir / name).read_bytes())
     return digest.hexdigest()
 

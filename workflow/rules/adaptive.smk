@@ -5,12 +5,17 @@ every experiment on the seeds it has so far (the study's at look 1, else what lo
 decided), tests every comparison, and gives each undecided one `step` more seeds for both
 sides. Only those new seed jobs are planned next; the first look that adds none is the
 last, copied to results/adaptive/seeds.json, and every aggregating stage asks for the
-seeds it names (experiment_seeds in common.smk). A finished study plans nothing again;
-a changed recipe re-trains its own runs and re-reads the (cheap, local) looks, whose
+seeds it names (experiment_seeds in common.smk, from adaptive_plan). A finished study plans
+nothing again; a changed recipe re-trains its own runs and re-reads the (cheap, local) looks, whose
 verdicts on the other experiments' unchanged runs stay as they were.
 
-Nothing here is requested when adaptive seeding is off.
+Nothing here is requested when adaptive seeding is off. The looks' results as the workflow reads
+them (read_look, adaptive_plan, the runs each look reads) are in adaptive_looks.smk, included
+here (Snakemake's linter keeps functions and rules in separate files).
 """
+
+
+include: "adaptive_looks.smk"
 
 
 localrules:
@@ -25,9 +30,9 @@ checkpoint adaptive_look:
         previous=previous_look,
         code=library("adaptive"),
     output:
-        "results/adaptive/look{look}.json",
+        look_file("{look}"),
     log:
-        "results/logs/adaptive/look{look}.log",
+        abl_layout.log_path("adaptive", "look{look}"),
     wildcard_constraints:
         look=r"[1-9]\d*",
     conda:
@@ -52,6 +57,6 @@ rule adaptive_seeds:
     output:
         SEED_PLAN,
     log:
-        "results/logs/adaptive/seeds.log",
+        abl_layout.log_path("adaptive", "seeds"),
     run:
         abl_io.publish(input[0], output[0])

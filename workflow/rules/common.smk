@@ -1,19 +1,20 @@
-"""Shared helpers: the validated study, paths, the final targets, per-group resources,
-MLflow settings, library inputs.
+"""Shared by the stage files: the validated study, its shared constants, the seeds of each
+experiment, the final targets, the checks before the first job, the library inputs.
 
 Included first by the Snakefile. The configuration is validated and resolved here by
 ablationlab.study (schema src/ablationlab/schemas/config.schema.yaml, defaults filled in, plus the
 semantic checks); an invalid configuration stops Snakemake with one readable message
-naming the key path, before any job is planned. The rule files use what this file defines,
-never each other's names.
+naming the key path, before any job is planned. Paths come from ablationlab.layout. Each stage
+file holds its own helpers (data.smk: the prepared data and its readers' inputs; train.smk:
+weights and per-group resources; track.smk: MLflow settings; adaptive.smk: the looks). The
+rule files use what this file and data.smk define (data.smk is included second) and add their
+own checks to PREFLIGHT, NOTICES and BEFORE_JOBS.
 
 Parsing changes nothing and prints nothing (snakemake -n, --lint and --report are safe):
 what must act before the jobs (the checks of PREFLIGHT, messages) runs in onstart, when jobs run.
 """
 
 import contextlib
-import functools
-import math
 import os
 import re
 import sys
@@ -36,14 +37,29 @@ envvars:
 
 
 import ablationlab
-from ablationlab import data as abl_data
 from ablationlab import defaults as abl_defaults
 from ablationlab import io as abl_io
-from ablationlab.layout import job_stem, seed_blocks as abl_seed_blocks
-from ablationlab import mlflow_store as abl_mlflow
+from ablationlab import layout as abl_layout
 from ablationlab import stages as abl_stages
 from ablationlab import study as abl_study
-from ablationlab import live_mlflow
+from ablationlab.layout import (
+    EVALUATE_FILES,
+    MLFLOW_INFO,
+    MLFLOW_RECORD,
+    RENDERED,
+    REPORT_HTML,
+    REPORT_PDF,
+    SEED_PLAN,
+    STUDY_REPORT,
+    STUDY_TABLE,
+    SUMMARY,
+    job_stem,
+    seed_blocks as abl_seed_blocks,
+)
+
+LIB = Path(ablationlab.__file__).resolve().parent
+with contextlib.suppress(ValueError):
+    LIB = LIB.relative_to(Path.cwd().resolve())
 
 # the library's packaged schema: one file for both checks
 SCHEMA = abl_defaults.SCHEMA_PATH
@@ -79,97 +95,6 @@ GROUP_EXPERIMENTS = {
     gid: [e for e in EXPERIMENTS if EXPERIMENTS[e]["group"] == gid] for gid in GROUPS
 }
 
-# Files between the stages, named here and not as rules.<rule>.output: Snakemake hashes a list
-# input whole for every file of it when a rule references another rule's output, seconds of
-# planning for a large study (benchmarks/plan_study.py). A job gets the folder of its inputs or
-# outputs as input_folder()/output_folder() params, and a root of many (RUNS_ROOT) as a constant.
-# written by the study rule: the resolved experiments, the report's description of the study
-STUDY_TABLE = "results/study/experiments.json"
-STUDY_REPORT = "results/study/report.json"
-SUMMARY_DIR = "results/summary"
-SUMMARY = [
-    f"{SUMMARY_DIR}/runs.csv",
-    f"{SUMMARY_DIR}/experiments.csv",
-    f"{SUMMARY_DIR}/diagnostics.csv",
-]
-FIGURES_DIR = "results/figures"
-FIGURE_MANIFEST = f"{FIGURES_DIR}/figures.json"
-# written by the track rule: the study's MLflow experiment, every run's MLflow id and link
-MLFLOW_INFO = "results/mlflow.json"
-MLFLOW_RECORD = f"{SUMMARY_DIR}/mlflow.csv"
-REPORT_HTML = "reports/report.html"
-REPORT_PDF = "reports/report.pdf"
-# render_report's outputs, which publish_report puts in place as REPORT_HTML/PDF (report.smk); final
-# targets too: a render that failed is planned again, while the last good report stays in reports/
-RENDERED = "results/report/report.{ext}"
-# the train jobs' logs and benchmarks (wall time): <folder>/<experiment>/seed<seeds>.log|tsv,
-# one per job, which trains a block of seeds (seed0-1-2: ablationlab.layout.job_stem)
-TRAIN_LOGS = "results/logs/train"
-TRAIN_BENCHMARKS = "results/benchmarks/train"
-
-DATA_DIR = f"results/data/{DATASET}"
-RUNS_ROOT = "results/runs"
-CHECKPOINTS_ROOT = "results/checkpoints"  # <experiment>/seed<n>/last.pt: not declared, a train job resumes from it
-RUN_DIR = f"{RUNS_ROOT}/{{experiment}}/seed{{seed}}"
-TRAIN_FILES = [
-    "recipe.json",
-    "history.csv",
-    "train.json",
-    "weights_init.pt",
-    "weights.pt",
-    "weights_best.pt",
-]
-EVALUATE_FILES = [
-    "metrics.json",
-    "confusion.csv",
-    "predictions.csv",
-    "misclassified.csv",
-    "activations.npz",
-]
-
-
-DATA_FILES = [
-    f"{split}_{kind}.pt" for split in ("train", "val", "test") for kind in "xy"
-]
-
-
-# A prepared cache whose tensors do not match their sha256 is rebuilt in this very run (a dry
-# run plans it) without parsing changing a file: prepare_data then has one more output, an empty
-# marker named after this corrupted state (DATA_REBUILD), which the targets ask for with the
-# `verified` marker (DATA_VERIFIED): missing, so the job runs. Nothing Snakemake records (params,
-# the input set) changes, so the healthy cache re-runs nothing once more; the data files stay
-# ancient() inputs, so identical rebuilt data re-runs nothing else. The main process checks
-# (sha256 of the cache); a job on a cluster, which parses the workflow too, gets the marker's
-# name through the environment.
-def rebuild_name(problem):
-    """`rebuild-<digest>` of the cache's corrupted state: the problem, its files' sizes and mtimes."""
-    files = [Path(DATA_DIR, name) for name in DATA_FILES + ["meta.json"]]
-    state = [problem] + [
-        [f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()
-    ]
-    digest = hashlib.sha256(abl_io.canonical_json(state).encode()).hexdigest()
-    return f"rebuild-{digest[:12]}"
-
-
-REBUILD_VAR = (
-    "ABLATIONLAB_DATA_REBUILD"  # optional: registered only when set (not in envvars:)
-)
-if workflow.is_main_process:
-    DATA_PROBLEM = abl_data.corruption(DATA_DIR)
-    DATA_REBUILD = rebuild_name(DATA_PROBLEM) if DATA_PROBLEM else ""
-    if DATA_REBUILD:
-        os.environ[REBUILD_VAR] = DATA_REBUILD
-        workflow.register_envvars(REBUILD_VAR)
-else:
-    DATA_PROBLEM, DATA_REBUILD = None, os.environ.get(REBUILD_VAR, "")
-# what `all` and the group targets ask for: prepare_data's marker (and its rebuild, see above)
-DATA_VERIFIED = [f"{DATA_DIR}/verified"] + (
-    [f"{DATA_DIR}/{DATA_REBUILD}"] if DATA_REBUILD else []
-)
-
-# the script that gives each job its own GPU(s) (see its docstring)
-GPU_SLOT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "gpu_slot.py"))
-
 
 def verbatim(value):
     """A params value passed on as is: Snakemake formats plain string params as wildcard
@@ -178,200 +103,8 @@ def verbatim(value):
     return lambda wildcards: value
 
 
-# --------------------------------------------------------------------------- MLflow
-
-# Credentials in tracking.uri (https://user:pass@host) never reach a shell command or a log:
-# they are moved into MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD environment variables
-# (inherited by local jobs, exported by sbatch) and jobs get the bare URI.
-MLFLOW_URI = abl_mlflow.export_credentials(CONFIG["tracking"]["uri"])
-# credentials given: pass them on to remote jobs (sbatch exports them anyway)
-if MLFLOW_URI != CONFIG["tracking"]["uri"]:
-    workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-# the MLflow experiment of the study (config key tracking.experiment, default the study name)
-MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or STUDY_NAME
-# the rules that write to the tracking store: track (track.smk), the train rules with live logging
-TRACK_RULES = {"track"}
-
-
-def writes_store(job):
-    return job.rule.name in TRACK_RULES or (
-        CONFIG["tracking"]["live"] and job.rule.name.startswith("train")
-    )
-
-
-def live_tracking(wildcards):
-    """`train --track` value of an experiment's jobs (tracking.live / system_metrics): a
-    LiveSpec, which Snakemake does not compare between runs, so switching live logging or the
-    tracking server re-trains nothing."""
-    return live_mlflow.LiveSpec(
-        uri=MLFLOW_URI,
-        mlflow_experiment=MLFLOW_EXPERIMENT,
-        study=STUDY_NAME,
-        experiment=wildcards.experiment,
-        group=EXPERIMENTS[wildcards.experiment]["group"],
-        dataset=DATASET,
-        live=CONFIG["tracking"]["live"],
-        system_metrics=CONFIG["tracking"]["system_metrics"],
-    )
-
-
-# --------------------------------------------------------------------------- before the jobs
-
-# checks before the first job (not on -n, nor when nothing is to be done): each gets the jobs
-# to run and returns an error line or None. A folder the run writes into that is read-only or
-# immutable: Snakemake would fail removing old outputs with a traceback (it names
-# write-protected files itself). An unreachable tracking server, or a local store that cannot be
-# written: one line before the first job, not minutes of retries or training lost.
-PREFLIGHT = [
-    lambda jobs: abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log]),
-    lambda jobs: (
-        abl_mlflow.store_problem(MLFLOW_URI) if any(map(writes_store, jobs)) else None
-    ),
-]
-
-
-def notices():
-    """What a run (not -n) says before its first job."""
-    if DATA_PROBLEM:
-        yield f"warning: {DATA_PROBLEM}: prepare_data rebuilds it"
-    if not workflow.non_local_exec and gpu_slots_per_gpu() > 1:
-        yield (
-            f"GPU sharing (resources.<group>.jobs_per_gpu): --resources gpu= counts GPU slots,"
-            f" {gpu_slots_per_gpu()} per GPU (cap with gpu=<GPUs x {gpu_slots_per_gpu()}>)"
-        )
-
-
-onstart:
-    for line in notices():
-        print(line, file=sys.stderr)
-    jobs = list(workflow.dag.needrun_jobs())
-    for check in PREFLIGHT:
-        if problem := check(jobs):
-            refuse(problem)
-
-
-# An image folder can change while the config does not: then prepare_data is a checkpoint
-# that the jobs reading its files wait for, and they are planned again once it has run, with
-# the digest of the content they read as a param. Other datasets are checksum-verified (or
-# bundled): their content follows from the prepare options, which are then the param, with
-# no re-planning (it doubles the planning time of a large study: benchmarks/plan_study.py).
-TRACK_CONTENT = DATASET == "imagefolder"
-
-
-def after_data(files):
-    """``files`` (a list, or an input function) as an input function that waits for prepare_data
-    when TRACK_CONTENT: the job is planned again once the data are prepared. The jobs after the
-    train jobs need it too, not only those that read the data: once a checkpoint has run,
-    Snakemake 9 plans afresh only the jobs that waited for it and keeps, for every other job, the
-    reasons to run it found before (a touched image re-ran summarize and everything after it).
-    """
-    if not TRACK_CONTENT:
-        return files
-
-    def prepared(wildcards):
-        checkpoints.prepare_data.get(dataset=DATASET)
-        return files(wildcards) if callable(files) else files
-
-    return prepared
-
-
-def data_files(names):
-    """Prepared data files (after_data). ancient(): re-prepared identical data re-runs nothing
-    (data_version decides)."""
-    return after_data(ancient(expand(f"{DATA_DIR}/{{name}}", name=names)))
-
-
-@functools.lru_cache(maxsize=None)
-def _data_digest(splits, stat):
-    try:
-        return abl_data.data_digest(abl_data.load_meta(DATA_DIR), splits)
-    except (abl_data.DataError, OSError):
-        return "unreadable"  # differs from any recorded digest: the job re-runs
-
-
-def data_version(*splits):
-    """Param of the jobs reading the prepared data: what decides the content that readers
-    of ``splits`` see. The prepare options, or for an image folder the content digest
-    (abl_data.data_digest), read once prepare_data has run. A change re-runs the job."""
-    if not TRACK_CONTENT:
-        return verbatim(data_options())
-
-    def digest(wildcards):
-        # raises while prepare_data is pending: Snakemake asks again once it has run
-        checkpoints.prepare_data.get(dataset=DATASET)
-        st = Path(DATA_DIR, "meta.json").stat()
-        return _data_digest(splits, (st.st_mtime_ns, st.st_size, st.st_ino))
-
-    return digest
-
-
-def folder_manifest():
-    """The image folder's listing digest (abl_data.folder_manifest; "" for other datasets),
-    a param of prepare_data: adding, removing or overwriting an image re-prepares the data.
-    Stat only, by the main process only (jobs do not compare params): 0.3 s for 50 000 files.
-    """
-    if DATASET != "imagefolder" or not workflow.is_main_process:
-        return ""
-    try:
-        return abl_data.folder_manifest(CONFIG["data"]["root"])
-    except abl_data.DataError as err:
-        refuse(f"data.root: {err}")
-
-
-FOLDER_MANIFEST = folder_manifest()
-
-
-def data_options():
-    """Options of `prepare` that change the prepared tensors (params of prepare_data)."""
-    data = CONFIG["data"]
-    options = [
-        "--val-size",
-        str(data["val_size"]),
-        "--split-seed",
-        str(data["split_seed"]),
-    ]
-    if data["image_size"] is not None:
-        options += ["--image-size", str(data["image_size"])]
-    if data["dataset"] == "imagefolder":
-        options += ["--root", data["root"]]
-    return options
-
-
-def data_source():
-    """Where raw files come from (checksum-verified, so they do not change the data)."""
-    data = CONFIG["data"]
-    options = ["--root", data["root"]] if data["dataset"] != "imagefolder" else []
-    if data["mirror"]:
-        options += ["--mirror", data["mirror"]]
-    return options
-
-
-def _weights(wildcards):
-    weights = EXPERIMENTS[wildcards.experiment]["recipe"]["model"]["weights"]
-    return [] if weights in abl_study.NAMED_WEIGHTS else [weights]
-
-
-def weights_file(wildcards):
-    """A weights file named in the recipe is an input, ancient(): its content decides
-    (weights_digest), so a touched file re-trains nothing and one replaced by an older file
-    (cp -p) re-trains."""
-    return ancient(_weights(wildcards))
-
-
-@functools.lru_cache(maxsize=None)
-def _file_sha256(path, mtime_ns, size):
-    return abl_io.sha256(path)
-
-
-def weights_digest(wildcards):
-    """Param: sha256 of the experiment's weights file (none for named weights)."""
-    stats = {w: os.stat(w) for w in _weights(wildcards)}
-    return [_file_sha256(w, st.st_mtime_ns, st.st_size) for w, st in stats.items()]
-
-
-# adaptive seeding (adaptive.smk): each experiment's seeds come from the last look
+# adaptive seeding (adaptive.smk: adaptive_plan): each experiment's seeds come from the last look
 ADAPTIVE = "adaptive" in STUDY.experiments
-SEED_PLAN = "results/adaptive/seeds.json"
 
 
 def seed_blocks():
@@ -395,54 +128,11 @@ def experiment_seeds(exp):
 def run_files(experiments, names, seeds=None):
     """results/runs/<experiment>/seed<n>/<name> for every experiment, its seeds (or `seeds`) and name."""
     return [
-        f"{RUNS_ROOT}/{exp}/seed{seed}/{name}"
+        abl_layout.run_path(exp, seed, name)
         for exp in experiments
         for seed in (experiment_seeds(exp) if seeds is None else seeds)
         for name in names
     ]
-
-
-def look_file(k):
-    return f"results/adaptive/look{k}.json"
-
-
-@functools.lru_cache(maxsize=None)
-def _read_look(path, mtime_ns):
-    return abl_io.read_json(path)
-
-
-def read_look(k):
-    """The result of look k (IncompleteCheckpointException until that checkpoint has run)."""
-    path = checkpoints.adaptive_look.get(look=k).output[0]
-    return _read_look(path, os.stat(path).st_mtime_ns)
-
-
-def look_seeds(k):
-    """{experiment: seeds} tested at look k: the study's at look 1, else what look k-1 decided."""
-    return {e: SEEDS for e in EXPERIMENTS} if k == 1 else read_look(k - 1)["seeds"]
-
-
-def adaptive_plan():
-    """The last look's result: the first look that added no seed."""
-    # every look but the last adds a seed somewhere, so there are at most this many
-    limit = len(EXPERIMENTS) * STUDY.experiments["adaptive"]["max_seeds"] + 1
-    for k in range(1, limit + 1):
-        result = read_look(k)
-        if result["done"]:
-            return result
-    raise WorkflowError(f"adaptive seeding: no decision after {limit} looks")
-
-
-def look_runs(wildcards):
-    seeds = look_seeds(int(wildcards.look))
-    return [
-        f"{RUNS_ROOT}/{e}/seed{s}/metrics.json" for e in EXPERIMENTS for s in seeds[e]
-    ]
-
-
-def previous_look(wildcards):
-    k = int(wildcards.look)
-    return [look_file(k - 1)] if k > 1 else []
 
 
 def seed_plan_option(wildcards, input):
@@ -466,6 +156,12 @@ def final_targets():
         REPORT_HTML,
         REPORT_PDF,
     ]
+
+
+# Files between the stages (ablationlab.layout), not as rules.<rule>.output: Snakemake hashes a
+# list input whole for every file of it when a rule references another rule's output, seconds of
+# planning for a large study (benchmarks/plan_study.py). A job gets the folder of its inputs or
+# outputs as input_folder()/output_folder() params, and a root of many (RUNS_ROOT) as a constant.
 
 
 def _one_folder(files, name):
@@ -500,60 +196,34 @@ def recipe_json(wildcards):
     return abl_io.canonical_json(EXPERIMENTS[wildcards.experiment]["recipe"])
 
 
-# --------------------------------------------------------------------------- resources
+# --------------------------------------------------------------------------- before the jobs
+
+# checks before the first job (not on -n, nor when nothing is to be done): each gets the jobs
+# to run and returns an error line or None. A folder the run writes into that is read-only or
+# immutable: Snakemake would fail removing old outputs with a traceback (it names
+# write-protected files itself). The stage files add theirs (track.smk: the tracking store).
+PREFLIGHT = [
+    lambda jobs: abl_io.unwritable(f for job in jobs for f in [*job.output, *job.log]),
+]
+# what a run (not -n) says before its first job: functions yielding lines (data.smk, train.smk)
+NOTICES = []
+# what a run does once the checks passed, before its first job: functions of the jobs (data.smk)
+BEFORE_JOBS = []
 
 
-def _group_resources(group):
-    merged = dict(CONFIG["resources"].get("default") or {})
-    overrides = CONFIG["resources"].get(group) or {}
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    return merged
-
-
-def group_resource(group, key, fallback):
-    """resources.<group>.<key>, else resources.default.<key>, else fallback."""
-    value = _group_resources(group).get(key)
-    return fallback if value is None else value
-
-
-def gpus(group):
-    """GPUs per job of a group: its setting, else 1 on CUDA, else 0."""
-    return group_resource(group, "gpu", 1 if CONFIG["device"] == "cuda" else 0)
-
-
-def jobs_per_gpu(group):
-    """Jobs of a group that share one GPU on a workstation (gpu_slot.py --jobs-per-gpu)."""
-    return group_resource(group, "jobs_per_gpu", 1)
-
-
-def gpu_slots_per_gpu():
-    """Slots of one GPU in `--resources gpu=` (local runs): the lcm of the GPU groups' jobs_per_gpu
-    (1 when no group shares: the gpu resource then counts GPUs)."""
-    return math.lcm(1, *(jobs_per_gpu(g) for g in GROUPS if gpus(g)))
-
-
-def gpu_resource(group):
-    """The `gpu` resource of a group's jobs: on a cluster (sbatch and the job it runs) whole GPUs,
-    which SLURM allocates; locally GPU slots, so that shared GPUs need no fractions: a job holds
-    gpus * gpu_slots_per_gpu() / jobs_per_gpu (a whole-GPU job: all its GPUs' slots)."""
-    if workflow.non_local_exec or workflow.remote_exec:
-        return gpus(group)
-    return gpus(group) * gpu_slots_per_gpu() // jobs_per_gpu(group)
-
-
-def gpu_model(group):
-    return group_resource(group, "gpu_model", "")
-
-
-def experiment_group(wildcards):
-    return EXPERIMENTS[wildcards.experiment]["group"]
+onstart:
+    for notices in NOTICES:
+        for line in notices():
+            print(line, file=sys.stderr)
+    jobs = list(workflow.dag.needrun_jobs())
+    for check in PREFLIGHT:
+        if problem := check(jobs):
+            refuse(problem)
+    for action in BEFORE_JOBS:
+        action(jobs)
 
 
 # --------------------------------------------------------------------------- library inputs
-
-LIB = Path(ablationlab.__file__).resolve().parent
-with contextlib.suppress(ValueError):
-    LIB = LIB.relative_to(Path.cwd().resolve())
 
 
 def library(stage):

@@ -11,6 +11,18 @@ re-renders the report and nothing else (study.smk).
 
 from ablationlab import figure_plan as abl_figure_plan
 from ablationlab import show as abl_show
+from ablationlab import io as abl_io
+from ablationlab import layout as abl_layout
+from ablationlab.layout import (
+    FIGURE_MANIFEST,
+    MLFLOW_RECORD,
+    RENDERED,
+    SEED_PLAN,
+    STUDY_REPORT,
+    STUDY_TABLE,
+    SUMMARY,
+    TRAIN_BENCHMARKS,
+)
 
 
 report: "../report/workflow.rst"
@@ -27,7 +39,7 @@ REPORT_CATEGORIES = {
     for gid, title in GROUP_TITLES.items()
 }
 FIGURE_PLAN = abl_figure_plan.plan(STUDY.experiments)
-FIGURE_FILES = [f"{FIGURES_DIR}/{item['file']}" for item in FIGURE_PLAN]
+FIGURE_FILES = [f"{abl_layout.FIGURES_DIR}/{item['file']}" for item in FIGURE_PLAN]
 
 # every planned figure, flagged for `snakemake --report`: category per group, and the caption
 # template per kind that the figures stage renders into the report (by absolute path: Snakemake
@@ -48,15 +60,6 @@ CAPTIONS = sorted(
         for item in FIGURE_PLAN
     }
 )
-FIGURE_RUN_FILES = [
-    "history.csv",
-    "train.json",
-    "weights_init.pt",
-    "weights.pt",
-    "confusion.csv",
-    "misclassified.csv",
-    "activations.npz",
-]
 
 
 rule figures:
@@ -64,7 +67,7 @@ rule figures:
         study_table=STUDY_TABLE,
         summary=SUMMARY,
         data=data_files(["meta.json", "train_x.pt", "train_y.pt", "test_x.pt"]),
-        runs=lambda wildcards: run_files(EXPERIMENTS, FIGURE_RUN_FILES),
+        runs=lambda wildcards: run_files(EXPERIMENTS, abl_layout.FIGURE_READS),
         seeds=[SEED_PLAN] if ADAPTIVE else [],
         code=library("figures"),
         captions=CAPTIONS,
@@ -72,7 +75,7 @@ rule figures:
         figures=FIGURES,
         manifest=FIGURE_MANIFEST,
     log:
-        "results/logs/figures/figures.log",
+        abl_layout.log_path("figures", "figures"),
     conda:
         ENV
     # figures drawn in parallel processes, one core left for track, which runs beside it
@@ -116,7 +119,7 @@ rule render_report:
         meta=data_files(["meta.json"]),
         # wall time per train job: results/benchmarks/train/<experiment>/seed<seeds>.tsv
         benchmarks=lambda wildcards: [
-            f"{TRAIN_BENCHMARKS}/{exp}/{stem}.tsv"
+            abl_layout.train_job_file(TRAIN_BENCHMARKS, exp, stem, "tsv")
             for exp in EXPERIMENTS
             for stem in train_jobs(exp)
         ],
@@ -127,7 +130,7 @@ rule render_report:
         html=expand(RENDERED, ext="html"),
         pdf=expand(RENDERED, ext="pdf"),
     log:
-        "results/logs/report/report.log",
+        abl_layout.log_path("report", "report"),
     conda:
         ENV
     threads: 1
@@ -155,13 +158,13 @@ rule publish_report:
         after_data(lambda wildcards: RENDERED.format(ext=wildcards.ext)),
     output:
         report(
-            "reports/report.{ext}",
+            abl_layout.PUBLISHED,
             caption="../report/report.rst",
             category="Report",
             labels={"group": "report", "figure": "{ext} report"},
         ),
     log:
-        "results/logs/report/publish_{ext}.log",
+        abl_layout.log_path("report", "publish_{ext}"),
     wildcard_constraints:
         ext="html|pdf",
     run:
@@ -175,8 +178,12 @@ rule publish_report:
 # was to be done); a problem with it is one warning line and never fails the run.
 onsuccess:
     try:
-        if abl_show.report_current(REPORT_HTML, SUMMARY_DIR):
-            text = abl_show.summary(SUMMARY_DIR, REPORT_HTML, MLFLOW_INFO)
+        if abl_show.report_current(abl_layout.REPORT_HTML, abl_layout.SUMMARY_DIR):
+            text = abl_show.summary(
+                abl_layout.SUMMARY_DIR,
+                abl_layout.REPORT_HTML,
+                abl_layout.MLFLOW_INFO,
+            )
             print(f"\n{text}", flush=True)
     except Exception as err:
         print(f"warning: results table: {err}", file=sys.stderr)

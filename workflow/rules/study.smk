@@ -10,6 +10,9 @@ inputs, so their own reasons to run, such as new run files, were never looked at
 Written where Snakemake runs (localrules), never queued on a cluster.
 """
 
+from ablationlab import io as abl_io
+from ablationlab import layout as abl_layout
+
 # each file's content; the job's params are its key digests (abl_io.key_digests), one param each, so
 # the file is rewritten only when it changes and the reason names the keys that changed
 STUDY_FILES = {"experiments": STUDY.experiments, "report": STUDY.report}
@@ -32,9 +35,9 @@ rule study:
     input:
         library("study"),
     output:
-        "results/study/{name}.json",
+        f"{abl_layout.STUDY_DIR}/{{name}}.json",
     log:
-        "results/logs/study/{name}.log",
+        abl_layout.log_path("study", "{name}"),
     wildcard_constraints:
         name="|".join(STUDY_FILES),
     params:

@@ -9,14 +9,15 @@ results/summary/mlflow.csv). The study table is rewritten only when its content 
 (study.smk): editing a group's notes or the report title does not re-run this rule.
 """
 
+from ablationlab import layout as abl_layout
+from ablationlab.layout import RUNS_ROOT, SEED_PLAN, STUDY_TABLE, SUMMARY
+
 
 rule summarize:
     input:
         study_table=STUDY_TABLE,
         runs=after_data(
-            lambda wildcards: run_files(
-                EXPERIMENTS, ["train.json", "metrics.json", "history.csv"]
-            )
+            lambda wildcards: run_files(EXPERIMENTS, abl_layout.SUMMARIZE_READS)
         ),
         # each experiment's seeds (adaptive seeding)
         seeds=[SEED_PLAN] if ADAPTIVE else [],
@@ -26,7 +27,7 @@ rule summarize:
         experiments=SUMMARY[1],
         diagnostics=SUMMARY[2],
     log:
-        "results/logs/summarize/summarize.log",
+        abl_layout.log_path("summarize", "summarize"),
     conda:
         ENV
     threads: 1

@@ -15,20 +15,50 @@ URI is a tracking server).
 Names: `experiment` is an ablation experiment; MLflow's experiment (one per study) is always
 `mlflow_experiment` here (config key tracking.experiment).
 
-MLflow settings (MLFLOW_URI: credentials moved to MLflow's environment variables, never into a
-command or log; MLFLOW_EXPERIMENT; the tracking server's check before the first job) are in
-common.smk, which the train rules' live logging shares.
+MLflow settings are defined here (MLFLOW_URI: credentials moved to MLflow's environment
+variables, never into a command or log; MLFLOW_EXPERIMENT; the tracking server's check before the
+first job); the train rules' live logging (train.smk) reads them too.
 """
 
-from ablationlab.credentials import redact
+import os
 
-MLFLOW_TARGET = "results/mlflow/target.json"  # tracking URI (redacted), MLflow experiment, study name
-TRACKED_FILES = [
-    "recipe.json",
-    "train.json",
-    "history.csv",
-    "weights.pt",
-] + EVALUATE_FILES[:2]
+from ablationlab import io as abl_io
+from ablationlab import layout as abl_layout
+from ablationlab import mlflow_store as abl_mlflow
+from ablationlab.credentials import redact
+from ablationlab.layout import (
+    MLFLOW_INFO,
+    MLFLOW_RECORD,
+    RUNS_ROOT,
+    STUDY_TABLE,
+    SUMMARY,
+    TRAIN_LOGS,
+)
+
+# Credentials in tracking.uri (https://user:pass@host) never reach a shell command or a log:
+# they are moved into MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD environment variables
+# (inherited by local jobs, exported by sbatch) and jobs get the bare URI.
+MLFLOW_URI = abl_mlflow.export_credentials(CONFIG["tracking"]["uri"])
+# credentials given: pass them on to remote jobs (sbatch exports them anyway)
+if MLFLOW_URI != CONFIG["tracking"]["uri"]:
+    workflow.register_envvars("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# the MLflow experiment of the study (config key tracking.experiment, default the study name)
+MLFLOW_EXPERIMENT = CONFIG["tracking"]["experiment"] or STUDY_NAME
+# the rules that write to the tracking store: track, and the train rules with live logging
+TRACK_RULES = {"track"}
+STORE_WRITERS = lambda job: job.rule.name in TRACK_RULES or (
+    CONFIG["tracking"]["live"] and job.rule.name.startswith("train_")
+)
+# an unreachable tracking server, or a local store that cannot be written: one line before the
+# first job, not minutes of retries or training lost
+PREFLIGHT.append(
+    lambda jobs: (
+        abl_mlflow.store_problem(MLFLOW_URI) if any(map(STORE_WRITERS, jobs)) else None
+    )
+)
+
+
+MLFLOW_TARGET = abl_layout.MLFLOW_TARGET
 
 
 localrules:
@@ -42,7 +72,7 @@ rule mlflow_init:
     output:
         MLFLOW_TARGET,
     log:
-        "results/logs/mlflow_init/mlflow_init.log",
+        abl_layout.log_path("mlflow_init", "mlflow_init"),
     params:
         uri=verbatim(redact(MLFLOW_URI)),
         mlflow_experiment=verbatim(MLFLOW_EXPERIMENT),
@@ -56,13 +86,15 @@ rule track:
         target=MLFLOW_TARGET,
         study_table=STUDY_TABLE,
         summary=SUMMARY,
-        runs=after_data(lambda wildcards: run_files(EXPERIMENTS, TRACKED_FILES)),
+        runs=after_data(
+            lambda wildcards: run_files(EXPERIMENTS, abl_layout.TRACK_READS)
+        ),
         code=library("track"),
     output:
         info=MLFLOW_INFO,
         record=MLFLOW_RECORD,
     log:
-        "results/logs/track/track.log",
+        abl_layout.log_path("track", "track"),
     conda:
         ENV
     threads: 1
