@@ -12,7 +12,7 @@ the same run so that a reader on another machine can scale the figures:
 
 Then the spread (min–max) over the clones. Run it on an idle machine: every figure moves with load.
 
-    python benchmarks/quick_study.py [--clones 3] [--ref HEAD] [--cores 2]
+    python benchmarks/quick_study.py [--clones 3] [--ref HEAD] [--cores 2] [--keep DIR]
 
 It uses the Python environment it runs in (the README's `.venv`): the clone's library comes first
 through the Snakefile (PYTHONPATH), so only the clone's files differ between refs.
@@ -54,10 +54,10 @@ def train_jobs(work: Path) -> list[tuple[str, float, float]]:
     return jobs
 
 
-def one_clone(ref: str, cores: int) -> dict:
-    """Clone, run the quick study, measure."""
+def one_clone(ref: str, cores: int, keep: Path | None = None) -> dict:
+    """Clone, run the quick study, measure; the clone is removed unless ``keep`` names where it stays."""
     with tempfile.TemporaryDirectory(prefix="quick-study-") as tmp:
-        work = Path(tmp) / "ablationlab"
+        work = keep or Path(tmp) / "ablationlab"
         subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
         subprocess.run(["git", "-C", str(work), "checkout", "-q", ref], check=True)
         yardstick = import_torch_s()
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clones", type=int, default=3)
     parser.add_argument("--ref", default="HEAD")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="keep the clones as KEEP/clone-<n> (to compare their results)")
     args = parser.parse_args(argv)
     ref = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", args.ref], check=True, capture_output=True, text=True
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ref={ref} cores={args.cores} load={os.getloadavg()[0]:.2f}")
     rows = []
     for i in range(args.clones):
-        row = one_clone(ref, args.cores)
+        row = one_clone(ref, args.cores, args.keep / f"clone-{i + 1}" if args.keep else None)
         rows.append(row)
         print(
             f"clone={i + 1} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
