@@ -55,7 +55,7 @@ COLUMNS = [
     "flags",
     "reading",
 ]
-FLAGS = ("overfitting", "unstable", "underfitting", "diverged")
+FLAGS = ("overfitting", "unstable", "swing", "underfitting", "diverged")
 NUMBERS = (
     "val_loss_min_epoch",
     "last_epoch",
@@ -191,6 +191,8 @@ def flags(numbers: dict[str, float], context: Context, n_diverged: int = 0) -> l
     limit = max(yardstick(context), numbers["noise_floor"])
     if numbers["late_swing"] > limit or numbers["last_vs_best_acc"] > limit:
         out.append("unstable")
+    elif swings(numbers, context):
+        out.append("swing")
     still = numbers["val_loss_trend"] <= -STILL_FALLING and numbers["val_loss_trend_p"] < TREND_P
     if numbers["train_acc_last"] < UNDERFIT_TRAIN_ACC or still:
         out.append("underfitting")
@@ -297,7 +299,7 @@ def reading(
         )
     if "unstable" in found:
         parts.append(_noise_reading(numbers, context))
-    elif swings(numbers, context):
+    elif "swing" in found:
         parts.append(
             f"Late swing: validation accuracy falls by up to {pp(numbers['late_swing'], signed=False)} pp between "
             f"two of the last epochs, more than the validation set's own noise "
