@@ -30,7 +30,8 @@ localrules:
     study,
 
 
-# written in Snakemake's process (no job start-up); a write error is Snakemake's one error naming the file
+# written in Snakemake's process (no job start-up: profiles/default runs `run:` jobs in a thread); a write error
+# is Snakemake's one error naming the file
 rule study:
     input:
         library("study"),
