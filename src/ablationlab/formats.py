@@ -14,6 +14,8 @@ from typing import Any
 import pandas as pd
 
 MISSING = "–"
+# a verdict of the summary (experiments.csv `verdict`) as the report and the console name it
+VERDICT_NAMES = {"significant": "significant", "no_effect": "no effect", "undecided": "undecided"}
 
 
 def missing(x: Any) -> bool:

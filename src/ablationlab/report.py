@@ -37,6 +37,7 @@ from markupsafe import Markup
 from ablationlab import defaults, io
 from ablationlab.credentials import redact
 from ablationlab.formats import (
+    VERDICT_NAMES,
     diverged,
     integer,
     number,
@@ -178,7 +179,6 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 TEST_NAMES = {"paired_t": "paired t", "welch": "Welch t"}
 EFFECT_KINDS = {"d_z": "d_z", "hedges_g": "Hedges' g"}
-VERDICT_NAMES = {"significant": "significant", "no_effect": "no effect", "undecided": "undecided"}
 
 
 def statistics_settings(study: dict[str, Any]) -> dict[str, Any]:

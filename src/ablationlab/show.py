@@ -19,10 +19,9 @@ from typing import Any
 import pandas as pd
 
 from ablationlab import layout
-from ablationlab.formats import diverged, pct, pp
+from ablationlab.formats import VERDICT_NAMES, diverged, pct, pp
 from ablationlab.formats import missing as _missing
 from ablationlab.mlflow_store import split_credentials
-from ablationlab.report import VERDICT_NAMES
 from ablationlab.summarize import read_table
 
 COLUMNS = ["experiment", "reference", "test_acc_mean", "test_acc_std", "delta_acc", "verdict", "status"]

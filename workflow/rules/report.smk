@@ -10,7 +10,6 @@ re-renders the report and nothing else (study.smk).
 """
 
 from ablationlab import figure_plan as abl_figure_plan
-from ablationlab import show as abl_show
 from ablationlab import io as abl_io
 from ablationlab import layout as abl_layout
 from ablationlab.layout import (
@@ -178,6 +177,9 @@ rule publish_report:
 # was to be done); a problem with it is one warning line and never fails the run.
 onsuccess:
     try:
+        # imported here, not at the top: every parse of the workflow (each -n, each cluster job) would pay it
+        from ablationlab import show as abl_show
+
         if abl_show.report_current(abl_layout.REPORT_HTML, abl_layout.SUMMARY_DIR):
             text = abl_show.summary(
                 abl_layout.SUMMARY_DIR,
