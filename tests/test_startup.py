@@ -56,3 +56,19 @@ def test_importing_the_train_and_evaluate_commands_loads_no_heavy_module():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code, *HEAVY], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_stages_that_only_read_the_summary_load_no_statistics():
+    """figures, track, report and show (the end of every run) read the summary's tables: importing them
+    loads neither scipy nor statsmodels, a second of start-up each in the tail of the study."""
+    code = "import ablationlab.figures, ablationlab.track, ablationlab.report, ablationlab.show, sys"
+    code += "; print([m for m in sys.argv[1:] if m in sys.modules])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-c", code, "scipy", "statsmodels", "torch", "mlflow"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"

@@ -92,12 +92,18 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ablationlab import defaults, diagnostics, io, stats
+from ablationlab import defaults, io
 from ablationlab.layout import run_dir
+
+if TYPE_CHECKING:
+    from ablationlab import diagnostics
+
+# stats and diagnostics (scipy, a second of start-up) are imported where the summary is computed: the
+# stages that only read it (figures, track, report, show) do not load them
 
 RUN_COLUMNS = [
     "experiment",
@@ -333,6 +339,8 @@ def _first(series: pd.Series) -> Any:
 
 def _comparison(variant: dict[int, float], reference: dict[int, float], settings: dict[str, Any]) -> dict[str, Any]:
     """One row's comparison columns (Holm, BH and verdict are filled in later, over families)."""
+    from ablationlab import stats
+
     res = stats.compare(variant, reference, alpha=settings["alpha"], power=settings["power"], looks=settings["looks"])
     size, worth = abs(res["delta"]), settings["min_effect"]
     if not (size >= worth or math.isclose(size, worth)):  # no seed count for it (a Δ of 2e-8 "needed" 1.5e11)
@@ -349,6 +357,8 @@ def _comparison(variant: dict[int, float], reference: dict[int, float], settings
 def add_comparisons(rows: list[dict], study: dict[str, Any], per_seed_acc: dict[str, dict[int, float]]) -> None:
     """Fill the comparison columns of ``rows`` in place: each experiment vs its reference; Holm within
     each group (the group's experiments that have a reference); BH over the whole study; the verdict."""
+    from ablationlab import stats
+
     settings = defaults.statistics(study.get("statistics"))
     compared = [row for row, exp in zip(rows, study["experiments"]) if exp["reference"]]
     for row, exp in zip(rows, study["experiments"]):
@@ -382,6 +392,8 @@ def _weights(values: pd.Series) -> str:
 
 def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
     """The ``experiments.csv`` table from the ``runs.csv`` table."""
+    from ablationlab import stats
+
     rows, per_seed_acc, per_seed_best = [], {}, {}
     for exp in study["experiments"]:
         mine = runs[runs["experiment"] == exp["id"]]
@@ -431,6 +443,8 @@ def aggregate(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
 def contexts(study: dict[str, Any], runs: pd.DataFrame, experiments: pd.DataFrame) -> dict[str, diagnostics.Context]:
     """What each experiment's curves are read against (:class:`ablationlab.diagnostics.Context`): its Δ, the
     smallest effect worth detecting, the validation images, its recipe and partial last batch."""
+    from ablationlab import diagnostics
+
     min_effect = defaults.statistics(study.get("statistics"))["min_effect"]
     delta = dict(zip(experiments["experiment"], experiments["delta_acc"]))
     out = {}
@@ -451,6 +465,8 @@ def summarize(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``out_dir/runs.csv``, ``out_dir/experiments.csv`` and ``out_dir/diagnostics.csv`` (the curves'
     reading, :mod:`ablationlab.diagnostics`); return the first two tables."""
+    from ablationlab import diagnostics
+
     if not isinstance(study, dict):
         study = load_study(study, seed_plan)
     runs = collect_runs(study, runs_dir)
