@@ -8,7 +8,10 @@ the same run so that a reader on another machine can scale the figures:
   ``ratio`` = wall_s / import_torch_s;
 - ``train_jobs``, ``median_job_s``, ``longest_job_s`` (and which): the train jobs' wall times
   (Snakemake's benchmark files, results/benchmarks/train/);
-- ``tail_s``, ``tail_share``: from the end of the last train job to the end of the run.
+- ``tail_s``, ``tail_share``: from the end of the last train job to the end of the run;
+- the tail's stages (``summarize_s``, ``track_s``, ``figures_s``, ``report_s``): each job's wall time,
+  from Snakemake's record of its output (``.snakemake/metadata``: start and end of the job), and
+  ``after_report_s``: from the end of the report job to the end of the run (publishing, the results table).
 
 Then the spread (min–max) over the clones. Run it on an idle machine: every figure moves with load.
 
@@ -21,7 +24,9 @@ through the Snakefile (PYTHONPATH), so only the clone's files differ between ref
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
+import json
 import os
 import statistics
 import subprocess
@@ -54,6 +59,22 @@ def train_jobs(work: Path) -> list[tuple[str, float, float]]:
     return jobs
 
 
+# a file each tail stage writes, whose Snakemake record gives the stage's job start and end
+STAGE_OUTPUTS = {
+    "summarize": "results/summary/runs.csv",
+    "track": "results/mlflow.json",
+    "figures": "results/figures/figures.json",
+    "report": "results/report/report.html",
+}
+
+
+def job_span(work: Path, output: str) -> tuple[float, float]:
+    """(start, end) epoch seconds of the job that wrote ``output``, from Snakemake's metadata."""
+    name = base64.urlsafe_b64encode(output.encode()).decode()
+    record = json.loads((work / ".snakemake/metadata" / name).read_text())
+    return record["starttime"], record["endtime"]
+
+
 def one_clone(ref: str, cores: int, keep: Path | None = None) -> dict:
     """Clone, run the quick study, measure; the clone is removed unless ``keep`` names where it stays."""
     with tempfile.TemporaryDirectory(prefix="quick-study-") as tmp:
@@ -74,6 +95,7 @@ def one_clone(ref: str, cores: int, keep: Path | None = None) -> dict:
         walls = [w for _, w, _ in jobs]
         longest = max(jobs, key=lambda j: j[1])
         tail = end - max(e for _, _, e in jobs)
+        spans = {stage: job_span(work, output) for stage, output in STAGE_OUTPUTS.items()}
         return {
             "import_torch_s": yardstick,
             "wall_s": wall,
@@ -84,6 +106,8 @@ def one_clone(ref: str, cores: int, keep: Path | None = None) -> dict:
             "longest_job": longest[0],
             "tail_s": tail,
             "tail_share": tail / wall,
+            **{f"{stage}_s": e - s for stage, (s, e) in spans.items()},
+            "after_report_s": end - spans["report"][1],
         }
 
 
@@ -105,7 +129,11 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"clone={i + 1} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
-    for key in ("import_torch_s", "wall_s", "ratio", "median_job_s", "longest_job_s", "tail_s", "tail_share"):
+    for key in (
+        ("import_torch_s", "wall_s", "ratio", "median_job_s", "longest_job_s", "tail_s", "tail_share")
+        + tuple(f"{stage}_s" for stage in STAGE_OUTPUTS)
+        + ("after_report_s",)
+    ):
         values = [r[key] for r in rows]
         print(f"{key}: {min(values):.2f}–{max(values):.2f}")
 
