@@ -389,6 +389,22 @@ def test_pdf_refuses_external_resources(tmp_path):
     assert not (tmp_path / "x.pdf").exists()
 
 
+def test_the_pdf_is_given_exactly_the_manifests_figures(rendered, tmp_path):
+    """The PDF's HTML names its figures (``figure:<file>``) instead of embedding them: WeasyPrint gets
+    the manifest's files and nothing else, and lays out the same figures as the HTML shows."""
+    _, out, context = rendered
+    linked = report.render_html(context, embed=False)
+    files = re.findall(r'<img src="figure:([^"]+)"', linked)
+    shown = [f["file"] for f in io.read_json(out / "figures" / "figures.json")["figures"] if f["kind"] != "params"]
+    assert sorted(files) == sorted(shown) and "data:image" not in linked
+    png = out / "figures" / files[0]
+    report.write_pdf(f'<img src="figure:{files[0]}">', tmp_path / "one.pdf", {files[0]: png})
+    assert (tmp_path / "one.pdf").read_bytes().startswith(b"%PDF")
+    with pytest.raises(report.ReportError, match="not self-contained"):
+        report.write_pdf('<img src="figure:other.png">', tmp_path / "x.pdf", {files[0]: png})
+    assert not (tmp_path / "x.pdf").exists()
+
+
 def test_cli_and_errors(rendered, tmp_path):
     root, out, _ = rendered
     args = [

@@ -6,7 +6,9 @@ summary CSVs, the figure manifest (``figures.json``) and, optionally, the prepar
 data's ``meta.json`` and Snakemake benchmark files. Renders the Jinja2 templates in
 ``ablationlab/templates`` (autoescape on) into ``report.html`` — images embedded as
 ``data:`` URIs, CSS inline, no external reference — and the same HTML through
-WeasyPrint into ``report.pdf`` (A4, page numbers, table of contents with pages).
+WeasyPrint into ``report.pdf`` (A4, page numbers, table of contents with pages). The PDF's
+HTML names each figure ``figure:<file>`` instead of embedding it, and WeasyPrint is given
+exactly the manifest's figure files (parsing megabytes of base64 cost it a second or more).
 
 User text (titles, notes, experiment names) is escaped; notes are CommonMark rendered
 by markdown-it-py with raw HTML disabled (escaped), images disabled and unsafe link
@@ -56,6 +58,8 @@ from ablationlab.provenance import git_commit, package_versions
 from ablationlab.summarize import SummaryError, load_study, read_summary
 
 MLFLOW_UI = "http://127.0.0.1:5000/"
+# how the PDF's HTML names a figure of the manifest (write_pdf serves exactly those files)
+FIGURE_SCHEME = "figure:"
 
 
 class ReportError(ValueError):
@@ -161,13 +165,17 @@ def read_diagnostics(summary_dir: str | Path) -> pd.DataFrame:
     )
 
 
-def _image_uri(path: Path) -> str:
+def _mime(path: Path) -> str:
     mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(
         path.suffix.lower()
     )
     if mime is None:
         raise ReportError(f"{path}: unsupported figure format {path.suffix!r}")
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return mime
+
+
+def _image_uri(path: Path) -> str:
+    return f"data:{_mime(path)};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -575,7 +583,7 @@ def seed_plan_table(study: dict[str, Any], table_number: int) -> dict[str, Any] 
 
 
 def _read_figures(manifest: dict[str, Any], figures_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], Any]:
-    """The manifest's figures by group (images embedded) and the parameter table (or None)."""
+    """The manifest's figures by group (each with its ``path``) and the parameter table (or None)."""
     by_group: dict[str, list[dict[str, Any]]] = {}
     params_table = None
     for item in manifest.get("figures", []):
@@ -591,7 +599,8 @@ def _read_figures(manifest: dict[str, Any], figures_dir: Path) -> tuple[dict[str
                 "total": int(frame["params"].sum()),
             }
             continue
-        by_group.setdefault(item["group"], []).append({**item, "src": _image_uri(path)})
+        _mime(path)  # an unsupported format fails here, before anything is written
+        by_group.setdefault(item["group"], []).append({**item, "path": path})
     return by_group, params_table
 
 
@@ -721,18 +730,35 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render_html(context: dict[str, Any]) -> str:
+def render_html(context: dict[str, Any], *, embed: bool = True) -> str:
+    """The report's HTML: figures embedded as ``data:`` URIs, or named ``figure:<file>`` (``embed``
+    false: the PDF's HTML, for :func:`write_pdf`)."""
     css = resources.files("ablationlab").joinpath("templates/report.css").read_text(encoding="utf-8")
-    return environment().get_template("report.html.j2").render(**context, css=Markup(css))
+
+    def image_src(fig: dict[str, Any]) -> str:
+        return _image_uri(fig["path"]) if embed else FIGURE_SCHEME + fig["file"]
+
+    return environment().get_template("report.html.j2").render(**context, css=Markup(css), image_src=image_src)
 
 
-def write_pdf(html: str, path: str | Path) -> None:
-    """Render ``html`` with WeasyPrint into ``path`` (atomically). The HTML must be self-contained."""
+def write_pdf(html: str, path: str | Path, figures: dict[str, Path] | None = None) -> None:
+    """Render ``html`` with WeasyPrint into ``path`` (atomically). The HTML fetches nothing but
+    ``data:`` URIs and, as ``figure:<file>``, the ``figures`` (``{file: path}``); anything else is an error."""
     import weasyprint
-    from weasyprint.urls import FatalURLFetchingError
+    from weasyprint.urls import FatalURLFetchingError, URLFetcherResponse
 
-    # a self-contained report never fetches anything: only data: URIs, and a failure is an error
-    fetcher = weasyprint.URLFetcher(allowed_protocols=["data"], fail_on_errors=True)
+    figures = figures or {}
+
+    class Fetcher(weasyprint.URLFetcher):
+        def fetch(self, url, headers=None):
+            if url.startswith(FIGURE_SCHEME):
+                file = figures.get(url.removeprefix(FIGURE_SCHEME))
+                if file is None:
+                    raise ValueError(f"{url}: not a figure of the report")
+                return URLFetcherResponse(url, file.read_bytes(), {"Content-Type": _mime(file)})
+            return super().fetch(url, headers)
+
+    fetcher = Fetcher(allowed_protocols=["data"], fail_on_errors=True)
     try:
         document = weasyprint.HTML(string=html, url_fetcher=fetcher).render()
     except FatalURLFetchingError as exc:  # a BaseException: turn it into a clear error
@@ -784,10 +810,10 @@ def report(
         diagnostics=read_diagnostics(summary_dir),
         commit=commit if commit is not None else git_commit(),
     )
-    html = render_html(context)
-    io.write_text(out_html, html)
+    io.write_text(out_html, render_html(context))
     if out_pdf is not None:
-        write_pdf(html, out_pdf)
+        figures = {item["file"]: Path(figures_dir) / item["file"] for item in manifest.get("figures", [])}
+        write_pdf(render_html(context, embed=False), out_pdf, figures)
     return context
 
 
