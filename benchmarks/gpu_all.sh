@@ -108,7 +108,8 @@ python3 - "$WORK" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys, collections
 from pathlib import Path
 seen = collections.Counter()
-for f in Path(sys.argv[1]).rglob("train.json"):
+work = Path(sys.argv[1])
+for f in (f for runs in [work / "runs", *work.glob("pipeline/*/results/runs")] for f in runs.rglob("train.json")):
     t = json.loads(f.read_text())
     seen["cuda_graph" if t.get("cuda_graph") else "eager"] += 1
 print("train jobs' steps:", dict(seen))
