@@ -8,7 +8,8 @@
 #
 # Each step is bounded by `timeout`, prints as it goes and appends its figures to $OUT/summary.txt;
 # a failing step does not stop the next. Needs torch with CUDA, and this repository's src/ on the
-# path (set here); jsonschema, kornia: installed from wheels in .whl/ when given (see the device notes).
+# path (set here); on the GPU image the packages it lacks (snakemake, mlflow, jsonschema, kornia ...)
+# come as wheels: benchmarks/gpu_wheels.sh makes them, benchmarks/gpu_run.sh installs them and runs this.
 set -u
 OUT=${OUT:-gpu-out}
 CIFAR=${CIFAR:-../shared/data/cifar10-jpeg.tgz}
@@ -35,7 +36,9 @@ step() {  # step NAME SECONDS COMMAND...: run bounded, output to $OUT/NAME.log a
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/summary.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/summary.txt"
 
-# the prepared CIFAR-10 tensors (ablationlab.data.prepare, imagefolder), shared by every step
+# the prepared CIFAR-10 tensors (ablationlab.data.prepare, imagefolder), for the steps that read them
+# (pipeline and sharing prepare their own through snakemake)
+want single || want startup || want study &&
 step prepare 240 python3 -c "
 import sys, time; sys.path.insert(0, 'benchmarks')
 from pathlib import Path; from train_jobs import prepared
@@ -66,7 +69,7 @@ want fidelity && step fidelity_false 300 python3 benchmarks/fidelity.py --data "
 want cosine && step fidelity_cosine 240 python3 benchmarks/fidelity.py --data "$CIFAR" --work "$WORK" \
     --seeds "$SEEDS_TRUE" --epochs "$EPOCHS" --drop-last true --scheduler cosine --parallel 3 --threads 2 \
     --device "$DEVICE" --json "$OUT/fidelity_cosine.json"
-grep -h "runs in\|^true\|^false" "$OUT"/fidelity_*.log >> "$OUT/summary.txt"
+want fidelity || want cosine && grep -h "runs in\|^true\|^false" "$OUT"/fidelity_*.log >> "$OUT/summary.txt"
 
 # where a train job's start-up goes: interpreter + torch, CUDA context, the library, the data
 want startup && step startup 60 python3 -c "
@@ -87,21 +90,26 @@ want study && step gpu_study 500 python3 benchmarks/gpu_study.py --data "$CIFAR"
 want study && grep -h "study_wall_s" "$OUT/gpu_study.log" >> "$OUT/summary.txt"
 # 5. the default study through snakemake, every experiment (transfer with weights: none), a table per
 # group; a second call with the same work folder goes on where the first stopped (PARTS=pipeline)
-want pipeline && step gpu_pipeline 300 python3 benchmarks/gpu_pipeline.py study --data "$CIFAR" \
+want pipeline && step gpu_pipeline $((${PIPELINE_LIMIT_S:-270} + 30)) python3 benchmarks/gpu_pipeline.py study --data "$CIFAR" \
     --work "$WORK/pipeline" --device "$DEVICE" --limit-s "${PIPELINE_LIMIT_S:-270}" ${PIPELINE_EXTRA:-}
+want pipeline && grep -h "^report:" "$OUT/gpu_pipeline.log" >> "$OUT/summary.txt"
 want pipeline && grep -h -A40 "^group " "$OUT/gpu_pipeline.log" >> "$OUT/summary.txt"
 # 6. N train jobs per GPU, plain time-sharing against NVIDIA MPS (PARTS=sharing SHARING_JOBS=4: one
 # N per call keeps a call within 5 minutes)
-want sharing && step gpu_sharing 300 python3 benchmarks/gpu_pipeline.py sharing --data "$CIFAR" \
+# (its step's bound: two settings per --jobs value, and snakemake's prepare_data before them)
+SHARING_STEP_S=$((2 * $(wc -w <<<"${SHARING_JOBS:-4}") * ${SHARING_LIMIT_S:-100} + ${SHARING_PREPARE_S:-100}))
+want sharing && step gpu_sharing "$SHARING_STEP_S" python3 benchmarks/gpu_pipeline.py sharing --data "$CIFAR" \
     --work "$WORK/pipeline" --device "$DEVICE" --jobs ${SHARING_JOBS:-4} --limit-s "${SHARING_LIMIT_S:-100}" \
     ${SHARING_EXTRA:-}
 want sharing && grep -h "^sharing" "$OUT/gpu_sharing.log" >> "$OUT/summary.txt"
 
-python3 - "$WORK/runs" <<'EOF' | tee -a "$OUT/summary.txt"
+# the train jobs' steps, over the runs of every step (runs/, pipeline/*/results/runs/)
+python3 - "$WORK" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys, collections
 from pathlib import Path
 seen = collections.Counter()
-for f in Path(sys.argv[1]).rglob("train.json"):
+work = Path(sys.argv[1])
+for f in (f for runs in [work / "runs", *work.glob("pipeline/*/results/runs")] for f in runs.rglob("train.json")):
     t = json.loads(f.read_text())
     seen["cuda_graph" if t.get("cuda_graph") else "eager"] += 1
 print("train jobs' steps:", dict(seen))

@@ -13,7 +13,11 @@ then the whole study::
 
     group             runs  span_s   job_s  gpu_busy
     ...
-    study_wall_s=<s> runs=<n> of <m> gpu_busy=<share> finished=<yes|no>
+    study_wall_s=<s> runs=<n> of <m> gpu_busy=<share> finished=<yes|no> report=<included|left out>
+
+Where WeasyPrint cannot load (``import weasyprint`` fails: the package, or its system library pango,
+is missing, as on a bare GPU image) or with ``--no-report``, every target but the report's runs
+(``--omit-from render_report``: train, summarize, track, figures), and the output says so and why.
 
 ``sharing`` mode: the same overlay, the train jobs of the first ``--groups N`` non-transfer groups
 only (their group targets: no tail), at ``--jobs`` train jobs per GPU (gpu_slot.py's
@@ -24,7 +28,7 @@ once); ``--limit-s`` bounds each setting (two per ``--jobs`` value); one line pe
     sharing jobs_per_gpu=4 mps=on wall_s=<s> runs=<n> gpu_busy=<share>
 
     python benchmarks/gpu_pipeline.py study [--limit-s 280] [--data TGZ_OR_FOLDER] [--images N]
-        [--epochs E] [--seeds 0 1 2] [--cores 16] [--threads 2] [--jobs-per-gpu 4] [--work DIR]
+        [--epochs E] [--seeds 0 1 2] [--cores 16] [--threads 2] [--jobs-per-gpu 4] [--work DIR] [--no-report]
     python benchmarks/gpu_pipeline.py sharing [--jobs 4] [--groups 6] [--limit-s 100] ...
 
 On a CPU (``--device cpu``, tiny ``--images`` and ``--epochs 1``) it runs the same steps; the busy
@@ -152,15 +156,33 @@ def train_jobs(results: Path) -> list[dict]:
     return jobs
 
 
+def child_env() -> dict[str, str]:
+    """The environment of the processes started here: this repository's src/ first on the path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def report_blocker() -> str | None:
+    """Why the PDF report cannot be rendered here (``import weasyprint`` fails in a fresh interpreter:
+    the package, or the system library pango it loads at import, is missing); None when it can."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import weasyprint"], capture_output=True, text=True, env=child_env(), check=False
+    )
+    if probe.returncode == 0:
+        return None
+    lines = probe.stderr.strip().splitlines()
+    return f"import weasyprint failed: {lines[-1] if lines else f'exit {probe.returncode}'}"
+
+
 def snakemake(
     work: Path, cores: int, slots: int, limit_s: float, log: Path, targets: list[str] = ()
 ) -> tuple[float, bool]:
-    """Run the workflow (or its ``targets``) in ``work`` on config.yaml + overlay.yaml; (wall seconds, finished)."""
+    """Run the workflow (or its ``targets``, with any further options) in ``work`` on config.yaml +
+    overlay.yaml; (wall seconds, finished)."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work)]
     cmd += ["--configfile", str(work / "config.yaml"), str(work / "overlay.yaml"), "--cores", str(cores)]
     cmd += ["--resources", f"gpu={slots}", "--rerun-triggers", "mtime", "--keep-going"]
     cmd += ["--rerun-incomplete", "--nolock", *targets]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = child_env()
     tic = time.time()
     with log.open("a") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -208,9 +230,13 @@ def study(args: argparse.Namespace, root: Path) -> None:
     over["resources"] = gpu_resources(args.jobs_per_gpu, args.device)
     prepare_work(work, over)
     log, trace = work / "snakemake.log", work / "gpu_samples.csv"
+    blocker = "--no-report" if not args.report else report_blocker()
+    if blocker:  # the report's jobs (render_report, publish_report) left out; every other target runs
+        print(f"report: left out ({blocker}); train, summarize, track and figures run", flush=True)
     with sampling(trace) as sampled:
         limit = args.limit_s - (time.time() - args.started)  # the unpacking counts too
-        wall, finished = snakemake(work, args.cores, args.jobs_per_gpu, limit, log)
+        omit = ["--omit-from", "render_report"] if blocker else []
+        wall, finished = snakemake(work, args.cores, args.jobs_per_gpu, limit, log, omit)
     walls = work / "walls.txt"  # the calls' wall times, added up over calls
     with walls.open("a") as fh:
         fh.write(f"{wall:.1f} {int(finished)}\n")
@@ -228,7 +254,8 @@ def study(args: argparse.Namespace, root: Path) -> None:
     planned = planned_runs(work)
     print(
         f"study_wall_s={total:.1f} calls={len(calls)} runs={sum(j['runs'] for j in jobs)} of {planned}"
-        f" gpu_busy={whole} finished={'yes' if finished else 'no'} (log: {log})"
+        f" gpu_busy={whole} finished={'yes' if finished else 'no'} report={'left out' if blocker else 'included'}"
+        f" (log: {log})"
     )
 
 
@@ -261,6 +288,15 @@ def mps(work: Path, on: bool) -> Iterator[str]:
                 os.environ[k] = v
 
 
+def link_data(source: Path, target: Path) -> None:
+    """Hard-link study mode's prepared data into ``target`` (the same overlay data: the same version
+    folder), so that sharing mode does not prepare the same images again: Snakemake (mtime triggers)
+    finds the files done, or prepares what is missing, replacing the links, not the study's files."""
+    if source.is_dir() and not target.exists():
+        with contextlib.suppress(OSError):
+            shutil.copytree(source, target, copy_function=os.link)
+
+
 def sharing(args: argparse.Namespace, root: Path) -> None:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     groups = [g["id"] for g in config["ablations"] if g["id"] != "transfer"][: args.groups]
@@ -268,6 +304,7 @@ def sharing(args: argparse.Namespace, root: Path) -> None:
     over = overlay(config, root, args, only=groups)
     over["resources"] = gpu_resources(1, args.device)
     prepare_work(work, over)  # the data first, outside the timing: every setting then trains the same jobs
+    link_data(Path(args.work) / "study" / "results" / "data", work / "results" / "data")
     snakemake(work, args.cores, 1, args.limit_s, work / "snakemake.log", [*groups, "--until", "prepare_data"])
     for jobs_per_gpu in args.jobs:
         for use_mps in (False, True):
@@ -310,6 +347,9 @@ def main(argv: list[str] | None = None) -> None:
         "--limit-s", type=float, default=280, help="study: seconds of the whole call; sharing: of each setting (280)"
     )
     parser.add_argument("--work", default="/tmp/ablationlab-gpu-pipeline")
+    parser.add_argument(
+        "--no-report", dest="report", action="store_false", help="study: leave the report out (as without WeasyPrint)"
+    )
     args = parser.parse_args(argv)
     args.started = time.time()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: stop snakemake's jobs too
