@@ -373,10 +373,14 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether ``a`` and ``b`` (on one device) hold the same bits: dtype, shape and bytes (0.0 is not -0.0)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
+    word = _WORDS.get(a.element_size(), torch.uint8)  # an integer view compares the bits, and fast
     try:
-        return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
-    except RuntimeError:  # a dtype without a byte view: never taken for unchanged
+        return torch.equal(a.reshape(-1).view(word), b.reshape(-1).view(word))
+    except RuntimeError:  # a dtype without an integer view: never taken for unchanged
         return False
+
+
+_WORDS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 
 
 def same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
@@ -487,7 +491,8 @@ def _save_checkpoint(
     best = state.best_state
     io.save_torch(
         path,
-        {
+        digest=False,
+        obj={
             "version": CHECKPOINT_VERSION,
             "key": key,
             "seed": seed,
@@ -802,11 +807,11 @@ class Run:
         io.copy_file(self.init_path, out / "weights_init.pt")  # its bytes checked at a resume (init_sha256)
         final = cpu_state(model)
         data = io.torch_bytes(final)
-        io.write_bytes(out / "weights.pt", data)
+        io.write_bytes(out / "weights.pt", data, digest=False)
         best = state.best_state
         # the best epoch's weights are often the final ones (the last epoch was the best): serialised once
         same = best is None or same_state(best, final)
-        io.write_bytes(out / "weights_best.pt", data if same else io.torch_bytes(best))
+        io.write_bytes(out / "weights_best.pt", data if same else io.torch_bytes(best), digest=False)
         io.write_json(out / "train.json", self.result)
         log.info(
             "seed %d %s after %d epochs: %s (best epoch %s, %s weights kept); wrote %s",
