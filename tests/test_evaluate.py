@@ -143,3 +143,17 @@ def test_cli(digits_dir, run, capsys, caplog):
     assert printed == {"test_acc": metrics["test_acc"], "test_loss": metrics["test_loss"], "status": "finished"}
     assert cli(["--data", str(digits_dir), "--run", str(run_dir / "nope")]) == 2
     assert "is missing: train this run first" in caplog.text
+
+
+def test_the_best_weights_equal_to_the_last_are_not_run_twice(digits_dir, run, tmp_path, monkeypatch):
+    """weights_best.pt with the bytes of weights.pt (the last epoch was the best): its test logits are those
+    of weights.pt, not computed again; every file written is the one of the evaluation that runs both."""
+    run_dir, metrics = run
+    assert (run_dir / "weights_best.pt").read_bytes() == (run_dir / "weights.pt").read_bytes()
+    written = ("metrics.json", "predictions.csv", "misclassified.csv", "confusion.csv", "activations.npz")
+    for name in ("recipe.json", "train.json", "weights.pt", "weights_best.pt"):
+        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+    monkeypatch.setattr(io, "same_bytes", lambda a, b: False)  # both weights files run on the test split
+    assert evaluate(digits_dir, tmp_path, device="cpu") == metrics
+    for name in written:
+        assert (tmp_path / name).read_bytes() == (run_dir / name).read_bytes(), name

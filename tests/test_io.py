@@ -193,3 +193,18 @@ def test_write_table_refuses_columns_of_different_lengths(tmp_path):
     with pytest.raises(ValueError, match="different lengths"):
         io.write_table(tmp_path / "t.csv", {"a": [1, 2], "b": [1]})
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_same_bytes_and_copy_file(tmp_path):
+    import torch
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    data = bytes(range(256)) * 5000  # more than one block
+    a.write_bytes(data)
+    io.copy_file(a, b)
+    assert b.read_bytes() == data and io.same_bytes(a, b)
+    b.write_bytes(data[:-1] + b"x")
+    assert not io.same_bytes(a, b)
+    b.write_bytes(data[:-1])
+    assert not io.same_bytes(a, b)
+    assert io.load_torch(io.torch_bytes({"w": torch.arange(3)}))["w"].tolist() == [0, 1, 2]

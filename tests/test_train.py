@@ -309,17 +309,47 @@ def _whole_network(engine, recipe, x_train, x_val):
     return engine, x_train, x_val
 
 
+def _whole_state(state, init):
+    """without_init declining: last.pt holds every tensor of the model (the checkpoints before version 3)."""
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
 def test_frozen_features_computed_once_give_the_same_run_bit_for_bit(digits_dir, tmp_path, monkeypatch, caplog):
-    """The head trained on features computed once per split vs the whole network run on the images every
-    step (batch norm in eval mode in both): the same history, weights and train.json, bit for bit (CPU)."""
+    """The head trained on features computed once per split, resumed from a checkpoint without the frozen
+    backbone, vs the whole network run on the images every step, checkpointed whole (batch norm in eval mode
+    in both): the same history, train.json and weights files, byte for byte (CPU)."""
     with caplog.at_level("INFO", logger="ablationlab.train"):
         train(digits_dir, FROZEN, 1, tmp_path / "cached", checkpoint_dir=tmp_path / "c1", threads=1, stop_after=1)
+        ckpt = io.load_torch(tmp_path / "c1" / "last.pt")
         train(digits_dir, FROZEN, 1, tmp_path / "cached", checkpoint_dir=tmp_path / "c1", threads=1)  # resumed
     assert caplog.text.count("features computed once") == 2 and "resuming from epoch 1" in caplog.text
+    # the frozen backbone (11M parameters) is not in the checkpoint: the head and its best-epoch copy are
+    assert [k for k, v in ckpt["model"].items() if v is not None] == ["fc.weight", "fc.bias"]
+    assert [k for k, v in ckpt["best_state"].items() if v is not None] == ["fc.weight", "fc.bias"]
+    assert (tmp_path / "c1" / "last.pt").stat().st_size < 200_000 < (tmp_path / "c1" / "weights_init.pt").stat().st_size
     monkeypatch.setattr(train_mod, "frozen_features", _whole_network)
+    monkeypatch.setattr(train_mod, "without_init", _whole_state)
     train(digits_dir, FROZEN, 1, tmp_path / "whole", checkpoint_dir=tmp_path / "c2", threads=1)
+    assert io.load_torch(tmp_path / "c2" / "last.pt")["model"]["conv1.weight"] is not None
     _assert_same_run(tmp_path / "whole", tmp_path / "cached")
+    for name in ("weights_init.pt", "weights.pt", "weights_best.pt"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "cached" / name).read_bytes(), name
     assert io.read_json(tmp_path / "cached" / "train.json")["params"] == 512 * 10 + 10
+
+
+def test_a_checkpoint_without_its_initial_weights_is_not_resumed(digits_dir, reference, tmp_path, caplog):
+    """last.pt leaves out what still holds the initial weights: resumed only next to the weights_init.pt it was
+    saved with (its sha256); another one (or none) starts the run over, which then matches the reference."""
+    ckpt = tmp_path / "ckpt"
+    train(digits_dir, RESUME_RECIPE, SEED, tmp_path / "run", checkpoint_dir=ckpt, threads=1, stop_after=2)
+    init = io.load_torch(ckpt / "weights_init.pt")
+    io.save_torch(ckpt / "weights_init.pt", {k: v + 1 if v.is_floating_point() else v for k, v in init.items()})
+    with caplog.at_level("INFO", logger="ablationlab.train"):
+        train(digits_dir, RESUME_RECIPE, SEED, tmp_path / "run", checkpoint_dir=ckpt, threads=1)
+    assert "not the initial weights it was saved with" in caplog.text and "resuming" not in caplog.text
+    _assert_same_run(reference, tmp_path / "run")
+    for name in ("weights_init.pt", "weights.pt", "weights_best.pt"):
+        assert (tmp_path / "run" / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 @pytest.mark.parametrize(

@@ -88,8 +88,8 @@ def evaluate_run(
 
     model = _load_model(run_dir, "weights.pt", recipe, meta, dev)
     logits = predict(model, preprocess, x, dev).cpu()
-    if trained.get("weights") == "best":  # early stopping restored the best epoch: the same weights
-        best = logits
+    if trained.get("weights") == "best" or io.same_bytes(run_dir / "weights.pt", run_dir / "weights_best.pt"):
+        best = logits  # the same weights: early stopping restored the best epoch, or the last epoch was the best
     else:
         best = predict(_load_model(run_dir, "weights_best.pt", recipe, meta, dev), preprocess, x, dev).cpu()
     loss = loss_fn(logits, y).item()

@@ -124,26 +124,54 @@ def json_errors(label: Any, error: type[Exception] = ValueError, *, missing: str
         raise error(f"{label}: not valid JSON ({exc})") from None
 
 
-def save_torch(path: str | os.PathLike, obj: Any) -> str:
-    """Save ``obj`` atomically; return the sha256 of the bytes written.
-
-    Serialised in memory first so the bytes depend only on ``obj``, not on the file name.
-    """
+def torch_bytes(obj: Any) -> bytes:
+    """``obj`` as ``torch.save`` writes it, serialised in memory so the bytes depend only on ``obj``
+    (not on the file name): the same tensors, keys and order give the same bytes."""
     import torch  # here, not at the top: the MLflow jobs use this module without torch
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, digest: bool = True) -> str | None:
+    """Write ``data`` atomically; return its sha256 (None with ``digest=False``: 25 ms less per 45 MB)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(data).hexdigest() if digest else None
 
 
-def load_torch(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Load tensors / state_dicts safely (never unpickles arbitrary objects)."""
+def save_torch(path: str | os.PathLike, obj: Any, *, digest: bool = True) -> str | None:
+    """Save ``obj`` atomically (:func:`torch_bytes`); return the sha256 of the bytes written (as
+    :func:`write_bytes`)."""
+    return write_bytes(path, torch_bytes(obj), digest=digest)
+
+
+def load_torch(path: str | os.PathLike | bytes, map_location: Any = "cpu") -> Any:
+    """Load tensors / state_dicts (from a file, or the bytes of one) safely (never unpickles arbitrary objects)."""
     import torch
 
-    return torch.load(path, map_location=map_location, weights_only=True)
+    source = io.BytesIO(path) if isinstance(path, bytes) else path
+    return torch.load(source, map_location=map_location, weights_only=True)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Put a copy of the bytes of ``src`` at ``dst`` atomically (a new file: ``dst``'s mtime is now)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def same_bytes(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether the files ``a`` and ``b`` hold the same bytes (read, never taken from a cache)."""
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            block = fa.read(1 << 20)
+            if block != fb.read(1 << 20):
+                return False
+            if not block:
+                return True
 
 
 def write_csv(path: str | os.PathLike, frame) -> None:

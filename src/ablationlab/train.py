@@ -36,7 +36,9 @@ history, best weights (the fields of :class:`LoopState`) and every RNG state (to
 and CUDA, numpy, python). A run started again with the same recipe, seed and data
 resumes from it and, on the CPU, produces bit-identical history (except the timing
 columns) and weights to a run that was never interrupted. A checkpoint of another
-recipe/seed/data is ignored.
+recipe/seed/data is ignored. The weights in it leave out what still holds the initial
+weights (a frozen backbone: :func:`without_init`), taken back from ``weights_init.pt`` next
+to it (checked by its sha256).
 
 A non-finite loss ends the run with status ``diverged`` (a result, not a crash): the
 outputs are still written, with the weights of the last finite epoch (or the initial
@@ -83,7 +85,9 @@ OPTIMIZERS = defaults.allowed("optimizer.name")  # make_optimizer builds each (t
 SCHEDULERS = defaults.allowed("scheduler.name")  # make_scheduler builds each
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
 TIMING_COLUMNS = ("seconds", "images_per_s")
-CHECKPOINT_VERSION = 2  # 2: the best epoch's weights are kept whether or not early stopping restores them
+# 2: the best epoch's weights are kept whether or not early stopping restores them; 3: ``model`` and
+# ``best_state`` hold None for each entry with the bits of weights_init.pt (its sha256: ``init_sha256``)
+CHECKPOINT_VERSION = 3
 
 
 # --------------------------------------------------------------------------- recipe
@@ -365,6 +369,42 @@ def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` (on one device) hold the same bits: dtype, shape and bytes (0.0 is not -0.0)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    word = _WORDS.get(a.element_size(), torch.uint8)  # an integer view compares the bits, and fast
+    try:
+        return torch.equal(a.reshape(-1).view(word), b.reshape(-1).view(word))
+    except RuntimeError:  # a dtype without an integer view: never taken for unchanged
+        return False
+
+
+_WORDS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    """Whether two CPU state_dicts would save to the same bytes: the same keys in the same order, each
+    tensor with the same bits and strides."""
+    return list(a) == list(b) and all(same_bits(a[k], b[k]) and a[k].stride() == b[k].stride() for k in a)
+
+
+def without_init(state: Mapping[str, torch.Tensor], init: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``state`` for ``last.pt``: on the CPU, None in place of every entry that holds the bits of ``init``
+    (the initial weights, in ``weights_init.pt``). A frozen backbone never changes: its tensors (45 MB for
+    ResNet-18) are not written again after every epoch. :func:`with_init` puts them back, bit for bit."""
+    out: dict[str, Any] = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        out[k] = None if k in init and same_bits(v, init[k]) else v
+    return out
+
+
+def with_init(saved: Mapping[str, Any], init: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state_dict that :func:`without_init` saved as ``saved``, in its order."""
+    return {k: init[k] if v is None else v for k, v in saved.items()}
+
+
 def load_checkpoint(path: Path, key: str) -> dict | None:
     """The checkpoint at ``path`` if it exists and belongs to this recipe/seed/data, else None."""
     if not path.exists():
@@ -407,33 +447,59 @@ class LoopState:
         return cls(**{f.name: ckpt[f.name] for f in fields(cls)})
 
 
-def _start(engine: Engine, ckpt_path: Path, init_path: Path, key: str) -> LoopState:
-    """The loop state to begin with: restored from the checkpoint of this key (engine and RNGs too), or a fresh
-    one, the initial weights then saved to ``init_path``."""
+def _read_init(path: Path, sha256: str) -> dict[str, torch.Tensor] | None:
+    """The initial weights at ``path`` if its bytes are those a checkpoint was saved with (``sha256``), else None."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        log.warning("ignoring the checkpoint next to %s: cannot read the initial weights (%s)", path, exc)
+        return None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        log.warning("ignoring the checkpoint next to %s: not the initial weights it was saved with", path)
+        return None
+    return io.load_torch(data)
+
+
+def _start(
+    engine: Engine, ckpt_path: Path, init_path: Path, key: str
+) -> tuple[LoopState, dict[str, torch.Tensor], str]:
+    """``(loop state, initial weights, their file's sha256)`` to begin with: restored from the checkpoint of this
+    key (engine and RNGs too) and the ``init_path`` it was saved with, or a fresh state, the engine's initial
+    weights then saved to ``init_path``."""
     ckpt = load_checkpoint(ckpt_path, key)
-    if ckpt is None:
-        io.save_torch(init_path, cpu_state(engine.model))
-        return LoopState()
-    engine.model.load_state_dict(ckpt["model"])
+    init = _read_init(init_path, ckpt["init_sha256"]) if ckpt is not None else None
+    if ckpt is None or init is None:
+        init = cpu_state(engine.model)
+        return LoopState(), init, io.save_torch(init_path, init)
+    engine.model.load_state_dict(with_init(ckpt["model"], init))
     engine.optimizer.load_state_dict(ckpt["optimizer"])
     if engine.scheduler is not None:
         engine.scheduler.load_state_dict(ckpt["scheduler"])
     engine.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     state = LoopState.from_checkpoint(ckpt)
+    if state.best_state is not None:
+        state.best_state = with_init(state.best_state, init)
     log.info("resuming from epoch %d (checkpoint %s)", state.epoch, ckpt_path)
-    return state
+    return state, init, ckpt["init_sha256"]
 
 
-def _save_checkpoint(path: Path, key: str, seed: int, state: LoopState, engine: Engine) -> None:
+def _save_checkpoint(
+    path: Path, key: str, seed: int, state: LoopState, engine: Engine, init: Mapping[str, torch.Tensor], init_sha: str
+) -> None:
+    """``last.pt``; the weights without the entries that still hold the initial ones (:func:`without_init`)."""
+    best = state.best_state
     io.save_torch(
         path,
-        {
+        digest=False,
+        obj={
             "version": CHECKPOINT_VERSION,
             "key": key,
             "seed": seed,
             **state.as_checkpoint(),
-            "model": engine.model.state_dict(),
+            "best_state": without_init(best, init) if best is not None else None,
+            "init_sha256": init_sha,
+            "model": without_init(engine.model.state_dict(), init),
             "optimizer": engine.optimizer.state_dict(),
             "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None,
             "scaler": engine.scaler.state_dict(),
@@ -595,7 +661,7 @@ class Run:
         with self.turn():  # seeded, built (bad model/augment settings fail here), resumed
             seed_everything(seed)
             engine = setup(sh.recipe, sh.meta, len(sh.y_train), sh.device, compile=sh.compile)
-            self.state = _start(engine, self.ckpt_path, self.init_path, self.key)
+            self.state, self.init, self.init_sha = _start(engine, self.ckpt_path, self.init_path, self.key)
             self.engine, self.x_train, self.x_val = frozen_features(engine, sh.recipe, sh.x_train, sh.x_val)
             self.step = make_step(self.engine, self.x_train, sh.y_train)
         self.rng = rng_state(accelerators=False) if sh.swap_rng else None
@@ -661,7 +727,7 @@ class Run:
     def checkpoint(self) -> None:
         """``last.pt``, atomically: everything needed to continue after this epoch."""
         self.state.wall_seconds = self.wall_before + time.perf_counter() - self.clock
-        _save_checkpoint(self.ckpt_path, self.key, self.seed, self.state, self.engine)
+        _save_checkpoint(self.ckpt_path, self.key, self.seed, self.state, self.engine, self.init, self.init_sha)
 
     def log_epoch(self, row: dict[str, float], epoch: Epoch) -> None:
         _log_epoch(row, self.epochs, epoch.bar, self.seed)
@@ -677,7 +743,7 @@ class Run:
             wall = self.wall_before + time.perf_counter() - self.clock
             self.result = self._result(weights, wall)
             self._write_outputs()
-        self.engine = self.step = None  # frees the model, optimizer and captured graph (GPU memory)
+        self.engine = self.step = self.init = None  # frees the model, optimizer and captured graph (GPU memory)
 
     def _captured(self) -> bool:
         return isinstance(self.step, CapturedStep) and self.step.failed is None
@@ -738,10 +804,14 @@ class Run:
         out, state, model = self.out_dir, self.state, self.engine.model
         io.write_json(out / "recipe.json", self.shared.recipe)
         io.write_table(out / "history.csv", {c: [row.get(c) for row in state.history] for c in HISTORY_COLUMNS})
-        io.save_torch(out / "weights_init.pt", io.load_torch(self.init_path))
+        io.copy_file(self.init_path, out / "weights_init.pt")  # its bytes checked at a resume (init_sha256)
         final = cpu_state(model)
-        io.save_torch(out / "weights.pt", final)
-        io.save_torch(out / "weights_best.pt", state.best_state if state.best_state is not None else final)
+        data = io.torch_bytes(final)
+        io.write_bytes(out / "weights.pt", data, digest=False)
+        best = state.best_state
+        # the best epoch's weights are often the final ones (the last epoch was the best): serialised once
+        same = best is None or same_state(best, final)
+        io.write_bytes(out / "weights_best.pt", data if same else io.torch_bytes(best), digest=False)
         io.write_json(out / "train.json", self.result)
         log.info(
             "seed %d %s after %d epochs: %s (best epoch %s, %s weights kept); wrote %s",
