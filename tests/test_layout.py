@@ -19,6 +19,15 @@ def test_a_run_folder_and_its_patterns():
         assert set(reads) <= set(layout.RUN_FILES)
 
 
+def test_the_seed_blocks_of_train_jobs():
+    assert layout.seed_blocks([0, 1, 2]) == [[0, 1, 2]]
+    assert layout.seed_blocks([0, 1, 2], per_job=1) == [[0], [1], [2]]
+    assert layout.seed_blocks([0, 1, 2], per_job=2) == [[0, 1], [2]]
+    assert layout.seed_blocks([0, 1, 2], per_job=5) == [[0, 1, 2]]
+    adaptive = {"max_seeds": 7, "step": 2}  # the study's blocks, then adaptive seeding's
+    assert layout.seed_blocks([0, 1, 2], adaptive, per_job=2) == [[0, 1], [2], [3, 4], [5, 6]]
+
+
 def test_the_data_key_follows_the_options_and_the_code(tmp_path):
     code = tmp_path / "data.py"
     code.write_text("x = 1\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -136,6 +137,35 @@ def test_added_seed_trains_only_the_new_seed(done, tmp_path):
         log = (work / "results/logs/train" / exp / "seed0-1.log").read_text()
         assert "resuming from epoch" in log and "seed 0 epoch" not in log  # seed 0: no epoch trained
         assert "seed 1 epoch 1/" in log and (work / "results/runs" / exp / "seed1" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_seeds_per_job_trains_a_groups_seeds_in_jobs_of_their_own(done, tmp_path):
+    """resources.dropout.seeds_per_job: 1 with seeds [0, 1]: dropout's seed 1 trains in a job of its own
+    (train_dropout_more1) while its seed 0 (trained alone already) stays; the other groups train both
+    seeds in one job; the report lists each job's wall time."""
+    work = tmp_path / "work"
+    shutil.copytree(done, work, symlinks=True)
+    split = overlay(
+        work, "split.yaml", lambda c: c.update(seeds=[0, 1]) or c["resources"].update(dropout={"seeds_per_job": 1})
+    )
+    jobs = plan(work, "--configfile", "presets/smoke.yaml", split)
+    assert stage_jobs(jobs) == {
+        ("train_baseline", "baseline", "0-1"),
+        ("train_batch_norm", "batch_norm/bn", "0-1"),
+        ("train_dropout_more1", "dropout/p=0.5", "1"),
+    }
+    kept = (work / "results/runs/dropout/p=0.5/seed0/weights.pt").read_bytes()
+    proc = snakemake(work, "--configfile", "presets/smoke.yaml", split)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (work / "results/runs/dropout/p=0.5/seed0/weights.pt").read_bytes() == kept
+    assert (work / "results/runs/dropout/p=0.5/seed1/metrics.json").is_file()
+    html = (work / "reports/report.html").read_text()
+    # the jobs of the study as it is now: baseline's former one-seed job is not among them
+    jobs = set(re.findall(r'<td class="text mono">([^<]+/seed[\d-]+)</td>', html))
+    assert {"dropout/p=0.5/seed0", "dropout/p=0.5/seed1", "baseline/seed0-1"} <= jobs and "baseline/seed0" not in jobs
+    again = snakemake(work, "-n", "--configfile", "presets/smoke.yaml", split)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 @pytest.mark.slow

@@ -14,8 +14,9 @@ One place answers "where does a run's output live?"::
     results/report/report.{ext}       the rendered report; reports/report.{ext} the published one
     results/logs/<rule>/..., results/benchmarks/train/...   logs and train jobs' wall times
 
-A train job trains a block of seeds of one experiment (:func:`seed_blocks`: the study's seeds, or
-a block that adaptive seeding adds); its log and benchmark files are named after the block:
+A train job trains a block of seeds of one experiment (:func:`seed_blocks`: the study's seeds, all
+or ``resources.<group>.seeds_per_job`` of them, or a block that adaptive seeding adds); its log and
+benchmark files are named after the block:
 ``results/logs/train/{experiment}/seed0-1-2.log`` (``seed3.log`` for a block of one).
 """
 
@@ -162,11 +163,13 @@ def seed_sequence(seeds: Sequence[int], max_seeds: int) -> list[int]:
     return list(seeds) + list(extra)
 
 
-def seed_blocks(seeds: Sequence[int], adaptive: dict | None = None) -> list[list[int]]:
-    """The blocks of seeds that train jobs train: the study's ``seeds``, then, with adaptive seeding (its
-    ``max_seeds`` and ``step``), each block of ``step`` seeds of :func:`seed_sequence` a look may add (an
-    experiment's seeds are always the study's plus whole blocks: adaptive.next_seeds)."""
-    blocks = [list(seeds)]
+def seed_blocks(seeds: Sequence[int], adaptive: dict | None = None, per_job: int | None = None) -> list[list[int]]:
+    """The blocks of seeds that train jobs train: the study's ``seeds`` (in blocks of ``per_job``, or all
+    in one), then, with adaptive seeding (its ``max_seeds`` and ``step``), each block of ``step`` seeds of
+    :func:`seed_sequence` a look may add (an experiment's seeds are always the study's plus whole blocks:
+    adaptive.next_seeds)."""
+    size = per_job or len(seeds)
+    blocks = [list(seeds[i : i + size]) for i in range(0, len(seeds), size)]
     if adaptive:
         rest = seed_sequence(seeds, adaptive["max_seeds"])[len(seeds) :]
         blocks += [rest[i : i + adaptive["step"]] for i in range(0, len(rest), adaptive["step"])]

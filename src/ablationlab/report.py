@@ -125,12 +125,14 @@ def changes(recipe: dict[str, Any], reference: dict[str, Any] | None) -> list[di
     ]
 
 
-def read_benchmarks(bench_dir: str | Path | None) -> list[dict[str, Any]]:
-    """Snakemake ``benchmark:`` TSV files under ``bench_dir``: job (relative path), seconds, max RSS (MB)."""
+def read_benchmarks(bench_dir: str | Path | None, files: Iterable[str | Path] | None = None) -> list[dict[str, Any]]:
+    """Snakemake ``benchmark:`` TSV files under ``bench_dir`` (those of ``files``, the study's jobs, when
+    given: a file a former plan left there is not one of them): job (relative path), seconds, max RSS (MB)."""
     if bench_dir is None or not Path(bench_dir).is_dir():
         return []
+    paths = sorted(Path(bench_dir).rglob("*.tsv")) if files is None else sorted(map(Path, files))
     rows = []
-    for path in sorted(Path(bench_dir).rglob("*.tsv")):
+    for path in paths:
         try:
             frame = pd.read_csv(path, sep="\t")
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
@@ -777,6 +779,7 @@ def report(
     study: str | Path | None = None,
     data_dir: str | Path | None = None,
     benchmarks_dir: str | Path | None = None,
+    benchmark_files: Iterable[str | Path] | None = None,
     commit: str | None = None,
     seed_plan: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -806,7 +809,7 @@ def report(
         manifest,
         figures_dir,
         meta=meta,
-        benchmarks=read_benchmarks(benchmarks_dir),
+        benchmarks=read_benchmarks(benchmarks_dir, benchmark_files),
         diagnostics=read_diagnostics(summary_dir),
         commit=commit if commit is not None else git_commit(),
     )
@@ -828,6 +831,12 @@ def cli(argv: list[str]) -> int:
         "--benchmarks",
         dest="benchmarks_dir",
         help="folder of Snakemake benchmark TSVs, for wall time per job (optional)",
+    )
+    parser.add_argument(
+        "--benchmark-files",
+        nargs="+",
+        metavar="TSV",
+        help="the study's train jobs' benchmark files under --benchmarks (default: every TSV there)",
     )
     parser.add_argument("--commit", help="git commit to show (default: `git rev-parse HEAD`, if any)")
     parser.add_argument("--out-html", required=True, help="reports/report.html")

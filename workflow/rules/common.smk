@@ -107,16 +107,19 @@ def verbatim(value):
 ADAPTIVE = "adaptive" in STUDY.experiments
 
 
-def seed_blocks():
-    """The blocks of seeds one train job trains: the study's seeds, then each block that adaptive
-    seeding may add (ablationlab.layout.seed_blocks)."""
-    return abl_seed_blocks(SEEDS, STUDY.experiments.get("adaptive"))
+def seed_blocks(group):
+    """The blocks of seeds one train job of `group` trains: the study's seeds (all, or
+    resources.<group>.seeds_per_job at a time), then each block that adaptive seeding may add
+    (ablationlab.layout.seed_blocks)."""
+    per_job = group_resource(group, "seeds_per_job", None)
+    return abl_seed_blocks(SEEDS, STUDY.experiments.get("adaptive"), per_job)
 
 
 def train_jobs(exp):
     """The file stems of the train jobs of experiment `exp`: one per block of its seeds."""
     seeds = set(experiment_seeds(exp))
-    return [job_stem(b) for b in seed_blocks() if set(b) <= seeds]
+    blocks = seed_blocks(EXPERIMENTS[exp]["group"])
+    return [job_stem(b) for b in blocks if set(b) <= seeds]
 
 
 def experiment_seeds(exp):

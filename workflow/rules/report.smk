@@ -145,7 +145,7 @@ rule render_report:
     shell:
         "python -m ablationlab --log {log:q} report --study-report {input.study_report:q} --study {input.study_table:q}"
         " --summary {params.summary_dir:q} --figures {params.figures_dir:q} --data {params.data_dir:q}"
-        " --benchmarks {params.benchmarks_dir:q}"
+        " --benchmarks {params.benchmarks_dir:q} --benchmark-files {input.benchmarks:q}"
         " --out-html {output.html:q} --out-pdf {output.pdf:q} {params.seeds:q}"
 
 

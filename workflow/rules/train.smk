@@ -3,10 +3,11 @@ target rule per group.
 
 A train job trains every seed of its block for one experiment in one process (`train --seed
 0 1 2 --evaluate`): one Python + torch start-up, one data load, one CUDA context per
-experiment instead of per run; on a GPU its seeds train at once. The block is the study's
-seeds (train_<group>) or, with adaptive seeding, one of the blocks of `adaptive.step` seeds
-that the looks may add (train_<group>_more<j>: seed_blocks() in common.smk), so an added block
-trains only its own seeds. Every run keeps its own output files, so Snakemake sees each run;
+experiment instead of per run; on a GPU its seeds train at once. The blocks (seed_blocks() in
+common.smk) are the study's seeds, in one block or in blocks of resources.<group>.seeds_per_job (a
+slow group then runs beside the others), then, with adaptive seeding, the blocks of `adaptive.step`
+seeds that the looks may add, so an added block trains only its own seeds; the first block's rule
+is train_<group>, each further block's train_<group>_more<j>. Every run keeps its own output files, so Snakemake sees each run;
 the seeds of a block are named in the outputs, not as a wildcard. The job also evaluates each
 run on the test split, in the same process: its code inputs are the train and the evaluate
 modules. Each group gets its own resources (resources.<group> in the config), logs and
@@ -138,7 +139,7 @@ NOTICES.append(gpu_notices)
 
 
 for group in GROUPS:
-    for block, block_seeds in enumerate(seed_blocks()):
+    for block, block_seeds in enumerate(seed_blocks(group)):
 
         rule:
             name:
