@@ -1,6 +1,6 @@
 """figures and render_report (stage `report`): every plot of the report, then
 reports/report.html (one self-contained file) and reports/report.pdf (WeasyPrint, from the
-same HTML).
+same HTML with the figures as files instead of data: URIs).
 
 The figure files are known from the study table alone (ablationlab.figure_plan.plan), so each
 is a declared output with a report() flag: `snakemake --report report.zip` shows them too.
