@@ -260,6 +260,10 @@ BAD = {
         lambda c: c["ablations"][0].update(id="train_x"),
         "ablations[train_x].id: 'train_x' is reserved",
     ),
+    "group id of a further seed block's train rule": (
+        lambda c: c["ablations"][0].update(id="dropout_more1"),
+        "ablations[dropout_more1].id: 'dropout_more1' is reserved",
+    ),
     "group without experiments": (
         lambda c: c["ablations"][0].pop("variants"),
         "ablations[batch_norm]: group 'batch_norm' has no experiments; give it variants or a sweep",

@@ -18,6 +18,7 @@ import argparse
 import copy
 import hashlib
 import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ RESERVED_IDS = frozenset(
     }
 )
 RESERVED_PREFIXES = ("train_",)  # the per-group train rules train_<id> (and train_<id>_more<j>)
+# a group x_more2's train rule would be train_x_more2, group x's third block of seeds (seeds_per_job)
+RESERVED_SUFFIX = re.compile(r"_more\d+$")
 
 NAMED_WEIGHTS = ("imagenet", "none")
 
@@ -135,11 +138,12 @@ class _Resolver:
         for index, group in enumerate(config["ablations"]):
             gid = group["id"]
             where = keypath(["ablations", index], config)
-            if gid in RESERVED_IDS or gid.startswith(RESERVED_PREFIXES):
+            if gid in RESERVED_IDS or gid.startswith(RESERVED_PREFIXES) or RESERVED_SUFFIX.search(gid):
                 raise ConfigError(
                     f"{where}.id: {gid!r} is reserved (it names a rule or the baseline); "
-                    f"reserved: {', '.join(sorted(RESERVED_IDS))} and ids starting with "
-                    f"{' or '.join(RESERVED_PREFIXES)}"
+                    f"reserved: {', '.join(sorted(RESERVED_IDS))}, ids starting with "
+                    f"{' or '.join(RESERVED_PREFIXES)} and ids ending in _more<N> (a train rule of a "
+                    "further block of seeds)"
                 )
             if gid in self.groups:
                 raise ConfigError(
