@@ -63,10 +63,11 @@ RECORD_COLUMNS = (
 ARTIFACTS = ("history.csv", "metrics.json", "confusion.csv", "weights.pt", "recipe.json", "train.json")
 
 
-def _log_artifacts(tracker: Tracker, run, files: Mapping[str, Path]) -> None:
-    """Upload ``{artifact name: local file}`` unless an artifact of that name and size exists:
-    the missing ones in one call, from a folder of links to them (copies where links fail)."""
-    have = {a.path: a.file_size for a in tracker.call("list_artifacts", run.info.run_id)}
+def _log_artifacts(tracker: Tracker, run, files: Mapping[str, Path], *, new: bool = False) -> None:
+    """Upload ``{artifact name: local file}`` unless an artifact of that name and size exists (a ``new``
+    run, created in this session, has none: not listed): the missing ones in one call, from a folder
+    of links to them (copies where links fail)."""
+    have = {} if new else {a.path: a.file_size for a in tracker.call("list_artifacts", run.info.run_id)}
     missing = {name: path for name, path in files.items() if have.get(name) != path.stat().st_size}
     if not missing:
         return
@@ -148,7 +149,9 @@ def log_child(tracker: Tracker, data: Mapping[str, Any], ident: Mapping[str, str
     end_ms = int((run_dir / "train.json").stat().st_mtime * 1000)
     start_ms = end_ms - int(1000 * float(train.get("wall_seconds") or 0))
     # the params go into the run's one batch below (the parent's: log_parent)
-    _, child, _ = open_runs(tracker, recipe=data["recipe"], seed=seed, start_time=start_ms, log_params=False, **ident)
+    _, child, created = open_runs(
+        tracker, recipe=data["recipe"], seed=seed, start_time=start_ms, log_params=False, **ident
+    )
     final = {f"test_{k}": metrics.get(f"test_{k}") for k in ("loss", "acc", "top5")}
     final.update(
         {k: train.get(k) for k in ("best_val_loss", "best_val_acc", "best_epoch", "epochs_run", "wall_seconds")}
@@ -171,7 +174,7 @@ def log_child(tracker: Tracker, data: Mapping[str, Any], ident: Mapping[str, str
     files = {name: run_dir / name for name in ARTIFACTS}
     if data.get("log") is not None:
         files["train.log"] = data["log"]
-    _log_artifacts(tracker, child, files)
+    _log_artifacts(tracker, child, files, new=created)
     _finish(tracker, child, end_time=end_ms)
     log_missing(tracker, child, tags={"files_sha256": data["digest"]})
     return child
@@ -244,7 +247,7 @@ def log_parent(
     if parent is not None and parent.data.tags.get("inputs_sha256") == digest:
         return parent, False
     tags = base_tags(kind="parent", **ident)
-    parent, _ = tracker.ensure_run(key, name=experiment, tags=tags)
+    parent, created = tracker.ensure_run(key, name=experiment, tags=tags)
     metrics, summary_tags = summary["metrics"], summary["tags"]
     log_missing(
         tracker,
@@ -262,7 +265,7 @@ def log_parent(
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "seeds.json"
         table.write_text(json.dumps(seeds_rows, indent=2))
-        _log_artifacts(tracker, parent, {"seeds.json": table})
+        _log_artifacts(tracker, parent, {"seeds.json": table}, new=created)
     _finish(tracker, parent)
     log_missing(tracker, parent, tags={"inputs_sha256": digest})
     return tracker.call("get_run", parent.info.run_id), True
