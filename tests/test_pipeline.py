@@ -166,6 +166,29 @@ def test_seeds_per_job_trains_a_groups_seeds_in_jobs_of_their_own(done, tmp_path
     assert {"dropout/p=0.5/seed0", "dropout/p=0.5/seed1", "baseline/seed0-1"} <= jobs and "baseline/seed0" not in jobs
     again = snakemake(work, "-n", "--configfile", "presets/smoke.yaml", split)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # splitting batch_norm's trained seeds too: its two new jobs resume each run at its last epoch,
+    # train nothing and give the same files back
+    both = overlay(
+        work,
+        "both.yaml",
+        lambda c: (
+            c.update(seeds=[0, 1])
+            or c["resources"].update(dropout={"seeds_per_job": 1}, batch_norm={"seeds_per_job": 1})
+        ),
+    )
+    jobs = plan(work, "--configfile", "presets/smoke.yaml", both)
+    assert stage_jobs(jobs) == {
+        ("train_batch_norm", "batch_norm/bn", "0"),
+        ("train_batch_norm_more1", "batch_norm/bn", "1"),
+    }
+    runs = work / "results/runs/batch_norm/bn"
+    before = {(s, n): (runs / s / n).read_bytes() for s in ("seed0", "seed1") for n in ("weights.pt", "metrics.json")}
+    proc = snakemake(work, "--configfile", "presets/smoke.yaml", both)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert {key: (runs / key[0] / key[1]).read_bytes() for key in before} == before
+    for seed in ("0", "1"):
+        log = (work / f"results/logs/train/batch_norm/bn/seed{seed}.log").read_text()
+        assert "resuming from epoch" in log and f"seed {seed} epoch" not in log
 
 
 @pytest.mark.slow
