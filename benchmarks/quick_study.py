@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ablationlab import layout  # the results tree's paths, from the module that owns them
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -52,19 +54,20 @@ def import_torch_s(repeats: int = 3) -> float:
 def train_jobs(work: Path) -> list[tuple[str, float, float]]:
     """(job, wall seconds, end time) of every train job, from Snakemake's benchmark files."""
     jobs = []
-    for tsv in sorted((work / "results/benchmarks/train").rglob("*.tsv")):
+    folder = work / layout.TRAIN_BENCHMARKS
+    for tsv in sorted(folder.rglob("*.tsv")):
         with tsv.open() as fh:
             row = next(csv.DictReader(fh, delimiter="\t"))
-        jobs.append((str(tsv.relative_to(work / "results/benchmarks/train")), float(row["s"]), tsv.stat().st_mtime))
+        jobs.append((str(tsv.relative_to(folder)), float(row["s"]), tsv.stat().st_mtime))
     return jobs
 
 
 # a file each tail stage writes, whose Snakemake record gives the stage's job start and end
 STAGE_OUTPUTS = {
-    "summarize": "results/summary/runs.csv",
-    "track": "results/mlflow.json",
-    "figures": "results/figures/figures.json",
-    "report": "results/report/report.html",
+    "summarize": layout.SUMMARY[0],
+    "track": layout.MLFLOW_INFO,
+    "figures": layout.FIGURE_MANIFEST,
+    "report": layout.RENDERED.format(ext="html"),
 }
 
 
